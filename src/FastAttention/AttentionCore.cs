@@ -1,0 +1,254 @@
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using FastAttention.Kernels;
+
+namespace FastAttention;
+
+/// <summary>Validation and dispatch shared by <see cref="ExactAttention"/> and <see cref="PowerAttention"/>.</summary>
+internal static unsafe class AttentionCore
+{
+    /// <summary>Options after defaults are resolved.</summary>
+    internal readonly record struct Settings(
+        float? Scale,
+        float DefaultScaleExponent,
+        bool Causal,
+        ReadOnlyMemory<float> Bias,
+        ReadOnlyMemory<bool> Mask,
+        int MaxDegreeOfParallelism,
+        bool AllowNonFinite,
+        string? Kernel,
+        float Power);
+
+    public static AttentionRun Run(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, in Settings settings)
+    {
+        // Validation order: shape, input lengths, destination, overlap, options, values.
+        ValidateShape(shape);
+        CheckLength(query.Length, shape.QueryLength, nameof(query), "[batch, heads, nq, d]", shape);
+        CheckLength(key.Length, shape.KeyLength, nameof(key), "[batch, kvHeads, nk, d]", shape);
+        CheckLength(value.Length, shape.ValueLength, nameof(value), "[batch, kvHeads, nk, dv]", shape);
+        CheckLength(destination.Length, shape.OutputLength, nameof(destination), "[batch, heads, nq, dv]", shape);
+        if (destination.Overlaps(query) || destination.Overlaps(key) || destination.Overlaps(value))
+        {
+            throw new ArgumentException("The destination overlaps an input; attention cannot run in place. Pass a separate output buffer.", nameof(destination));
+        }
+
+        float scale = settings.Scale ?? MathF.Pow(shape.HeadDim, settings.DefaultScaleExponent);
+        if (!float.IsFinite(scale))
+        {
+            throw new ArgumentOutOfRangeException("options", scale, "Scale must be a finite number.");
+        }
+
+        long block = (long)shape.QueryCount * shape.KeyCount;
+        (long biasBatch, long biasHead) = BroadcastStrides(settings.Bias.Length, block, shape, "Bias");
+        (long maskBatch, long maskHead) = BroadcastStrides(settings.Mask.Length, block, shape, "Mask");
+
+        if (!settings.AllowNonFinite)
+        {
+            CheckFinite(query, nameof(query));
+            CheckFinite(key, nameof(key));
+            CheckFinite(value, nameof(value));
+            if (TensorPrimitives.IsNaNAny(settings.Bias.Span))
+            {
+                throw new ArgumentException($"Bias contains NaN at index {settings.Bias.Span.IndexOf(float.NaN)}; use -infinity to mask, or set AllowNonFinite to propagate.", "options");
+            }
+        }
+
+        AttentionKernel kernel = KernelRegistry.Select(settings.Kernel);
+        fixed (float* q = query)
+        fixed (float* k = key)
+        fixed (float* v = value)
+        fixed (float* o = destination)
+        fixed (float* bias = settings.Bias.Span)
+        fixed (bool* mask = settings.Mask.Span)
+        {
+            var args = new AttentionArgs
+            {
+                Query = q,
+                Key = k,
+                Value = v,
+                Output = o,
+                Bias = settings.Bias.IsEmpty ? null : bias,
+                Mask = settings.Mask.IsEmpty ? null : mask,
+                BiasBatchStride = biasBatch,
+                BiasHeadStride = biasHead,
+                MaskBatchStride = maskBatch,
+                MaskHeadStride = maskHead,
+                Batch = shape.BatchSize,
+                Heads = shape.HeadCount,
+                KvHeads = shape.EffectiveKeyValueHeads,
+                QueryCount = shape.QueryCount,
+                KeyCount = shape.KeyCount,
+                HeadDim = shape.HeadDim,
+                ValueDim = shape.ValueDim,
+                Scale = scale,
+                Causal = settings.Causal,
+                Power = settings.Power,
+                MaxDegreeOfParallelism = settings.MaxDegreeOfParallelism,
+            };
+            kernel.Run(args);
+        }
+
+        return new AttentionRun(kernel.Name, FlopCount.ExactAttention(
+            shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, settings.Causal));
+    }
+
+    /// <summary>The tensor-span overload: ranks 2, 3 or 4 read as [n, d], [h, n, d] or [b, h, n, d].</summary>
+    public static AttentionRun Run(ReadOnlyTensorSpan<float> query, ReadOnlyTensorSpan<float> key, ReadOnlyTensorSpan<float> value, TensorSpan<float> destination, in Settings settings)
+    {
+        int[] q = Dims(query.Lengths, nameof(query));
+        int[] k = Dims(key.Lengths, nameof(key));
+        int[] v = Dims(value.Lengths, nameof(value));
+        int[] o = Dims(destination.Lengths, nameof(destination));
+        if (k[0] != q[0] || v[0] != q[0] || o[0] != q[0])
+        {
+            throw new ArgumentException($"Batch sizes differ: query {Show(q)}, key {Show(k)}, value {Show(v)}, destination {Show(o)}.", nameof(key));
+        }
+
+        if (v[1] != k[1] || v[2] != k[2])
+        {
+            throw new ArgumentException($"Value shape {Show(v)} does not match key shape {Show(k)} in heads and keys.", nameof(value));
+        }
+
+        if (o[1] != q[1] || o[2] != q[2] || o[3] != v[3])
+        {
+            throw new ArgumentException($"Destination shape {Show(o)} must be {Show([q[0], q[1], q[2], v[3]])}.", nameof(destination));
+        }
+
+        if (k[3] != q[3])
+        {
+            throw new ArgumentException($"Query shape {Show(q)} and key shape {Show(k)} differ in head dimension.", nameof(key));
+        }
+
+        var shape = new AttentionShape(q[0], q[1], q[2], k[2], q[3], v[3], k[1]);
+        ReadOnlySpan<float> qs = Flat(query);
+        ReadOnlySpan<float> ks = Flat(key);
+        ReadOnlySpan<float> vs = Flat(value);
+        if (IsCOrder(destination.Lengths, destination.Strides))
+        {
+            Span<float> os = MemoryMarshal.CreateSpan(ref destination.GetPinnableReference(), checked((int)destination.FlattenedLength));
+            return Run(qs, ks, vs, shape, os, settings);
+        }
+
+        float[] temporary = new float[destination.FlattenedLength];
+        AttentionRun run = Run(qs, ks, vs, shape, temporary, settings);
+        new ReadOnlyTensorSpan<float>(temporary, destination.Lengths).CopyTo(destination);
+        return run;
+    }
+
+    private static ReadOnlySpan<float> Flat(ReadOnlyTensorSpan<float> tensor)
+    {
+        if (IsCOrder(tensor.Lengths, tensor.Strides))
+        {
+            return MemoryMarshal.CreateReadOnlySpan(in tensor.GetPinnableReference(), checked((int)tensor.FlattenedLength));
+        }
+
+        float[] copy = new float[tensor.FlattenedLength];
+        tensor.FlattenTo(copy);
+        return copy;
+    }
+
+    private static bool IsCOrder(ReadOnlySpan<nint> lengths, ReadOnlySpan<nint> strides)
+    {
+        nint expected = 1;
+        for (int a = lengths.Length - 1; a >= 0; a--)
+        {
+            if (lengths[a] != 1 && strides[a] != expected)
+            {
+                return false;
+            }
+
+            expected *= lengths[a];
+        }
+
+        return true;
+    }
+
+    private static int[] Dims(ReadOnlySpan<nint> lengths, string name)
+    {
+        if (lengths.Length is < 2 or > 4)
+        {
+            throw new ArgumentException($"{name} has rank {lengths.Length}; expected [n, d], [heads, n, d] or [batch, heads, n, d].", name);
+        }
+
+        int[] dims = [1, 1, 1, 1];
+        for (int a = 0; a < lengths.Length; a++)
+        {
+            dims[4 - lengths.Length + a] = checked((int)lengths[a]);
+        }
+
+        return dims;
+    }
+
+    private static string Show(int[] dims) => TensorData.FormatShape(dims);
+
+    private static void ValidateShape(AttentionShape shape)
+    {
+        if (shape.BatchSize < 1 || shape.HeadCount < 1 || shape.QueryCount < 1 || shape.KeyCount < 1 || shape.HeadDim < 1 || shape.ValueDim < 1 || shape.KeyValueHeadCount < 0)
+        {
+            throw new ArgumentException($"Every dimension must be at least 1 (empty tensors are an error); got {shape}.", nameof(shape));
+        }
+
+        if (shape.HeadCount % shape.EffectiveKeyValueHeads != 0)
+        {
+            throw new ArgumentException(
+                $"Key/value heads ({shape.EffectiveKeyValueHeads}) must divide query heads ({shape.HeadCount}) for grouped-query attention.", nameof(shape));
+        }
+
+        if (shape.QueryLength > Array.MaxLength || shape.KeyLength > Array.MaxLength || shape.ValueLength > Array.MaxLength || shape.OutputLength > Array.MaxLength)
+        {
+            throw new ArgumentException($"A tensor of shape ({shape}) has more elements than one span can hold.", nameof(shape));
+        }
+    }
+
+    private static void CheckLength(int actual, long expected, string name, string layout, AttentionShape shape)
+    {
+        if (actual != expected)
+        {
+            throw new ArgumentException($"{name} has {actual} elements but {layout} with ({shape}) needs {expected}.", name);
+        }
+    }
+
+    private static (long Batch, long Head) BroadcastStrides(int length, long block, AttentionShape shape, string name)
+    {
+        if (length == 0)
+        {
+            return (0, 0);
+        }
+
+        if (length == block)
+        {
+            return (0, 0);
+        }
+
+        if (length == block * shape.HeadCount)
+        {
+            return (0, block);
+        }
+
+        if (length == block * shape.HeadCount * shape.BatchSize)
+        {
+            return (block * shape.HeadCount, block);
+        }
+
+        throw new ArgumentException(
+            $"{name} has {length} elements; expected [nq, nk] = {block}, [heads, nq, nk] = {block * shape.HeadCount} or [batch, heads, nq, nk] = {block * shape.HeadCount * shape.BatchSize}.",
+            "options");
+    }
+
+    private static void CheckFinite(ReadOnlySpan<float> values, string name)
+    {
+        if (TensorPrimitives.IsFiniteAll(values))
+        {
+            return;
+        }
+
+        int at = 0;
+        while (float.IsFinite(values[at]))
+        {
+            at++;
+        }
+
+        throw new ArgumentException(
+            $"{name} contains {values[at]} at flat index {at}. Non-finite inputs are rejected by default; set AllowNonFinite to let them propagate.", name);
+    }
+}

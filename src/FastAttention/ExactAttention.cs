@@ -1,0 +1,66 @@
+using System.Numerics.Tensors;
+using FastAttention.Kernels;
+
+namespace FastAttention;
+
+/// <summary>Options for <see cref="ExactAttention"/>. The default is plain, non-causal, multi-threaded attention with scale <c>1/sqrt(d)</c>.</summary>
+public readonly record struct ExactAttentionOptions
+{
+    /// <summary>Score scale <c>s</c> in <c>softmax(s Q K^T)</c>; <see langword="null"/> means <c>1/sqrt(d)</c> (transformers). The Alman–Song papers use <c>1/d</c>.</summary>
+    public float? Scale { get; init; }
+
+    /// <summary>Causal masking: query <c>i</c> sees key <c>j</c> iff <c>j &lt;= i + (nk - nq)</c> (bottom-right aligned). A query that sees no key outputs zeros.</summary>
+    public bool Causal { get; init; }
+
+    /// <summary>Optional additive score bias, shaped <c>[nq, nk]</c>, <c>[heads, nq, nk]</c> or <c>[batch, heads, nq, nk]</c> (smaller shapes broadcast); -infinity masks.</summary>
+    public ReadOnlyMemory<float> Bias { get; init; }
+
+    /// <summary>Optional boolean mask (true = attend), shaped like <see cref="Bias"/>.</summary>
+    public ReadOnlyMemory<bool> Mask { get; init; }
+
+    /// <summary>Worker threads; 0 means one per core. The output bits are the same for every value.</summary>
+    public int MaxDegreeOfParallelism { get; init; }
+
+    /// <summary>Let NaN and infinity in the inputs propagate instead of rejecting them.</summary>
+    public bool AllowNonFinite { get; init; }
+
+    /// <summary>Force a kernel by registry name (see <see cref="ExactAttention.Kernels"/>); <see langword="null"/> picks the fastest this CPU supports.</summary>
+    public string? Kernel { get; init; }
+}
+
+/// <summary>
+/// Exact softmax attention <c>softmax(s Q K^T + bias) V</c> by a tiled online-softmax kernel that never
+/// forms the <c>nq x nk</c> score matrix. Parallel over (batch, head, query tile): the output bits do not
+/// depend on the thread count.
+/// </summary>
+public static class ExactAttention
+{
+    /// <summary>The kernels this library has, fastest first, with whether this CPU runs them.</summary>
+    public static IReadOnlyList<(string Name, string Description, bool Supported)> Kernels =>
+        [.. KernelRegistry.Attention.Select(k => (k.Name, k.Description, k.IsSupported()))];
+
+    /// <summary>Computes attention into <paramref name="destination"/>.</summary>
+    /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>.</param>
+    /// <param name="key">Keys, <c>[batch, kvHeads, nk, d]</c>.</param>
+    /// <param name="value">Values, <c>[batch, kvHeads, nk, dv]</c>.</param>
+    /// <param name="shape">The dimensions.</param>
+    /// <param name="destination">Output, <c>[batch, heads, nq, dv]</c>; must not overlap the inputs.</param>
+    /// <param name="options">Scale, masking, threads, kernel.</param>
+    /// <returns>The kernel that ran and the flops counted.</returns>
+    /// <exception cref="ArgumentException">A length, shape, option or (by default) a non-finite input is invalid; the message names it.</exception>
+    public static AttentionRun Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, ExactAttentionOptions options = default) =>
+        AttentionCore.Run(query, key, value, shape, destination, Settings(options));
+
+    /// <summary>Computes attention on .NET tensor spans of rank 2 (<c>[n, d]</c>), 3 (<c>[heads, n, d]</c>) or 4 (<c>[batch, heads, n, d]</c>).</summary>
+    /// <param name="query">Queries.</param>
+    /// <param name="key">Keys (fewer heads than the query for grouped-query attention).</param>
+    /// <param name="value">Values.</param>
+    /// <param name="destination">Output, the query's shape with the last dimension <c>dv</c>.</param>
+    /// <param name="options">Scale, masking, threads, kernel.</param>
+    /// <returns>The kernel that ran and the flops counted.</returns>
+    public static AttentionRun Compute(ReadOnlyTensorSpan<float> query, ReadOnlyTensorSpan<float> key, ReadOnlyTensorSpan<float> value, TensorSpan<float> destination, ExactAttentionOptions options = default) =>
+        AttentionCore.Run(query, key, value, destination, Settings(options));
+
+    private static AttentionCore.Settings Settings(ExactAttentionOptions o) =>
+        new(o.Scale, -0.5f, o.Causal, o.Bias, o.Mask, o.MaxDegreeOfParallelism, o.AllowNonFinite, o.Kernel, 0f);
+}

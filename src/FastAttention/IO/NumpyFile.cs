@@ -1,0 +1,452 @@
+using System.Buffers.Binary;
+using System.Globalization;
+using System.Text;
+
+namespace FastAttention.IO;
+
+/// <summary>
+/// NumPy <c>.npy</c> files (format versions 1, 2 and 3). Reads float16/32/64 and integer arrays,
+/// little- or big-endian, C or Fortran order (converted to C order); writes little-endian C order.
+/// Files are treated as untrusted: the header is capped, the shape arithmetic is checked and the data
+/// length must match the header exactly.
+/// </summary>
+public static class NumpyFile
+{
+    /// <summary>The largest header the reader accepts (NumPy itself writes headers of a few hundred bytes).</summary>
+    public const int MaxHeaderBytes = 1 << 20;
+
+    private static ReadOnlySpan<byte> Magic => [0x93, (byte)'N', (byte)'U', (byte)'M', (byte)'P', (byte)'Y'];
+
+    /// <summary>Reads an array as float32 (float16, float64 and integer data are converted).</summary>
+    /// <param name="path">The <c>.npy</c> file.</param>
+    /// <returns>The array.</returns>
+    /// <exception cref="TensorFileException">The file is missing, malformed or of an unsupported type.</exception>
+    public static TensorData<float> ReadFloat32(string path) => ReadFile<float>(path);
+
+    /// <summary>Reads an array as float64 (float16, float32 and integer data are converted).</summary>
+    /// <param name="path">The <c>.npy</c> file.</param>
+    /// <returns>The array.</returns>
+    /// <exception cref="TensorFileException">The file is missing, malformed or of an unsupported type.</exception>
+    public static TensorData<double> ReadFloat64(string path) => ReadFile<double>(path);
+
+    /// <summary>Reads an integer array (any integer width) as int64, e.g. an index array.</summary>
+    /// <param name="path">The <c>.npy</c> file.</param>
+    /// <returns>The array.</returns>
+    /// <exception cref="TensorFileException">The file is missing, malformed or not an integer array.</exception>
+    public static TensorData<long> ReadInt64(string path) => ReadFile<long>(path);
+
+    /// <summary>Writes an array as a version 1.0 <c>.npy</c> file (2.0 if the header needs it).</summary>
+    /// <param name="path">The file to create or replace.</param>
+    /// <param name="tensor">The array.</param>
+    /// <exception cref="TensorFileException">The file could not be written.</exception>
+    public static void Write(string path, TensorData tensor)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        ArgumentNullException.ThrowIfNull(tensor);
+        try
+        {
+            using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None);
+            WriteTo(stream, tensor);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new TensorFileException(TensorFileErrorKind.Io, path, null, -1, ex.Message, ex);
+        }
+    }
+
+    /// <summary>Writes an array in <c>.npy</c> format to a stream.</summary>
+    /// <param name="stream">The destination.</param>
+    /// <param name="tensor">The array.</param>
+    public static void WriteTo(Stream stream, TensorData tensor)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ArgumentNullException.ThrowIfNull(tensor);
+        string descr = Payload.TypeOf(tensor) switch
+        {
+            ElementType.Float32 => "<f4",
+            ElementType.Float64 => "<f8",
+            ElementType.Int32 => "<i4",
+            _ => "<i8",
+        };
+        string shape = tensor.Rank == 1 ? $"({tensor.Shape[0]},)" : "(" + string.Join(", ", tensor.Shape) + ")";
+        string dict = $"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}";
+
+        // Pad with spaces and a final newline so the data starts on a 64-byte boundary.
+        int major = dict.Length + 1 + 10 <= ushort.MaxValue ? 1 : 2;
+        int prefix = major == 1 ? 10 : 12;
+        int total = (prefix + dict.Length + 1 + 63) / 64 * 64;
+        string header = dict.PadRight(total - prefix - 1) + "\n";
+
+        Span<byte> head = stackalloc byte[12];
+        Magic.CopyTo(head);
+        head[6] = (byte)major;
+        head[7] = 0;
+        if (major == 1)
+        {
+            BinaryPrimitives.WriteUInt16LittleEndian(head[8..], (ushort)header.Length);
+        }
+        else
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(head[8..], (uint)header.Length);
+        }
+
+        stream.Write(head[..prefix]);
+        stream.Write(Encoding.Latin1.GetBytes(header));
+        Payload.WriteElements(stream, tensor);
+    }
+
+    private static TensorData<T> ReadFile<T>(string path)
+        where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        var context = new FileContext(path, null);
+        FileStream stream;
+        try
+        {
+            stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw context.Error(TensorFileErrorKind.Io, -1, ex.Message, ex);
+        }
+
+        using (stream)
+        {
+            return ReadFrom<T>(stream, stream.Length, context);
+        }
+    }
+
+    /// <summary>Reads one <c>.npy</c> payload from a stream. <paramref name="length"/> is the stream's byte length when known.</summary>
+    internal static TensorData<T> ReadFrom<T>(Stream stream, long? length, FileContext context)
+        where T : unmanaged
+    {
+        Span<byte> prefix = stackalloc byte[10];
+        if (length is < 10)
+        {
+            throw context.Error(length == 0 ? TensorFileErrorKind.Empty : TensorFileErrorKind.Truncated, 0,
+                $"file is {length} bytes long, too short for a .npy header");
+        }
+
+        Payload.ReadExactly(stream, prefix, context, 0);
+        if (!prefix[..6].SequenceEqual(Magic))
+        {
+            throw context.Error(TensorFileErrorKind.NotThisFormat, 0, "not a .npy file (the magic bytes \\x93NUMPY are missing)");
+        }
+
+        int major = prefix[6];
+        long headerLength;
+        long offset;
+        if (major == 1)
+        {
+            headerLength = BinaryPrimitives.ReadUInt16LittleEndian(prefix[8..]);
+            offset = 10;
+        }
+        else if (major is 2 or 3)
+        {
+            Span<byte> rest = stackalloc byte[2];
+            Payload.ReadExactly(stream, rest, context, 10);
+            uint value = BinaryPrimitives.ReadUInt32LittleEndian([prefix[8], prefix[9], rest[0], rest[1]]);
+            headerLength = value;
+            offset = 12;
+        }
+        else
+        {
+            throw context.Error(TensorFileErrorKind.BadHeader, 6, $"unsupported .npy format version {major}.{prefix[7]} (1, 2 and 3 are supported)");
+        }
+
+        if (headerLength > MaxHeaderBytes)
+        {
+            throw context.Error(TensorFileErrorKind.HeaderTooLarge, 8, $"header claims {headerLength} bytes; at most {MaxHeaderBytes} are accepted");
+        }
+
+        if (length is long total && offset + headerLength > total)
+        {
+            throw context.Error(TensorFileErrorKind.Truncated, total, $"file ends inside the {headerLength}-byte header");
+        }
+
+        byte[] headerBytes = new byte[headerLength];
+        Payload.ReadExactly(stream, headerBytes, context, offset);
+        string header = major == 3 ? Encoding.UTF8.GetString(headerBytes) : Encoding.Latin1.GetString(headerBytes);
+        var parsed = HeaderParser.Parse(header, context, offset);
+        offset += headerLength;
+
+        long count = Payload.CheckedElementCount(parsed.Shape, parsed.Type, context, offset);
+        T[] data = Payload.Read<T>(stream, count, parsed.Type, parsed.BigEndian, length - offset, context, offset);
+        int[] shape = Array.ConvertAll(parsed.Shape, x => (int)x);
+        if (parsed.FortranOrder && shape.Length > 1)
+        {
+            data = FortranToC(data, shape);
+        }
+
+        return new TensorData<T>(data, shape);
+    }
+
+    /// <summary>Reorders data stored in Fortran (column-major) order into C (row-major) order.</summary>
+    private static T[] FortranToC<T>(T[] source, int[] shape)
+    {
+        var result = new T[source.LongLength];
+        int rank = shape.Length;
+        Span<long> fortranStride = stackalloc long[rank];
+        long stride = 1;
+        for (int a = 0; a < rank; a++)
+        {
+            fortranStride[a] = stride;
+            stride *= shape[a];
+        }
+
+        Span<int> index = stackalloc int[rank];
+        long from = 0;
+        for (long to = 0; to < result.LongLength; to++)
+        {
+            result[to] = source[from];
+
+            // Advance the C-order multi-index (last axis fastest), tracking the Fortran offset.
+            for (int a = rank - 1; a >= 0; a--)
+            {
+                index[a]++;
+                from += fortranStride[a];
+                if (index[a] < shape[a])
+                {
+                    break;
+                }
+
+                from -= fortranStride[a] * shape[a];
+                index[a] = 0;
+            }
+        }
+
+        return result;
+    }
+
+    private readonly record struct ParsedHeader(ElementType Type, bool BigEndian, bool FortranOrder, long[] Shape);
+
+    /// <summary>Parses the Python dict literal of a .npy header: <c>{'descr': '&lt;f4', 'fortran_order': False, 'shape': (3, 4), }</c>.</summary>
+    private ref struct HeaderParser
+    {
+        private readonly string _text;
+        private readonly FileContext _context;
+        private readonly long _offset;
+        private int _at;
+
+        private HeaderParser(string text, FileContext context, long offset)
+        {
+            _text = text;
+            _context = context;
+            _offset = offset;
+            _at = 0;
+        }
+
+        public static ParsedHeader Parse(string text, FileContext context, long offset)
+        {
+            var parser = new HeaderParser(text, context, offset);
+            return parser.ParseDict();
+        }
+
+        private ParsedHeader ParseDict()
+        {
+            string? descr = null;
+            bool? fortran = null;
+            long[]? shape = null;
+            Expect('{');
+            while (true)
+            {
+                SkipSpace();
+                if (Peek() == '}')
+                {
+                    _at++;
+                    break;
+                }
+
+                string key = ParseString();
+                Expect(':');
+                SkipSpace();
+                switch (key)
+                {
+                    case "descr":
+                        if (Peek() == '[')
+                        {
+                            throw Fail(TensorFileErrorKind.UnsupportedType, "structured dtypes are not supported; save a plain numeric array");
+                        }
+
+                        descr = ParseString();
+                        break;
+                    case "fortran_order":
+                        fortran = ParseBool();
+                        break;
+                    case "shape":
+                        shape = ParseTuple();
+                        break;
+                    default:
+                        throw Fail(TensorFileErrorKind.BadHeader, $"unexpected header key '{key}'");
+                }
+
+                SkipSpace();
+                if (Peek() == ',')
+                {
+                    _at++;
+                }
+                else if (Peek() != '}')
+                {
+                    throw Fail(TensorFileErrorKind.BadHeader, $"expected ',' or '}}' but found {Describe()}");
+                }
+            }
+
+            SkipSpace();
+            if (_at != _text.Length)
+            {
+                throw Fail(TensorFileErrorKind.BadHeader, "unexpected text after the header dict");
+            }
+
+            if (descr is null || fortran is null || shape is null)
+            {
+                throw Fail(TensorFileErrorKind.BadHeader, "header must define 'descr', 'fortran_order' and 'shape'");
+            }
+
+            (ElementType type, bool bigEndian) = ParseDescr(descr);
+            return new ParsedHeader(type, bigEndian, fortran.Value, shape);
+        }
+
+        private (ElementType Type, bool BigEndian) ParseDescr(string descr)
+        {
+            if (descr.Length < 3 || descr[0] is not ('<' or '>' or '|' or '='))
+            {
+                throw Fail(TensorFileErrorKind.UnsupportedType, $"unsupported dtype '{descr}'");
+            }
+
+            bool bigEndian = descr[0] == '>' || (descr[0] == '=' && !BitConverter.IsLittleEndian);
+            ElementType? type = descr[1..] switch
+            {
+                "f2" or "e" => ElementType.Float16,
+                "f4" => ElementType.Float32,
+                "f8" => ElementType.Float64,
+                "i1" => ElementType.Int8,
+                "u1" => ElementType.UInt8,
+                "b1" => ElementType.Bool,
+                "i2" => ElementType.Int16,
+                "u2" => ElementType.UInt16,
+                "i4" => ElementType.Int32,
+                "u4" => ElementType.UInt32,
+                "i8" => ElementType.Int64,
+                "u8" => ElementType.UInt64,
+                _ => null,
+            };
+            if (type is null)
+            {
+                throw Fail(TensorFileErrorKind.UnsupportedType,
+                    $"unsupported dtype '{descr}' (float16/32/64, signed/unsigned integers and bool are supported)");
+            }
+
+            return (type.Value, bigEndian);
+        }
+
+        private string ParseString()
+        {
+            SkipSpace();
+            char quote = Peek();
+            if (quote is not ('\'' or '"'))
+            {
+                throw Fail(TensorFileErrorKind.BadHeader, $"expected a quoted string but found {Describe()}");
+            }
+
+            int end = _text.IndexOf(quote, _at + 1);
+            if (end < 0)
+            {
+                throw Fail(TensorFileErrorKind.BadHeader, "unterminated string");
+            }
+
+            string value = _text.Substring(_at + 1, end - _at - 1);
+            _at = end + 1;
+            return value;
+        }
+
+        private bool ParseBool()
+        {
+            if (string.CompareOrdinal(_text, _at, "True", 0, 4) == 0)
+            {
+                _at += 4;
+                return true;
+            }
+
+            if (string.CompareOrdinal(_text, _at, "False", 0, 5) == 0)
+            {
+                _at += 5;
+                return false;
+            }
+
+            throw Fail(TensorFileErrorKind.BadHeader, $"expected True or False but found {Describe()}");
+        }
+
+        private long[] ParseTuple()
+        {
+            Expect('(');
+            var values = new List<long>();
+            while (true)
+            {
+                SkipSpace();
+                if (Peek() == ')')
+                {
+                    _at++;
+                    return [.. values];
+                }
+
+                int start = _at;
+                while (_at < _text.Length && (char.IsAsciiDigit(_text[_at]) || _text[_at] == '-'))
+                {
+                    _at++;
+                }
+
+                if (!long.TryParse(_text.AsSpan(start, _at - start), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out long value))
+                {
+                    throw Fail(TensorFileErrorKind.BadShape, $"shape entry '{_text.Substring(start, Math.Min(_at - start + 1, _text.Length - start))}' is not an integer");
+                }
+
+                if (_at < _text.Length && _text[_at] == 'L')
+                {
+                    _at++; // Python 2 long suffix.
+                }
+
+                if (values.Count >= 64)
+                {
+                    throw Fail(TensorFileErrorKind.BadShape, "more than 64 dimensions");
+                }
+
+                values.Add(value);
+                SkipSpace();
+                if (Peek() == ',')
+                {
+                    _at++;
+                }
+                else if (Peek() != ')')
+                {
+                    throw Fail(TensorFileErrorKind.BadShape, $"expected ',' or ')' in the shape but found {Describe()}");
+                }
+            }
+        }
+
+        private void Expect(char c)
+        {
+            SkipSpace();
+            if (Peek() != c)
+            {
+                throw Fail(TensorFileErrorKind.BadHeader, $"expected '{c}' but found {Describe()}");
+            }
+
+            _at++;
+        }
+
+        private void SkipSpace()
+        {
+            while (_at < _text.Length && char.IsWhiteSpace(_text[_at]))
+            {
+                _at++;
+            }
+        }
+
+        private readonly char Peek() => _at < _text.Length ? _text[_at] : '\0';
+
+        private readonly string Describe() => _at < _text.Length ? $"'{_text[_at]}'" : "the end of the header";
+
+        private readonly TensorFileException Fail(TensorFileErrorKind kind, string detail) =>
+            _context.Error(kind, _offset + _at, "bad .npy header: " + detail);
+    }
+}

@@ -1,0 +1,41 @@
+namespace FastAttention.Kernels;
+
+/// <summary>
+/// Everything a kernel needs, already validated. Tensors are dense C-order:
+/// query [batch, heads, nq, d], key [batch, kvHeads, nk, d], value [batch, kvHeads, nk, dv],
+/// output [batch, heads, nq, dv]; bias/mask element (b, h, i, j) is at
+/// <c>b * BatchStride + h * HeadStride + i * nk + j</c> (stride 0 broadcasts).
+/// </summary>
+internal unsafe struct AttentionArgs
+{
+    public float* Query;
+    public float* Key;
+    public float* Value;
+    public float* Output;
+    public float* Bias;
+    public bool* Mask;
+    public long BiasBatchStride;
+    public long BiasHeadStride;
+    public long MaskBatchStride;
+    public long MaskHeadStride;
+    public int Batch;
+    public int Heads;
+    public int KvHeads;
+    public int QueryCount;
+    public int KeyCount;
+    public int HeadDim;
+    public int ValueDim;
+
+    /// <summary>Score scale <c>s</c>, already resolved from the options.</summary>
+    public float Scale;
+
+    public bool Causal;
+
+    /// <summary>0 for softmax; p &gt; 0 for power attention <c>|s q.k|^p</c>, computed as softmax of <c>p ln|s q.k|</c>.</summary>
+    public float Power;
+
+    /// <summary>Worker threads; 0 or less means one per core.</summary>
+    public int MaxDegreeOfParallelism;
+
+    public readonly int GroupSize => Heads / KvHeads;
+}

@@ -1,0 +1,35 @@
+namespace FastAttention.Kernels;
+
+/// <summary>The one flop-count convention every GFLOP/s figure (CLI, benchmarks, docs) uses.</summary>
+internal static class FlopCount
+{
+    /// <summary>
+    /// Exact attention: <c>2 d</c> flops per score (<c>q.k</c>) plus <c>2 dv</c> per score (<c>P V</c>),
+    /// i.e. <c>4 n^2 d</c> for one head with <c>nq = nk = n</c>, <c>dv = d</c>. Causal counts only the
+    /// visible (query, key) pairs.
+    /// </summary>
+    public static double ExactAttention(int batch, int heads, int queryCount, int keyCount, int headDim, int valueDim, bool causal)
+    {
+        double pairs = VisiblePairs(queryCount, keyCount, causal);
+        return 2.0 * batch * heads * pairs * (headDim + valueDim);
+    }
+
+    /// <summary>(query, key) pairs a causal (bottom-right aligned) or full mask lets through.</summary>
+    public static double VisiblePairs(int queryCount, int keyCount, bool causal)
+    {
+        if (!causal)
+        {
+            return (double)queryCount * keyCount;
+        }
+
+        // Query i sees keys 0 .. i + (nk - nq), clipped to [0, nk].
+        double total = 0;
+        long offset = (long)keyCount - queryCount;
+        for (long i = 0; i < queryCount; i++)
+        {
+            total += Math.Clamp(i + offset + 1, 0, keyCount);
+        }
+
+        return total;
+    }
+}

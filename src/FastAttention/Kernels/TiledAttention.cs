@@ -1,0 +1,460 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
+namespace FastAttention.Kernels;
+
+/// <summary>
+/// Exact softmax attention by tiled online softmax (FlashAttention's algorithm, ALGORITHMS.md §1),
+/// written once over a vector width <typeparamref name="TS"/>. The <c>nq x nk</c> score matrix is never
+/// formed: each worker owns one (batch, head, query tile) and streams key tiles through it:
+/// <list type="number">
+/// <item>S = (s Q_tile) K_tile^T by a 4-row x 4-vector register-blocked micro-kernel over packed key panels;</item>
+/// <item>bias, mask, causal limit and key padding applied to S (masked scores become -inf);</item>
+/// <item>per row: m' = max(m, rowmax S), alpha = e^(m - m'), P = e^(S - m'), l = alpha l + sum P;</item>
+/// <item>O = alpha O + P V_tile by a 4-row x 4-vector micro-kernel;</item>
+/// <item>after the last key tile, out = O / l (a row that saw no key outputs zeros).</item>
+/// </list>
+/// Work items never share state, so the output bits do not depend on the thread count.
+/// </summary>
+internal static unsafe class TiledAttention<TS, TV>
+    where TS : struct, ISimd<TV>
+    where TV : struct
+{
+    /// <summary>Query rows per work item.</summary>
+    private const int QueryTile = 64;
+
+    /// <summary>Keys per tile: S (64 x 256 floats, 64 KiB) and the key/value tiles stay in L2.</summary>
+    private const int KeyTile = 256;
+
+    /// <summary>Query rows per micro-tile (4 rows x 4 vectors = 16 independent FMA chains).</summary>
+    private const int Rows = 4;
+
+    private static int Width => TS.Count;
+
+    /// <summary>Keys per score micro-tile: four vectors.</summary>
+    private static int Strip => 4 * TS.Count;
+
+    public static void Run(AttentionArgs a)
+    {
+        int strip = Strip;
+        int paddedKeys = RoundUp(a.KeyCount, strip);
+        int paddedValueDim = RoundUp(a.ValueDim, Width);
+        int groups = a.Batch * a.KvHeads;
+        long keyPanelSize = (long)paddedKeys * a.HeadDim;
+        long valueBlockSize = (long)paddedKeys * paddedValueDim;
+
+        float* keys = Allocate(groups * keyPanelSize);
+        float* values = Allocate(groups * valueBlockSize);
+        try
+        {
+            var options = new ParallelOptions { MaxDegreeOfParallelism = a.MaxDegreeOfParallelism > 0 ? a.MaxDegreeOfParallelism : -1 };
+
+            // Pass 0: pack each (batch, kv head) once: K into [nk/strip][d][strip] panels, V into [nk][dv rounded up to a vector].
+            Parallel.For(0, groups, options, g =>
+            {
+                PackKeys(a.Key + ((long)g * a.KeyCount * a.HeadDim), a.KeyCount, a.HeadDim, keys + (g * keyPanelSize), paddedKeys);
+                PackValues(a.Value + ((long)g * a.KeyCount * a.ValueDim), a.KeyCount, a.ValueDim, values + (g * valueBlockSize), paddedKeys, paddedValueDim);
+            });
+
+            int queryTiles = (a.QueryCount + QueryTile - 1) / QueryTile;
+            int items = a.Batch * a.Heads * queryTiles;
+            Parallel.For(
+                0,
+                items,
+                options,
+                () => new Scratch(a.HeadDim, paddedValueDim),
+                (item, _, scratch) =>
+                {
+                    int bh = item / queryTiles;
+                    int tile = item % queryTiles;
+                    int b = bh / a.Heads;
+                    int h = bh % a.Heads;
+                    long g = ((long)b * a.KvHeads) + (h / a.GroupSize);
+                    RunTile(in a, b, h, tile * QueryTile, keys + (g * keyPanelSize), values + (g * valueBlockSize), paddedValueDim, scratch);
+                    return scratch;
+                },
+                scratch => scratch.Dispose());
+        }
+        finally
+        {
+            NativeMemory.AlignedFree(keys);
+            NativeMemory.AlignedFree(values);
+        }
+    }
+
+    private static void RunTile(in AttentionArgs a, int b, int h, int i0, float* keys, float* values, int paddedValueDim, Scratch scratch)
+    {
+        int d = a.HeadDim;
+        int rows = Math.Min(QueryTile, a.QueryCount - i0);
+        int paddedRows = RoundUp(rows, Rows);
+        long bh = ((long)b * a.Heads) + h;
+        float* query = a.Query + (((bh * a.QueryCount) + i0) * d);
+        float* output = a.Output + (((bh * a.QueryCount) + i0) * a.ValueDim);
+        float* q = scratch.Query;
+        float* s = scratch.Scores;
+        float* o = scratch.Output;
+
+        // The scale is folded into the query tile once; padded rows are zero.
+        for (int r = 0; r < paddedRows; r++)
+        {
+            for (int t = 0; t < d; t++)
+            {
+                q[(r * d) + t] = r < rows ? query[(r * d) + t] * a.Scale : 0f;
+            }
+
+            scratch.Max[r] = float.NegativeInfinity;
+            scratch.Sum[r] = 0f;
+        }
+
+        NativeMemory.Clear(o, (nuint)(paddedRows * paddedValueDim * sizeof(float)));
+
+        // Causal, bottom-right aligned: query i sees keys j <= i + (nk - nq). Key tiles past the
+        // last row's limit are skipped entirely.
+        long causalOffset = (long)a.KeyCount - a.QueryCount;
+        int keyEnd = a.Causal ? (int)Math.Clamp(i0 + rows + causalOffset, 0, a.KeyCount) : a.KeyCount;
+
+        for (int j0 = 0; j0 < keyEnd; j0 += KeyTile)
+        {
+            int cols = Math.Min(KeyTile, keyEnd - j0);
+            int paddedCols = RoundUp(cols, Strip);
+
+            // 1. Scores.
+            for (int r = 0; r < paddedRows; r += Rows)
+            {
+                for (int c = 0; c < paddedCols; c += Strip)
+                {
+                    ScoreMicroKernel(q + (r * d), d, keys + ((long)(j0 + c) * d), s + (r * KeyTile) + c);
+                }
+            }
+
+            // 2. Score transform and masking.
+            ApplyMasks(in a, b, h, i0, rows, paddedRows, j0, cols, paddedCols, causalOffset, s);
+
+            // 3. Online softmax; row r's rescale factor goes to Alpha[r].
+            for (int r = 0; r < paddedRows; r++)
+            {
+                SoftmaxRow(s + (r * KeyTile), paddedCols, ref scratch.Max[r], ref scratch.Sum[r], out scratch.Alpha[r]);
+            }
+
+            // 4. O = alpha O + P V.
+            float* v = values + ((long)j0 * paddedValueDim);
+            for (int r = 0; r < paddedRows; r += Rows)
+            {
+                int c = 0;
+                for (; c + (4 * Width) <= paddedValueDim; c += 4 * Width)
+                {
+                    ValueMicroKernel4(s + (r * KeyTile), cols, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, scratch.Alpha + r);
+                }
+
+                for (; c < paddedValueDim; c += Width)
+                {
+                    ValueMicroKernel1(s + (r * KeyTile), cols, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, scratch.Alpha + r);
+                }
+            }
+        }
+
+        // 5. Normalise. l = 0 only when the row saw no visible key: it outputs zeros.
+        for (int r = 0; r < rows; r++)
+        {
+            float l = scratch.Sum[r];
+            float* row = o + (r * paddedValueDim);
+            for (int c = 0; c < a.ValueDim; c++)
+            {
+                output[(r * a.ValueDim) + c] = l > 0f ? row[c] / l : 0f;
+            }
+        }
+    }
+
+    private static void ApplyMasks(in AttentionArgs a, int b, int h, int i0, int rows, int paddedRows, int j0, int cols, int paddedCols, long causalOffset, float* s)
+    {
+        if (a.Power > 0f)
+        {
+            // Power attention |x|^p = e^(p ln|x|): the same online softmax then normalises it without overflow.
+            for (int r = 0; r < rows; r++)
+            {
+                float* row = s + (r * KeyTile);
+                for (int c = 0; c < cols; c++)
+                {
+                    float x = MathF.Abs(row[c]);
+                    row[c] = x == 0f ? float.NegativeInfinity : a.Power * MathF.Log(x);
+                }
+            }
+        }
+
+        if (a.Bias != null)
+        {
+            float* bias = a.Bias + (b * a.BiasBatchStride) + (h * a.BiasHeadStride) + ((long)i0 * a.KeyCount) + j0;
+            for (int r = 0; r < rows; r++)
+            {
+                float* row = s + (r * KeyTile);
+                float* add = bias + ((long)r * a.KeyCount);
+                for (int c = 0; c < cols; c++)
+                {
+                    row[c] += add[c];
+                }
+            }
+        }
+
+        if (a.Mask != null)
+        {
+            bool* mask = a.Mask + (b * a.MaskBatchStride) + (h * a.MaskHeadStride) + ((long)i0 * a.KeyCount) + j0;
+            for (int r = 0; r < rows; r++)
+            {
+                float* row = s + (r * KeyTile);
+                bool* keep = mask + ((long)r * a.KeyCount);
+                for (int c = 0; c < cols; c++)
+                {
+                    if (!keep[c])
+                    {
+                        row[c] = float.NegativeInfinity;
+                    }
+                }
+            }
+        }
+
+        for (int r = 0; r < paddedRows; r++)
+        {
+            // Keys past this row's causal limit and the zero keys that pad the last panel.
+            int visible = cols;
+            if (a.Causal)
+            {
+                visible = (int)Math.Clamp(i0 + r + causalOffset + 1 - j0, 0, cols);
+            }
+
+            float* row = s + (r * KeyTile);
+            for (int c = visible; c < paddedCols; c++)
+            {
+                row[c] = float.NegativeInfinity;
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void SoftmaxRow(float* s, int paddedCols, ref float max, ref float sum, out float alpha)
+    {
+        int w = Width;
+        TV m = TS.Broadcast(float.NegativeInfinity);
+        for (int c = 0; c < paddedCols; c += w)
+        {
+            m = TS.Max(m, TS.Load(ref s[c]));
+        }
+
+        float newMax = MathF.Max(max, TS.MaxAcross(m));
+        if (float.IsNegativeInfinity(newMax))
+        {
+            // Nothing visible yet: P = 0, state unchanged.
+            NativeMemory.Clear(s, (nuint)(paddedCols * sizeof(float)));
+            alpha = 1f;
+            return;
+        }
+
+        alpha = VectorMath.Exp<SimdScalar, float>(max - newMax);
+        TV shift = TS.Broadcast(newMax);
+        TV total = TS.Broadcast(0f);
+        for (int c = 0; c < paddedCols; c += w)
+        {
+            TV p = VectorMath.Exp<TS, TV>(TS.Subtract(TS.Load(ref s[c]), shift));
+            TS.Store(p, ref s[c]);
+            total = TS.Add(total, p);
+        }
+
+        sum = (sum * alpha) + TS.SumAcross(total);
+        max = newMax;
+    }
+
+    /// <summary>S[4 x strip] = Q[4 x d] K_panel[d x strip]; the panel holds <c>strip</c> keys, feature-major.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ScoreMicroKernel(float* q, int d, float* panel, float* s)
+    {
+        int w = Width;
+        TV zero = TS.Broadcast(0f);
+        TV c00 = zero, c01 = zero, c02 = zero, c03 = zero;
+        TV c10 = zero, c11 = zero, c12 = zero, c13 = zero;
+        TV c20 = zero, c21 = zero, c22 = zero, c23 = zero;
+        TV c30 = zero, c31 = zero, c32 = zero, c33 = zero;
+        float* q1 = q + d;
+        float* q2 = q1 + d;
+        float* q3 = q2 + d;
+        for (int t = 0; t < d; t++)
+        {
+            float* k = panel + (t * 4 * w);
+            TV k0 = TS.Load(ref k[0]);
+            TV k1 = TS.Load(ref k[w]);
+            TV k2 = TS.Load(ref k[2 * w]);
+            TV k3 = TS.Load(ref k[3 * w]);
+            TV x = TS.Broadcast(q[t]);
+            c00 = TS.MultiplyAdd(x, k0, c00);
+            c01 = TS.MultiplyAdd(x, k1, c01);
+            c02 = TS.MultiplyAdd(x, k2, c02);
+            c03 = TS.MultiplyAdd(x, k3, c03);
+            x = TS.Broadcast(q1[t]);
+            c10 = TS.MultiplyAdd(x, k0, c10);
+            c11 = TS.MultiplyAdd(x, k1, c11);
+            c12 = TS.MultiplyAdd(x, k2, c12);
+            c13 = TS.MultiplyAdd(x, k3, c13);
+            x = TS.Broadcast(q2[t]);
+            c20 = TS.MultiplyAdd(x, k0, c20);
+            c21 = TS.MultiplyAdd(x, k1, c21);
+            c22 = TS.MultiplyAdd(x, k2, c22);
+            c23 = TS.MultiplyAdd(x, k3, c23);
+            x = TS.Broadcast(q3[t]);
+            c30 = TS.MultiplyAdd(x, k0, c30);
+            c31 = TS.MultiplyAdd(x, k1, c31);
+            c32 = TS.MultiplyAdd(x, k2, c32);
+            c33 = TS.MultiplyAdd(x, k3, c33);
+        }
+
+        StoreRow(s, c00, c01, c02, c03);
+        StoreRow(s + KeyTile, c10, c11, c12, c13);
+        StoreRow(s + (2 * KeyTile), c20, c21, c22, c23);
+        StoreRow(s + (3 * KeyTile), c30, c31, c32, c33);
+    }
+
+    /// <summary>O[4 x 4 vectors] = alpha O + P[4 x cols] V[cols x 4 vectors].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ValueMicroKernel4(float* p, int cols, float* v, int vStride, float* o, int oStride, float* alpha)
+    {
+        int w = Width;
+        TV a0 = TS.Broadcast(alpha[0]), a1 = TS.Broadcast(alpha[1]), a2 = TS.Broadcast(alpha[2]), a3 = TS.Broadcast(alpha[3]);
+        float* o1 = o + oStride;
+        float* o2 = o1 + oStride;
+        float* o3 = o2 + oStride;
+        TV c00 = TS.Multiply(a0, TS.Load(ref o[0])), c01 = TS.Multiply(a0, TS.Load(ref o[w])), c02 = TS.Multiply(a0, TS.Load(ref o[2 * w])), c03 = TS.Multiply(a0, TS.Load(ref o[3 * w]));
+        TV c10 = TS.Multiply(a1, TS.Load(ref o1[0])), c11 = TS.Multiply(a1, TS.Load(ref o1[w])), c12 = TS.Multiply(a1, TS.Load(ref o1[2 * w])), c13 = TS.Multiply(a1, TS.Load(ref o1[3 * w]));
+        TV c20 = TS.Multiply(a2, TS.Load(ref o2[0])), c21 = TS.Multiply(a2, TS.Load(ref o2[w])), c22 = TS.Multiply(a2, TS.Load(ref o2[2 * w])), c23 = TS.Multiply(a2, TS.Load(ref o2[3 * w]));
+        TV c30 = TS.Multiply(a3, TS.Load(ref o3[0])), c31 = TS.Multiply(a3, TS.Load(ref o3[w])), c32 = TS.Multiply(a3, TS.Load(ref o3[2 * w])), c33 = TS.Multiply(a3, TS.Load(ref o3[3 * w]));
+        for (int j = 0; j < cols; j++)
+        {
+            float* vr = v + ((long)j * vStride);
+            TV v0 = TS.Load(ref vr[0]);
+            TV v1 = TS.Load(ref vr[w]);
+            TV v2 = TS.Load(ref vr[2 * w]);
+            TV v3 = TS.Load(ref vr[3 * w]);
+            TV x = TS.Broadcast(p[j]);
+            c00 = TS.MultiplyAdd(x, v0, c00);
+            c01 = TS.MultiplyAdd(x, v1, c01);
+            c02 = TS.MultiplyAdd(x, v2, c02);
+            c03 = TS.MultiplyAdd(x, v3, c03);
+            x = TS.Broadcast(p[KeyTile + j]);
+            c10 = TS.MultiplyAdd(x, v0, c10);
+            c11 = TS.MultiplyAdd(x, v1, c11);
+            c12 = TS.MultiplyAdd(x, v2, c12);
+            c13 = TS.MultiplyAdd(x, v3, c13);
+            x = TS.Broadcast(p[(2 * KeyTile) + j]);
+            c20 = TS.MultiplyAdd(x, v0, c20);
+            c21 = TS.MultiplyAdd(x, v1, c21);
+            c22 = TS.MultiplyAdd(x, v2, c22);
+            c23 = TS.MultiplyAdd(x, v3, c23);
+            x = TS.Broadcast(p[(3 * KeyTile) + j]);
+            c30 = TS.MultiplyAdd(x, v0, c30);
+            c31 = TS.MultiplyAdd(x, v1, c31);
+            c32 = TS.MultiplyAdd(x, v2, c32);
+            c33 = TS.MultiplyAdd(x, v3, c33);
+        }
+
+        StoreRow(o, c00, c01, c02, c03);
+        StoreRow(o1, c10, c11, c12, c13);
+        StoreRow(o2, c20, c21, c22, c23);
+        StoreRow(o3, c30, c31, c32, c33);
+    }
+
+    /// <summary>The one-vector-wide tail of <see cref="ValueMicroKernel4"/>, for value widths that are not a multiple of four vectors.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ValueMicroKernel1(float* p, int cols, float* v, int vStride, float* o, int oStride, float* alpha)
+    {
+        TV c0 = TS.Multiply(TS.Broadcast(alpha[0]), TS.Load(ref o[0]));
+        TV c1 = TS.Multiply(TS.Broadcast(alpha[1]), TS.Load(ref o[oStride]));
+        TV c2 = TS.Multiply(TS.Broadcast(alpha[2]), TS.Load(ref o[2 * oStride]));
+        TV c3 = TS.Multiply(TS.Broadcast(alpha[3]), TS.Load(ref o[3 * oStride]));
+        for (int j = 0; j < cols; j++)
+        {
+            TV x = TS.Load(ref v[(long)j * vStride]);
+            c0 = TS.MultiplyAdd(TS.Broadcast(p[j]), x, c0);
+            c1 = TS.MultiplyAdd(TS.Broadcast(p[KeyTile + j]), x, c1);
+            c2 = TS.MultiplyAdd(TS.Broadcast(p[(2 * KeyTile) + j]), x, c2);
+            c3 = TS.MultiplyAdd(TS.Broadcast(p[(3 * KeyTile) + j]), x, c3);
+        }
+
+        TS.Store(c0, ref o[0]);
+        TS.Store(c1, ref o[oStride]);
+        TS.Store(c2, ref o[2 * oStride]);
+        TS.Store(c3, ref o[3 * oStride]);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreRow(float* destination, TV x0, TV x1, TV x2, TV x3)
+    {
+        int w = Width;
+        TS.Store(x0, ref destination[0]);
+        TS.Store(x1, ref destination[w]);
+        TS.Store(x2, ref destination[2 * w]);
+        TS.Store(x3, ref destination[3 * w]);
+    }
+
+    /// <summary>K [nk, d] into panels of <c>strip</c> keys, each [d][strip]; missing keys are zero.</summary>
+    private static void PackKeys(float* key, int keyCount, int d, float* packed, int paddedKeys)
+    {
+        int strip = Strip;
+        for (int j0 = 0; j0 < paddedKeys; j0 += strip)
+        {
+            float* panel = packed + ((long)j0 * d);
+            for (int t = 0; t < d; t++)
+            {
+                for (int c = 0; c < strip; c++)
+                {
+                    int j = j0 + c;
+                    panel[(t * strip) + c] = j < keyCount ? key[((long)j * d) + t] : 0f;
+                }
+            }
+        }
+    }
+
+    /// <summary>V [nk, dv] into [paddedKeys, paddedValueDim] with zero padding (0 * padding must stay 0, never NaN).</summary>
+    private static void PackValues(float* value, int keyCount, int dv, float* packed, int paddedKeys, int paddedValueDim)
+    {
+        NativeMemory.Clear(packed, (nuint)((long)paddedKeys * paddedValueDim * sizeof(float)));
+        for (int j = 0; j < keyCount; j++)
+        {
+            new ReadOnlySpan<float>(value + ((long)j * dv), dv).CopyTo(new Span<float>(packed + ((long)j * paddedValueDim), dv));
+        }
+    }
+
+    private static int RoundUp(int x, int multiple) => (x + multiple - 1) / multiple * multiple;
+
+    private static float* Allocate(long floats) =>
+        (float*)NativeMemory.AlignedAlloc((nuint)(Math.Max(floats, 1) * sizeof(float)), 64);
+
+    /// <summary>One worker's tile buffers, 64-byte aligned, reused across its work items.</summary>
+    private sealed class Scratch : IDisposable
+    {
+        public Scratch(int d, int paddedValueDim)
+        {
+            Query = Allocate((long)QueryTile * d);
+            Scores = Allocate((long)QueryTile * KeyTile);
+            Output = Allocate((long)QueryTile * paddedValueDim);
+            Max = new float[QueryTile];
+            Sum = new float[QueryTile];
+            Alpha = Allocate(QueryTile);
+        }
+
+        public float* Query { get; }
+
+        public float* Scores { get; }
+
+        public float* Output { get; }
+
+        public float* Alpha { get; }
+
+        public float[] Max { get; }
+
+        public float[] Sum { get; }
+
+        public void Dispose()
+        {
+            NativeMemory.AlignedFree(Query);
+            NativeMemory.AlignedFree(Scores);
+            NativeMemory.AlignedFree(Output);
+            NativeMemory.AlignedFree(Alpha);
+        }
+    }
+}
