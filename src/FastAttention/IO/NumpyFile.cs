@@ -35,6 +35,17 @@ public static class NumpyFile
     /// <exception cref="TensorFileException">The file is missing, malformed or not an integer array.</exception>
     public static TensorData<long> ReadInt64(string path) => ReadFile<long>(path);
 
+    /// <summary>Reads an array as float32 from a stream (for example an embedded resource).</summary>
+    /// <param name="stream">The stream, positioned at the start of the <c>.npy</c> data.</param>
+    /// <param name="sourceName">The name error messages use for the stream.</param>
+    /// <returns>The array.</returns>
+    /// <exception cref="TensorFileException">The data is malformed or of an unsupported type.</exception>
+    public static TensorData<float> ReadFloat32(Stream stream, string sourceName)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        return ReadFrom<float>(stream, stream.CanSeek ? stream.Length - stream.Position : null, new FileContext(sourceName, null));
+    }
+
     /// <summary>Writes an array as a version 1.0 <c>.npy</c> file (2.0 if the header needs it).</summary>
     /// <param name="path">The file to create or replace.</param>
     /// <param name="tensor">The array.</param>

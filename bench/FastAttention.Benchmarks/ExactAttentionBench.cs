@@ -1,0 +1,57 @@
+using BenchmarkDotNet.Attributes;
+using BenchmarkDotNet.Configs;
+using BenchmarkDotNet.Jobs;
+using FastAttention.Kernels;
+
+namespace FastAttention.Benchmarks;
+
+/// <summary>The exact tiled kernel over the registry, at n = 1024 and 4096 (and 1000, not a vector multiple), d = 64, one head.</summary>
+[Config(typeof(Config))]
+public class ExactAttentionBench : IFlopCounted
+{
+    private float[] _q = [], _k = [], _v = [], _o = [];
+
+    public static IEnumerable<string> Kernels => KernelRegistry.Supported.Select(k => k.Name);
+
+    [ParamsSource(nameof(Kernels))]
+    public string Kernel { get; set; } = "";
+
+    [Params(1000, 1024, 4096)]
+    public int N { get; set; }
+
+    [Params(64)]
+    public int D { get; set; }
+
+    [Params(1, 2)]
+    public int Threads { get; set; }
+
+    [Params(false, true)]
+    public bool Causal { get; set; }
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        var random = new Random(42);
+        float[] Fill() => [.. Enumerable.Range(0, N * D).Select(_ => (float)((random.NextDouble() * 2) - 1))];
+        _q = Fill();
+        _k = Fill();
+        _v = Fill();
+        _o = new float[N * D];
+    }
+
+    [Benchmark]
+    public void Exact() => ExactAttention.Compute(_q, _k, _v, AttentionShape.SingleHead(N, D), _o,
+        new ExactAttentionOptions { Kernel = Kernel, MaxDegreeOfParallelism = Threads, Causal = Causal });
+
+    public double Flops(IReadOnlyDictionary<string, object> p) =>
+        FlopCount.ExactAttention(1, 1, (int)p["N"], (int)p["N"], (int)p["D"], (int)p["D"], (bool)p["Causal"]);
+
+    private sealed class Config : ManualConfig
+    {
+        public Config()
+        {
+            AddJob(Job.ShortRun.WithWarmupCount(2).WithIterationCount(5));
+            AddColumn(new GflopsColumn(false), new GflopsColumn(true));
+        }
+    }
+}

@@ -1,0 +1,119 @@
+using System.Text;
+using FastAttention.IO;
+
+namespace FastAttention.Cli;
+
+/// <summary>A <c>fastattn</c> command: its name, one-line summary, options and body.</summary>
+internal sealed record Command(string Name, string Summary, IReadOnlyList<OptionSpec> Options, Func<ParsedOptions, TextWriter, int> Run);
+
+/// <summary>
+/// Dispatches <c>fastattn COMMAND [options]</c>. Errors are one line on stderr, no stack trace:
+/// exit 2 for usage mistakes, 3 for bad input files or data, 1 for anything unexpected.
+/// </summary>
+internal static class Cli
+{
+    public static IReadOnlyList<Command> Commands { get; } =
+    [
+        AttendCommand.Command,
+        InspectCommand.Command,
+        DemoCommand.Command,
+    ];
+
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        if (args.Length == 0 || args[0] is "--help" or "-h" or "help")
+        {
+            stdout.Write(Usage());
+            return args.Length == 0 ? ExitCode.Usage : ExitCode.Ok;
+        }
+
+        if (args[0] == "--version")
+        {
+            stdout.WriteLine(typeof(Cli).Assembly.GetName().Version);
+            return ExitCode.Ok;
+        }
+
+        Command? command = Commands.FirstOrDefault(c => c.Name == args[0]);
+        if (command is null)
+        {
+            stderr.WriteLine($"fastattn: unknown command '{args[0]}' (commands: {string.Join(", ", Commands.Select(c => c.Name))})");
+            return ExitCode.Usage;
+        }
+
+        if (args.Skip(1).Any(a => a is "--help" or "-h"))
+        {
+            stdout.Write(Help(command));
+            return ExitCode.Ok;
+        }
+
+        try
+        {
+            ParsedOptions options = ParsedOptions.Parse(command.Name, args[1..], command.Options);
+            return command.Run(options, stdout);
+        }
+        catch (UsageException ex)
+        {
+            stderr.WriteLine("fastattn: " + ex.Message);
+            return ExitCode.Usage;
+        }
+        catch (TensorFileException ex)
+        {
+            stderr.WriteLine("fastattn: " + ex.Message);
+            return ExitCode.BadInput;
+        }
+        catch (BadInputException ex)
+        {
+            stderr.WriteLine("fastattn: " + ex.Message);
+            return ExitCode.BadInput;
+        }
+        catch (ArgumentException ex)
+        {
+            // The library's validation (non-finite values, shapes) names the input and the problem.
+            stderr.WriteLine("fastattn: bad input: " + OneLine(ex.Message));
+            return ExitCode.BadInput;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or NotSupportedException or OutOfMemoryException)
+        {
+            stderr.WriteLine("fastattn: " + OneLine(ex.Message));
+            return ExitCode.Failure;
+        }
+    }
+
+    public static string Usage()
+    {
+        var text = new StringBuilder();
+        text.AppendLine("fastattn: fast exact and approximate transformer attention on the CPU");
+        text.AppendLine();
+        text.AppendLine("usage: fastattn COMMAND [options]     (fastattn COMMAND --help for its options)");
+        text.AppendLine();
+        foreach (Command command in Commands)
+        {
+            text.AppendLine($"  {command.Name,-10} {command.Summary}");
+        }
+
+        text.AppendLine();
+        text.AppendLine("Tensors: FILE.npy, or FILE.npz:NAME / FILE.safetensors:NAME for one tensor of a multi-tensor file.");
+        text.AppendLine("Exit codes: 0 ok, 1 unexpected failure, 2 usage error, 3 bad input file or data.");
+        return text.ToString();
+    }
+
+    public static string Help(Command command)
+    {
+        var text = new StringBuilder();
+        text.AppendLine($"fastattn {command.Name}: {command.Summary}");
+        text.AppendLine();
+        foreach (OptionSpec option in command.Options)
+        {
+            string left = option.IsFlag ? "--" + option.Name : $"--{option.Name} {option.ValueName}";
+            text.AppendLine($"  {left,-22} {option.Help}");
+        }
+
+        return text.ToString();
+    }
+
+    private static string OneLine(string message)
+    {
+        int paren = message.IndexOf(" (Parameter '", StringComparison.Ordinal);
+        return (paren > 0 ? message[..paren] : message).ReplaceLineEndings(" ");
+    }
+}

@@ -1,0 +1,72 @@
+using System.Globalization;
+
+namespace FastAttention.Cli;
+
+/// <summary><c>fastattn inspect</c>: shapes, entry bounds and the regime of the papers an input is in.</summary>
+internal static class InspectCommand
+{
+    public static Command Command { get; } = new(
+        "inspect",
+        "shapes, entry bound B = max|entry|, max |scaled score|, and the bounded-entry regime of Q and K",
+        [
+            new("q", "Q.npy", "queries [n,d], [h,n,d] or [b,h,n,d] (required)"),
+            new("k", "K.npy", "keys, same rank (required)"),
+            new("scale", "S", "score scale s (default 1/sqrt(d))"),
+            new("json", null, "print one JSON object"),
+        ],
+        Run);
+
+    private static int Run(ParsedOptions o, TextWriter stdout)
+    {
+        TensorData<float> q = TensorFiles.Load("q", o.Required("inspect", "q"));
+        TensorData<float> k = TensorFiles.Load("k", o.Required("inspect", "k"));
+        float? scale = o.Float("scale");
+
+        // K doubles as V here: only Q and K matter.
+        AttentionShape shape = AttentionInputs.Shape(q, k, k);
+        InputBounds bounds = InputAnalysis.Analyze(q.Data, k.Data, shape, scale);
+        string regime = bounds.Regime == EntryRegime.Bounded
+            ? "bounded: B <= sqrt(ln n), the polynomial method of Alman-Song applies"
+            : "large: B > sqrt(ln n), beyond the bounded-entry threshold; use exact attention";
+
+        if (o.Flag("json"))
+        {
+            Json.Write(stdout, w =>
+            {
+                Json.WriteShape(w, "queryShape", q.Shape);
+                Json.WriteShape(w, "keyShape", k.Shape);
+                w.WriteNumber("n", bounds.TokenCount);
+                w.WriteNumber("d", shape.HeadDim);
+                w.WriteNumber("scale", bounds.Scale);
+                w.WriteNumber("queryEntryBound", bounds.QueryEntryBound);
+                w.WriteNumber("keyEntryBound", bounds.KeyEntryBound);
+                w.WriteNumber("B", bounds.EntryBound);
+                w.WriteNumber("sqrtLogN", bounds.Threshold);
+                w.WriteNumber("BOverSqrtLogN", bounds.EntryBound / bounds.Threshold);
+                w.WriteNumber("maxQueryNorm", bounds.MaxQueryNorm);
+                w.WriteNumber("maxKeyNorm", bounds.MaxKeyNorm);
+                w.WriteNumber("scoreNormBound", bounds.ScoreNormBound);
+                if (bounds.MaxAbsScaledScore is double m)
+                {
+                    w.WriteNumber("maxAbsScaledScore", m);
+                }
+                else
+                {
+                    w.WriteNull("maxAbsScaledScore");
+                }
+
+                w.WriteString("regime", bounds.Regime.ToString().ToLowerInvariant());
+            });
+            return ExitCode.Ok;
+        }
+
+        var inv = CultureInfo.InvariantCulture;
+        stdout.WriteLine($"query  {q.ShapeText}   key {k.ShapeText}   n = {bounds.TokenCount}, d = {shape.HeadDim}, heads = {shape.HeadCount} (kv {shape.EffectiveKeyValueHeads})");
+        stdout.WriteLine(string.Create(inv, $"entry bound B = max|entry| = {bounds.EntryBound:G5}   (Q {bounds.QueryEntryBound:G5}, K {bounds.KeyEntryBound:G5})"));
+        stdout.WriteLine(string.Create(inv, $"row norms     max||q|| = {bounds.MaxQueryNorm:G5}, max||k|| = {bounds.MaxKeyNorm:G5}"));
+        stdout.WriteLine(string.Create(inv, $"scale s = {bounds.Scale:G5}: max|s q.k| = {(bounds.MaxAbsScaledScore is double x ? x.ToString("G5", inv) : "(skipped: too large to scan)")}, bound s max||q|| max||k|| = {bounds.ScoreNormBound:G5}"));
+        stdout.WriteLine(string.Create(inv, $"threshold sqrt(ln n) = {bounds.Threshold:G4};  B / sqrt(ln n) = {bounds.EntryBound / bounds.Threshold:G4}"));
+        stdout.WriteLine("regime: " + regime);
+        return ExitCode.Ok;
+    }
+}

@@ -1,0 +1,32 @@
+using System.Text;
+using System.Text.Json;
+
+namespace FastAttention.Cli;
+
+/// <summary>Prints one JSON object to stdout.</summary>
+internal static class Json
+{
+    public static void Write(TextWriter stdout, Action<Utf8JsonWriter> body)
+    {
+        using var buffer = new MemoryStream();
+        using (var writer = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
+        {
+            writer.WriteStartObject();
+            body(writer);
+            writer.WriteEndObject();
+        }
+
+        stdout.WriteLine(Encoding.UTF8.GetString(buffer.ToArray()));
+    }
+
+    public static void WriteShape(Utf8JsonWriter writer, string name, IEnumerable<int> shape)
+    {
+        writer.WriteStartArray(name);
+        foreach (int length in shape)
+        {
+            writer.WriteNumberValue(length);
+        }
+
+        writer.WriteEndArray();
+    }
+}

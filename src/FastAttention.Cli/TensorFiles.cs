@@ -1,0 +1,103 @@
+using FastAttention.IO;
+
+namespace FastAttention.Cli;
+
+/// <summary>
+/// How the CLI names tensors: <c>file.npy</c>, or <c>file.npz:name</c> / <c>file.safetensors:name</c>
+/// for one tensor of a multi-tensor file. Outputs go through a temp file and a rename, so a failed run
+/// never leaves a half-written output and never touches an existing file unless asked to.
+/// </summary>
+internal static class TensorFiles
+{
+    public static TensorData<float> Load(string option, string spec)
+    {
+        (string path, string? name) = Split(spec);
+        if (!File.Exists(path))
+        {
+            throw new TensorFileException(TensorFileErrorKind.Io, path, name, -1, $"file not found (given as --{option})");
+        }
+
+        string extension = Path.GetExtension(path).ToLowerInvariant();
+        return extension switch
+        {
+            ".npz" => NpzFile.ReadFloat32(path, name ?? SingleName(NpzFile.Names(path), path, option)),
+            ".safetensors" => SafeTensorsFile.ReadFloat32(path, name ?? SingleName(SafeTensorsFile.Names(path), path, option)),
+            _ when name is not null => throw new UsageException($"--{option}: '{path}' holds one array; the ':{name}' suffix is only for .npz and .safetensors"),
+            _ => NumpyFile.ReadFloat32(path),
+        };
+    }
+
+    /// <summary>Refuses up front to clobber an existing output unless <paramref name="force"/> is set.</summary>
+    public static void CheckWritable(string option, string path, bool force)
+    {
+        if (File.Exists(path) && !force)
+        {
+            throw new UsageException($"--{option} {path} already exists; pass --force to overwrite it");
+        }
+
+        string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (dir is not null && !Directory.Exists(dir))
+        {
+            throw new UsageException($"--{option} {path}: folder {dir} does not exist");
+        }
+    }
+
+    /// <summary>Writes via a temp file in the same folder, then renames over the target.</summary>
+    public static void WriteAtomically(string path, bool force, Action<string> write)
+    {
+        string full = Path.GetFullPath(path);
+        string temp = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+        try
+        {
+            write(temp);
+            File.Move(temp, full, overwrite: force);
+        }
+        catch (IOException ex) when (!force && File.Exists(full))
+        {
+            throw new UsageException($"{path} appeared while computing; pass --force to overwrite it ({ex.Message})");
+        }
+        finally
+        {
+            if (File.Exists(temp))
+            {
+                File.Delete(temp);
+            }
+        }
+    }
+
+    /// <summary>Writes one float32 array to <c>.npy</c>, <c>.npz</c> or <c>.safetensors</c> (name <c>out</c>) by extension.</summary>
+    public static void Save(string path, bool force, TensorData<float> tensor) =>
+        WriteAtomically(path, force, temp =>
+        {
+            switch (Path.GetExtension(path).ToLowerInvariant())
+            {
+                case ".npz":
+                    NpzFile.Write(temp, [new("out", tensor)]);
+                    break;
+                case ".safetensors":
+                    SafeTensorsFile.Write(temp, [new("out", tensor)]);
+                    break;
+                default:
+                    NumpyFile.Write(temp, tensor);
+                    break;
+            }
+        });
+
+    private static (string Path, string? Name) Split(string spec)
+    {
+        foreach (string extension in new[] { ".npz:", ".safetensors:" })
+        {
+            int at = spec.LastIndexOf(extension, StringComparison.OrdinalIgnoreCase);
+            if (at > 0)
+            {
+                return (spec[..(at + extension.Length - 1)], spec[(at + extension.Length)..]);
+            }
+        }
+
+        return (spec, null);
+    }
+
+    private static string SingleName(IReadOnlyList<string> names, string path, string option) => names.Count == 1
+        ? names[0]
+        : throw new UsageException($"--{option}: {path} holds {names.Count} tensors ({string.Join(", ", names)}); name one as {path}:NAME");
+}

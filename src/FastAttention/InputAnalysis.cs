@@ -1,0 +1,112 @@
+using System.Numerics.Tensors;
+
+namespace FastAttention;
+
+/// <summary>Which side of Alman–Song's bounded-entry threshold an input lies on.</summary>
+public enum EntryRegime
+{
+    /// <summary><c>B &lt;= sqrt(ln n)</c>: the polynomial method applies (near-linear time approximations exist).</summary>
+    Bounded,
+
+    /// <summary><c>B &gt; sqrt(ln n)</c>: beyond the threshold, no truly subquadratic approximation exists in general (under SETH); use exact attention.</summary>
+    Large,
+}
+
+/// <summary>Entry and score bounds of a query/key pair: what decides which attention method can work.</summary>
+/// <param name="QueryEntryBound">max |Q_il|.</param>
+/// <param name="KeyEntryBound">max |K_jl|.</param>
+/// <param name="EntryBound">B = max of the two: the paper's entry bound.</param>
+/// <param name="MaxQueryNorm">max_i ||q_i||.</param>
+/// <param name="MaxKeyNorm">max_j ||k_j||.</param>
+/// <param name="Scale">The score scale used.</param>
+/// <param name="ScoreNormBound">s max||q|| max||k||: a cheap upper bound on |s q.k|.</param>
+/// <param name="MaxAbsScaledScore">The exact max_ij |s q_i.k_j| (per head pairing), or null when skipped as too costly.</param>
+/// <param name="TokenCount">n = max(nq, nk).</param>
+/// <param name="Threshold">sqrt(ln n), the bounded-entry threshold.</param>
+/// <param name="Regime">B against the threshold.</param>
+public sealed record InputBounds(
+    double QueryEntryBound,
+    double KeyEntryBound,
+    double EntryBound,
+    double MaxQueryNorm,
+    double MaxKeyNorm,
+    double Scale,
+    double ScoreNormBound,
+    double? MaxAbsScaledScore,
+    int TokenCount,
+    double Threshold,
+    EntryRegime Regime);
+
+/// <summary>Measures the quantities the papers' guarantees are stated in.</summary>
+public static class InputAnalysis
+{
+    /// <summary>The largest <c>nq nk d</c> (summed over heads) for which the exact max score is computed.</summary>
+    public const double ExactScoreBudget = 4e10;
+
+    /// <summary>Measures entry bounds, norms and the max scaled score of Q and K.</summary>
+    /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>.</param>
+    /// <param name="key">Keys, <c>[batch, kvHeads, nk, d]</c>.</param>
+    /// <param name="shape">The dimensions (value dimension is ignored).</param>
+    /// <param name="scale">Score scale; <see langword="null"/> means <c>1/sqrt(d)</c>.</param>
+    /// <returns>The bounds and the regime.</returns>
+    public static InputBounds Analyze(ReadOnlySpan<float> query, ReadOnlySpan<float> key, AttentionShape shape, float? scale = null)
+    {
+        if (query.Length != shape.QueryLength || key.Length != shape.KeyLength || query.IsEmpty || key.IsEmpty)
+        {
+            throw new ArgumentException($"Query ({query.Length}) and key ({key.Length}) lengths must match ({shape}) and be non-empty.", nameof(shape));
+        }
+
+        int d = shape.HeadDim;
+        double s = scale ?? (1.0 / Math.Sqrt(d));
+        double qBound = TensorPrimitives.MaxMagnitude(query) is var qm ? Math.Abs(qm) : 0;
+        double kBound = TensorPrimitives.MaxMagnitude(key) is var km ? Math.Abs(km) : 0;
+        double qNorm = MaxRowNorm(query, d), kNorm = MaxRowNorm(key, d);
+
+        double? maxScore = null;
+        double work = (double)shape.BatchSize * shape.HeadCount * shape.QueryCount * shape.KeyCount * d;
+        if (work <= ExactScoreBudget)
+        {
+            maxScore = Math.Abs(s) * MaxAbsDot(query.ToArray(), key.ToArray(), shape);
+        }
+
+        int n = Math.Max(shape.QueryCount, shape.KeyCount);
+        double threshold = Math.Sqrt(Math.Log(Math.Max(n, 2)));
+        double bound = Math.Max(qBound, kBound);
+        return new InputBounds(qBound, kBound, bound, qNorm, kNorm, s, Math.Abs(s) * qNorm * kNorm, maxScore, n, threshold,
+            bound <= threshold ? EntryRegime.Bounded : EntryRegime.Large);
+    }
+
+    private static double MaxRowNorm(ReadOnlySpan<float> rows, int d)
+    {
+        double max = 0;
+        for (int i = 0; i + d <= rows.Length; i += d)
+        {
+            max = Math.Max(max, TensorPrimitives.Norm(rows.Slice(i, d)));
+        }
+
+        return max;
+    }
+
+    private static double MaxAbsDot(float[] query, float[] key, AttentionShape shape)
+    {
+        int d = shape.HeadDim, nq = shape.QueryCount, nk = shape.KeyCount;
+        int group = shape.HeadCount / shape.EffectiveKeyValueHeads;
+        int rows = shape.BatchSize * shape.HeadCount * nq;
+        double[] perRow = new double[rows];
+        Parallel.For(0, rows, r =>
+        {
+            int bh = r / nq;
+            int b = bh / shape.HeadCount, h = bh % shape.HeadCount;
+            long kv = (((long)b * shape.EffectiveKeyValueHeads) + (h / group)) * nk * d;
+            ReadOnlySpan<float> q = query.AsSpan(r * d, d);
+            double max = 0;
+            for (int j = 0; j < nk; j++)
+            {
+                max = Math.Max(max, Math.Abs(TensorPrimitives.Dot(q, key.AsSpan((int)(kv + ((long)j * d)), d))));
+            }
+
+            perRow[r] = max;
+        });
+        return perRow.Max();
+    }
+}

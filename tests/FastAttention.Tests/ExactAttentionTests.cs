@@ -1,0 +1,221 @@
+using FastAttention.Kernels;
+using FastAttention.Tests.Support;
+
+namespace FastAttention.Tests;
+
+public class ExactAttentionTests
+{
+    public static TheoryData<string> KernelNames()
+    {
+        var data = new TheoryData<string>();
+        foreach (AttentionKernel kernel in KernelRegistry.Supported)
+        {
+            data.Add(kernel.Name);
+        }
+
+        return data;
+    }
+
+    /// <summary>The awkward-size grid of STYLE.md: every n against a few d, every d against a few n, causal on and off.</summary>
+    public static TheoryData<string, int, int, int, bool> Grid()
+    {
+        var data = new TheoryData<string, int, int, int, bool>();
+        int[] ns = [1, 2, 7, 31, 33, 113, 257, 1023];
+        int[] ds = [1, 8, 15, 59, 64, 100, 128];
+        foreach (AttentionKernel kernel in KernelRegistry.Supported)
+        {
+            foreach (bool causal in new[] { false, true })
+            {
+                foreach (int n in ns)
+                {
+                    data.Add(kernel.Name, n, n, n == 1023 ? 64 : 15, causal);
+                }
+
+                foreach (int d in ds.Where(d => d != 15))
+                {
+                    data.Add(kernel.Name, 113, 113, d, causal);
+                }
+
+                // nq != nk in both directions (decoding-like and prefix-like).
+                data.Add(kernel.Name, 1, 257, 64, causal);
+                data.Add(kernel.Name, 33, 300, 8, causal);
+                data.Add(kernel.Name, 300, 33, 8, causal);
+            }
+        }
+
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Grid))]
+    public void Matches_float64_reference_over_awkward_sizes(string kernel, int nq, int nk, int d, bool causal)
+    {
+        var shape = new AttentionShape(1, 2, nq, nk, d, d);
+        (float[] q, float[] k, float[] v) = Data.Inputs(shape, seed: (nq * 31) + (nk * 7) + d);
+        var output = new float[shape.OutputLength];
+        AttentionRun run = ExactAttention.Compute(q, k, v, shape, output, new ExactAttentionOptions { Causal = causal, Kernel = kernel });
+        Assert.Equal(kernel, run.Kernel);
+
+        double[] expected = Reference.Attention(q, k, v, shape, new Reference.Options(Causal: causal));
+        Tolerance.AssertExact(output, expected, $"{kernel} nq={nq} nk={nk} d={d} causal={causal}");
+
+        float[] naive = Reference.NaiveFloat(q, k, v, shape, causal);
+        double naiveError = Tolerance.MaxAbsError(naive, expected);
+        double error = Tolerance.MaxAbsError(output, expected);
+        Assert.True(error <= (Tolerance.NaiveFactor * naiveError) + Tolerance.NaiveFloor,
+            $"fast error {error:E3} exceeds {Tolerance.NaiveFactor} x naive fp32 error {naiveError:E3}");
+    }
+
+    [Theory]
+    [MemberData(nameof(KernelNames))]
+    public void Value_dim_can_differ_from_head_dim(string kernel)
+    {
+        var shape = new AttentionShape(2, 3, 37, 70, 9, 67);
+        (float[] q, float[] k, float[] v) = Data.Inputs(shape, 5);
+        var output = new float[shape.OutputLength];
+        ExactAttention.Compute(q, k, v, shape, output, new ExactAttentionOptions { Kernel = kernel, Scale = 0.3f });
+        Tolerance.AssertExact(output, Reference.Attention(q, k, v, shape, new Reference.Options(Scale: 0.3f)), kernel);
+    }
+
+    [Theory]
+    [MemberData(nameof(KernelNames))]
+    public void Grouped_query_heads_share_key_value_heads(string kernel)
+    {
+        var shape = new AttentionShape(2, 8, 45, 45, 16, 16, KeyValueHeadCount: 2);
+        (float[] q, float[] k, float[] v) = Data.Inputs(shape, 9);
+        var output = new float[shape.OutputLength];
+        ExactAttention.Compute(q, k, v, shape, output, new ExactAttentionOptions { Kernel = kernel, Causal = true });
+        Tolerance.AssertExact(output, Reference.Attention(q, k, v, shape, new Reference.Options(Causal: true)), kernel);
+    }
+
+    [Theory]
+    [MemberData(nameof(KernelNames))]
+    public void Bias_and_mask_broadcast_like_the_reference(string kernel)
+    {
+        var shape = new AttentionShape(2, 3, 19, 300, 8, 8);
+        (float[] q, float[] k, float[] v) = Data.Inputs(shape, 11);
+        float[] bias = Data.Normal((long)shape.HeadCount * 19 * 300, 12); // [heads, nq, nk]
+        var random = new Random(13);
+        bool[] mask = new bool[2L * 3 * 19 * 300]; // [batch, heads, nq, nk]
+        for (int i = 0; i < mask.Length; i++)
+        {
+            mask[i] = random.NextDouble() < 0.7;
+        }
+
+        // One fully masked row: it must output zeros.
+        Array.Fill(mask, false, 300 * 4, 300);
+
+        var output = new float[shape.OutputLength];
+        ExactAttention.Compute(q, k, v, shape, output, new ExactAttentionOptions { Kernel = kernel, Bias = bias, Mask = mask });
+        double[] expected = Reference.Attention(q, k, v, shape, new Reference.Options(Bias: bias, Mask: mask));
+        Tolerance.AssertExact(output, expected, kernel);
+        Assert.All(output.AsSpan(4 * 8, 8).ToArray(), x => Assert.Equal(0f, x));
+    }
+
+    [Fact]
+    public void Causal_with_more_queries_than_keys_gives_zero_rows_for_queries_that_see_nothing()
+    {
+        var shape = new AttentionShape(1, 1, 10, 4, 3, 3);
+        (float[] q, float[] k, float[] v) = Data.Inputs(shape, 3);
+        var output = new float[shape.OutputLength];
+        ExactAttention.Compute(q, k, v, shape, output, new ExactAttentionOptions { Causal = true });
+
+        // Bottom-right aligned: query i sees keys j <= i - 6, so queries 0..5 see nothing.
+        Assert.All(output.AsSpan(0, 6 * 3).ToArray(), x => Assert.Equal(0f, x));
+        Tolerance.AssertExact(output, Reference.Attention(q, k, v, shape, new Reference.Options(Causal: true)), "causal nq > nk");
+    }
+
+    [Theory]
+    [MemberData(nameof(KernelNames))]
+    public void Output_bits_do_not_depend_on_thread_count(string kernel)
+    {
+        var shape = new AttentionShape(2, 3, 200, 333, 24, 24);
+        (float[] q, float[] k, float[] v) = Data.Inputs(shape, 21);
+        var one = new float[shape.OutputLength];
+        var two = new float[shape.OutputLength];
+        var all = new float[shape.OutputLength];
+        ExactAttention.Compute(q, k, v, shape, one, new ExactAttentionOptions { Kernel = kernel, MaxDegreeOfParallelism = 1, Causal = true });
+        ExactAttention.Compute(q, k, v, shape, two, new ExactAttentionOptions { Kernel = kernel, MaxDegreeOfParallelism = 2, Causal = true });
+        ExactAttention.Compute(q, k, v, shape, all, new ExactAttentionOptions { Kernel = kernel, MaxDegreeOfParallelism = 7, Causal = true });
+        Assert.Equal(one, two);
+        Assert.Equal(one, all);
+    }
+
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(1, 5)]
+    [InlineData(6, 1)]
+    public void Tiny_shapes_work(int n, int d)
+    {
+        var shape = AttentionShape.SingleHead(n, d);
+        (float[] q, float[] k, float[] v) = Data.Inputs(shape, n + d);
+        var output = new float[shape.OutputLength];
+        ExactAttention.Compute(q, k, v, shape, output);
+        Tolerance.AssertExact(output, Reference.Attention(q, k, v, shape), $"n={n} d={d}");
+        if (n == 1)
+        {
+            Assert.Equal(v, output); // one key: weight 1
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(KernelNames))]
+    public void Scores_of_1e4_give_a_finite_correct_softmax(string kernel)
+    {
+        // Integer-valued inputs make every score exact in float32, so the reference is comparable
+        // bit for bit in the scores; scores reach +-1.0e4 within a row.
+        var shape = AttentionShape.SingleHead(40, 4);
+        var random = new Random(77);
+        float[] q = new float[shape.QueryLength];
+        float[] k = new float[shape.KeyLength];
+        for (int i = 0; i < q.Length; i++)
+        {
+            q[i] = random.Next(-50, 51);
+            k[i] = random.Next(-50, 51);
+        }
+
+        float[] v = Data.Normal(shape.ValueLength, 78);
+        var output = new float[shape.OutputLength];
+        ExactAttention.Compute(q, k, v, shape, output, new ExactAttentionOptions { Kernel = kernel, Scale = 1f });
+        Assert.All(output, x => Assert.True(float.IsFinite(x)));
+        Tolerance.AssertExact(output, Reference.Attention(q, k, v, shape, new Reference.Options(Scale: 1.0)), kernel);
+    }
+
+    [Fact]
+    public void Tensor_span_overload_matches_span_overload_and_handles_strided_views()
+    {
+        var shape = new AttentionShape(1, 2, 17, 23, 8, 8);
+        (float[] q, float[] k, float[] v) = Data.Inputs(shape, 31);
+        var expected = new float[shape.OutputLength];
+        ExactAttention.Compute(q, k, v, shape, expected);
+
+        var actual = new float[shape.OutputLength];
+        ExactAttention.Compute(
+            new System.Numerics.Tensors.ReadOnlyTensorSpan<float>(q, [2, 17, 8]),
+            new System.Numerics.Tensors.ReadOnlyTensorSpan<float>(k, [2, 23, 8]),
+            new System.Numerics.Tensors.ReadOnlyTensorSpan<float>(v, [2, 23, 8]),
+            new System.Numerics.Tensors.TensorSpan<float>(actual, [2, 17, 8]));
+        Assert.Equal(expected, actual);
+
+        // A transposed (non-C-order) view of K: the data of K^T viewed with swapped strides reads as K.
+        float[] kT = new float[k.Length];
+        for (int h = 0; h < 2; h++)
+        {
+            for (int j = 0; j < 23; j++)
+            {
+                for (int t = 0; t < 8; t++)
+                {
+                    kT[(h * 23 * 8) + (t * 23) + j] = k[(h * 23 * 8) + (j * 8) + t];
+                }
+            }
+        }
+
+        var strided = new float[shape.OutputLength];
+        ExactAttention.Compute(
+            new System.Numerics.Tensors.ReadOnlyTensorSpan<float>(q, [2, 17, 8]),
+            new System.Numerics.Tensors.ReadOnlyTensorSpan<float>(kT, [2, 23, 8], [23 * 8, 1, 23]),
+            new System.Numerics.Tensors.ReadOnlyTensorSpan<float>(v, [2, 23, 8]),
+            new System.Numerics.Tensors.TensorSpan<float>(strided, [2, 17, 8]));
+        Assert.Equal(expected, strided);
+    }
+}
