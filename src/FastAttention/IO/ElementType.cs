@@ -181,7 +181,11 @@ internal static class Payload
                 got += n;
             }
         }
-        catch (Exception ex) when (ex is IOException or InvalidDataException)
+        catch (InvalidDataException ex)
+        {
+            throw context.Error(TensorFileErrorKind.NotThisFormat, offset + got, "corrupt compressed data: " + ex.Message, ex);
+        }
+        catch (IOException ex)
         {
             throw context.Error(TensorFileErrorKind.Io, offset + got, ex.Message, ex);
         }

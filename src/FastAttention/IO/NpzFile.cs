@@ -104,9 +104,9 @@ public static class NpzFile
             using Stream stream = entry.Open();
             return NumpyFile.ReadFrom<T>(stream, null, context);
         }
-        catch (InvalidDataException ex)
+        catch (Exception ex) when (ex is InvalidDataException or NotSupportedException)
         {
-            throw context.Error(TensorFileErrorKind.NotThisFormat, -1, "corrupt zip entry: " + ex.Message, ex);
+            throw context.Error(TensorFileErrorKind.NotThisFormat, -1, "corrupt or unsupported zip entry: " + ex.Message, ex);
         }
     }
 
@@ -125,9 +125,11 @@ public static class NpzFile
 
         try
         {
-            return new ZipArchive(stream, ZipArchiveMode.Read, leaveOpen: false);
+            var zip = new ZipArchive(stream, ZipArchiveMode.Read, leaveOpen: false);
+            _ = zip.Entries; // the central directory is parsed lazily: fail here, with the file named
+            return zip;
         }
-        catch (InvalidDataException ex)
+        catch (Exception ex) when (ex is InvalidDataException or IOException or ArgumentException)
         {
             stream.Dispose();
             throw new TensorFileException(TensorFileErrorKind.NotThisFormat, path, null, -1, "not a valid .npz (zip) archive: " + ex.Message, ex);

@@ -200,6 +200,11 @@ public static class SafeTensorsFile
         long dataStart = 8 + (long)headerLength;
         long dataLength = fileLength - dataStart;
 
+        if (!System.Text.Unicode.Utf8.IsValid(header))
+        {
+            throw context.Error(TensorFileErrorKind.NotThisFormat, 8, "header is not valid UTF-8 JSON");
+        }
+
         JsonDocument document;
         try
         {
