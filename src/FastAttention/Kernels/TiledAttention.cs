@@ -153,14 +153,15 @@ internal static unsafe class TiledAttention<TS, TV>
             }
         }
 
-        // 5. Normalise. l = 0 only when the row saw no visible key: it outputs zeros.
+        // 5. Normalise. l = 0 only when the row saw no visible key: it outputs zeros. A NaN l (non-finite
+        // inputs let through) must stay NaN, hence != rather than >.
         for (int r = 0; r < rows; r++)
         {
             float l = scratch.Sum[r];
             float* row = o + (r * paddedValueDim);
             for (int c = 0; c < a.ValueDim; c++)
             {
-                output[(r * a.ValueDim) + c] = l > 0f ? row[c] / l : 0f;
+                output[(r * a.ValueDim) + c] = l != 0f ? row[c] / l : 0f; // NaN l propagates
             }
         }
     }
@@ -242,7 +243,13 @@ internal static unsafe class TiledAttention<TS, TV>
         float newMax = MathF.Max(max, TS.MaxAcross(m));
         if (float.IsNegativeInfinity(newMax))
         {
-            // Nothing visible yet: P = 0, state unchanged.
+            // Nothing visible yet: P = 0, state unchanged. The hardware max drops NaN, so a row of
+            // NaN scores (non-finite inputs let through) also lands here: poison its sum instead.
+            if (new ReadOnlySpan<float>(s, paddedCols).ContainsAnyExceptInRange(float.NegativeInfinity, float.PositiveInfinity))
+            {
+                sum = float.NaN;
+            }
+
             NativeMemory.Clear(s, (nuint)(paddedCols * sizeof(float)));
             alpha = 1f;
             return;

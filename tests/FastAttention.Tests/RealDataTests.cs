@@ -1,0 +1,82 @@
+using FastAttention.IO;
+using FastAttention.Tests.Support;
+
+namespace FastAttention.Tests;
+
+/// <summary>Real attention tensors tapped from PaddleOCR PP-OCRv4 run in ONNX Runtime (data/ocr, copied from shared/data/ocr).</summary>
+public class RealDataTests
+{
+    public static TheoryData<string, string> Sets() => new()
+    {
+        { "line40", "block1" }, { "line40", "block2" }, { "line260", "block1" }, { "line260", "block2" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Sets))]
+    public void Exact_attention_matches_onnx_runtime_output(string line, string block)
+    {
+        TensorData<float> q = NumpyFile.ReadFloat32(Data.Fixture("ocr", line, block, "q.npy"));
+        TensorData<float> k = NumpyFile.ReadFloat32(Data.Fixture("ocr", line, block, "k.npy"));
+        TensorData<float> v = NumpyFile.ReadFloat32(Data.Fixture("ocr", line, block, "v.npy"));
+        TensorData<float> expected = NumpyFile.ReadFloat32(Data.Fixture("ocr", line, block, "out.npy"));
+        var shape = new AttentionShape(1, q.Shape[0], q.Shape[1], k.Shape[1], q.Shape[2], v.Shape[2]);
+        Assert.Equal(8, shape.HeadCount);
+        Assert.Equal(15, shape.HeadDim);
+
+        foreach (var kernel in ExactAttention.Kernels.Where(k => k.Supported))
+        {
+            var output = new float[shape.OutputLength];
+            ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, new ExactAttentionOptions { Kernel = kernel.Name });
+            double maxDiff = 0, maxOut = 0;
+            for (int i = 0; i < output.Length; i++)
+            {
+                maxDiff = Math.Max(maxDiff, Math.Abs(output[i] - expected.Data[i]));
+                maxOut = Math.Max(maxOut, Math.Abs(expected.Data[i]));
+            }
+
+            Assert.True(maxDiff <= Tolerance.OnnxRuntimeRelative * maxOut,
+                $"{kernel.Name} {line}/{block}: max |ours - ORT| = {maxDiff:E3}, allowed {Tolerance.OnnxRuntimeRelative * maxOut:E3}");
+
+            // And against our float64 reference, at the usual exact tolerance.
+            var reference = new double[shape.OutputLength];
+            ReferenceAttention.Compute(q.Data, k.Data, v.Data, shape, reference);
+            Tolerance.AssertExact(output, reference, $"{kernel.Name} {line}/{block}");
+        }
+    }
+
+    [Fact]
+    public void Library_reference_agrees_with_the_test_oracle()
+    {
+        var s = new AttentionShape(2, 4, 33, 41, 7, 5, KeyValueHeadCount: 2);
+        (float[] q, float[] k, float[] v) = Data.Inputs(s, 99);
+        var library = new double[s.OutputLength];
+        ReferenceAttention.Compute(q, k, v, s, library, causal: true);
+        double[] oracle = Reference.Attention(q, k, v, s, new Reference.Options(Causal: true));
+        for (int i = 0; i < library.Length; i++)
+        {
+            Assert.Equal(oracle[i], library[i], 1e-12);
+        }
+    }
+
+    [Fact]
+    public void Full_size_shared_data_matches_onnx_runtime_when_present()
+    {
+        // line1000 is not copied into the repo (3.8 MB); check it when shared/ sits beside the checkout.
+        string dir = Path.Combine(Data.RepoRoot, "..", "shared", "data", "ocr", "line1000", "block2");
+        if (!Directory.Exists(dir))
+        {
+            return;
+        }
+
+        TensorData<float> q = NumpyFile.ReadFloat32(Path.Combine(dir, "q.npy"));
+        TensorData<float> k = NumpyFile.ReadFloat32(Path.Combine(dir, "k.npy"));
+        TensorData<float> v = NumpyFile.ReadFloat32(Path.Combine(dir, "v.npy"));
+        TensorData<float> expected = NumpyFile.ReadFloat32(Path.Combine(dir, "out.npy"));
+        var shape = new AttentionShape(1, 8, q.Shape[1], k.Shape[1], 15, 15);
+        var output = new float[shape.OutputLength];
+        ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output);
+        double maxOut = expected.Data.Max(Math.Abs);
+        double maxDiff = output.Zip(expected.Data, (a, b) => Math.Abs(a - b)).Max();
+        Assert.True(maxDiff <= Tolerance.OnnxRuntimeRelative * maxOut, $"line1000: {maxDiff:E3}");
+    }
+}
