@@ -1,0 +1,236 @@
+using System.Text.Json;
+using FastAttention.IO;
+using FastAttention.Tests.Support;
+
+namespace FastAttention.Tests;
+
+public class CliTests
+{
+    private static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = FastAttention.Cli.Cli.Run(args, stdout, stderr);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    private static string Ocr(string file) => Data.Fixture("ocr", "line40", "block2", file);
+
+    [Fact]
+    public void Attend_writes_the_same_output_as_the_library_and_prints_json()
+    {
+        string dir = Data.TempDir();
+        string outPath = Path.Combine(dir, "o.npy");
+        (int code, string stdout, string stderr) = Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", outPath, "--json", "--threads", "1");
+        Assert.True(code == 0, stderr);
+
+        using JsonDocument json = JsonDocument.Parse(stdout);
+        JsonElement root = json.RootElement;
+        Assert.Equal("exact", root.GetProperty("method").GetString());
+        Assert.Equal([8, 42, 15], root.GetProperty("shape").EnumerateArray().Select(e => e.GetInt32()));
+        Assert.True(root.GetProperty("seconds").GetDouble() > 0);
+        Assert.True(root.GetProperty("gflops").GetDouble() > 0);
+
+        TensorData<float> q = NumpyFile.ReadFloat32(Ocr("q.npy")), k = NumpyFile.ReadFloat32(Ocr("k.npy")), v = NumpyFile.ReadFloat32(Ocr("v.npy"));
+        var expected = new float[8 * 42 * 15];
+        ExactAttention.Compute(q.Data, k.Data, v.Data, new AttentionShape(1, 8, 42, 42, 15, 15), expected);
+        TensorData<float> written = NumpyFile.ReadFloat32(outPath);
+        Assert.Equal([8, 42, 15], written.Shape);
+        Assert.Equal(expected, written.Data);
+        Assert.Single(Directory.GetFiles(dir)); // no temp file left behind
+    }
+
+    [Fact]
+    public void Attend_reads_named_tensors_from_npz_and_safetensors_and_writes_by_extension()
+    {
+        string dir = Data.TempDir();
+        TensorData<float> q = NumpyFile.ReadFloat32(Ocr("q.npy")), k = NumpyFile.ReadFloat32(Ocr("k.npy")), v = NumpyFile.ReadFloat32(Ocr("v.npy"));
+        string npz = Path.Combine(dir, "qkv.npz"), st = Path.Combine(dir, "qkv.safetensors");
+        NpzFile.Write(npz, [new("q", q), new("k", k), new("v", v)], compress: true);
+        SafeTensorsFile.Write(st, [new("q", q), new("k", k), new("v", v)]);
+
+        Assert.Equal(0, Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "a.npy")).Code);
+        Assert.Equal(0, Run("attend", "--q", npz + ":q", "--k", npz + ":k", "--v", npz + ":v", "--out", Path.Combine(dir, "b.safetensors")).Code);
+        Assert.Equal(0, Run("attend", "--q", st + ":q", "--k", st + ":k", "--v", st + ":v", "--out", Path.Combine(dir, "c.npz")).Code);
+        float[] a = NumpyFile.ReadFloat32(Path.Combine(dir, "a.npy")).Data;
+        Assert.Equal(a, SafeTensorsFile.ReadFloat32(Path.Combine(dir, "b.safetensors"), "out").Data);
+        Assert.Equal(a, NpzFile.ReadFloat32(Path.Combine(dir, "c.npz"), "out").Data);
+
+        (int code, _, string err) = Run("attend", "--q", npz, "--k", npz + ":k", "--v", npz + ":v", "--out", Path.Combine(dir, "d.npy"));
+        Assert.Equal(2, code);
+        Assert.Contains("holds 3 tensors", err);
+    }
+
+    [Fact]
+    public void Existing_output_is_never_clobbered_without_force()
+    {
+        string dir = Data.TempDir();
+        string outPath = Path.Combine(dir, "precious.npy");
+        File.WriteAllText(outPath, "keep me");
+        (int code, _, string err) = Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", outPath);
+        Assert.Equal(2, code);
+        Assert.Contains("--force", err);
+        Assert.Equal("keep me", File.ReadAllText(outPath));
+
+        Assert.Equal(0, Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", outPath, "--force").Code);
+        Assert.Equal([8, 42, 15], NumpyFile.ReadFloat32(outPath).Shape);
+    }
+
+    [Fact]
+    public void Failed_runs_leave_no_output_and_no_temp_files()
+    {
+        string dir = Data.TempDir();
+        string nanQ = Path.Combine(dir, "nan.npy");
+        TensorData<float> q = NumpyFile.ReadFloat32(Ocr("q.npy"));
+        q.Data[100] = float.NaN;
+        NumpyFile.Write(nanQ, q);
+        string outPath = Path.Combine(dir, "o.npy");
+
+        (int code, _, string err) = Run("attend", "--q", nanQ, "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", outPath);
+        Assert.Equal(3, code);
+        Assert.Contains("NaN", err);
+        Assert.Contains("query", err);
+        Assert.Single(err.Trim().Split('\n'));
+        Assert.Equal([nanQ], Directory.GetFiles(dir));
+
+        Assert.Equal(0, Run("attend", "--q", nanQ, "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", outPath, "--allow-nonfinite").Code);
+        Assert.Contains(NumpyFile.ReadFloat32(outPath).Data, float.IsNaN);
+    }
+
+    [Fact]
+    public void Shape_mismatch_names_both_shapes()
+    {
+        string other = Data.Fixture("ocr", "line260", "block1", "k.npy");
+        (int code, _, string err) = Run("attend", "--q", Ocr("q.npy"), "--k", other, "--v", Ocr("v.npy"), "--out", Path.Combine(Data.TempDir(), "o.npy"));
+        Assert.Equal(3, code);
+        Assert.Contains("[8, 260, 15]", err);
+        Assert.Contains("[8, 42, 15]", err);
+        Assert.DoesNotContain("   at ", err);
+    }
+
+    [Fact]
+    public void Bad_files_exit_3_naming_the_file()
+    {
+        string dir = Data.TempDir();
+        string garbage = Path.Combine(dir, "garbage.npy");
+        File.WriteAllText(garbage, "this is not numpy");
+        (int code, _, string err) = Run("attend", "--q", garbage, "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "o.npy"));
+        Assert.Equal(3, code);
+        Assert.Contains("garbage.npy", err);
+
+        (code, _, err) = Run("attend", "--q", Path.Combine(dir, "missing.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "o.npy"));
+        Assert.Equal(3, code);
+        Assert.Contains("missing.npy", err);
+
+        string empty = Path.Combine(dir, "empty.npy");
+        NumpyFile.Write(empty, new TensorData<float>([], 0, 15));
+        (code, _, err) = Run("attend", "--q", empty, "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "o.npy"));
+        Assert.Equal(3, code);
+        Assert.Contains("empty", err);
+    }
+
+    [Theory]
+    [InlineData("attend", "--q")]
+    [InlineData("attend", "--bogus", "1")]
+    [InlineData("attend", "--q", "a.npy", "--k", "b.npy", "--v", "c.npy")]
+    [InlineData("attend", "--q", "a", "--k", "b", "--v", "c", "--out", "o.npy", "--scale", "abc")]
+    [InlineData("attend", "--q", "a", "--k", "b", "--v", "c", "--out", "o.npy", "--threads", "0")]
+    [InlineData("attend", "--q", "a", "--k", "b", "--v", "c", "--out", "o.npy", "--method", "magic")]
+    [InlineData("frobnicate")]
+    [InlineData("inspect", "stray")]
+    public void Usage_errors_exit_2_with_one_line(params string[] args)
+    {
+        (int code, _, string err) = Run(args);
+        Assert.Equal(2, code);
+        Assert.Single(err.Trim().Split('\n'));
+        Assert.StartsWith("fastattn: ", err);
+    }
+
+    [Fact]
+    public void Help_lists_commands_and_options()
+    {
+        (int code, string stdout, _) = Run("--help");
+        Assert.Equal(0, code);
+        Assert.Contains("attend", stdout);
+        Assert.Contains("inspect", stdout);
+        Assert.Contains("demo", stdout);
+        (code, stdout, _) = Run("attend", "--help");
+        Assert.Equal(0, code);
+        Assert.Contains("--causal", stdout);
+    }
+
+    [Fact]
+    public void Inspect_reports_bounds_and_regime()
+    {
+        (int code, string stdout, string stderr) = Run("inspect", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--json");
+        Assert.True(code == 0, stderr);
+        using JsonDocument json = JsonDocument.Parse(stdout);
+        JsonElement root = json.RootElement;
+        TensorData<float> q = NumpyFile.ReadFloat32(Ocr("q.npy")), k = NumpyFile.ReadFloat32(Ocr("k.npy"));
+        double b = Math.Max(q.Data.Max(Math.Abs), k.Data.Max(Math.Abs));
+        Assert.Equal(b, root.GetProperty("B").GetDouble(), 1e-6);
+        Assert.Equal(Math.Sqrt(Math.Log(42)), root.GetProperty("sqrtLogN").GetDouble(), 1e-9);
+        Assert.Equal(b <= Math.Sqrt(Math.Log(42)) ? "bounded" : "large", root.GetProperty("regime").GetString());
+
+        // The exact max |s q.k| over each head: brute force here.
+        double max = 0;
+        for (int h = 0; h < 8; h++)
+        {
+            for (int i = 0; i < 42; i++)
+            {
+                for (int j = 0; j < 42; j++)
+                {
+                    double dot = 0;
+                    for (int t = 0; t < 15; t++)
+                    {
+                        dot += q.Data[(h * 630) + (i * 15) + t] * (double)k.Data[(h * 630) + (j * 15) + t];
+                    }
+
+                    max = Math.Max(max, Math.Abs(dot / Math.Sqrt(15)));
+                }
+            }
+        }
+
+        Assert.Equal(max, root.GetProperty("maxAbsScaledScore").GetDouble(), 1e-3);
+
+        (code, stdout, _) = Run("inspect", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"));
+        Assert.Equal(0, code);
+        Assert.Contains("regime:", stdout);
+    }
+
+    [Fact]
+    public void Inspect_classifies_small_entries_as_bounded()
+    {
+        string dir = Data.TempDir();
+        var random = new Random(3);
+        float[] Small() => [.. Enumerable.Range(0, 4096 * 8).Select(_ => (float)((random.NextDouble() * 2) - 1) * 0.5f)];
+        NumpyFile.Write(Path.Combine(dir, "q.npy"), new TensorData<float>(Small(), 4096, 8));
+        NumpyFile.Write(Path.Combine(dir, "k.npy"), new TensorData<float>(Small(), 4096, 8));
+        (int code, string stdout, _) = Run("inspect", "--q", Path.Combine(dir, "q.npy"), "--k", Path.Combine(dir, "k.npy"), "--json", "--scale", "0.125");
+        Assert.Equal(0, code);
+        Assert.Contains("\"regime\": \"bounded\"", stdout);
+    }
+
+    [Fact]
+    public void Demo_prints_a_table_with_every_dataset_and_small_errors()
+    {
+        (int code, string stdout, string stderr) = Run("demo", "--repeat", "1", "--json");
+        Assert.True(code == 0, stderr);
+        using JsonDocument json = JsonDocument.Parse(stdout);
+        JsonElement[] rows = [.. json.RootElement.GetProperty("rows").EnumerateArray()];
+        Assert.Contains(rows, r => r.GetProperty("data").GetString() == "line260/block2");
+        foreach (JsonElement row in rows)
+        {
+            Assert.True(row.GetProperty("maxErrorVsFloat64").GetDouble() < 1e-5);
+            if (row.TryGetProperty("maxRelativeErrorVsOnnxRuntime", out JsonElement ort))
+            {
+                Assert.True(ort.GetDouble() <= Tolerance.OnnxRuntimeRelative);
+            }
+        }
+
+        (code, stdout, _) = Run("demo", "--repeat", "1");
+        Assert.Equal(0, code);
+        Assert.Contains("GFLOP/s", stdout);
+        Assert.Contains("line40/block1", stdout);
+    }
+}
