@@ -18,7 +18,7 @@ public sealed class GflopsColumn(bool percentOfPeak) : IColumn
 
     public string Id => percentOfPeak ? "PercentOfPeak" : "GFLOPs";
 
-    public string ColumnName => percentOfPeak ? "%peak(1 thr)" : "GFLOP/s";
+    public string ColumnName => percentOfPeak ? "%peak" : "GFLOP/s";
 
     public bool AlwaysShow => true;
 
