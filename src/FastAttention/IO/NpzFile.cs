@@ -56,9 +56,8 @@ public static class NpzFile
     {
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(arrays);
-        try
+        Files.Write(path, stream =>
         {
-            using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None);
             using var zip = new ZipArchive(stream, ZipArchiveMode.Create);
             var seen = new HashSet<string>(StringComparer.Ordinal);
             foreach ((string name, TensorData tensor) in arrays)
@@ -72,11 +71,7 @@ public static class NpzFile
                 using Stream entryStream = entry.Open();
                 NumpyFile.WriteTo(entryStream, tensor);
             }
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new TensorFileException(TensorFileErrorKind.Io, path, null, -1, ex.Message, ex);
-        }
+        });
     }
 
     private static TensorData<T> ReadOne<T>(string path, string name)
@@ -112,17 +107,7 @@ public static class NpzFile
 
     private static ZipArchive Open(string path)
     {
-        ArgumentNullException.ThrowIfNull(path);
-        FileStream stream;
-        try
-        {
-            stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new TensorFileException(TensorFileErrorKind.Io, path, null, -1, ex.Message, ex);
-        }
-
+        FileStream stream = Files.OpenRead(path);
         try
         {
             var zip = new ZipArchive(stream, ZipArchiveMode.Read, leaveOpen: false);

@@ -52,17 +52,8 @@ public static class NumpyFile
     /// <exception cref="TensorFileException">The file could not be written.</exception>
     public static void Write(string path, TensorData tensor)
     {
-        ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(tensor);
-        try
-        {
-            using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None);
-            WriteTo(stream, tensor);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new TensorFileException(TensorFileErrorKind.Io, path, null, -1, ex.Message, ex);
-        }
+        Files.Write(path, stream => WriteTo(stream, tensor));
     }
 
     /// <summary>Writes an array in <c>.npy</c> format to a stream.</summary>
@@ -109,18 +100,8 @@ public static class NumpyFile
     private static TensorData<T> ReadFile<T>(string path)
         where T : unmanaged
     {
-        ArgumentNullException.ThrowIfNull(path);
         var context = new FileContext(path, null);
-        FileStream stream;
-        try
-        {
-            stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw context.Error(TensorFileErrorKind.Io, -1, ex.Message, ex);
-        }
-
+        FileStream stream = Files.OpenRead(path);
         using (stream)
         {
             return ReadFrom<T>(stream, stream.Length, context);

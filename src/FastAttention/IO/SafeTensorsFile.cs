@@ -122,9 +122,8 @@ public static class SafeTensorsFile
             buffer.WriteByte((byte)' ');
         }
 
-        try
+        Files.Write(path, stream =>
         {
-            using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None);
             Span<byte> prefix = stackalloc byte[8];
             BinaryPrimitives.WriteUInt64LittleEndian(prefix, (ulong)buffer.Length);
             stream.Write(prefix);
@@ -134,11 +133,7 @@ public static class SafeTensorsFile
             {
                 Payload.WriteElements(stream, tensor);
             }
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new TensorFileException(TensorFileErrorKind.Io, path, null, -1, ex.Message, ex);
-        }
+        });
     }
 
     private static TensorData<T> ReadOne<T>(string path, string name)
@@ -352,18 +347,7 @@ public static class SafeTensorsFile
         _ => "I64",
     };
 
-    private static FileStream Open(string path)
-    {
-        ArgumentNullException.ThrowIfNull(path);
-        try
-        {
-            return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new TensorFileException(TensorFileErrorKind.Io, path, null, -1, ex.Message, ex);
-        }
-    }
+    private static FileStream Open(string path) => Files.OpenRead(path);
 
     /// <summary>A read-only view of the next <c>length</c> bytes of a stream.</summary>
     private sealed class BoundedStream(Stream inner, long length) : Stream
