@@ -57,6 +57,11 @@ internal static class AttendCommand
             AllowNonFinite = o.Flag("allow-nonfinite"),
         };
 
+        // Warm-up on a one-token problem of the same kernel, so `seconds` measures the computation
+        // and not the JIT compiling it (the CLI compiles loop methods fully optimised at once).
+        ExactAttention.Compute(new float[shape.HeadDim], new float[shape.HeadDim], new float[shape.ValueDim],
+            new AttentionShape(1, 1, 1, 1, shape.HeadDim, shape.ValueDim), new float[shape.ValueDim], options with { Causal = false, AllowNonFinite = true });
+
         var watch = Stopwatch.StartNew();
         AttentionRun run = ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, options);
         double seconds = watch.Elapsed.TotalSeconds;
