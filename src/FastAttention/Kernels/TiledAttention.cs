@@ -21,10 +21,17 @@ internal static unsafe class TiledAttention<TS, TV>
     where TV : struct
 {
     /// <summary>Query rows per work item.</summary>
-    private const int QueryTile = 64;
+    private const int QueryTile = 128;
 
     /// <summary>Keys per tile: S (64 x 256 floats, 64 KiB) and the key/value tiles stay in L2.</summary>
     private const int KeyTile = 256;
+
+    /// <summary>Row stride of the score tile: one cache line more than <see cref="KeyTile"/>, so the rows of a
+    /// micro-tile do not alias in the L1 cache (4 KiB aliasing) or in store-to-load forwarding.</summary>
+    private const int ScoreStride = KeyTile + 16;
+
+    /// <summary>Keys per P V chunk: 64 rows of V (16 KiB at dv = 64) stay in L1 across the row blocks.</summary>
+    private const int ValueChunk = 64;
 
     /// <summary>Query rows per micro-tile (4 rows x 4 vectors = 16 independent FMA chains).</summary>
     private const int Rows = 4;
@@ -43,9 +50,10 @@ internal static unsafe class TiledAttention<TS, TV>
         long keyPanelSize = (long)paddedKeys * a.HeadDim;
         long valueBlockSize = (long)paddedKeys * paddedValueDim;
 
-        float* keys = Allocate(groups * keyPanelSize);
-        float* values = Allocate(groups * valueBlockSize);
-        try
+        using NativeBufferPool.Buffer keyBuffer = NativeBufferPool.Rent(groups * keyPanelSize);
+        using NativeBufferPool.Buffer valueBuffer = NativeBufferPool.Rent(groups * valueBlockSize);
+        float* keys = keyBuffer.Pointer;
+        float* values = valueBuffer.Pointer;
         {
             var options = new ParallelOptions { MaxDegreeOfParallelism = a.MaxDegreeOfParallelism > 0 ? a.MaxDegreeOfParallelism : -1 };
 
@@ -75,13 +83,11 @@ internal static unsafe class TiledAttention<TS, TV>
                 },
                 scratch => scratch.Dispose());
         }
-        finally
-        {
-            NativeMemory.AlignedFree(keys);
-            NativeMemory.AlignedFree(values);
-        }
     }
 
+    // Kernels are compiled fully optimised at once: tiering's instrumented and OSR versions run the
+    // first calls (often all of a CLI run) several times slower.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RunTile(in AttentionArgs a, int b, int h, int i0, float* keys, float* values, int paddedValueDim, Scratch scratch)
     {
         int d = a.HeadDim;
@@ -118,12 +124,14 @@ internal static unsafe class TiledAttention<TS, TV>
             int cols = Math.Min(KeyTile, keyEnd - j0);
             int paddedCols = RoundUp(cols, Strip);
 
-            // 1. Scores.
-            for (int r = 0; r < paddedRows; r += Rows)
+            // 1. Scores, panel by panel: each key panel (strip x d floats) stays in L1 while every
+            //    row block of the query tile is multiplied against it.
+            for (int c = 0; c < paddedCols; c += Strip)
             {
-                for (int c = 0; c < paddedCols; c += Strip)
+                float* panel = keys + ((long)(j0 + c) * d);
+                for (int r = 0; r < paddedRows; r += Rows)
                 {
-                    ScoreMicroKernel(q + (r * d), d, keys + ((long)(j0 + c) * d), s + (r * KeyTile) + c);
+                    ScoreMicroKernel(q + (r * d), d, panel, s + (r * ScoreStride) + c);
                 }
             }
 
@@ -133,22 +141,29 @@ internal static unsafe class TiledAttention<TS, TV>
             // 3. Online softmax; row r's rescale factor goes to Alpha[r].
             for (int r = 0; r < paddedRows; r++)
             {
-                SoftmaxRow(s + (r * KeyTile), paddedCols, ref scratch.Max[r], ref scratch.Sum[r], out scratch.Alpha[r]);
+                SoftmaxRow(s + (r * ScoreStride), paddedCols, ref scratch.Max[r], ref scratch.Sum[r], out scratch.Alpha[r]);
             }
 
-            // 4. O = alpha O + P V.
-            float* v = values + ((long)j0 * paddedValueDim);
-            for (int r = 0; r < paddedRows; r += Rows)
+            // 4. O = alpha O + P V, in chunks of keys so each chunk of V stays in L1 while every row
+            //    block uses it; alpha rescales O on the first chunk only.
+            for (int k0 = 0; k0 < cols; k0 += ValueChunk)
             {
-                int c = 0;
-                for (; c + (4 * Width) <= paddedValueDim; c += 4 * Width)
+                int chunk = Math.Min(ValueChunk, cols - k0);
+                float* v = values + ((long)(j0 + k0) * paddedValueDim);
+                float* alpha = k0 == 0 ? scratch.Alpha : scratch.Ones;
+                for (int r = 0; r < paddedRows; r += Rows)
                 {
-                    ValueMicroKernel4(s + (r * KeyTile), cols, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, scratch.Alpha + r);
-                }
+                    float* p = s + (r * ScoreStride) + k0;
+                    int c = 0;
+                    for (; c + (4 * Width) <= paddedValueDim; c += 4 * Width)
+                    {
+                        ValueMicroKernel4(p, chunk, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
+                    }
 
-                for (; c < paddedValueDim; c += Width)
-                {
-                    ValueMicroKernel1(s + (r * KeyTile), cols, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, scratch.Alpha + r);
+                    for (; c < paddedValueDim; c += Width)
+                    {
+                        ValueMicroKernel1(p, chunk, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
+                    }
                 }
             }
         }
@@ -166,6 +181,7 @@ internal static unsafe class TiledAttention<TS, TV>
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void ApplyMasks(in AttentionArgs a, int b, int h, int i0, int rows, int paddedRows, int j0, int cols, int paddedCols, long causalOffset, float* s)
     {
         if (a.Power > 0f)
@@ -173,7 +189,7 @@ internal static unsafe class TiledAttention<TS, TV>
             // Power attention |x|^p = e^(p ln|x|): the same online softmax then normalises it without overflow.
             for (int r = 0; r < rows; r++)
             {
-                float* row = s + (r * KeyTile);
+                float* row = s + (r * ScoreStride);
                 for (int c = 0; c < cols; c++)
                 {
                     float x = MathF.Abs(row[c]);
@@ -187,7 +203,7 @@ internal static unsafe class TiledAttention<TS, TV>
             float* bias = a.Bias + (b * a.BiasBatchStride) + (h * a.BiasHeadStride) + ((long)i0 * a.KeyCount) + j0;
             for (int r = 0; r < rows; r++)
             {
-                float* row = s + (r * KeyTile);
+                float* row = s + (r * ScoreStride);
                 float* add = bias + ((long)r * a.KeyCount);
                 for (int c = 0; c < cols; c++)
                 {
@@ -201,7 +217,7 @@ internal static unsafe class TiledAttention<TS, TV>
             bool* mask = a.Mask + (b * a.MaskBatchStride) + (h * a.MaskHeadStride) + ((long)i0 * a.KeyCount) + j0;
             for (int r = 0; r < rows; r++)
             {
-                float* row = s + (r * KeyTile);
+                float* row = s + (r * ScoreStride);
                 bool* keep = mask + ((long)r * a.KeyCount);
                 for (int c = 0; c < cols; c++)
                 {
@@ -222,7 +238,7 @@ internal static unsafe class TiledAttention<TS, TV>
                 visible = (int)Math.Clamp(i0 + r + causalOffset + 1 - j0, 0, cols);
             }
 
-            float* row = s + (r * KeyTile);
+            float* row = s + (r * ScoreStride);
             for (int c = visible; c < paddedCols; c++)
             {
                 row[c] = float.NegativeInfinity;
@@ -230,7 +246,7 @@ internal static unsafe class TiledAttention<TS, TV>
         }
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void SoftmaxRow(float* s, int paddedCols, ref float max, ref float sum, out float alpha)
     {
         int w = Width;
@@ -260,7 +276,7 @@ internal static unsafe class TiledAttention<TS, TV>
         TV total = TS.Broadcast(0f);
         for (int c = 0; c < paddedCols; c += w)
         {
-            TV p = VectorMath.Exp<TS, TV>(TS.Subtract(TS.Load(ref s[c]), shift));
+            TV p = VectorMath.ExpNonPositive<TS, TV>(TS.Subtract(TS.Load(ref s[c]), shift));
             TS.Store(p, ref s[c]);
             total = TS.Add(total, p);
         }
@@ -270,7 +286,7 @@ internal static unsafe class TiledAttention<TS, TV>
     }
 
     /// <summary>S[4 x strip] = Q[4 x d] K_panel[d x strip]; the panel holds <c>strip</c> keys, feature-major.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void ScoreMicroKernel(float* q, int d, float* panel, float* s)
     {
         int w = Width;
@@ -312,13 +328,13 @@ internal static unsafe class TiledAttention<TS, TV>
         }
 
         StoreRow(s, c00, c01, c02, c03);
-        StoreRow(s + KeyTile, c10, c11, c12, c13);
-        StoreRow(s + (2 * KeyTile), c20, c21, c22, c23);
-        StoreRow(s + (3 * KeyTile), c30, c31, c32, c33);
+        StoreRow(s + ScoreStride, c10, c11, c12, c13);
+        StoreRow(s + (2 * ScoreStride), c20, c21, c22, c23);
+        StoreRow(s + (3 * ScoreStride), c30, c31, c32, c33);
     }
 
     /// <summary>O[4 x 4 vectors] = alpha O + P[4 x cols] V[cols x 4 vectors].</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void ValueMicroKernel4(float* p, int cols, float* v, int vStride, float* o, int oStride, float* alpha)
     {
         int w = Width;
@@ -342,17 +358,17 @@ internal static unsafe class TiledAttention<TS, TV>
             c01 = TS.MultiplyAdd(x, v1, c01);
             c02 = TS.MultiplyAdd(x, v2, c02);
             c03 = TS.MultiplyAdd(x, v3, c03);
-            x = TS.Broadcast(p[KeyTile + j]);
+            x = TS.Broadcast(p[ScoreStride + j]);
             c10 = TS.MultiplyAdd(x, v0, c10);
             c11 = TS.MultiplyAdd(x, v1, c11);
             c12 = TS.MultiplyAdd(x, v2, c12);
             c13 = TS.MultiplyAdd(x, v3, c13);
-            x = TS.Broadcast(p[(2 * KeyTile) + j]);
+            x = TS.Broadcast(p[(2 * ScoreStride) + j]);
             c20 = TS.MultiplyAdd(x, v0, c20);
             c21 = TS.MultiplyAdd(x, v1, c21);
             c22 = TS.MultiplyAdd(x, v2, c22);
             c23 = TS.MultiplyAdd(x, v3, c23);
-            x = TS.Broadcast(p[(3 * KeyTile) + j]);
+            x = TS.Broadcast(p[(3 * ScoreStride) + j]);
             c30 = TS.MultiplyAdd(x, v0, c30);
             c31 = TS.MultiplyAdd(x, v1, c31);
             c32 = TS.MultiplyAdd(x, v2, c32);
@@ -366,7 +382,7 @@ internal static unsafe class TiledAttention<TS, TV>
     }
 
     /// <summary>The one-vector-wide tail of <see cref="ValueMicroKernel4"/>, for value widths that are not a multiple of four vectors.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void ValueMicroKernel1(float* p, int cols, float* v, int vStride, float* o, int oStride, float* alpha)
     {
         TV c0 = TS.Multiply(TS.Broadcast(alpha[0]), TS.Load(ref o[0]));
@@ -377,9 +393,9 @@ internal static unsafe class TiledAttention<TS, TV>
         {
             TV x = TS.Load(ref v[(long)j * vStride]);
             c0 = TS.MultiplyAdd(TS.Broadcast(p[j]), x, c0);
-            c1 = TS.MultiplyAdd(TS.Broadcast(p[KeyTile + j]), x, c1);
-            c2 = TS.MultiplyAdd(TS.Broadcast(p[(2 * KeyTile) + j]), x, c2);
-            c3 = TS.MultiplyAdd(TS.Broadcast(p[(3 * KeyTile) + j]), x, c3);
+            c1 = TS.MultiplyAdd(TS.Broadcast(p[ScoreStride + j]), x, c1);
+            c2 = TS.MultiplyAdd(TS.Broadcast(p[(2 * ScoreStride) + j]), x, c2);
+            c3 = TS.MultiplyAdd(TS.Broadcast(p[(3 * ScoreStride) + j]), x, c3);
         }
 
         TS.Store(c0, ref o[0]);
@@ -428,40 +444,46 @@ internal static unsafe class TiledAttention<TS, TV>
 
     private static int RoundUp(int x, int multiple) => (x + multiple - 1) / multiple * multiple;
 
-    private static float* Allocate(long floats) =>
-        (float*)NativeMemory.AlignedAlloc((nuint)(Math.Max(floats, 1) * sizeof(float)), 64);
-
-    /// <summary>One worker's tile buffers, 64-byte aligned, reused across its work items.</summary>
+    /// <summary>One worker's tile buffers, carved 64-byte aligned out of one pooled buffer, reused across its work items.</summary>
     private sealed class Scratch : IDisposable
     {
+        private readonly NativeBufferPool.Buffer _buffer;
+
         public Scratch(int d, int paddedValueDim)
         {
-            Query = Allocate((long)QueryTile * d);
-            Scores = Allocate((long)QueryTile * KeyTile);
-            Output = Allocate((long)QueryTile * paddedValueDim);
+            long query = RoundUp(QueryTile * d, 16), scores = (long)QueryTile * ScoreStride, output = (long)QueryTile * paddedValueDim;
+            _buffer = NativeBufferPool.Rent(query + scores + output + (2 * QueryTile));
+            Query = _buffer.Pointer;
+            Scores = Query + query;
+            Output = Scores + scores;
+            Alpha = Output + output;
+            Ones = Alpha + QueryTile;
+            new Span<float>(Ones, QueryTile).Fill(1f);
             Max = new float[QueryTile];
             Sum = new float[QueryTile];
-            Alpha = Allocate(QueryTile);
         }
 
+        /// <summary>Query tile times the scale, [QueryTile, d].</summary>
         public float* Query { get; }
 
+        /// <summary>Scores, then weights P, [QueryTile, ScoreStride].</summary>
         public float* Scores { get; }
 
+        /// <summary>Unnormalised output O, [QueryTile, paddedValueDim].</summary>
         public float* Output { get; }
 
+        /// <summary>Per-row rescale factors of the current key tile.</summary>
         public float* Alpha { get; }
 
+        /// <summary>Rescale factors of 1, for the P V chunks after the first.</summary>
+        public float* Ones { get; }
+
+        /// <summary>Running row max m.</summary>
         public float[] Max { get; }
 
+        /// <summary>Running row sum l.</summary>
         public float[] Sum { get; }
 
-        public void Dispose()
-        {
-            NativeMemory.AlignedFree(Query);
-            NativeMemory.AlignedFree(Scores);
-            NativeMemory.AlignedFree(Output);
-            NativeMemory.AlignedFree(Alpha);
-        }
+        public void Dispose() => _buffer.Dispose();
     }
 }
