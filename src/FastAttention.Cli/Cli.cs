@@ -17,6 +17,7 @@ internal static class Cli
         AttendCommand.Command,
         InspectCommand.Command,
         DemoCommand.Command,
+        BenchCommand.Command,
     ];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)

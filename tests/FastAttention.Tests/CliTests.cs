@@ -233,4 +233,32 @@ public class CliTests
         Assert.Contains("GFLOP/s", stdout);
         Assert.Contains("line40/block1", stdout);
     }
+
+    [Fact]
+    public void Bench_reports_median_gflops_and_percent_of_peak()
+    {
+        (int code, string stdout, string stderr) = Run("bench", "--n", "300", "--d", "32", "--heads", "2", "--causal", "--repeat", "3", "--threads", "1", "--json");
+        Assert.True(code == 0, stderr);
+        using JsonDocument json = JsonDocument.Parse(stdout);
+        JsonElement root = json.RootElement;
+        double median = root.GetProperty("medianSeconds").GetDouble();
+        Assert.True(median > 0);
+        Assert.Equal(3, root.GetProperty("repeats").GetInt32());
+        double flops = 2.0 * 2 * (300 * 301 / 2) * (32 + 32); // visible causal pairs, both heads
+        Assert.Equal(flops, root.GetProperty("flops").GetDouble());
+        Assert.Equal(flops / median / 1e9, root.GetProperty("gflops").GetDouble(), 6);
+        double percent = root.GetProperty("percentOfPeak").GetDouble();
+        Assert.Equal(100 * root.GetProperty("gflops").GetDouble() / root.GetProperty("peakGflops").GetDouble(), percent, 6);
+    }
+
+    [Fact]
+    public void Bench_on_files_writes_the_same_output_as_attend()
+    {
+        string dir = Data.TempDir();
+        Assert.Equal(0, Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "a.npy")).Code);
+        (int code, _, string stderr) = Run("bench", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--repeat", "2", "--out", Path.Combine(dir, "b.npy"));
+        Assert.True(code == 0, stderr);
+        Assert.Equal(NumpyFile.ReadFloat32(Path.Combine(dir, "a.npy")).Data, NumpyFile.ReadFloat32(Path.Combine(dir, "b.npy")).Data);
+        Assert.Equal(2, Run("bench", "--d", "8").Code);
+    }
 }

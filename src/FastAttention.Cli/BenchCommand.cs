@@ -1,0 +1,168 @@
+using System.Diagnostics;
+using System.Globalization;
+using FastAttention.Kernels;
+
+namespace FastAttention.Cli;
+
+/// <summary>
+/// <c>fastattn bench</c>: times a method on seeded random inputs (or given files): warm-up, then the
+/// median of repeated runs, with GFLOP/s and %-of-peak against this machine's measured FMA peak.
+/// </summary>
+internal static class BenchCommand
+{
+    public static Command Command { get; } = new(
+        "bench",
+        "time a method on seeded random inputs: median of repeated runs, GFLOP/s, %-of-peak",
+        [
+            new("method", "M", "exact (default)"),
+            new("n", "N", "queries (and keys, unless --nk) per head (required unless --q is given)"),
+            new("nk", "NK", "keys per head (default n)"),
+            new("d", "D", "head dimension (default 64)"),
+            new("dv", "DV", "value dimension (default d)"),
+            new("heads", "H", "query heads (default 1)"),
+            new("kv-heads", "HKV", "key/value heads for grouped-query attention (default: heads)"),
+            new("batch", "B", "batch size (default 1)"),
+            new("causal", null, "causal mask (flops count only the visible pairs)"),
+            new("scale", "S", "score scale (default 1/sqrt(d))"),
+            new("threads", "T", "worker threads (default: all cores)"),
+            new("kernel", "NAME", "force a kernel: " + string.Join(", ", KernelRegistry.Attention.Select(k => k.Name))),
+            new("repeat", "R", "timed runs (default: as many as fit in about 2 s, at least 3, at most 50)"),
+            new("seed", "S", "random seed (default 1)"),
+            new("q", "Q.npy", "use these queries instead of random ones (with --k and --v)"),
+            new("k", "K.npy", "keys"),
+            new("v", "V.npy", "values"),
+            new("out", "O.npy", "write the output of the last run"),
+            new("force", null, "overwrite --out if it exists"),
+            new("json", null, "print one JSON object"),
+        ],
+        Run);
+
+    private static int Run(ParsedOptions o, TextWriter stdout)
+    {
+        string method = o.Get("method") ?? "exact";
+        if (!AttendCommand.Methods.Contains(method))
+        {
+            throw new UsageException($"bench: unknown --method '{method}' (available: {string.Join(", ", AttendCommand.Methods)})");
+        }
+
+        int threads = o.Int("threads", 1, 1024) ?? Environment.ProcessorCount;
+        int? repeat = o.Int("repeat", 1, 100_000);
+        string? outPath = o.Get("out");
+        bool force = o.Flag("force");
+        if (outPath is not null)
+        {
+            TensorFiles.CheckWritable("out", outPath, force);
+        }
+
+        (AttentionShape shape, float[] q, float[] k, float[] v, int[] outShape) = Inputs(o);
+        var output = new float[shape.OutputLength];
+        var options = new ExactAttentionOptions
+        {
+            Scale = o.Float("scale"),
+            Causal = o.Flag("causal"),
+            MaxDegreeOfParallelism = threads,
+            Kernel = o.Get("kernel"),
+        };
+
+        // Warm-up (JIT, buffer pool, caches), then repeated timed runs.
+        var watch = Stopwatch.StartNew();
+        AttentionRun run = ExactAttention.Compute(q, k, v, shape, output, options);
+        double first = watch.Elapsed.TotalSeconds;
+        int runs = repeat ?? (int)Math.Clamp(2.0 / Math.Max(first, 1e-6), 3, 50);
+        var times = new double[runs];
+        for (int r = 0; r < runs; r++)
+        {
+            watch.Restart();
+            ExactAttention.Compute(q, k, v, shape, output, options);
+            times[r] = watch.Elapsed.TotalSeconds;
+        }
+
+        Array.Sort(times);
+        double median = runs % 2 == 1 ? times[runs / 2] : (times[(runs / 2) - 1] + times[runs / 2]) / 2;
+        double gflops = run.Flops / median / 1e9;
+        double peak = FmaPeak.Measure(threads);
+        long peakWorkingSet = Process.GetCurrentProcess().PeakWorkingSet64;
+
+        if (outPath is not null)
+        {
+            TensorFiles.Save(outPath, force, new TensorData<float>(output, outShape));
+        }
+
+        if (o.Flag("json"))
+        {
+            Json.Write(stdout, w =>
+            {
+                w.WriteString("method", method);
+                w.WriteString("kernel", run.Kernel);
+                w.WriteNumber("batch", shape.BatchSize);
+                w.WriteNumber("heads", shape.HeadCount);
+                w.WriteNumber("kvHeads", shape.EffectiveKeyValueHeads);
+                w.WriteNumber("nq", shape.QueryCount);
+                w.WriteNumber("nk", shape.KeyCount);
+                w.WriteNumber("d", shape.HeadDim);
+                w.WriteNumber("dv", shape.ValueDim);
+                w.WriteBoolean("causal", options.Causal);
+                w.WriteNumber("threads", threads);
+                w.WriteNumber("repeats", runs);
+                w.WriteNumber("medianSeconds", median);
+                w.WriteNumber("minSeconds", times[0]);
+                w.WriteNumber("flops", run.Flops);
+                w.WriteNumber("gflops", gflops);
+                w.WriteNumber("peakGflops", peak);
+                w.WriteNumber("percentOfPeak", 100 * gflops / peak);
+                w.WriteNumber("peakWorkingSetBytes", peakWorkingSet);
+            });
+        }
+        else
+        {
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{method} ({run.Kernel}) b={shape.BatchSize} h={shape.HeadCount} nq={shape.QueryCount} nk={shape.KeyCount} d={shape.HeadDim}{(options.Causal ? " causal" : string.Empty)}, {threads} thread(s): " +
+                $"median {median * 1e3:F3} ms of {runs}, {gflops:F1} GFLOP/s = {100 * gflops / peak:F0}% of the measured {peak:F0} GFLOP/s FMA peak"));
+        }
+
+        return ExitCode.Ok;
+    }
+
+    private static (AttentionShape Shape, float[] Q, float[] K, float[] V, int[] OutShape) Inputs(ParsedOptions o)
+    {
+        if (o.Get("q") is string qPath)
+        {
+            TensorData<float> qt = TensorFiles.Load("q", qPath);
+            TensorData<float> kt = TensorFiles.Load("k", o.Required("bench", "k"));
+            TensorData<float> vt = TensorFiles.Load("v", o.Required("bench", "v"));
+            AttentionShape fromFiles = AttentionInputs.Shape(qt, kt, vt);
+            return (fromFiles, qt.Data, kt.Data, vt.Data, AttentionInputs.OutputShape(qt, fromFiles));
+        }
+
+        int n = o.Int("n", 1, int.MaxValue) ?? throw new UsageException("bench: --n is required (or give --q, --k, --v)");
+        int d = o.Int("d", 1, 65536) ?? 64;
+        int heads = o.Int("heads", 1, 65536) ?? 1;
+        var shape = new AttentionShape(
+            o.Int("batch", 1, 65536) ?? 1,
+            heads,
+            n,
+            o.Int("nk", 1, int.MaxValue) ?? n,
+            d,
+            o.Int("dv", 1, 65536) ?? d,
+            o.Int("kv-heads", 1, 65536) ?? heads);
+        if (shape.QueryLength > Array.MaxLength || shape.KeyLength > Array.MaxLength || shape.ValueLength > Array.MaxLength || shape.OutputLength > Array.MaxLength)
+        {
+            throw new UsageException($"bench: ({shape}) is too large for one array");
+        }
+
+        var random = new Random(o.Int("seed", int.MinValue, int.MaxValue) ?? 1);
+        float[] Fill(long count)
+        {
+            var data = new float[count];
+            for (long i = 0; i < count; i++)
+            {
+                data[i] = (random.NextSingle() * 2) - 1;
+            }
+
+            return data;
+        }
+
+        return (shape, Fill(shape.QueryLength), Fill(shape.KeyLength), Fill(shape.ValueLength),
+            [shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.ValueDim]);
+    }
+}
