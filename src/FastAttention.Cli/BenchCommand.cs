@@ -33,6 +33,7 @@ internal static class BenchCommand
             new("v", "V.npy", "values"),
             new("out", "O.npy", "write the output of the last run"),
             new("force", null, "overwrite --out if it exists"),
+            new("bandwidth", null, "also measure the machine's read bandwidth and report the input GB/s against it (decoding is memory-bound)"),
             new("json", null, "print one JSON object"),
         ],
         Run);
@@ -82,6 +83,9 @@ internal static class BenchCommand
         double gflops = run.Flops / median / 1e9;
         double peak = FmaPeak.Measure(threads);
         long peakWorkingSet = Process.GetCurrentProcess().PeakWorkingSet64;
+        double inputBytes = 4.0 * (shape.QueryLength + shape.KeyLength + shape.ValueLength);
+        double gbPerSecond = inputBytes / median / 1e9;
+        double? bandwidth = o.Flag("bandwidth") ? FmaPeak.MeasureReadBandwidth(threads) : null;
 
         if (outPath is not null)
         {
@@ -111,13 +115,21 @@ internal static class BenchCommand
                 w.WriteNumber("peakGflops", peak);
                 w.WriteNumber("percentOfPeak", 100 * gflops / peak);
                 w.WriteNumber("peakWorkingSetBytes", peakWorkingSet);
+                w.WriteNumber("inputBytes", inputBytes);
+                w.WriteNumber("inputGBps", gbPerSecond);
+                if (bandwidth is double bw)
+                {
+                    w.WriteNumber("readBandwidthGBps", bw);
+                    w.WriteNumber("percentOfBandwidth", 100 * gbPerSecond / bw);
+                }
             });
         }
         else
         {
-            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{method} ({run.Kernel}) b={shape.BatchSize} h={shape.HeadCount} nq={shape.QueryCount} nk={shape.KeyCount} d={shape.HeadDim}{(options.Causal ? " causal" : string.Empty)}, {threads} thread(s): " +
-                $"median {median * 1e3:F3} ms of {runs}, {gflops:F1} GFLOP/s = {100 * gflops / peak:F0}% of the measured {peak:F0} GFLOP/s FMA peak"));
+            var inv = CultureInfo.InvariantCulture;
+            string against = bandwidth is double b ? string.Create(inv, $" = {100 * gbPerSecond / b:F0}% of the measured {b:F1} GB/s read bandwidth") : string.Empty;
+            stdout.WriteLine(string.Create(inv,
+                $"{method} ({run.Kernel}) b={shape.BatchSize} h={shape.HeadCount} nq={shape.QueryCount} nk={shape.KeyCount} d={shape.HeadDim}{(options.Causal ? " causal" : string.Empty)}, {threads} thread(s): median {median * 1e3:F3} ms of {runs}, {gflops:F1} GFLOP/s = {100 * gflops / peak:F0}% of the measured {peak:F0} GFLOP/s FMA peak; inputs read at {gbPerSecond:F1} GB/s{against}"));
         }
 
         return ExitCode.Ok;

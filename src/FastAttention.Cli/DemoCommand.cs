@@ -99,7 +99,7 @@ internal static class DemoCommand
         var reference = new double[shape.OutputLength];
         ReferenceAttention.Compute(q.Data, k.Data, v.Data, shape, reference);
         var output = new float[shape.OutputLength];
-        IEnumerable<AttentionKernel> kernels = onlyBest ? KernelRegistry.Supported.Take(1) : KernelRegistry.Supported;
+        IEnumerable<AttentionKernel> kernels = onlyBest ? KernelRegistry.For(shape).Take(1) : KernelRegistry.For(shape);
         foreach (AttentionKernel kernel in kernels)
         {
             var options = new ExactAttentionOptions { Kernel = kernel.Name };

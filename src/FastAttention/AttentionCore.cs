@@ -53,7 +53,7 @@ internal static unsafe class AttentionCore
             }
         }
 
-        AttentionKernel kernel = KernelRegistry.Select(settings.Kernel);
+        AttentionKernel kernel;
         fixed (float* q = query)
         fixed (float* k = key)
         fixed (float* v = value)
@@ -85,6 +85,7 @@ internal static unsafe class AttentionCore
                 Power = settings.Power,
                 MaxDegreeOfParallelism = settings.MaxDegreeOfParallelism,
             };
+            kernel = KernelRegistry.Select(settings.Kernel, in args);
             kernel.Run(args);
         }
 

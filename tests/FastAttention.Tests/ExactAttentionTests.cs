@@ -5,16 +5,8 @@ namespace FastAttention.Tests;
 
 public class ExactAttentionTests
 {
-    public static TheoryData<string> KernelNames()
-    {
-        var data = new TheoryData<string>();
-        foreach (AttentionKernel kernel in KernelRegistry.Supported)
-        {
-            data.Add(kernel.Name);
-        }
-
-        return data;
-    }
+    /// <summary>Kernels that take the tests' multi-query shapes (more than 16 queries per head).</summary>
+    public static TheoryData<string> KernelNames() => KernelsFor.Names(queryCount: 17);
 
     /// <summary>The awkward-size grid of STYLE.md: every n against a few d, every d against a few n, causal on and off.</summary>
     public static TheoryData<string, int, int, int, bool> Grid()
@@ -22,24 +14,20 @@ public class ExactAttentionTests
         var data = new TheoryData<string, int, int, int, bool>();
         int[] ns = [1, 2, 7, 31, 33, 113, 257, 1023];
         int[] ds = [1, 8, 15, 59, 64, 100, 128];
-        foreach (AttentionKernel kernel in KernelRegistry.Supported)
+        foreach (bool causal in new[] { false, true })
         {
-            foreach (bool causal in new[] { false, true })
+            var shapes = new List<(int Nq, int Nk, int D)>();
+            shapes.AddRange(ns.Select(n => (n, n, n == 1023 ? 64 : 15)));
+            shapes.AddRange(ds.Where(d => d != 15).Select(d => (113, 113, d)));
+
+            // nq != nk in both directions (decoding-like and prefix-like).
+            shapes.AddRange([(1, 257, 64), (33, 300, 8), (300, 33, 8), (16, 1000, 128), (3, 5000, 32)]);
+            foreach ((int nq, int nk, int d) in shapes)
             {
-                foreach (int n in ns)
+                foreach (AttentionKernel kernel in KernelsFor.Shape(nq, nk))
                 {
-                    data.Add(kernel.Name, n, n, n == 1023 ? 64 : 15, causal);
+                    data.Add(kernel.Name, nq, nk, d, causal);
                 }
-
-                foreach (int d in ds.Where(d => d != 15))
-                {
-                    data.Add(kernel.Name, 113, 113, d, causal);
-                }
-
-                // nq != nk in both directions (decoding-like and prefix-like).
-                data.Add(kernel.Name, 1, 257, 64, causal);
-                data.Add(kernel.Name, 33, 300, 8, causal);
-                data.Add(kernel.Name, 300, 33, 8, causal);
             }
         }
 
@@ -110,6 +98,40 @@ public class ExactAttentionTests
         double[] expected = Reference.Attention(q, k, v, shape, new Reference.Options(Bias: bias, Mask: mask));
         Tolerance.AssertExact(output, expected, kernel);
         Assert.All(output.AsSpan(4 * 8, 8).ToArray(), x => Assert.Equal(0f, x));
+    }
+
+    [Theory]
+    [InlineData("splitkey-v512")]
+    [InlineData("splitkey-v256")]
+    public void A_forced_kernel_that_cannot_take_the_input_says_why(string kernel)
+    {
+        var shape = AttentionShape.SingleHead(17, 4);
+        (float[] q, float[] k, float[] v) = Data.Inputs(shape, 1);
+        var ex = Assert.Throws<NotSupportedException>(() => ExactAttention.Compute(q, k, v, shape, new float[shape.OutputLength], new ExactAttentionOptions { Kernel = kernel }));
+        Assert.Contains(kernel, ex.Message);
+        Assert.True(ex.Message.Contains("at most 16", StringComparison.Ordinal) || ex.Message.Contains("CPU", StringComparison.Ordinal), ex.Message);
+    }
+
+    public static TheoryData<string> DecodeKernels() => KernelsFor.Names(queryCount: 1);
+
+    [Theory]
+    [MemberData(nameof(DecodeKernels))]
+    public void Decoding_shapes_with_gqa_mask_and_bias_match_the_reference(string kernel)
+    {
+        var shape = new AttentionShape(2, 8, 3, 700, 40, 24, KeyValueHeadCount: 2);
+        (float[] q, float[] k, float[] v) = Data.Inputs(shape, 17);
+        float[] bias = Data.Normal(3L * 700, 18);
+        var random = new Random(19);
+        bool[] mask = [.. Enumerable.Range(0, 2 * 8 * 3 * 700).Select(_ => random.NextDouble() < 0.9)];
+        Array.Fill(mask, false, 700, 700); // batch 0, head 0, query 1: nothing visible
+        var output = new float[shape.OutputLength];
+        ExactAttention.Compute(q, k, v, shape, output, new ExactAttentionOptions { Kernel = kernel, Causal = true, Bias = bias, Mask = mask });
+        Tolerance.AssertExact(output, Reference.Attention(q, k, v, shape, new Reference.Options(Causal: true, Bias: bias, Mask: mask)), kernel);
+        Assert.All(output.AsSpan(24, 24).ToArray(), x => Assert.Equal(0f, x));
+
+        var one = new float[shape.OutputLength];
+        ExactAttention.Compute(q, k, v, shape, one, new ExactAttentionOptions { Kernel = kernel, Causal = true, Bias = bias, Mask = mask, MaxDegreeOfParallelism = 1 });
+        Assert.Equal(output, one);
     }
 
     [Fact]

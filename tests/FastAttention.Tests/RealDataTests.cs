@@ -23,7 +23,7 @@ public class RealDataTests
         Assert.Equal(8, shape.HeadCount);
         Assert.Equal(15, shape.HeadDim);
 
-        foreach (var kernel in ExactAttention.Kernels.Where(k => k.Supported))
+        foreach (FastAttention.Kernels.AttentionKernel kernel in KernelsFor.Shape(shape.QueryCount, shape.KeyCount))
         {
             var output = new float[shape.OutputLength];
             ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, new ExactAttentionOptions { Kernel = kernel.Name });

@@ -24,19 +24,35 @@ internal static class FmaPeak
             }
         }
 
+        // Dedicated threads released together: a Parallel.For over `threads` items may run them one
+        // after another on fewer threads and understate the peak.
         double[] perThread = new double[threads];
-        Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+        using var start = new Barrier(threads);
+        var workers = new Thread[threads];
+        for (int t = 0; t < threads; t++)
         {
-            Chains(2000); // warm-up and JIT
-            long flops = 0;
-            var watch = Stopwatch.StartNew();
-            while (watch.ElapsedMilliseconds < milliseconds)
+            int index = t;
+            workers[t] = new Thread(() =>
             {
-                flops += Chains(200_000);
-            }
+                Chains(2000); // warm-up and JIT
+                start.SignalAndWait();
+                long flops = 0;
+                var watch = Stopwatch.StartNew();
+                while (watch.ElapsedMilliseconds < milliseconds)
+                {
+                    flops += Chains(200_000);
+                }
 
-            perThread[t] = flops / watch.Elapsed.TotalSeconds / 1e9;
-        });
+                perThread[index] = flops / watch.Elapsed.TotalSeconds / 1e9;
+            })
+            { IsBackground = true };
+            workers[t].Start();
+        }
+
+        foreach (Thread worker in workers)
+        {
+            worker.Join();
+        }
 
         double total = perThread.Sum();
         lock (Cache)
@@ -77,6 +93,44 @@ internal static class FmaPeak
         TV sum = TS.Add(TS.Add(TS.Add(c0, c1), TS.Add(c2, c3)), TS.Add(TS.Add(TS.Add(c4, c5), TS.Add(c6, c7)), TS.Add(TS.Add(c8, c9), TS.Add(c10, c11))));
         Sink = TS.SumAcross(sum);
         return 12L * 2 * TS.Count * iterations;
+    }
+
+    /// <summary>
+    /// Read bandwidth in GB/s: <paramref name="threads"/> threads each summing its own 256 MiB
+    /// (far beyond the caches) at once, best of three passes.
+    /// </summary>
+    public static double MeasureReadBandwidth(int threads)
+    {
+        const int Floats = 64 << 20;
+        float[][] arrays = [.. Enumerable.Range(0, threads).Select(_ => Enumerable.Repeat(1f, Floats).ToArray())];
+        double best = 0;
+        for (int pass = 0; pass < 3; pass++)
+        {
+            using var start = new Barrier(threads + 1);
+            var workers = new Thread[threads];
+            for (int t = 0; t < threads; t++)
+            {
+                float[] data = arrays[t];
+                workers[t] = new Thread(() =>
+                {
+                    start.SignalAndWait();
+                    Sink = System.Numerics.Tensors.TensorPrimitives.Sum<float>(data);
+                })
+                { IsBackground = true };
+                workers[t].Start();
+            }
+
+            start.SignalAndWait();
+            var watch = Stopwatch.StartNew();
+            foreach (Thread worker in workers)
+            {
+                worker.Join();
+            }
+
+            best = Math.Max(best, (double)threads * Floats * sizeof(float) / watch.Elapsed.TotalSeconds / 1e9);
+        }
+
+        return best;
     }
 
     /// <summary>Keeps the chains' results alive so the JIT cannot drop them.</summary>

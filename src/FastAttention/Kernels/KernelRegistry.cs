@@ -2,11 +2,17 @@ using System.Runtime.Intrinsics;
 
 namespace FastAttention.Kernels;
 
-/// <summary>An attention kernel: a name, whether this CPU can run it, and the entry point.</summary>
-internal sealed record AttentionKernel(string Name, string Description, Func<bool> IsSupported, Action<AttentionArgs> Run)
+/// <summary>What a kernel says about an input it cannot take: the reason, or <see langword="null"/> when it can.</summary>
+internal delegate string? InputCheck(in AttentionArgs args);
+
+/// <summary>An attention kernel: a name, whether this CPU can run it, which inputs it takes, and the entry point.</summary>
+internal sealed record AttentionKernel(string Name, string Description, Func<bool> IsSupported, Action<AttentionArgs> Run, InputCheck? Rejects = null)
 {
     /// <summary>Why this kernel cannot run here, or <see langword="null"/> when it can.</summary>
     public string? WhyNot() => IsSupported() ? null : $"{Name}: this CPU does not accelerate the vector width it needs";
+
+    /// <summary>Why this kernel cannot run this input here, or <see langword="null"/> when it can.</summary>
+    public string? WhyNot(in AttentionArgs args) => WhyNot() ?? (Rejects?.Invoke(in args) is string reason ? $"{Name}: {reason}" : null);
 }
 
 /// <summary>
@@ -22,6 +28,10 @@ internal static class KernelRegistry
     /// <summary>Exact softmax (and power) attention kernels, fastest first.</summary>
     public static IReadOnlyList<AttentionKernel> Attention { get; } =
     [
+        new("splitkey-v512", "decoding (at most 16 queries per head): keys split in fixed chunks, partials merged; 512-bit vectors",
+            () => Simd512.IsSupported, SplitKeyAttention<Simd512, Vector512<float>>.Run, SplitKeyAttention<Simd512, Vector512<float>>.Rejects),
+        new("splitkey-v256", "decoding (at most 16 queries per head): keys split in fixed chunks, partials merged; 256-bit vectors",
+            () => Simd256.IsSupported, SplitKeyAttention<Simd256, Vector256<float>>.Run, SplitKeyAttention<Simd256, Vector256<float>>.Rejects),
         new("tiled-v512", "tiled online softmax, 512-bit vectors (AVX-512)", () => Simd512.IsSupported, TiledAttention<Simd512, Vector512<float>>.Run),
         new("tiled-v256", "tiled online softmax, 256-bit vectors (AVX2)", () => Simd256.IsSupported, TiledAttention<Simd256, Vector256<float>>.Run),
         new("tiled-scalar", "tiled online softmax, scalar (any CPU)", () => SimdScalar.IsSupported, TiledAttention<SimdScalar, float>.Run),
@@ -30,16 +40,45 @@ internal static class KernelRegistry
     /// <summary>The kernels this CPU can run.</summary>
     public static IEnumerable<AttentionKernel> Supported => Attention.Where(k => k.IsSupported());
 
-    /// <summary>Picks the kernel: <paramref name="forced"/>, else the environment variable, else the fastest supported.</summary>
+    /// <summary>The kernels that run on this CPU and take inputs of this shape (ignoring masks and values).</summary>
+    public static IEnumerable<AttentionKernel> For(AttentionShape shape)
+    {
+        var args = new AttentionArgs
+        {
+            Batch = shape.BatchSize,
+            Heads = shape.HeadCount,
+            KvHeads = shape.EffectiveKeyValueHeads,
+            QueryCount = shape.QueryCount,
+            KeyCount = shape.KeyCount,
+            HeadDim = shape.HeadDim,
+            ValueDim = shape.ValueDim,
+        };
+        return Attention.Where(k => k.WhyNot(in args) is null).ToList();
+    }
+
+    /// <summary>Picks the kernel: <paramref name="forced"/>, else the environment variable, else the first in registry order that takes the input.</summary>
     /// <exception cref="ArgumentException">The forced name is unknown.</exception>
-    /// <exception cref="NotSupportedException">The forced kernel cannot run on this CPU, or none can.</exception>
-    public static AttentionKernel Select(string? forced)
+    /// <exception cref="NotSupportedException">The forced kernel cannot run this input on this CPU, or no kernel can; the message lists the reasons.</exception>
+    public static AttentionKernel Select(string? forced, in AttentionArgs args)
     {
         string? name = string.IsNullOrWhiteSpace(forced) ? Environment.GetEnvironmentVariable(EnvironmentVariable) : forced;
         if (string.IsNullOrWhiteSpace(name))
         {
-            return Supported.FirstOrDefault()
-                ?? throw new NotSupportedException("No attention kernel fits: " + string.Join("; ", Attention.Select(k => k.WhyNot())));
+            foreach (AttentionKernel candidate in Attention)
+            {
+                if (candidate.WhyNot(in args) is null)
+                {
+                    return candidate;
+                }
+            }
+
+            var reasons = new List<string>();
+            foreach (AttentionKernel candidate in Attention)
+            {
+                reasons.Add(candidate.WhyNot(in args)!);
+            }
+
+            throw new NotSupportedException("No attention kernel fits: " + string.Join("; ", reasons));
         }
 
         AttentionKernel? kernel = Attention.FirstOrDefault(k => string.Equals(k.Name, name.Trim(), StringComparison.OrdinalIgnoreCase));
@@ -50,6 +89,6 @@ internal static class KernelRegistry
                 $"Unknown kernel '{name}' (from {source}). Known kernels: {string.Join(", ", Attention.Select(k => k.Name))}.", nameof(forced));
         }
 
-        return kernel.WhyNot() is string reason ? throw new NotSupportedException($"Kernel cannot run: {reason}.") : kernel;
+        return kernel.WhyNot(in args) is string reason ? throw new NotSupportedException($"Kernel cannot run: {reason}.") : kernel;
     }
 }
