@@ -14,7 +14,7 @@ internal static class BenchCommand
         "bench",
         "time a method on seeded random inputs: median of repeated runs, GFLOP/s, %-of-peak",
         [
-            new("method", "M", "exact (default)"),
+            new("method", "M", "exact (default), or gemm: the GEMM micro-kernel alone, C = A B with m = n = k = --n"),
             new("n", "N", "queries (and keys, unless --nk) per head (required unless --q is given)"),
             new("nk", "NK", "keys per head (default n)"),
             new("d", "D", "head dimension (default 64)"),
@@ -41,6 +41,11 @@ internal static class BenchCommand
     private static int Run(ParsedOptions o, TextWriter stdout)
     {
         string method = o.Get("method") ?? "exact";
+        if (method == "gemm")
+        {
+            return RunGemm(o, stdout);
+        }
+
         if (!AttendCommand.Methods.Contains(method))
         {
             throw new UsageException($"bench: unknown --method '{method}' (available: {string.Join(", ", AttendCommand.Methods)})");
@@ -130,6 +135,57 @@ internal static class BenchCommand
             string against = bandwidth is double b ? string.Create(inv, $" = {100 * gbPerSecond / b:F0}% of the measured {b:F1} GB/s read bandwidth") : string.Empty;
             stdout.WriteLine(string.Create(inv,
                 $"{method} ({run.Kernel}) b={shape.BatchSize} h={shape.HeadCount} nq={shape.QueryCount} nk={shape.KeyCount} d={shape.HeadDim}{(options.Causal ? " causal" : string.Empty)}, {threads} thread(s): median {median * 1e3:F3} ms of {runs}, {gflops:F1} GFLOP/s = {100 * gflops / peak:F0}% of the measured {peak:F0} GFLOP/s FMA peak; inputs read at {gbPerSecond:F1} GB/s{against}"));
+        }
+
+        return ExitCode.Ok;
+    }
+
+    /// <summary>Times <c>C = A B</c> (m = n = k = --n) on the GEMM that the attention kernel's micro-kernel comes from.</summary>
+    private static int RunGemm(ParsedOptions o, TextWriter stdout)
+    {
+        int n = o.Int("n", 1, 65536) ?? throw new UsageException("bench: --n is required");
+        int threads = o.Int("threads", 1, 1024) ?? Environment.ProcessorCount;
+        var random = new Random(o.Int("seed", int.MinValue, int.MaxValue) ?? 1);
+        float[] a = new float[(long)n * n], b = new float[(long)n * n], c = new float[(long)n * n];
+        for (long i = 0; i < a.LongLength; i++)
+        {
+            a[i] = (random.NextSingle() * 2) - 1;
+            b[i] = (random.NextSingle() * 2) - 1;
+        }
+
+        double Time()
+        {
+            var watch = Stopwatch.StartNew();
+            Gemm.Multiply(n, n, n, a, false, b, false, c, 0f, threads);
+
+            return watch.Elapsed.TotalSeconds;
+        }
+
+        double first = Time();
+        int runs = o.Int("repeat", 1, 100_000) ?? (int)Math.Clamp(3.0 / Math.Max(first, 1e-6), 3, 30);
+        double[] times = [.. Enumerable.Range(0, runs).Select(_ => Time()).Order()];
+        double median = runs % 2 == 1 ? times[runs / 2] : (times[(runs / 2) - 1] + times[runs / 2]) / 2;
+        double flops = 2.0 * n * n * (double)n;
+        double gflops = flops / median / 1e9, peak = FmaPeak.Measure(threads);
+        if (o.Flag("json"))
+        {
+            Json.Write(stdout, w =>
+            {
+                w.WriteString("method", "gemm");
+                w.WriteNumber("n", n);
+                w.WriteNumber("threads", threads);
+                w.WriteNumber("repeats", runs);
+                w.WriteNumber("medianSeconds", median);
+                w.WriteNumber("flops", flops);
+                w.WriteNumber("gflops", gflops);
+                w.WriteNumber("peakGflops", peak);
+                w.WriteNumber("percentOfPeak", 100 * gflops / peak);
+            });
+        }
+        else
+        {
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"gemm m = n = k = {n}, {threads} thread(s): median {median * 1e3:F2} ms of {runs}, {gflops:F1} GFLOP/s = {100 * gflops / peak:F0}% of the measured {peak:F0} GFLOP/s FMA peak"));
         }
 
         return ExitCode.Ok;

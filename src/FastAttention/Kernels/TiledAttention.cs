@@ -8,10 +8,10 @@ namespace FastAttention.Kernels;
 /// written once over a vector width <typeparamref name="TS"/>. The <c>nq x nk</c> score matrix is never
 /// formed: each worker owns one (batch, head, query tile) and streams key tiles through it:
 /// <list type="number">
-/// <item>S = (s Q_tile) K_tile^T by a 4-row x 4-vector register-blocked micro-kernel over packed key panels;</item>
+/// <item>S = (s Q_tile) K_tile^T by the shared 4-row x 4-vector micro-kernel (<see cref="MicroKernel{TS, TV}"/>) over packed key panels;</item>
 /// <item>bias, mask, causal limit and key padding applied to S (masked scores become -inf);</item>
 /// <item>per row: m' = max(m, rowmax S), alpha = e^(m - m'), P = e^(S - m'), l = alpha l + sum P;</item>
-/// <item>O = alpha O + P V_tile by a 4-row x 4-vector micro-kernel;</item>
+/// <item>O = alpha O + P V_tile by the same micro-kernel, accumulating each chunk from zero (blocked summation);</item>
 /// <item>after the last key tile, out = O / l (a row that saw no key outputs zeros).</item>
 /// </list>
 /// Work items never share state, so the output bits do not depend on the thread count.
@@ -34,7 +34,7 @@ internal static unsafe class TiledAttention<TS, TV>
     private const int ValueChunk = 64;
 
     /// <summary>Query rows per micro-tile (4 rows x 4 vectors = 16 independent FMA chains).</summary>
-    private const int Rows = 4;
+    private const int Rows = MicroKernel<TS, TV>.Rows;
 
     private static int Width => TS.Count;
 
@@ -131,7 +131,7 @@ internal static unsafe class TiledAttention<TS, TV>
                 float* panel = keys + ((long)(j0 + c) * d);
                 for (int r = 0; r < paddedRows; r += Rows)
                 {
-                    ScoreMicroKernel(q + (r * d), d, panel, s + (r * ScoreStride) + c);
+                    MicroKernel<TS, TV>.Run(d, q + (r * d), d, 1, panel, Strip, s + (r * ScoreStride) + c, ScoreStride, null);
                 }
             }
 
@@ -157,12 +157,12 @@ internal static unsafe class TiledAttention<TS, TV>
                     int c = 0;
                     for (; c + (4 * Width) <= paddedValueDim; c += 4 * Width)
                     {
-                        ValueMicroKernel4(p, chunk, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
+                        MicroKernel<TS, TV>.Run(chunk, p, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
                     }
 
                     for (; c < paddedValueDim; c += Width)
                     {
-                        ValueMicroKernel1(p, chunk, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
+                        MicroKernel<TS, TV>.RunNarrow(chunk, p, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
                     }
                 }
             }
@@ -283,146 +283,6 @@ internal static unsafe class TiledAttention<TS, TV>
 
         sum = (sum * alpha) + TS.SumAcross(total);
         max = newMax;
-    }
-
-    /// <summary>S[4 x strip] = Q[4 x d] K_panel[d x strip]; the panel holds <c>strip</c> keys, feature-major.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void ScoreMicroKernel(float* q, int d, float* panel, float* s)
-    {
-        int w = Width;
-        TV zero = TS.Broadcast(0f);
-        TV c00 = zero, c01 = zero, c02 = zero, c03 = zero;
-        TV c10 = zero, c11 = zero, c12 = zero, c13 = zero;
-        TV c20 = zero, c21 = zero, c22 = zero, c23 = zero;
-        TV c30 = zero, c31 = zero, c32 = zero, c33 = zero;
-        float* q1 = q + d;
-        float* q2 = q1 + d;
-        float* q3 = q2 + d;
-        for (int t = 0; t < d; t++)
-        {
-            float* k = panel + (t * 4 * w);
-            TV k0 = TS.Load(ref k[0]);
-            TV k1 = TS.Load(ref k[w]);
-            TV k2 = TS.Load(ref k[2 * w]);
-            TV k3 = TS.Load(ref k[3 * w]);
-            TV x = TS.Broadcast(q[t]);
-            c00 = TS.MultiplyAdd(x, k0, c00);
-            c01 = TS.MultiplyAdd(x, k1, c01);
-            c02 = TS.MultiplyAdd(x, k2, c02);
-            c03 = TS.MultiplyAdd(x, k3, c03);
-            x = TS.Broadcast(q1[t]);
-            c10 = TS.MultiplyAdd(x, k0, c10);
-            c11 = TS.MultiplyAdd(x, k1, c11);
-            c12 = TS.MultiplyAdd(x, k2, c12);
-            c13 = TS.MultiplyAdd(x, k3, c13);
-            x = TS.Broadcast(q2[t]);
-            c20 = TS.MultiplyAdd(x, k0, c20);
-            c21 = TS.MultiplyAdd(x, k1, c21);
-            c22 = TS.MultiplyAdd(x, k2, c22);
-            c23 = TS.MultiplyAdd(x, k3, c23);
-            x = TS.Broadcast(q3[t]);
-            c30 = TS.MultiplyAdd(x, k0, c30);
-            c31 = TS.MultiplyAdd(x, k1, c31);
-            c32 = TS.MultiplyAdd(x, k2, c32);
-            c33 = TS.MultiplyAdd(x, k3, c33);
-        }
-
-        StoreRow(s, c00, c01, c02, c03);
-        StoreRow(s + ScoreStride, c10, c11, c12, c13);
-        StoreRow(s + (2 * ScoreStride), c20, c21, c22, c23);
-        StoreRow(s + (3 * ScoreStride), c30, c31, c32, c33);
-    }
-
-    /// <summary>
-    /// O[4 x 4 vectors] = alpha O + P[4 x cols] V[cols x 4 vectors]. The chunk's product is accumulated
-    /// from zero and only then added to O: blocked summation keeps the rounding error of the long sum
-    /// over all keys about sqrt(chunks) smaller than one FMA chain through O would (measured 4-5x on
-    /// n = 4096), at the same cost.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void ValueMicroKernel4(float* p, int cols, float* v, int vStride, float* o, int oStride, float* alpha)
-    {
-        int w = Width;
-        TV zero = TS.Broadcast(0f);
-        TV c00 = zero, c01 = zero, c02 = zero, c03 = zero;
-        TV c10 = zero, c11 = zero, c12 = zero, c13 = zero;
-        TV c20 = zero, c21 = zero, c22 = zero, c23 = zero;
-        TV c30 = zero, c31 = zero, c32 = zero, c33 = zero;
-        for (int j = 0; j < cols; j++)
-        {
-            float* vr = v + ((long)j * vStride);
-            TV v0 = TS.Load(ref vr[0]);
-            TV v1 = TS.Load(ref vr[w]);
-            TV v2 = TS.Load(ref vr[2 * w]);
-            TV v3 = TS.Load(ref vr[3 * w]);
-            TV x = TS.Broadcast(p[j]);
-            c00 = TS.MultiplyAdd(x, v0, c00);
-            c01 = TS.MultiplyAdd(x, v1, c01);
-            c02 = TS.MultiplyAdd(x, v2, c02);
-            c03 = TS.MultiplyAdd(x, v3, c03);
-            x = TS.Broadcast(p[ScoreStride + j]);
-            c10 = TS.MultiplyAdd(x, v0, c10);
-            c11 = TS.MultiplyAdd(x, v1, c11);
-            c12 = TS.MultiplyAdd(x, v2, c12);
-            c13 = TS.MultiplyAdd(x, v3, c13);
-            x = TS.Broadcast(p[(2 * ScoreStride) + j]);
-            c20 = TS.MultiplyAdd(x, v0, c20);
-            c21 = TS.MultiplyAdd(x, v1, c21);
-            c22 = TS.MultiplyAdd(x, v2, c22);
-            c23 = TS.MultiplyAdd(x, v3, c23);
-            x = TS.Broadcast(p[(3 * ScoreStride) + j]);
-            c30 = TS.MultiplyAdd(x, v0, c30);
-            c31 = TS.MultiplyAdd(x, v1, c31);
-            c32 = TS.MultiplyAdd(x, v2, c32);
-            c33 = TS.MultiplyAdd(x, v3, c33);
-        }
-
-        AccumulateRow(o, alpha[0], c00, c01, c02, c03);
-        AccumulateRow(o + oStride, alpha[1], c10, c11, c12, c13);
-        AccumulateRow(o + (2 * oStride), alpha[2], c20, c21, c22, c23);
-        AccumulateRow(o + (3 * oStride), alpha[3], c30, c31, c32, c33);
-    }
-
-    /// <summary>The one-vector-wide tail of <see cref="ValueMicroKernel4"/>, for value widths that are not a multiple of four vectors.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void ValueMicroKernel1(float* p, int cols, float* v, int vStride, float* o, int oStride, float* alpha)
-    {
-        TV c0 = TS.Broadcast(0f), c1 = c0, c2 = c0, c3 = c0;
-        for (int j = 0; j < cols; j++)
-        {
-            TV x = TS.Load(ref v[(long)j * vStride]);
-            c0 = TS.MultiplyAdd(TS.Broadcast(p[j]), x, c0);
-            c1 = TS.MultiplyAdd(TS.Broadcast(p[ScoreStride + j]), x, c1);
-            c2 = TS.MultiplyAdd(TS.Broadcast(p[(2 * ScoreStride) + j]), x, c2);
-            c3 = TS.MultiplyAdd(TS.Broadcast(p[(3 * ScoreStride) + j]), x, c3);
-        }
-
-        TS.Store(TS.MultiplyAdd(TS.Broadcast(alpha[0]), TS.Load(ref o[0]), c0), ref o[0]);
-        TS.Store(TS.MultiplyAdd(TS.Broadcast(alpha[1]), TS.Load(ref o[oStride]), c1), ref o[oStride]);
-        TS.Store(TS.MultiplyAdd(TS.Broadcast(alpha[2]), TS.Load(ref o[2 * oStride]), c2), ref o[2 * oStride]);
-        TS.Store(TS.MultiplyAdd(TS.Broadcast(alpha[3]), TS.Load(ref o[3 * oStride]), c3), ref o[3 * oStride]);
-    }
-
-    /// <summary>o[0..4 vectors] = alpha o + x.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void AccumulateRow(float* o, float alpha, TV x0, TV x1, TV x2, TV x3)
-    {
-        int w = Width;
-        TV a = TS.Broadcast(alpha);
-        TS.Store(TS.MultiplyAdd(a, TS.Load(ref o[0]), x0), ref o[0]);
-        TS.Store(TS.MultiplyAdd(a, TS.Load(ref o[w]), x1), ref o[w]);
-        TS.Store(TS.MultiplyAdd(a, TS.Load(ref o[2 * w]), x2), ref o[2 * w]);
-        TS.Store(TS.MultiplyAdd(a, TS.Load(ref o[3 * w]), x3), ref o[3 * w]);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreRow(float* destination, TV x0, TV x1, TV x2, TV x3)
-    {
-        int w = Width;
-        TS.Store(x0, ref destination[0]);
-        TS.Store(x1, ref destination[w]);
-        TS.Store(x2, ref destination[2 * w]);
-        TS.Store(x3, ref destination[3 * w]);
     }
 
     /// <summary>K [nk, d] into panels of <c>strip</c> keys, each [d][strip]; missing keys are zero.</summary>
