@@ -6,6 +6,7 @@
   peers.py numpy   DIR THREADS REPEAT  NumPy/OpenBLAS naive softmax(s Q K^T) V per head, float32; prints JSON
   peers.py check   DIR FILE            max |FILE - ref.npy| / max |ref.npy| and max abs error; prints JSON
   peers.py summary DIR N D H           the table of DIR/results.jsonl: time, GFLOP/s, %-of-peak, ratio to ONNX Runtime
+  peers.py sgemm   N THREADS REPEAT    NumPy/OpenBLAS float32 N x N x N matmul, median; prints JSON
 """
 import json
 import sys
@@ -100,9 +101,24 @@ def summary(folder, n, d, h):
     print("error: max |out - float64 reference| / max |reference|.")
 
 
+def sgemm(n, threads, repeat):
+    rng = np.random.default_rng(1)
+    a = rng.uniform(-1, 1, (n, n)).astype(np.float32)
+    b = rng.uniform(-1, 1, (n, n)).astype(np.float32)
+    a @ b
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"medianSeconds": float(np.median(times)), "threads": threads, "blas": blas_library()}))
+
+
 if __name__ == "__main__":
     cmd, folder, *rest = sys.argv[1:]
-    if cmd == "inputs":
+    if cmd == "sgemm":
+        sgemm(int(folder), *map(int, rest))
+    elif cmd == "inputs":
         inputs(folder, *map(int, rest))
     elif cmd == "model":
         model(folder, *map(int, rest))
