@@ -1,13 +1,10 @@
 using BenchmarkDotNet.Attributes;
-using BenchmarkDotNet.Configs;
-using BenchmarkDotNet.Jobs;
-using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using FastAttention.Kernels;
 
 namespace FastAttention.Benchmarks;
 
 /// <summary>The exact tiled kernel over the registry, at n = 1024 and 4096 (and 1000, not a vector multiple), d = 64, one head.</summary>
-[Config(typeof(Config))]
+[Config(typeof(BenchConfig))]
 public class ExactAttentionBench : IFlopCounted
 {
     private float[] _q = [], _k = [], _v = [], _o = [];
@@ -49,14 +46,4 @@ public class ExactAttentionBench : IFlopCounted
 
     public double Flops(IReadOnlyDictionary<string, object> p) =>
         FlopCount.ExactAttention(1, 1, (int)p["N"], (int)p["N"], (int)p["D"], (int)p["D"], (bool)p["Causal"]);
-
-    private sealed class Config : ManualConfig
-    {
-        public Config()
-        {
-            // In-process: the repository's artifacts-output layout is not one BenchmarkDotNet 0.14 can rebuild.
-            AddJob(Job.ShortRun.WithWarmupCount(2).WithIterationCount(5).WithToolchain(InProcessEmitToolchain.Instance));
-            AddColumn(new GflopsColumn(false), new GflopsColumn(true));
-        }
-    }
 }
