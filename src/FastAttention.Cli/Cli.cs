@@ -67,13 +67,19 @@ internal static class Cli
             stderr.WriteLine("fastattn: " + ex.Message);
             return ExitCode.BadInput;
         }
+        catch (NotSupportedException ex)
+        {
+            // A forced kernel that cannot take this input (or this CPU) says why.
+            stderr.WriteLine("fastattn: " + OneLine(ex.Message));
+            return ExitCode.Usage;
+        }
         catch (ArgumentException ex)
         {
             // The library's validation (non-finite values, shapes) names the input and the problem.
             stderr.WriteLine("fastattn: bad input: " + OneLine(ex.Message));
             return ExitCode.BadInput;
         }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or NotSupportedException or OutOfMemoryException)
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or OutOfMemoryException)
         {
             stderr.WriteLine("fastattn: " + OneLine(ex.Message));
             return ExitCode.Failure;
@@ -94,7 +100,7 @@ internal static class Cli
 
         text.AppendLine();
         text.AppendLine("Tensors: FILE.npy, or FILE.npz:NAME / FILE.safetensors:NAME for one tensor of a multi-tensor file.");
-        text.AppendLine("Exit codes: 0 ok, 1 unexpected failure, 2 usage error, 3 bad input file or data.");
+        text.AppendLine("Exit codes: 0 ok, 1 unexpected failure, 2 usage error (including a forced kernel that cannot take the input), 3 bad input file or data.");
         return text.ToString();
     }
 

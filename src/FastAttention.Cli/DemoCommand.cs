@@ -58,6 +58,12 @@ internal static class DemoCommand
         var rv = new TensorData<float>(Fill(4 * 1024 * 64), shape);
         rows.AddRange(Measure("random (seeded)", rq, rk, rv, null, repeat, onlyBest: true));
 
+        // Decoding: one new query per head against a long cache of keys (the split-key kernel).
+        var dq = new TensorData<float>(Fill(8 * 64), [8, 1, 64]);
+        var dk = new TensorData<float>(Fill(8 * 16384 * 64), [8, 16384, 64]);
+        var dv = new TensorData<float>(Fill(8 * 16384 * 64), [8, 16384, 64]);
+        rows.AddRange(Measure("random decode (seeded)", dq, dk, dv, null, repeat, onlyBest: true));
+
         if (json)
         {
             Json.Write(stdout, w =>

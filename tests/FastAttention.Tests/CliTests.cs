@@ -147,6 +147,15 @@ public class CliTests
     }
 
     [Fact]
+    public void A_forced_kernel_that_cannot_take_the_input_is_a_usage_error()
+    {
+        (int code, _, string err) = Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(Data.TempDir(), "o.npy"), "--kernel", "splitkey-v256");
+        Assert.Equal(2, code);
+        Assert.Contains("splitkey-v256", err);
+        Assert.Single(err.Trim().Split('\n'));
+    }
+
+    [Fact]
     public void Help_lists_commands_and_options()
     {
         (int code, string stdout, _) = Run("--help");
@@ -219,6 +228,7 @@ public class CliTests
         using JsonDocument json = JsonDocument.Parse(stdout);
         JsonElement[] rows = [.. json.RootElement.GetProperty("rows").EnumerateArray()];
         Assert.Contains(rows, r => r.GetProperty("data").GetString() == "line260/block2");
+        Assert.Contains(rows, r => r.GetProperty("kernel").GetString()!.StartsWith("splitkey", StringComparison.Ordinal));
         foreach (JsonElement row in rows)
         {
             Assert.True(row.GetProperty("maxErrorVsFloat64").GetDouble() < 1e-5);
