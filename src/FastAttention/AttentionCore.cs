@@ -44,9 +44,8 @@ internal static unsafe class AttentionCore
 
         if (!settings.AllowNonFinite)
         {
+            // K and V are checked here unless the kernel checks them in cache (decoding reads them once).
             CheckFinite(query, nameof(query));
-            CheckFinite(key, nameof(key));
-            CheckFinite(value, nameof(value));
             if (TensorPrimitives.IsNaNAny(settings.Bias.Span))
             {
                 throw new ArgumentException($"Bias contains NaN at index {settings.Bias.Span.IndexOf(float.NaN)}; use -infinity to mask, or set AllowNonFinite to propagate.", "options");
@@ -54,6 +53,7 @@ internal static unsafe class AttentionCore
         }
 
         AttentionKernel kernel;
+        long* firstNonFinite = stackalloc long[2] { long.MaxValue, long.MaxValue };
         fixed (float* q = query)
         fixed (float* k = key)
         fixed (float* v = value)
@@ -86,7 +86,31 @@ internal static unsafe class AttentionCore
                 MaxDegreeOfParallelism = settings.MaxDegreeOfParallelism,
             };
             kernel = KernelRegistry.Select(settings.Kernel, in args);
+            if (!settings.AllowNonFinite)
+            {
+                if (kernel.ChecksFinite)
+                {
+                    args.FirstNonFinite = firstNonFinite;
+                }
+                else
+                {
+                    CheckFinite(key, nameof(key));
+                    CheckFinite(value, nameof(value));
+                }
+            }
+
             kernel.Run(args);
+        }
+
+        // A kernel that checked in cache reports the first offending element; the destination is then undefined.
+        if (firstNonFinite[0] != long.MaxValue)
+        {
+            CheckFinite(key, nameof(key));
+        }
+
+        if (firstNonFinite[1] != long.MaxValue)
+        {
+            CheckFinite(value, nameof(value));
         }
 
         return new AttentionRun(kernel.Name, FlopCount.ExactAttention(

@@ -101,26 +101,42 @@ public class PropertyTests
         }
     }
 
-    [Theory]
-    [InlineData("query")]
-    [InlineData("key")]
-    [InlineData("value")]
-    public void Non_finite_inputs_are_rejected_by_default_and_propagate_when_allowed(string which)
+    public static TheoryData<string, string> NonFiniteCases()
     {
-        var s = new AttentionShape(1, 1, 10, 10, 4, 4);
+        var data = new TheoryData<string, string>();
+        foreach (FastAttention.Kernels.AttentionKernel kernel in KernelsFor.Shape(10, 10))
+        {
+            foreach (string which in new[] { "query", "key", "value" })
+            {
+                data.Add(kernel.Name, which);
+            }
+        }
+
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(NonFiniteCases))]
+    public void Non_finite_inputs_are_rejected_by_default_and_propagate_when_allowed(string kernel, string which)
+    {
+        // Kernels that check K and V in cache (decoding) and kernels checked up front must agree.
+        var s = new AttentionShape(1, 2, 10, 10, 4, 4);
         (float[] q, float[] k, float[] v) = Data.Inputs(s, 2);
         float[] target = which switch { "query" => q, "key" => k, _ => v };
-        target[13] = float.NaN;
+        target[53] = float.NaN;
         var output = new float[s.OutputLength];
-        var ex = Assert.Throws<ArgumentException>(() => ExactAttention.Compute(q, k, v, s, output));
+        var options = new ExactAttentionOptions { Kernel = kernel };
+        var ex = Assert.Throws<ArgumentException>(() => ExactAttention.Compute(q, k, v, s, output, options));
         Assert.Equal(which, ex.ParamName);
-        Assert.Contains("index 13", ex.Message);
+        Assert.Contains("index 53", ex.Message);
 
-        target[13] = float.PositiveInfinity;
-        Assert.Throws<ArgumentException>(() => ExactAttention.Compute(q, k, v, s, output));
+        target[53] = float.PositiveInfinity;
+        target[71] = float.NegativeInfinity;
+        Assert.Contains("index 53", Assert.Throws<ArgumentException>(() => ExactAttention.Compute(q, k, v, s, output, options)).Message);
 
-        target[13] = float.NaN;
-        ExactAttention.Compute(q, k, v, s, output, new ExactAttentionOptions { AllowNonFinite = true });
+        target[53] = float.NaN;
+        target[71] = 0.5f;
+        ExactAttention.Compute(q, k, v, s, output, options with { AllowNonFinite = true });
         Assert.Contains(output, float.IsNaN);
     }
 

@@ -37,5 +37,12 @@ internal unsafe struct AttentionArgs
     /// <summary>Worker threads; 0 or less means one per core.</summary>
     public int MaxDegreeOfParallelism;
 
+    /// <summary>
+    /// When not null, a kernel that checks finiteness while K and V are in cache (see
+    /// <see cref="AttentionKernel.ChecksFinite"/>) lowers <c>[0]</c> to the first flat index of a
+    /// non-finite key element and <c>[1]</c> to that of a value element; they start at long.MaxValue.
+    /// </summary>
+    public long* FirstNonFinite;
+
     public readonly int GroupSize => Heads / KvHeads;
 }

@@ -6,7 +6,7 @@ namespace FastAttention.Kernels;
 internal delegate string? InputCheck(in AttentionArgs args);
 
 /// <summary>An attention kernel: a name, whether this CPU can run it, which inputs it takes, and the entry point.</summary>
-internal sealed record AttentionKernel(string Name, string Description, Func<bool> IsSupported, Action<AttentionArgs> Run, InputCheck? Rejects = null)
+internal sealed record AttentionKernel(string Name, string Description, Func<bool> IsSupported, Action<AttentionArgs> Run, InputCheck? Rejects = null, bool ChecksFinite = false)
 {
     /// <summary>Why this kernel cannot run here, or <see langword="null"/> when it can.</summary>
     public string? WhyNot() => IsSupported() ? null : $"{Name}: this CPU does not accelerate the vector width it needs";
@@ -29,9 +29,9 @@ internal static class KernelRegistry
     public static IReadOnlyList<AttentionKernel> Attention { get; } =
     [
         new("splitkey-v512", "decoding (at most 16 queries per head): keys split in fixed chunks, partials merged; 512-bit vectors",
-            () => Simd512.IsSupported, SplitKeyAttention<Simd512, Vector512<float>>.Run, SplitKeyAttention<Simd512, Vector512<float>>.Rejects),
+            () => Simd512.IsSupported, SplitKeyAttention<Simd512, Vector512<float>>.Run, SplitKeyAttention<Simd512, Vector512<float>>.Rejects, ChecksFinite: true),
         new("splitkey-v256", "decoding (at most 16 queries per head): keys split in fixed chunks, partials merged; 256-bit vectors",
-            () => Simd256.IsSupported, SplitKeyAttention<Simd256, Vector256<float>>.Run, SplitKeyAttention<Simd256, Vector256<float>>.Rejects),
+            () => Simd256.IsSupported, SplitKeyAttention<Simd256, Vector256<float>>.Run, SplitKeyAttention<Simd256, Vector256<float>>.Rejects, ChecksFinite: true),
         new("tiled-v512", "tiled online softmax, 512-bit vectors (AVX-512)", () => Simd512.IsSupported, TiledAttention<Simd512, Vector512<float>>.Run),
         new("tiled-v256", "tiled online softmax, 256-bit vectors (AVX2)", () => Simd256.IsSupported, TiledAttention<Simd256, Vector256<float>>.Run),
         new("tiled-scalar", "tiled online softmax, scalar (any CPU)", () => SimdScalar.IsSupported, TiledAttention<SimdScalar, float>.Run),

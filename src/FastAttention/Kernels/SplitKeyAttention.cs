@@ -150,6 +150,45 @@ internal static unsafe class SplitKeyAttention<TS, TV>
 
             result[1] = sum;
         }
+
+        // Non-finite inputs: check this chunk of K and V now that it is in cache, once per kv head.
+        if (a.FirstNonFinite != null && h % a.GroupSize == 0)
+        {
+            ReportNonFinite(new ReadOnlySpan<float>(keys, count * d), (((kv * a.KeyCount) + j0) * d), a.FirstNonFinite);
+            ReportNonFinite(new ReadOnlySpan<float>(values, count * dv), (((kv * a.KeyCount) + j0) * dv), a.FirstNonFinite + 1);
+        }
+    }
+
+    private static void ReportNonFinite(ReadOnlySpan<float> chunk, long offset, long* first)
+    {
+        if (System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(chunk))
+        {
+            return;
+        }
+
+        long at = offset;
+        foreach (float x in chunk)
+        {
+            if (!float.IsFinite(x))
+            {
+                break;
+            }
+
+            at++;
+        }
+
+        // Lower *first to at (several chunks may race).
+        long seen = Volatile.Read(ref *first);
+        while (at < seen)
+        {
+            long previous = Interlocked.CompareExchange(ref *first, at, seen);
+            if (previous == seen)
+            {
+                break;
+            }
+
+            seen = previous;
+        }
     }
 
     /// <summary>s[0..4] = x . y_r for the four consecutive rows y_r of length d.</summary>
