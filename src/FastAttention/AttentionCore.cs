@@ -61,30 +61,21 @@ internal static unsafe class AttentionCore
         fixed (float* bias = settings.Bias.Span)
         fixed (bool* mask = settings.Mask.Span)
         {
-            var args = new AttentionArgs
-            {
-                Query = q,
-                Key = k,
-                Value = v,
-                Output = o,
-                Bias = settings.Bias.IsEmpty ? null : bias,
-                Mask = settings.Mask.IsEmpty ? null : mask,
-                BiasBatchStride = biasBatch,
-                BiasHeadStride = biasHead,
-                MaskBatchStride = maskBatch,
-                MaskHeadStride = maskHead,
-                Batch = shape.BatchSize,
-                Heads = shape.HeadCount,
-                KvHeads = shape.EffectiveKeyValueHeads,
-                QueryCount = shape.QueryCount,
-                KeyCount = shape.KeyCount,
-                HeadDim = shape.HeadDim,
-                ValueDim = shape.ValueDim,
-                Scale = scale,
-                Causal = settings.Causal,
-                Power = settings.Power,
-                MaxDegreeOfParallelism = settings.MaxDegreeOfParallelism,
-            };
+            AttentionArgs args = AttentionArgs.FromShape(shape);
+            args.Query = q;
+            args.Key = k;
+            args.Value = v;
+            args.Output = o;
+            args.Bias = settings.Bias.IsEmpty ? null : bias;
+            args.Mask = settings.Mask.IsEmpty ? null : mask;
+            args.BiasBatchStride = biasBatch;
+            args.BiasHeadStride = biasHead;
+            args.MaskBatchStride = maskBatch;
+            args.MaskHeadStride = maskHead;
+            args.Scale = scale;
+            args.Causal = settings.Causal;
+            args.Power = settings.Power;
+            args.MaxDegreeOfParallelism = settings.MaxDegreeOfParallelism;
             kernel = KernelRegistry.Select(settings.Kernel, in args);
             if (!settings.AllowNonFinite)
             {

@@ -45,4 +45,16 @@ internal unsafe struct AttentionArgs
     public long* FirstNonFinite;
 
     public readonly int GroupSize => Heads / KvHeads;
+
+    /// <summary>Arguments with the dimensions of <paramref name="shape"/> and nothing else set.</summary>
+    public static AttentionArgs FromShape(AttentionShape shape) => new()
+    {
+        Batch = shape.BatchSize,
+        Heads = shape.HeadCount,
+        KvHeads = shape.EffectiveKeyValueHeads,
+        QueryCount = shape.QueryCount,
+        KeyCount = shape.KeyCount,
+        HeadDim = shape.HeadDim,
+        ValueDim = shape.ValueDim,
+    };
 }

@@ -43,16 +43,7 @@ internal static class KernelRegistry
     /// <summary>The kernels that run on this CPU and take inputs of this shape (ignoring masks and values).</summary>
     public static IEnumerable<AttentionKernel> For(AttentionShape shape)
     {
-        var args = new AttentionArgs
-        {
-            Batch = shape.BatchSize,
-            Heads = shape.HeadCount,
-            KvHeads = shape.EffectiveKeyValueHeads,
-            QueryCount = shape.QueryCount,
-            KeyCount = shape.KeyCount,
-            HeadDim = shape.HeadDim,
-            ValueDim = shape.ValueDim,
-        };
+        var args = AttentionArgs.FromShape(shape);
         return Attention.Where(k => k.WhyNot(in args) is null).ToList();
     }
 

@@ -260,17 +260,7 @@ internal static class VectorMath
         TV clamped = TS.Min(TS.Max(x, TS.Broadcast(ExpUnderflow)), TS.Broadcast(88.3762626647949f));
         TV n = TS.RoundToNearest(TS.Multiply(clamped, TS.Broadcast(1.44269504088896341f)));
 
-        // ln2 split in two so that n * ln2_hi is exact (Cody–Waite).
-        TV r = TS.MultiplyAdd(n, TS.Broadcast(-0.693359375f), clamped);
-        r = TS.MultiplyAdd(n, TS.Broadcast(2.12194440e-4f), r);
-
-        TV p = TS.Broadcast(1.9875691500e-4f);
-        p = TS.MultiplyAdd(p, r, TS.Broadcast(1.3981999507e-3f));
-        p = TS.MultiplyAdd(p, r, TS.Broadcast(8.3334519073e-3f));
-        p = TS.MultiplyAdd(p, r, TS.Broadcast(4.1665795894e-2f));
-        p = TS.MultiplyAdd(p, r, TS.Broadcast(1.6666665459e-1f));
-        p = TS.MultiplyAdd(p, r, TS.Broadcast(5.0000001201e-1f));
-        p = TS.MultiplyAdd(p, TS.Multiply(r, r), TS.Add(r, TS.Broadcast(1f)));
+        TV p = ExpOfReduced<TS, TV>(clamped, n);
 
         TV result = TS.Multiply(p, TS.Pow2(n));
         result = TS.SelectBelow(x, TS.Broadcast(ExpUnderflow), TS.Broadcast(0f), result);
@@ -297,9 +287,23 @@ internal static class VectorMath
         TV shifter = TS.Broadcast(12583039f); // 1.5 * 2^23 + 127
         TV t = TS.MultiplyAdd(clamped, TS.Broadcast(1.44269504088896341f), shifter);
         TV n = TS.Subtract(t, shifter);
-        TV r = TS.MultiplyAdd(n, TS.Broadcast(-0.693359375f), clamped);
-        r = TS.MultiplyAdd(n, TS.Broadcast(2.12194440e-4f), r);
+        TV p = ExpOfReduced<TS, TV>(clamped, n);
 
+        TV result = TS.Multiply(p, TS.ShiftBitsLeft23(t));
+        return TS.SelectBelow(x, TS.Broadcast(ExpUnderflow), TS.Broadcast(0f), result);
+    }
+
+    /// <summary>
+    /// <c>e^(x - n ln2)</c> for <c>|x - n ln2| &lt;= ln2/2</c>: Cody–Waite reduction (ln2 split in two so
+    /// that <c>n ln2_hi</c> is exact) and the degree-7 Cephes polynomial shared by both exps.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static TV ExpOfReduced<TS, TV>(TV x, TV n)
+        where TS : struct, ISimd<TV>
+        where TV : struct
+    {
+        TV r = TS.MultiplyAdd(n, TS.Broadcast(-0.693359375f), x);
+        r = TS.MultiplyAdd(n, TS.Broadcast(2.12194440e-4f), r);
         TV p = TS.Broadcast(1.9875691500e-4f);
         p = TS.MultiplyAdd(p, r, TS.Broadcast(1.3981999507e-3f));
         p = TS.MultiplyAdd(p, r, TS.Broadcast(8.3334519073e-3f));
@@ -307,8 +311,6 @@ internal static class VectorMath
         p = TS.MultiplyAdd(p, r, TS.Broadcast(1.6666665459e-1f));
         p = TS.MultiplyAdd(p, r, TS.Broadcast(5.0000001201e-1f));
         p = TS.MultiplyAdd(p, TS.Multiply(r, r), TS.Add(r, TS.Broadcast(1f)));
-
-        TV result = TS.Multiply(p, TS.ShiftBitsLeft23(t));
-        return TS.SelectBelow(x, TS.Broadcast(ExpUnderflow), TS.Broadcast(0f), result);
+        return p;
     }
 }
