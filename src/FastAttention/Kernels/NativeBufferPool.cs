@@ -12,7 +12,7 @@ namespace FastAttention.Kernels;
 internal static unsafe class NativeBufferPool
 {
     /// <summary>The most memory the pool keeps while idle.</summary>
-    public const long MaxPooledBytes = 512L << 20;
+    public const long MaxPooledBytes = 256L << 20;
 
     private static readonly object Gate = new();
     private static readonly List<(nint Pointer, long Bytes)> Free = [];
