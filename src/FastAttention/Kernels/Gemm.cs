@@ -102,18 +102,9 @@ internal static unsafe class Gemm
                     // The first depth block overwrites (or scales) C; later ones accumulate.
                     float blockBeta = t0 == 0 ? beta : 1f;
                     float* aBlock = a + (t0 * aCol);
-                    Parallel.For(
-                        0,
-                        rowBlocks,
-                        options,
-                        () => NativeBufferPool.Rent(((long)BlockRows * BlockDepth) + (R * nr) + R),
-                        (rb, _, scratch) =>
-                        {
-                            RowBlock(rb * BlockRows, Math.Min(BlockRows, m - (rb * BlockRows)), aBlock, aRow, aCol, depth, panels, cols, paddedCols,
-                                c + j0, n, blockBeta, scratch.Pointer);
-                            return scratch;
-                        },
-                        scratch => scratch.Dispose());
+                    ParallelWork.Run(rowBlocks, maxDegreeOfParallelism, () => NativeBufferPool.Rent(((long)BlockRows * BlockDepth) + (R * nr) + R), (rb, scratch) =>
+                        RowBlock(rb * BlockRows, Math.Min(BlockRows, m - (rb * BlockRows)), aBlock, aRow, aCol, depth, panels, cols, paddedCols,
+                            c + j0, n, blockBeta, scratch.Pointer));
                 }
             }
         }

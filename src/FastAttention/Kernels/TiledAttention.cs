@@ -80,22 +80,15 @@ internal static unsafe class TiledAttention<TS, TV>
             // counter so the threads finish together. Non-causal items go head by head (a head's
             // packed K/V stays in cache); causal items go heaviest first (the last query tiles see
             // the most keys). The order changes no bits: items are independent.
-            int workers = Math.Min(items, a.MaxDegreeOfParallelism > 0 ? a.MaxDegreeOfParallelism : Environment.ProcessorCount);
-            int[] next = [-1];
-            Parallel.For(0, workers, options, _ =>
+            ParallelWork.Run(items, a.MaxDegreeOfParallelism, () => new Scratch(a.HeadDim, paddedValueDim), (item, scratch) =>
             {
-                using var scratch = new Scratch(a.HeadDim, paddedValueDim);
-                int item;
-                while ((item = Interlocked.Increment(ref next[0])) < items)
-                {
-                    (int bh, int tile) = a.Causal
-                        ? (item % heads, queryTiles - 1 - (item / heads))
-                        : (item / queryTiles, item % queryTiles);
-                    int b = bh / a.Heads;
-                    int h = bh % a.Heads;
-                    long g = ((long)b * a.KvHeads) + (h / a.GroupSize);
-                    RunTile(in a, b, h, tile * QueryTile, keys + (g * keyPanelSize), values + (g * valueBlockSize), paddedValueDim, scratch);
-                }
+                (int bh, int tile) = a.Causal
+                    ? (item % heads, queryTiles - 1 - (item / heads))
+                    : (item / queryTiles, item % queryTiles);
+                int b = bh / a.Heads;
+                int h = bh % a.Heads;
+                long g = ((long)b * a.KvHeads) + (h / a.GroupSize);
+                RunTile(in a, b, h, tile * QueryTile, keys + (g * keyPanelSize), values + (g * valueBlockSize), paddedValueDim, scratch);
             });
         }
     }
