@@ -57,40 +57,39 @@ internal static unsafe class TiledAttention<TS, TV>
         using NativeBufferPool.Buffer valueBuffer = NativeBufferPool.Rent(groups * valueBlockSize);
         float* keys = keyBuffer.Pointer;
         float* values = valueBuffer.Pointer;
+
+        var options = new ParallelOptions { MaxDegreeOfParallelism = a.MaxDegreeOfParallelism > 0 ? a.MaxDegreeOfParallelism : -1 };
+
+        // Pass 0: pack each (batch, kv head) once, in parallel chunks of keys (one head's packing
+        // done serially was ~5% of a 4096-token call and capped the two-thread speed-up):
+        // K into [nk/strip][d][strip] panels, V into [nk][dv rounded up to a vector].
+        int packChunks = (paddedKeys + PackChunk - 1) / PackChunk;
+        Parallel.For(0, groups * packChunks, options, item =>
         {
-            var options = new ParallelOptions { MaxDegreeOfParallelism = a.MaxDegreeOfParallelism > 0 ? a.MaxDegreeOfParallelism : -1 };
+            int g = item / packChunks;
+            int j0 = item % packChunks * PackChunk, j1 = Math.Min(paddedKeys, j0 + PackChunk);
+            PackKeys(a.Key + ((long)g * a.KeyCount * a.HeadDim), a.KeyCount, a.HeadDim, keys + (g * keyPanelSize), j0, j1);
+            PackValues(a.Value + ((long)g * a.KeyCount * a.ValueDim), a.KeyCount, a.ValueDim, values + (g * valueBlockSize), paddedValueDim, j0, j1);
+        });
 
-            // Pass 0: pack each (batch, kv head) once, in parallel chunks of keys (one head's packing
-            // done serially was ~5% of a 4096-token call and capped the two-thread speed-up):
-            // K into [nk/strip][d][strip] panels, V into [nk][dv rounded up to a vector].
-            int packChunks = (paddedKeys + PackChunk - 1) / PackChunk;
-            Parallel.For(0, groups * packChunks, options, item =>
-            {
-                int g = item / packChunks;
-                int j0 = item % packChunks * PackChunk, j1 = Math.Min(paddedKeys, j0 + PackChunk);
-                PackKeys(a.Key + ((long)g * a.KeyCount * a.HeadDim), a.KeyCount, a.HeadDim, keys + (g * keyPanelSize), j0, j1);
-                PackValues(a.Value + ((long)g * a.KeyCount * a.ValueDim), a.KeyCount, a.ValueDim, values + (g * valueBlockSize), paddedValueDim, j0, j1);
-            });
+        int queryTiles = (a.QueryCount + QueryTile - 1) / QueryTile;
+        int heads = a.Batch * a.Heads;
+        int items = heads * queryTiles;
 
-            int queryTiles = (a.QueryCount + QueryTile - 1) / QueryTile;
-            int heads = a.Batch * a.Heads;
-            int items = heads * queryTiles;
-
-            // Pass 1: the (batch, head, query tile) items, handed out one at a time from a shared
-            // counter so the threads finish together. Non-causal items go head by head (a head's
-            // packed K/V stays in cache); causal items go heaviest first (the last query tiles see
-            // the most keys). The order changes no bits: items are independent.
-            ParallelWork.Run(items, a.MaxDegreeOfParallelism, () => new Scratch(a.HeadDim, paddedValueDim), (item, scratch) =>
-            {
-                (int bh, int tile) = a.Causal
-                    ? (item % heads, queryTiles - 1 - (item / heads))
-                    : (item / queryTiles, item % queryTiles);
-                int b = bh / a.Heads;
-                int h = bh % a.Heads;
-                long g = ((long)b * a.KvHeads) + (h / a.GroupSize);
-                RunTile(in a, b, h, tile * QueryTile, keys + (g * keyPanelSize), values + (g * valueBlockSize), paddedValueDim, scratch);
-            });
-        }
+        // Pass 1: the (batch, head, query tile) items, handed out one at a time from a shared
+        // counter so the threads finish together. Non-causal items go head by head (a head's
+        // packed K/V stays in cache); causal items go heaviest first (the last query tiles see
+        // the most keys). The order changes no bits: items are independent.
+        ParallelWork.Run(items, a.MaxDegreeOfParallelism, () => new Scratch(a.HeadDim, paddedValueDim), (item, scratch) =>
+        {
+            (int bh, int tile) = a.Causal
+                ? (item % heads, queryTiles - 1 - (item / heads))
+                : (item / queryTiles, item % queryTiles);
+            int b = bh / a.Heads;
+            int h = bh % a.Heads;
+            long g = ((long)b * a.KvHeads) + (h / a.GroupSize);
+            RunTile(in a, b, h, tile * QueryTile, keys + (g * keyPanelSize), values + (g * valueBlockSize), paddedValueDim, scratch);
+        });
     }
 
     // Kernels are compiled fully optimised at once: tiering's instrumented and OSR versions run the
