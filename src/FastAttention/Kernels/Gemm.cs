@@ -3,14 +3,17 @@ using System.Runtime.Intrinsics;
 namespace FastAttention.Kernels;
 
 /// <summary>
-/// Single-precision GEMM on the shared micro-kernel: <c>C = op(A) op(B) + beta C</c>, row-major, with
-/// <c>op</c> an optional transpose. BLIS-style blocking:
+/// Single-precision GEMM on the shared micro-kernel family (<see cref="MicroKernel{TS, TV}"/>):
+/// <c>C = op(A) op(B) + beta C</c>, row-major, <c>op</c> an optional transpose. BLIS-style blocking
+/// (Goto and van de Geijn):
 /// <list type="number">
-/// <item>columns of C in blocks of <see cref="BlockColumns"/>, depth in blocks of <see cref="BlockDepth"/>;</item>
-/// <item>each (column, depth) block of B is packed once into panels of 4 vectors (zero-padded), 512 KiB
-/// at most, so it stays in L2;</item>
-/// <item>rows of C in slivers of 4, in parallel: each 4 x depth sliver of A is packed (4 KiB, it stays
-/// in L1) and multiplied into every panel of the block.</item>
+/// <item>columns of C in blocks of <see cref="BlockColumns"/>, depth in blocks of <see cref="BlockDepth"/>;
+/// each (depth, column) block of B is packed once, in parallel, into zero-padded panels of 4 vectors
+/// (512 x 64 floats = 128 KiB each; the block lives in L3);</item>
+/// <item>rows of C in blocks of at most <see cref="BlockRows"/>, handed to the threads from a shared
+/// counter: each packs its block of A into 6-row slivers ([depth][6]; about 512 KiB, in L2);</item>
+/// <item>for each B panel (in L2) every sliver of the block runs the 6-row micro-kernel against it
+/// (24 accumulators; the product is added to C once per depth block).</item>
 /// </list>
 /// Every element of C is computed by the same sequence of operations whatever the thread count, so
 /// the result bits do not depend on it.
@@ -24,10 +27,10 @@ internal static unsafe class Gemm
     public const int BlockColumns = 4096;
 
     /// <summary>
-    /// Rows of C per parallel work item: the packed A block is 256 x 512 floats = 512 KiB, half of L2,
-    /// and every B panel streamed from L3 is used by 256 rows (L3 bandwidth is the limit with two threads).
+    /// Rows of C per parallel work item, at most: the packed A block is 252 x 512 floats (about 512 KiB,
+    /// half of L2), and every B panel streamed from L3 is used by up to 252 rows.
     /// </summary>
-    public const int BlockRows = 256;
+    public const int BlockRows = 252;
 
     /// <summary>C[m x n] = op(A)[m x k] op(B)[k x n] + beta C on spans (lengths checked).</summary>
     public static void Multiply(int m, int n, int k, ReadOnlySpan<float> a, bool transposeA, ReadOnlySpan<float> b, bool transposeB, Span<float> c, float beta, int maxDegreeOfParallelism)
@@ -65,7 +68,7 @@ internal static unsafe class Gemm
         where TS : struct, ISimd<TV>
         where TV : struct
     {
-        private const int R = MicroKernel<TS, TV>.Rows;
+        private const int R = MicroKernel<TS, TV>.TallRows;
 
         public static void Multiply(int m, int n, int k, float* a, bool transposeA, float* b, bool transposeB, float* c, float beta, int maxDegreeOfParallelism)
         {
@@ -86,7 +89,13 @@ internal static unsafe class Gemm
 
             // A's element (i, t): row-major [m, k] or, transposed, [k, m].
             nint aRow = transposeA ? 1 : k, aCol = transposeA ? m : 1;
+            // Row blocks of at most BlockRows, as many as a multiple of the thread count, so the
+            // threads get equal shares (4096 rows in blocks of 252 would leave one thread a block more).
+            int threads = maxDegreeOfParallelism > 0 ? maxDegreeOfParallelism : Environment.ProcessorCount;
             int rowBlocks = (m + BlockRows - 1) / BlockRows;
+            rowBlocks = (rowBlocks + threads - 1) / threads * threads;
+            int blockRows = Math.Min(BlockRows, (((m + rowBlocks - 1) / rowBlocks) + R - 1) / R * R);
+            rowBlocks = (m + blockRows - 1) / blockRows;
             using NativeBufferPool.Buffer packed = NativeBufferPool.Rent((long)BlockDepth * (BlockColumns + nr));
             float* panels = packed.Pointer;
             for (int j0 = 0; j0 < n; j0 += BlockColumns)
@@ -103,13 +112,13 @@ internal static unsafe class Gemm
                     float blockBeta = t0 == 0 ? beta : 1f;
                     float* aBlock = a + (t0 * aCol);
                     ParallelWork.Run(rowBlocks, maxDegreeOfParallelism, () => NativeBufferPool.Rent(((long)BlockRows * BlockDepth) + (R * nr) + R), (rb, scratch) =>
-                        RowBlock(rb * BlockRows, Math.Min(BlockRows, m - (rb * BlockRows)), aBlock, aRow, aCol, depth, panels, cols, paddedCols,
+                        RowBlock(rb * blockRows, Math.Min(blockRows, m - (rb * blockRows)), aBlock, aRow, aCol, depth, panels, cols, paddedCols,
                             c + j0, n, blockBeta, scratch.Pointer));
                 }
             }
         }
 
-        /// <summary>Packs rows i0 .. i0+rows of the A block into 4-row slivers and multiplies them into every panel.</summary>
+        /// <summary>Packs rows i0 .. i0+rows of the A block into 6-row slivers and multiplies them into every panel.</summary>
         private static void RowBlock(int i0, int rows, float* a, nint aRow, nint aCol, int depth, float* panels, int cols, int paddedCols,
             float* c, int ldc, float beta, float* scratch)
         {
@@ -151,12 +160,12 @@ internal static unsafe class Gemm
                     int sliverRows = Math.Min(R, i0 + rows - i);
                     if (fullWidth && sliverRows == R)
                     {
-                        MicroKernel<TS, TV>.Run(depth, sliver, 1, R, panel, nr, target, ldc, beta == 0f ? null : betas);
+                        MicroKernel<TS, TV>.Run6(depth, sliver, 1, R, panel, nr, target, ldc, beta == 0f ? null : betas);
                         continue;
                     }
 
                     // Edge tile: compute into a scratch tile, then merge the valid part into C.
-                    MicroKernel<TS, TV>.Run(depth, sliver, 1, R, panel, nr, tile, nr, null);
+                    MicroKernel<TS, TV>.Run6(depth, sliver, 1, R, panel, nr, tile, nr, null);
                     int width = Math.Min(nr, cols - j);
                     for (int r = 0; r < sliverRows; r++)
                     {

@@ -75,6 +75,73 @@ internal static unsafe class MicroKernel<TS, TV>
         Write(c + (3 * ldc), scale, 3, c30, c31, c32, c33);
     }
 
+    /// <summary>Rows of the GEMM's taller tile (<see cref="Run6"/>).</summary>
+    public const int TallRows = 6;
+
+    /// <summary>
+    /// The 6-row form of <see cref="Run"/> for the GEMM, where A is packed: 24 accumulators, so each
+    /// step issues 10 loads (4 B vectors, 6 broadcasts) per 24 FMAs instead of 8 per 16. The attention
+    /// kernel keeps 4 rows (its A tiles are not a multiple of 6, and its K and V panels are shared).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Run6(int k, float* a, nint aRow, nint aCol, float* b, nint ldb, float* c, nint ldc, float* scale)
+    {
+        int w = TS.Count;
+        TV zero = TS.Broadcast(0f);
+        TV c00 = zero, c01 = zero, c02 = zero, c03 = zero;
+        TV c10 = zero, c11 = zero, c12 = zero, c13 = zero;
+        TV c20 = zero, c21 = zero, c22 = zero, c23 = zero;
+        TV c30 = zero, c31 = zero, c32 = zero, c33 = zero;
+        TV c40 = zero, c41 = zero, c42 = zero, c43 = zero;
+        TV c50 = zero, c51 = zero, c52 = zero, c53 = zero;
+        for (int t = 0; t < k; t++)
+        {
+            TV b0 = TS.Load(ref b[0]);
+            TV b1 = TS.Load(ref b[w]);
+            TV b2 = TS.Load(ref b[2 * w]);
+            TV b3 = TS.Load(ref b[3 * w]);
+            TV x = TS.Broadcast(a[0]);
+            c00 = TS.MultiplyAdd(x, b0, c00);
+            c01 = TS.MultiplyAdd(x, b1, c01);
+            c02 = TS.MultiplyAdd(x, b2, c02);
+            c03 = TS.MultiplyAdd(x, b3, c03);
+            x = TS.Broadcast(a[aRow]);
+            c10 = TS.MultiplyAdd(x, b0, c10);
+            c11 = TS.MultiplyAdd(x, b1, c11);
+            c12 = TS.MultiplyAdd(x, b2, c12);
+            c13 = TS.MultiplyAdd(x, b3, c13);
+            x = TS.Broadcast(a[2 * aRow]);
+            c20 = TS.MultiplyAdd(x, b0, c20);
+            c21 = TS.MultiplyAdd(x, b1, c21);
+            c22 = TS.MultiplyAdd(x, b2, c22);
+            c23 = TS.MultiplyAdd(x, b3, c23);
+            x = TS.Broadcast(a[3 * aRow]);
+            c30 = TS.MultiplyAdd(x, b0, c30);
+            c31 = TS.MultiplyAdd(x, b1, c31);
+            c32 = TS.MultiplyAdd(x, b2, c32);
+            c33 = TS.MultiplyAdd(x, b3, c33);
+            x = TS.Broadcast(a[4 * aRow]);
+            c40 = TS.MultiplyAdd(x, b0, c40);
+            c41 = TS.MultiplyAdd(x, b1, c41);
+            c42 = TS.MultiplyAdd(x, b2, c42);
+            c43 = TS.MultiplyAdd(x, b3, c43);
+            x = TS.Broadcast(a[5 * aRow]);
+            c50 = TS.MultiplyAdd(x, b0, c50);
+            c51 = TS.MultiplyAdd(x, b1, c51);
+            c52 = TS.MultiplyAdd(x, b2, c52);
+            c53 = TS.MultiplyAdd(x, b3, c53);
+            a += aCol;
+            b += ldb;
+        }
+
+        Write(c, scale, 0, c00, c01, c02, c03);
+        Write(c + ldc, scale, 1, c10, c11, c12, c13);
+        Write(c + (2 * ldc), scale, 2, c20, c21, c22, c23);
+        Write(c + (3 * ldc), scale, 3, c30, c31, c32, c33);
+        Write(c + (4 * ldc), scale, 4, c40, c41, c42, c43);
+        Write(c + (5 * ldc), scale, 5, c50, c51, c52, c53);
+    }
+
     /// <summary>The one-vector-wide form of <see cref="Run"/>, for the last columns of a width that is not a multiple of four vectors.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RunNarrow(int k, float* a, nint aRow, nint aCol, float* b, nint ldb, float* c, nint ldc, float* scale)
