@@ -33,8 +33,8 @@ internal static unsafe class TiledAttention<TS, TV>
     /// micro-tile do not alias in the L1 cache (4 KiB aliasing) or in store-to-load forwarding.</summary>
     private const int ScoreStride = KeyTile + 16;
 
-    /// <summary>Keys per P V chunk: 64 rows of V (16 KiB at dv = 64) stay in L1 across the row blocks.</summary>
-    private const int ValueChunk = 64;
+    /// <summary>Keys per P V chunk: 128 rows of V (32 KiB at dv = 64) stay in L1 across the row blocks; O is read and written once per chunk.</summary>
+    private const int ValueChunk = 128;
 
     /// <summary>Query rows per micro-tile (4 rows x 4 vectors = 16 independent FMA chains).</summary>
     private const int Rows = MicroKernel<TS, TV>.Rows;
