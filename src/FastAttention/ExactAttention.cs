@@ -47,7 +47,9 @@ public static class ExactAttention
     /// <param name="destination">Output, <c>[batch, heads, nq, dv]</c>; must not overlap the inputs.</param>
     /// <param name="options">Scale, masking, threads, kernel.</param>
     /// <returns>The kernel that ran and the flops counted.</returns>
-    /// <exception cref="ArgumentException">A length, shape, option or (by default) a non-finite input is invalid; the message names it.</exception>
+    /// <exception cref="ArgumentException">A length, shape, option or (by default) a non-finite input is invalid; the message names it.
+    /// Shapes and options are checked before any work; a non-finite key or value may be detected while the kernel runs
+    /// (the decoding kernel checks them in cache), in which case <paramref name="destination"/> is left undefined.</exception>
     public static AttentionRun Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, ExactAttentionOptions options = default) =>
         AttentionCore.Run(query, key, value, shape, destination, Settings(options));
 
