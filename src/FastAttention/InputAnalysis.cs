@@ -76,7 +76,8 @@ public static class InputAnalysis
             bound <= threshold ? EntryRegime.Bounded : EntryRegime.Large);
     }
 
-    private static double MaxRowNorm(ReadOnlySpan<float> rows, int d)
+    /// <summary>max over rows of the Euclidean norm of rows of length <paramref name="d"/>.</summary>
+    internal static double MaxRowNorm(ReadOnlySpan<float> rows, int d)
     {
         double max = 0;
         for (int i = 0; i + d <= rows.Length; i += d)

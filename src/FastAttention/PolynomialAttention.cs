@@ -1,0 +1,165 @@
+using FastAttention.Polynomial;
+
+namespace FastAttention;
+
+/// <summary>Options for <see cref="PolynomialAttention"/>.</summary>
+public readonly record struct PolynomialAttentionOptions
+{
+    /// <summary>Score scale <c>s</c>; <see langword="null"/> means <c>1/sqrt(d)</c> (the Alman–Song papers use <c>1/d</c>).</summary>
+    public float? Scale { get; init; }
+
+    /// <summary>Target relative error eps of the polynomial for e^x on [-R, R]; <see langword="null"/> means 1e-3.</summary>
+    public double? RelativeError { get; init; }
+
+    /// <summary>Force the degree g instead of choosing the smallest that reaches <see cref="RelativeError"/>.</summary>
+    public int? Degree { get; init; }
+
+    /// <summary>Largest feature count r = C(d + g, g) accepted; 0 means 200 000.</summary>
+    public long MaxRank { get; init; }
+
+    /// <summary>Chebyshev (default) or Taylor.</summary>
+    public ExpFitMethod Method { get; init; }
+}
+
+/// <summary>What a polynomial-method call guarantees.</summary>
+/// <param name="Range">R, a proven bound on |s q_i.k_j| (Cauchy–Schwarz: s max||q|| max||k||).</param>
+/// <param name="Degree">g.</param>
+/// <param name="Rank">r = C(d + g, g), the number of features.</param>
+/// <param name="PredictedFlops">About 2 r (nq d' + nk d' + nq (dv + 1) + nk (dv + 1)) per head: feature maps and the two thin products.</param>
+/// <param name="PolynomialRelativeError">eps, the measured relative error of the polynomial on [-R, R].</param>
+/// <param name="OutputBound">2 eps / (1 - eps) max|V|: every output entry is within this of exact attention (exact arithmetic).</param>
+public sealed record PolynomialCertificate(double Range, int Degree, long Rank, double PredictedFlops, double PolynomialRelativeError, double OutputBound);
+
+/// <summary>
+/// Polynomial-method attention (Alman and Song, "Fast Attention Requires Bounded Entries"; ALGORITHMS.md
+/// §2): e^x is replaced by a polynomial P with relative error eps on [-R, R], P(s q.k) is factorised as
+/// U1(q) . U2(k) with r = C(d + g, g) monomial features, and
+/// <c>out = diag(U1 (U2^T 1))^-1 U1 (U2^T V)</c> costs O(n r dv) instead of O(n^2 d).
+/// This first version computes the features and products in double (exactness first; the
+/// GEMM-speed path and causal prefix state are still to come), non-causal only.
+/// </summary>
+public static class PolynomialAttention
+{
+    /// <summary>Computes approximate attention into <paramref name="destination"/> and returns its certificate; layouts as in <see cref="ExactAttention"/>.</summary>
+    /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>.</param>
+    /// <param name="key">Keys, <c>[batch, kvHeads, nk, d]</c>.</param>
+    /// <param name="value">Values, <c>[batch, kvHeads, nk, dv]</c>.</param>
+    /// <param name="shape">The dimensions.</param>
+    /// <param name="destination">Output, <c>[batch, heads, nq, dv]</c>.</param>
+    /// <param name="options">Scale, target error, degree, feature budget.</param>
+    /// <returns>The certificate: R, g, r, predicted flops, the polynomial's error and the output bound.</returns>
+    /// <exception cref="ArgumentException">Lengths, shape or non-finite inputs are invalid.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">R is too wide for the target error, or r exceeds the budget; the message says which.</exception>
+    public static PolynomialCertificate Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, PolynomialAttentionOptions options = default)
+    {
+        if (shape.BatchSize < 1 || shape.HeadCount < 1 || shape.QueryCount < 1 || shape.KeyCount < 1 || shape.HeadDim < 1 || shape.ValueDim < 1
+            || shape.HeadCount % shape.EffectiveKeyValueHeads != 0)
+        {
+            throw new ArgumentException($"Every dimension must be at least 1 and kv heads must divide heads; got ({shape}).", nameof(shape));
+        }
+
+        if (query.Length != shape.QueryLength || key.Length != shape.KeyLength || value.Length != shape.ValueLength || destination.Length != shape.OutputLength)
+        {
+            throw new ArgumentException($"Span lengths (query {query.Length}, key {key.Length}, value {value.Length}, destination {destination.Length}) do not match ({shape}).", nameof(shape));
+        }
+
+        if (!System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(query) || !System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(key) || !System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(value))
+        {
+            throw new ArgumentException("Query, key and value must be finite for the polynomial method (its bound R would be infinite).", nameof(query));
+        }
+
+        int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount;
+        double s = options.Scale ?? (1.0 / Math.Sqrt(d));
+        // R by Cauchy–Schwarz, O(n d): the exact max score would cost the O(n^2 d) this method avoids.
+        double range = Math.Max(Math.Abs(s) * InputAnalysis.MaxRowNorm(query, d) * InputAnalysis.MaxRowNorm(key, d), 1e-12);
+        double eps = options.RelativeError ?? 1e-3;
+        ExpPolynomial polynomial = options.Degree is int g
+            ? ExpPolynomial.OfDegree(range, g, options.Method)
+            : ExpPolynomial.Fit(range, eps, options.Method);
+        if (polynomial.RelativeError >= 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), polynomial.Degree,
+                $"Degree {polynomial.Degree} has relative error {polynomial.RelativeError:G3} >= 1 on [-{range:G4}, {range:G4}]: weights could turn negative.");
+        }
+
+        var features = new MonomialFeatures(d, polynomial.Degree, options.MaxRank > 0 ? options.MaxRank : 200_000);
+        int r = features.Count;
+
+        // Symmetric split of w_alpha = c_|alpha| (|alpha|!/alpha!) s^|alpha|: sqrt|w| on each side, the sign on the query side.
+        double[] queryWeight = new double[r], keyWeight = new double[r];
+        for (int a = 0; a < r; a++)
+        {
+            int t = features.TotalDegree[a];
+            double w = polynomial.Coefficients[t] * features.Multinomial[a] * Math.Pow(s, t);
+            double root = Math.Sqrt(Math.Abs(w));
+            keyWeight[a] = root;
+            queryWeight[a] = w < 0 ? -root : root;
+        }
+
+        int group = shape.HeadCount / shape.EffectiveKeyValueHeads;
+        double maxAbsValue = 0;
+        double[] feature = new double[r];
+        double[] state = new double[r * (dv + 1)]; // M = U2^T [V | 1]
+        for (int b = 0; b < shape.BatchSize; b++)
+        {
+            for (int hk = 0; hk < shape.EffectiveKeyValueHeads; hk++)
+            {
+                long kvHead = ((long)b * shape.EffectiveKeyValueHeads) + hk;
+                ReadOnlySpan<float> k = key.Slice((int)(kvHead * nk * d), nk * d);
+                ReadOnlySpan<float> v = value.Slice((int)(kvHead * nk * dv), nk * dv);
+                maxAbsValue = Math.Max(maxAbsValue, System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(v) is var m ? Math.Abs(m) : 0);
+
+                // Pass 1: M = U2^T [V | 1], one key row at a time.
+                Array.Clear(state);
+                for (int j = 0; j < nk; j++)
+                {
+                    features.Evaluate(k.Slice(j * d, d), keyWeight, feature);
+                    ReadOnlySpan<float> vj = v.Slice(j * dv, dv);
+                    for (int a = 0; a < r; a++)
+                    {
+                        double u = feature[a];
+                        int row = a * (dv + 1);
+                        for (int c = 0; c < dv; c++)
+                        {
+                            state[row + c] += u * vj[c];
+                        }
+
+                        state[row + dv] += u;
+                    }
+                }
+
+                // Pass 2: out_i = (U1_i M)[0..dv) / (U1_i M)[dv] for every query head of this kv head.
+                for (int h = hk * group; h < (hk + 1) * group; h++)
+                {
+                    long head = ((long)b * shape.HeadCount) + h;
+                    ReadOnlySpan<float> q = query.Slice((int)(head * nq * d), nq * d);
+                    Span<float> o = destination.Slice((int)(head * nq * dv), nq * dv);
+                    double[] acc = new double[dv + 1];
+                    for (int i = 0; i < nq; i++)
+                    {
+                        features.Evaluate(q.Slice(i * d, d), queryWeight, feature);
+                        Array.Clear(acc);
+                        for (int a = 0; a < r; a++)
+                        {
+                            double u = feature[a];
+                            int row = a * (dv + 1);
+                            for (int c = 0; c <= dv; c++)
+                            {
+                                acc[c] += u * state[row + c];
+                            }
+                        }
+
+                        for (int c = 0; c < dv; c++)
+                        {
+                            o[(i * dv) + c] = (float)(acc[c] / acc[dv]);
+                        }
+                    }
+                }
+            }
+        }
+
+        double e = polynomial.RelativeError;
+        double flops = 2.0 * r * (((double)nq * shape.HeadCount * (dv + 2)) + ((double)nk * shape.EffectiveKeyValueHeads * (dv + 2))) * shape.BatchSize;
+        return new PolynomialCertificate(range, polynomial.Degree, r, flops, e, 2 * e / (1 - e) * maxAbsValue);
+    }
+}

@@ -1,0 +1,139 @@
+using FastAttention.Polynomial;
+using FastAttention.Tests.Support;
+
+namespace FastAttention.Tests;
+
+/// <summary>Issue 4, deliverables 2–3 (first version: double-precision products, non-causal).</summary>
+public class PolynomialAttentionTests
+{
+    private static float[] Uniform(long count, int seed, float bound)
+    {
+        var random = new Random(seed);
+        return [.. Enumerable.Range(0, (int)count).Select(_ => ((random.NextSingle() * 2) - 1) * bound)];
+    }
+
+    [Theory]
+    [InlineData(1, 4, 1)]
+    [InlineData(3, 2, 2)]
+    [InlineData(4, 5, 3)]
+    [InlineData(8, 4, 2)]
+    public void Feature_count_is_c_of_d_plus_g_and_features_reproduce_the_power_expansion(int d, int g, int seed)
+    {
+        var features = new MonomialFeatures(d, g, long.MaxValue);
+        Assert.Equal(MonomialFeatures.Rank(d, g), features.Count);
+
+        // sum over |alpha| = t of (t!/alpha!) q^alpha k^alpha = <q, k>^t, for every t <= g.
+        float[] q = Uniform(d, seed, 1), k = Uniform(d, seed + 1, 1);
+        double[] ones = [.. Enumerable.Repeat(1.0, features.Count)];
+        double[] fq = new double[features.Count], fk = new double[features.Count];
+        features.Evaluate(q, ones, fq);
+        features.Evaluate(k, ones, fk);
+        double dot = Enumerable.Range(0, d).Sum(l => (double)q[l] * k[l]);
+        for (int t = 0; t <= g; t++)
+        {
+            double sum = 0;
+            for (int a = 0; a < features.Count; a++)
+            {
+                if (features.TotalDegree[a] == t)
+                {
+                    sum += features.Multinomial[a] * fq[a] * fk[a];
+                }
+            }
+
+            Assert.Equal(Math.Pow(dot, t), sum, 1e-12);
+        }
+    }
+
+    [Fact]
+    public void Factorised_result_equals_brute_force_polynomial_attention()
+    {
+        var shape = new AttentionShape(1, 2, 37, 53, 4, 3);
+        float[] q = Uniform(shape.QueryLength, 1, 1), k = Uniform(shape.KeyLength, 2, 1), v = Uniform(shape.ValueLength, 3, 2);
+        var output = new float[shape.OutputLength];
+        var options = new PolynomialAttentionOptions { Scale = 0.25f, Degree = 5 };
+        PolynomialCertificate certificate = PolynomialAttention.Compute(q, k, v, shape, output, options);
+        Assert.Equal(5, certificate.Degree);
+        Assert.Equal(MonomialFeatures.Rank(4, 5), certificate.Rank);
+
+        // Brute force: weights P(s q.k) for every pair, with the same polynomial.
+        ExpPolynomial p = ExpPolynomial.OfDegree(certificate.Range, 5);
+        for (int h = 0; h < 2; h++)
+        {
+            for (int i = 0; i < 37; i++)
+            {
+                double[] acc = new double[3];
+                double sum = 0;
+                for (int j = 0; j < 53; j++)
+                {
+                    double dot = 0;
+                    for (int t = 0; t < 4; t++)
+                    {
+                        dot += (double)q[(h * 37 * 4) + (i * 4) + t] * k[(h * 53 * 4) + (j * 4) + t];
+                    }
+
+                    double w = p.Evaluate(0.25 * dot);
+                    sum += w;
+                    for (int c = 0; c < 3; c++)
+                    {
+                        acc[c] += w * v[(h * 53 * 3) + (j * 3) + c];
+                    }
+                }
+
+                for (int c = 0; c < 3; c++)
+                {
+                    Assert.Equal(acc[c] / sum, output[(h * 37 * 3) + (i * 3) + c], 1e-5);
+                }
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData(4, 0.5f, 1e-3, 11)]
+    [InlineData(8, 1.0f, 1e-3, 12)]
+    [InlineData(8, 1.0f, 1e-6, 13)]
+    [InlineData(2, 2.0f, 1e-4, 14)]
+    public void Measured_error_never_exceeds_the_certificate(int d, float bound, double eps, int seed)
+    {
+        // Entries uniform in [-B, B], the papers' scale 1/d.
+        var shape = new AttentionShape(1, 2, 150, 170, d, 5);
+        float[] q = Uniform(shape.QueryLength, seed, bound), k = Uniform(shape.KeyLength, seed + 1, bound), v = Uniform(shape.ValueLength, seed + 2, 3);
+        var output = new float[shape.OutputLength];
+        PolynomialCertificate certificate = PolynomialAttention.Compute(q, k, v, shape, output, new PolynomialAttentionOptions { Scale = 1f / d, RelativeError = eps });
+        Assert.True(certificate.PolynomialRelativeError <= eps);
+        double[] exact = Reference.Attention(q, k, v, shape, new Reference.Options(Scale: 1.0 / d));
+        double worst = Tolerance.MaxAbsError(output, exact);
+
+        // float32 output rounding (half an ulp of |out| <= 3) is outside the exact-arithmetic bound.
+        Assert.True(worst <= certificate.OutputBound + 3e-7, $"error {worst:E3} > certificate {certificate.OutputBound:E3}");
+    }
+
+    [Fact]
+    public void Error_does_not_grow_with_degree()
+    {
+        var shape = new AttentionShape(1, 1, 80, 90, 3, 2);
+        float[] q = Uniform(shape.QueryLength, 5, 1.5f), k = Uniform(shape.KeyLength, 6, 1.5f), v = Uniform(shape.ValueLength, 7, 1);
+        double[] exact = Reference.Attention(q, k, v, shape, new Reference.Options(Scale: 1.0));
+        double previous = double.PositiveInfinity;
+        for (int g = 10; g <= 22; g += 2)
+        {
+            var output = new float[shape.OutputLength];
+            PolynomialAttention.Compute(q, k, v, shape, output, new PolynomialAttentionOptions { Scale = 1f, Degree = g });
+            double error = Tolerance.MaxAbsError(output, exact);
+            Assert.True(error <= (previous * 1.01) + 1e-7, $"g={g}: {error:E3} > {previous:E3}");
+            previous = error;
+        }
+    }
+
+    [Fact]
+    public void Feature_budget_and_unreachable_ranges_are_clear_errors()
+    {
+        var shape = AttentionShape.SingleHead(10, 64);
+        float[] x = Uniform(shape.QueryLength, 1, 1);
+        var output = new float[shape.OutputLength];
+        var ex = Assert.Throws<ArgumentOutOfRangeException>(() => PolynomialAttention.Compute(x, x, x, shape, output, new PolynomialAttentionOptions { RelativeError = 1e-6 }));
+        Assert.Contains("C(d + g, g)", ex.Message);
+
+        float[] big = Uniform(shape.QueryLength, 2, 100);
+        Assert.Throws<ArgumentOutOfRangeException>(() => PolynomialAttention.Compute(big, big, big, shape, output));
+    }
+}
