@@ -7,7 +7,7 @@ namespace FastAttention.Cli;
 /// <summary><c>fastattn attend</c>: attention over Q, K, V files, written to an output file.</summary>
 internal static class AttendCommand
 {
-    public static readonly string[] Methods = ["exact"];
+    public static readonly string[] Methods = ["exact", "poly"];
 
     public static Command Command { get; } = new(
         "attend",
@@ -17,7 +17,9 @@ internal static class AttendCommand
             new("k", "K.npy", "keys, same rank; fewer heads for grouped-query attention (required)"),
             new("v", "V.npy", "values, K's shape with any last dimension (required)"),
             new("out", "O.npy", "output file (.npy, or .npz/.safetensors holding tensor 'out') (required)"),
-            new("method", "M", "exact (default); approximate methods arrive with their issues"),
+            new("method", "M", "exact (default), or poly: the polynomial method (Alman-Song) with a certificate; non-causal"),
+            new("eps", "E", "poly: target relative error of the polynomial for e^x (default 1e-3)"),
+            new("degree", "G", "poly: force the polynomial degree"),
             new("scale", "S", "score scale s (default 1/sqrt(d); the papers use 1/d)"),
             new("causal", null, "causal mask, bottom-right aligned when nq != nk"),
             new("threads", "T", "worker threads (default: all cores); output bits do not depend on it"),
@@ -57,14 +59,38 @@ internal static class AttendCommand
             AllowNonFinite = o.Flag("allow-nonfinite"),
         };
 
-        // Warm-up on a one-token problem of the same kernel, so `seconds` measures the computation
-        // and not the JIT compiling it (the CLI compiles loop methods fully optimised at once).
-        ExactAttention.Compute(new float[shape.HeadDim], new float[shape.HeadDim], new float[shape.ValueDim],
-            new AttentionShape(1, 1, 1, 1, shape.HeadDim, shape.ValueDim), new float[shape.ValueDim], options with { Causal = false, AllowNonFinite = true });
+        PolynomialCertificate? certificate = null;
+        AttentionRun run;
+        double seconds;
+        if (method == "poly")
+        {
+            if (options.Causal)
+            {
+                throw new UsageException("attend: --method poly is non-causal for now; drop --causal or use --method exact");
+            }
 
-        var watch = Stopwatch.StartNew();
-        AttentionRun run = ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, options);
-        double seconds = watch.Elapsed.TotalSeconds;
+            var polynomialOptions = new PolynomialAttentionOptions
+            {
+                Scale = scale,
+                RelativeError = o.Get("eps") is null ? null : (double?)o.Float("eps", positive: true),
+                Degree = o.Int("degree", 0, FastAttention.Polynomial.ExpPolynomial.MaxDegree),
+            };
+            var timer = Stopwatch.StartNew();
+            certificate = PolynomialAttention.Compute(q.Data, k.Data, v.Data, shape, output, polynomialOptions);
+            seconds = timer.Elapsed.TotalSeconds;
+            run = new AttentionRun("polynomial-double", certificate.PredictedFlops);
+        }
+        else
+        {
+            // Warm-up on a one-token problem of the same kernel, so `seconds` measures the computation
+            // and not the JIT compiling it (the CLI compiles loop methods fully optimised at once).
+            ExactAttention.Compute(new float[shape.HeadDim], new float[shape.HeadDim], new float[shape.ValueDim],
+                new AttentionShape(1, 1, 1, 1, shape.HeadDim, shape.ValueDim), new float[shape.ValueDim], options with { Causal = false, AllowNonFinite = true });
+
+            var watch = Stopwatch.StartNew();
+            run = ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, options);
+            seconds = watch.Elapsed.TotalSeconds;
+        }
 
         int[] outShape = AttentionInputs.OutputShape(q, shape);
         TensorFiles.Save(outPath, force, new TensorData<float>(output, outShape));
@@ -86,12 +112,27 @@ internal static class AttendCommand
                 w.WriteNumber("flops", run.Flops);
                 w.WriteNumber("gflops", gflops);
                 w.WriteString("out", outPath);
+                if (certificate is not null)
+                {
+                    w.WriteStartObject("certificate");
+                    w.WriteNumber("degree", certificate.Degree);
+                    w.WriteNumber("rank", certificate.Rank);
+                    w.WriteNumber("range", certificate.Range);
+                    w.WriteNumber("polynomialRelativeError", certificate.PolynomialRelativeError);
+                    w.WriteNumber("outputBound", certificate.OutputBound);
+                    w.WriteEndObject();
+                }
             });
         }
         else
         {
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{method} attention {TensorData.FormatShape(outShape)} -> {outPath}: {seconds * 1e3:F3} ms, {gflops:F1} GFLOP/s (kernel {run.Kernel})"));
+            if (certificate is not null)
+            {
+                stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"certificate: |s q.k| <= R = {certificate.Range:G4}; degree {certificate.Degree}, {certificate.Rank} features; polynomial relative error {certificate.PolynomialRelativeError:G3}; every output within {certificate.OutputBound:G3} of exact attention"));
+            }
         }
 
         return ExitCode.Ok;

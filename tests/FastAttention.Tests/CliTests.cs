@@ -271,4 +271,31 @@ public class CliTests
         Assert.Equal(NumpyFile.ReadFloat32(Path.Combine(dir, "a.npy")).Data, NumpyFile.ReadFloat32(Path.Combine(dir, "b.npy")).Data);
         Assert.Equal(2, Run("bench", "--d", "8").Code);
     }
+
+    [Fact]
+    public void Attend_poly_writes_an_output_within_its_certificate()
+    {
+        string dir = Data.TempDir();
+        var random = new Random(9);
+        float[] Small(int count) => [.. Enumerable.Range(0, count).Select(_ => ((random.NextSingle() * 2) - 1) * 0.8f)];
+        foreach (string name in new[] { "q", "k", "v" })
+        {
+            NumpyFile.Write(Path.Combine(dir, name + ".npy"), new TensorData<float>(Small(2 * 300 * 4), 2, 300, 4));
+        }
+
+        string[] inputs = ["--q", Path.Combine(dir, "q.npy"), "--k", Path.Combine(dir, "k.npy"), "--v", Path.Combine(dir, "v.npy"), "--scale", "0.25"];
+        Assert.Equal(0, Run([.. new[] { "attend" }, .. inputs, "--out", Path.Combine(dir, "exact.npy")]).Code);
+        (int code, string stdout, string stderr) = Run([.. new[] { "attend" }, .. inputs, "--out", Path.Combine(dir, "poly.npy"), "--method", "poly", "--eps", "1e-4", "--json"]);
+        Assert.True(code == 0, stderr);
+        using JsonDocument json = JsonDocument.Parse(stdout);
+        JsonElement certificate = json.RootElement.GetProperty("certificate");
+        Assert.True(certificate.GetProperty("polynomialRelativeError").GetDouble() <= 1e-4);
+        Assert.True(certificate.GetProperty("rank").GetInt64() > 1);
+        double bound = certificate.GetProperty("outputBound").GetDouble();
+        float[] exact = NumpyFile.ReadFloat32(Path.Combine(dir, "exact.npy")).Data, poly = NumpyFile.ReadFloat32(Path.Combine(dir, "poly.npy")).Data;
+        double worst = exact.Zip(poly, (a, b) => Math.Abs(a - b)).Max();
+        Assert.True(worst <= bound + 1e-6, $"{worst:E3} > {bound:E3}");
+
+        Assert.Equal(2, Run([.. new[] { "attend" }, .. inputs, "--out", Path.Combine(dir, "c.npy"), "--method", "poly", "--causal"]).Code);
+    }
 }
