@@ -17,7 +17,7 @@ internal static class AttendCommand
             new("k", "K.npy", "keys, same rank; fewer heads for grouped-query attention (required)"),
             new("v", "V.npy", "values, K's shape with any last dimension (required)"),
             new("out", "O.npy", "output file (.npy, or .npz/.safetensors holding tensor 'out') (required)"),
-            new("method", "M", "exact (default), or poly: the polynomial method (Alman-Song) with a certificate; non-causal"),
+            new("method", "M", "exact (default), or poly: the polynomial method (Alman-Song) with a certificate"),
             new("eps", "E", "poly: target relative error of the polynomial for e^x (default 1e-3)"),
             new("degree", "G", "poly: force the polynomial degree"),
             new("scale", "S", "score scale s (default 1/sqrt(d); the papers use 1/d)"),
@@ -64,16 +64,12 @@ internal static class AttendCommand
         double seconds;
         if (method == "poly")
         {
-            if (options.Causal)
-            {
-                throw new UsageException("attend: --method poly is non-causal for now; drop --causal or use --method exact");
-            }
-
             var polynomialOptions = new PolynomialAttentionOptions
             {
                 Scale = scale,
                 RelativeError = o.Get("eps") is null ? null : (double?)o.Float("eps", positive: true),
                 Degree = o.Int("degree", 0, FastAttention.Polynomial.ExpPolynomial.MaxDegree),
+                Causal = options.Causal,
             };
             var timer = Stopwatch.StartNew();
             certificate = PolynomialAttention.Compute(q.Data, k.Data, v.Data, shape, output, polynomialOptions);

@@ -19,6 +19,9 @@ public readonly record struct PolynomialAttentionOptions
 
     /// <summary>Chebyshev (default) or Taylor.</summary>
     public ExpFitMethod Method { get; init; }
+
+    /// <summary>Causal masking, bottom-right aligned as in <see cref="ExactAttentionOptions.Causal"/>: keys enter a running prefix state as they become visible.</summary>
+    public bool Causal { get; init; }
 }
 
 /// <summary>What a polynomial-method call guarantees.</summary>
@@ -36,7 +39,7 @@ public sealed record PolynomialCertificate(double Range, int Degree, long Rank, 
 /// U1(q) . U2(k) with r = C(d + g, g) monomial features, and
 /// <c>out = diag(U1 (U2^T 1))^-1 U1 (U2^T V)</c> costs O(n r dv) instead of O(n^2 d).
 /// This first version computes the features and products in double (exactness first; the
-/// GEMM-speed path and causal prefix state are still to come), non-causal only.
+/// GEMM-speed, blockwise path is still to come). Causal runs a prefix state over the keys.
 /// </summary>
 public static class PolynomialAttention
 {
@@ -100,6 +103,7 @@ public static class PolynomialAttention
         double maxAbsValue = 0;
         double[] feature = new double[r];
         double[] state = new double[r * (dv + 1)]; // M = U2^T [V | 1]
+        double[] acc = new double[dv + 1];
         for (int b = 0; b < shape.BatchSize; b++)
         {
             for (int hk = 0; hk < shape.EffectiveKeyValueHeads; hk++)
@@ -109,50 +113,52 @@ public static class PolynomialAttention
                 ReadOnlySpan<float> v = value.Slice((int)(kvHead * nk * dv), nk * dv);
                 maxAbsValue = Math.Max(maxAbsValue, System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(v) is var m ? Math.Abs(m) : 0);
 
+                if (options.Causal)
+                {
+                    // Causal: a running prefix state M_i = sum over visible keys j of u2_j [v_j | 1]; query i
+                    // sees keys j <= i + (nk - nq), so keys join the state in order as i advances.
+                    for (int h = hk * group; h < (hk + 1) * group; h++)
+                    {
+                        long head = ((long)b * shape.HeadCount) + h;
+                        Array.Clear(state);
+                        int joined = 0;
+                        for (int i = 0; i < nq; i++)
+                        {
+                            int visible = (int)Math.Clamp(i + 1L + nk - nq, 0, nk);
+                            for (; joined < visible; joined++)
+                            {
+                                AddKey(features, k.Slice(joined * d, d), v.Slice(joined * dv, dv), keyWeight, feature, state, dv);
+                            }
+
+                            Span<float> row = destination.Slice((int)(((head * nq) + i) * dv), dv);
+                            if (visible == 0)
+                            {
+                                row.Clear(); // no visible key: zeros, as the exact kernel
+                                continue;
+                            }
+
+                            QueryRow(features, query.Slice((int)(((head * nq) + i) * d), d), queryWeight, feature, state, acc, dv, row);
+                        }
+                    }
+
+                    continue;
+                }
+
                 // Pass 1: M = U2^T [V | 1], one key row at a time.
                 Array.Clear(state);
                 for (int j = 0; j < nk; j++)
                 {
-                    features.Evaluate(k.Slice(j * d, d), keyWeight, feature);
-                    ReadOnlySpan<float> vj = v.Slice(j * dv, dv);
-                    for (int a = 0; a < r; a++)
-                    {
-                        double u = feature[a];
-                        int row = a * (dv + 1);
-                        for (int c = 0; c < dv; c++)
-                        {
-                            state[row + c] += u * vj[c];
-                        }
-
-                        state[row + dv] += u;
-                    }
+                    AddKey(features, k.Slice(j * d, d), v.Slice(j * dv, dv), keyWeight, feature, state, dv);
                 }
 
                 // Pass 2: out_i = (U1_i M)[0..dv) / (U1_i M)[dv] for every query head of this kv head.
                 for (int h = hk * group; h < (hk + 1) * group; h++)
                 {
                     long head = ((long)b * shape.HeadCount) + h;
-                    ReadOnlySpan<float> q = query.Slice((int)(head * nq * d), nq * d);
-                    Span<float> o = destination.Slice((int)(head * nq * dv), nq * dv);
-                    double[] acc = new double[dv + 1];
                     for (int i = 0; i < nq; i++)
                     {
-                        features.Evaluate(q.Slice(i * d, d), queryWeight, feature);
-                        Array.Clear(acc);
-                        for (int a = 0; a < r; a++)
-                        {
-                            double u = feature[a];
-                            int row = a * (dv + 1);
-                            for (int c = 0; c <= dv; c++)
-                            {
-                                acc[c] += u * state[row + c];
-                            }
-                        }
-
-                        for (int c = 0; c < dv; c++)
-                        {
-                            o[(i * dv) + c] = (float)(acc[c] / acc[dv]);
-                        }
+                        QueryRow(features, query.Slice((int)(((head * nq) + i) * d), d), queryWeight, feature, state, acc, dv,
+                            destination.Slice((int)(((head * nq) + i) * dv), dv));
                     }
                 }
             }
@@ -161,5 +167,43 @@ public static class PolynomialAttention
         double e = polynomial.RelativeError;
         double flops = 2.0 * r * (((double)nq * shape.HeadCount * (dv + 2)) + ((double)nk * shape.EffectiveKeyValueHeads * (dv + 2))) * shape.BatchSize;
         return new PolynomialCertificate(range, polynomial.Degree, r, flops, e, 2 * e / (1 - e) * maxAbsValue);
+    }
+
+    /// <summary>M += u2(k) [v | 1].</summary>
+    private static void AddKey(MonomialFeatures features, ReadOnlySpan<float> k, ReadOnlySpan<float> v, double[] keyWeight, double[] feature, double[] state, int dv)
+    {
+        features.Evaluate(k, keyWeight, feature);
+        for (int a = 0; a < features.Count; a++)
+        {
+            double u = feature[a];
+            int row = a * (dv + 1);
+            for (int c = 0; c < dv; c++)
+            {
+                state[row + c] += u * v[c];
+            }
+
+            state[row + dv] += u;
+        }
+    }
+
+    /// <summary>out = (u1(q) M)[0..dv) / (u1(q) M)[dv].</summary>
+    private static void QueryRow(MonomialFeatures features, ReadOnlySpan<float> q, double[] queryWeight, double[] feature, double[] state, double[] acc, int dv, Span<float> output)
+    {
+        features.Evaluate(q, queryWeight, feature);
+        Array.Clear(acc);
+        for (int a = 0; a < features.Count; a++)
+        {
+            double u = feature[a];
+            int row = a * (dv + 1);
+            for (int c = 0; c <= dv; c++)
+            {
+                acc[c] += u * state[row + c];
+            }
+        }
+
+        for (int c = 0; c < dv; c++)
+        {
+            output[c] = (float)(acc[c] / acc[dv]);
+        }
     }
 }

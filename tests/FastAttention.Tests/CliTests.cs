@@ -296,6 +296,7 @@ public class CliTests
         double worst = exact.Zip(poly, (a, b) => Math.Abs(a - b)).Max();
         Assert.True(worst <= bound + 1e-6, $"{worst:E3} > {bound:E3}");
 
-        Assert.Equal(2, Run([.. new[] { "attend" }, .. inputs, "--out", Path.Combine(dir, "c.npy"), "--method", "poly", "--causal"]).Code);
+        Assert.Equal(0, Run([.. new[] { "attend" }, .. inputs, "--out", Path.Combine(dir, "c.npy"), "--method", "poly", "--causal"]).Code);
+        Assert.Equal(2, Run([.. new[] { "attend" }, .. inputs, "--out", Path.Combine(dir, "d.npy"), "--method", "poly", "--eps", "-1"]).Code);
     }
 }

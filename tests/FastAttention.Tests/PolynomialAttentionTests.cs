@@ -136,4 +136,50 @@ public class PolynomialAttentionTests
         float[] big = Uniform(shape.QueryLength, 2, 100);
         Assert.Throws<ArgumentOutOfRangeException>(() => PolynomialAttention.Compute(big, big, big, shape, output));
     }
+
+    [Theory]
+    [InlineData(40, 40)]
+    [InlineData(30, 70)]
+    [InlineData(70, 30)]
+    public void Causal_matches_the_masked_brute_force_polynomial_attention(int nq, int nk)
+    {
+        var shape = new AttentionShape(1, 4, nq, nk, 3, 2, KeyValueHeadCount: 2);
+        float[] q = Uniform(shape.QueryLength, 21, 1), k = Uniform(shape.KeyLength, 22, 1), v = Uniform(shape.ValueLength, 23, 1);
+        var output = new float[shape.OutputLength];
+        PolynomialCertificate certificate = PolynomialAttention.Compute(q, k, v, shape, output, new PolynomialAttentionOptions { Scale = 0.5f, Degree = 6, Causal = true });
+        ExpPolynomial p = ExpPolynomial.OfDegree(certificate.Range, 6);
+        for (int h = 0; h < 4; h++)
+        {
+            int hk = h / 2;
+            for (int i = 0; i < nq; i++)
+            {
+                int visible = Math.Clamp(i + 1 + nk - nq, 0, nk);
+                double[] acc = new double[2];
+                double sum = 0;
+                for (int j = 0; j < visible; j++)
+                {
+                    double dot = 0;
+                    for (int t = 0; t < 3; t++)
+                    {
+                        dot += (double)q[(((h * nq) + i) * 3) + t] * k[(((hk * nk) + j) * 3) + t];
+                    }
+
+                    double w = p.Evaluate(0.5 * dot);
+                    sum += w;
+                    acc[0] += w * v[(((hk * nk) + j) * 2) + 0];
+                    acc[1] += w * v[(((hk * nk) + j) * 2) + 1];
+                }
+
+                for (int c = 0; c < 2; c++)
+                {
+                    double expected = visible == 0 ? 0 : acc[c] / sum;
+                    Assert.Equal(expected, output[(((h * nq) + i) * 2) + c], 1e-5);
+                }
+            }
+        }
+
+        // And within the certificate of exact causal attention.
+        double[] exact = Reference.Attention(q, k, v, shape, new Reference.Options(Scale: 0.5, Causal: true));
+        Assert.True(Tolerance.MaxAbsError(output, exact) <= certificate.OutputBound + 3e-7);
+    }
 }
