@@ -55,21 +55,7 @@ public static class PolynomialAttention
     /// <exception cref="ArgumentOutOfRangeException">R is too wide for the target error, or r exceeds the budget; the message says which.</exception>
     public static PolynomialCertificate Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, PolynomialAttentionOptions options = default)
     {
-        if (shape.BatchSize < 1 || shape.HeadCount < 1 || shape.QueryCount < 1 || shape.KeyCount < 1 || shape.HeadDim < 1 || shape.ValueDim < 1
-            || shape.HeadCount % shape.EffectiveKeyValueHeads != 0)
-        {
-            throw new ArgumentException($"Every dimension must be at least 1 and kv heads must divide heads; got ({shape}).", nameof(shape));
-        }
-
-        if (query.Length != shape.QueryLength || key.Length != shape.KeyLength || value.Length != shape.ValueLength || destination.Length != shape.OutputLength)
-        {
-            throw new ArgumentException($"Span lengths (query {query.Length}, key {key.Length}, value {value.Length}, destination {destination.Length}) do not match ({shape}).", nameof(shape));
-        }
-
-        if (!System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(query) || !System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(key) || !System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(value))
-        {
-            throw new ArgumentException("Query, key and value must be finite for the polynomial method (its bound R would be infinite).", nameof(query));
-        }
+        CheckInputs(query, key, value, shape, destination);
 
         int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount;
         double s = options.Scale ?? (1.0 / Math.Sqrt(d));
@@ -99,8 +85,61 @@ public static class PolynomialAttention
             queryWeight[a] = w < 0 ? -root : root;
         }
 
-        int group = shape.HeadCount / shape.EffectiveKeyValueHeads;
+        double maxAbsValue = Run(query, key, value, shape, destination, features, queryWeight, keyWeight, options.Causal);
+
+        double e = polynomial.RelativeError;
+        double flops = 2.0 * r * (((double)nq * shape.HeadCount * (dv + 2)) + ((double)nk * shape.EffectiveKeyValueHeads * (dv + 2))) * shape.BatchSize;
+        return new PolynomialCertificate(range, polynomial.Degree, r, flops, e, 2 * e / (1 - e) * maxAbsValue);
+    }
+
+    /// <summary>
+    /// Power attention with an even integer exponent p, exactly and in linear time: <c>(s q.k)^p =
+    /// sum over |alpha| = p of (p!/alpha!) (s q)^alpha (s k)^alpha</c>, so the symmetric tensor features of
+    /// degree p factorise the weights with no approximation (ALGORITHMS.md §2, "exact special case").
+    /// Same result as <see cref="PowerAttention"/> with <c>Power = p</c>, in O(n r dv) with
+    /// r = C(d + p - 1, p) features instead of O(n^2 d).
+    /// </summary>
+    /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>.</param>
+    /// <param name="key">Keys, <c>[batch, kvHeads, nk, d]</c>.</param>
+    /// <param name="value">Values, <c>[batch, kvHeads, nk, dv]</c>.</param>
+    /// <param name="shape">The dimensions.</param>
+    /// <param name="destination">Output, <c>[batch, heads, nq, dv]</c>.</param>
+    /// <param name="power">The even exponent p &gt;= 2.</param>
+    /// <param name="scale">The score scale s (default 1).</param>
+    /// <param name="causal">Causal masking, bottom-right aligned.</param>
+    /// <param name="maxRank">Largest feature count accepted; 0 means 200 000.</param>
+    /// <returns>The number of features used.</returns>
+    public static long ComputeEvenPower(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination,
+        int power, float scale = 1f, bool causal = false, long maxRank = 0)
+    {
+        if (power < 2 || power % 2 != 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(power), power, "The exponent must be an even integer >= 2 (odd or fractional powers of |q.k| have no finite exact factorisation).");
+        }
+
+        CheckInputs(query, key, value, shape, destination);
+        var features = new MonomialFeatures(shape.HeadDim, power, maxRank > 0 ? maxRank : 200_000);
+        double[] weight = new double[features.Count];
+        for (int a = 0; a < features.Count; a++)
+        {
+            // Only the monomials of degree exactly p carry weight; p is even, so the weights are positive.
+            weight[a] = features.TotalDegree[a] == power ? Math.Sqrt(features.Multinomial[a] * Math.Pow(scale, power)) : 0;
+        }
+
+        Run(query, key, value, shape, destination, features, weight, weight, causal);
+        return features.Count;
+    }
+
+    /// <summary>
+    /// out_i = (u1(q_i) M)[0..dv) / (u1(q_i) M)[dv] with M = sum over (visible) keys of u2(k_j) [v_j | 1]:
+    /// the factorised attention for any features u1 . u2 = weight. Returns max |V|.
+    /// </summary>
+    private static double Run(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination,
+        MonomialFeatures features, double[] queryWeight, double[] keyWeight, bool causal)
+    {
+        int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount, r = features.Count;
         double maxAbsValue = 0;
+        int group = shape.HeadCount / shape.EffectiveKeyValueHeads;
         double[] feature = new double[r];
         double[] state = new double[r * (dv + 1)]; // M = U2^T [V | 1]
         double[] acc = new double[dv + 1];
@@ -113,7 +152,7 @@ public static class PolynomialAttention
                 ReadOnlySpan<float> v = value.Slice((int)(kvHead * nk * dv), nk * dv);
                 maxAbsValue = Math.Max(maxAbsValue, System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(v) is var m ? Math.Abs(m) : 0);
 
-                if (options.Causal)
+                if (causal)
                 {
                     // Causal: a running prefix state M_i = sum over visible keys j of u2_j [v_j | 1]; query i
                     // sees keys j <= i + (nk - nq), so keys join the state in order as i advances.
@@ -164,9 +203,26 @@ public static class PolynomialAttention
             }
         }
 
-        double e = polynomial.RelativeError;
-        double flops = 2.0 * r * (((double)nq * shape.HeadCount * (dv + 2)) + ((double)nk * shape.EffectiveKeyValueHeads * (dv + 2))) * shape.BatchSize;
-        return new PolynomialCertificate(range, polynomial.Degree, r, flops, e, 2 * e / (1 - e) * maxAbsValue);
+        return maxAbsValue;
+    }
+
+    private static void CheckInputs(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination)
+    {
+            if (shape.BatchSize < 1 || shape.HeadCount < 1 || shape.QueryCount < 1 || shape.KeyCount < 1 || shape.HeadDim < 1 || shape.ValueDim < 1
+                || shape.HeadCount % shape.EffectiveKeyValueHeads != 0)
+            {
+                throw new ArgumentException($"Every dimension must be at least 1 and kv heads must divide heads; got ({shape}).", nameof(shape));
+            }
+
+            if (query.Length != shape.QueryLength || key.Length != shape.KeyLength || value.Length != shape.ValueLength || destination.Length != shape.OutputLength)
+            {
+                throw new ArgumentException($"Span lengths (query {query.Length}, key {key.Length}, value {value.Length}, destination {destination.Length}) do not match ({shape}).", nameof(shape));
+            }
+
+            if (!System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(query) || !System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(key) || !System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(value))
+            {
+                throw new ArgumentException("Query, key and value must be finite for the polynomial method (its bound R would be infinite).", nameof(query));
+            }
     }
 
     /// <summary>M += u2(k) [v | 1].</summary>
@@ -201,9 +257,10 @@ public static class PolynomialAttention
             }
         }
 
+        // A zero normaliser only arises for even powers with every <q, k> = 0: zeros, as PowerAttention.
         for (int c = 0; c < dv; c++)
         {
-            output[c] = (float)(acc[c] / acc[dv]);
+            output[c] = acc[dv] == 0 ? 0f : (float)(acc[c] / acc[dv]);
         }
     }
 }

@@ -182,4 +182,37 @@ public class PolynomialAttentionTests
         double[] exact = Reference.Attention(q, k, v, shape, new Reference.Options(Scale: 0.5, Causal: true));
         Assert.True(Tolerance.MaxAbsError(output, exact) <= certificate.OutputBound + 3e-7);
     }
+
+    [Theory]
+    [InlineData(2, false)]
+    [InlineData(2, true)]
+    [InlineData(4, false)]
+    [InlineData(4, true)]
+    public void Even_power_in_linear_time_equals_the_power_attention_kernel(int power, bool causal)
+    {
+        var shape = new AttentionShape(2, 4, 45, 60, 5, 3, KeyValueHeadCount: 2);
+        float[] q = Uniform(shape.QueryLength, 31, 1), k = Uniform(shape.KeyLength, 32, 1), v = Uniform(shape.ValueLength, 33, 1);
+        var linear = new float[shape.OutputLength];
+        var quadratic = new float[shape.OutputLength];
+        long rank = PolynomialAttention.ComputeEvenPower(q, k, v, shape, linear, power, scale: 0.7f, causal: causal);
+        Assert.Equal(MonomialFeatures.Rank(5, power), rank);
+        PowerAttention.Compute(q, k, v, shape, quadratic, new PowerAttentionOptions { Power = power, Scale = 0.7f, Causal = causal });
+        double[] reference = Reference.Attention(q, k, v, shape, new Reference.Options(Scale: 0.7, Causal: causal, Power: power));
+        Tolerance.AssertExact(linear, reference, $"even power {power}");
+        for (int i = 0; i < linear.Length; i++)
+        {
+            Assert.Equal(quadratic[i], linear[i], 5e-5);
+        }
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(3)]
+    public void Odd_or_small_powers_are_refused(int power)
+    {
+        var shape = AttentionShape.SingleHead(4, 2);
+        float[] x = Uniform(8, 1, 1);
+        Assert.Throws<ArgumentOutOfRangeException>(() => PolynomialAttention.ComputeEvenPower(x, x, x, shape, new float[8], power));
+    }
 }
