@@ -96,8 +96,9 @@ public static class PolynomialAttention
     /// Power attention with an even integer exponent p, exactly and in linear time: <c>(s q.k)^p =
     /// sum over |alpha| = p of (p!/alpha!) (s q)^alpha (s k)^alpha</c>, so the symmetric tensor features of
     /// degree p factorise the weights with no approximation (ALGORITHMS.md §2, "exact special case").
-    /// Same result as <see cref="PowerAttention"/> with <c>Power = p</c>, in O(n r dv) with
-    /// r = C(d + p - 1, p) features instead of O(n^2 d).
+    /// Same result as <see cref="PowerAttention"/> with <c>Power = p</c>, in O(n r dv) instead of
+    /// O(n^2 d); this version carries r = C(d + p, p) features, of which the C(d + p - 1, p) of degree
+    /// exactly p have non-zero weight.
     /// </summary>
     /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>.</param>
     /// <param name="key">Keys, <c>[batch, kvHeads, nk, d]</c>.</param>
