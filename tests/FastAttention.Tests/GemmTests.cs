@@ -88,6 +88,17 @@ public unsafe class GemmTests
         }
     }
 
+    [Theory]
+    [InlineData(0, 5, 3)]
+    [InlineData(5, 0, 3)]
+    [InlineData(4, 3, 0)]
+    public void Empty_dimensions_are_handled(int m, int n, int k)
+    {
+        float[] a = new float[m * k], b = new float[k * n], c = Enumerable.Repeat(7f, m * n).ToArray();
+        Gemm.Multiply(m, n, k, a, false, b, false, c, 0.5f, 2);
+        Assert.All(c, x => Assert.Equal(k == 0 ? 3.5f : 7f, x));
+    }
+
     [Fact]
     public void Crosses_every_block_boundary()
     {

@@ -73,6 +73,11 @@ internal static unsafe class Gemm
         public static void Multiply(int m, int n, int k, float* a, bool transposeA, float* b, bool transposeB, float* c, float beta, int maxDegreeOfParallelism)
         {
             var options = new ParallelOptions { MaxDegreeOfParallelism = maxDegreeOfParallelism > 0 ? maxDegreeOfParallelism : -1 };
+            if (m == 0 || n == 0)
+            {
+                return; // C is empty
+            }
+
             if (k == 0)
             {
                 Parallel.For(0, m, options, i =>
