@@ -79,28 +79,39 @@ internal static unsafe class SplitKeyAttention<TS, TV>
             }
 
             float max = float.NegativeInfinity;
-            for (int j = 0; j < count; j++)
+            if (a.Power == 0f && a.Bias == null && a.Mask == null)
             {
-                float score = j < visible ? a.Scale * s[j] : float.NegativeInfinity;
-                long at = ((long)i * a.KeyCount) + j0 + j;
-                if (a.Power > 0f && j < visible)
+                // Plain scores (the decoding case): scale, hide the keys past the causal limit and take
+                // the max with vectors; NaN scores still reach the max below through the scalar check.
+                System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(s, visible), a.Scale, new Span<float>(s, visible));
+                new Span<float>(s + visible, count - visible).Fill(float.NegativeInfinity);
+                max = System.Numerics.Tensors.TensorPrimitives.Max(new ReadOnlySpan<float>(s, count));
+            }
+            else
+            {
+                for (int j = 0; j < count; j++)
                 {
-                    float x = MathF.Abs(score);
-                    score = x == 0f ? float.NegativeInfinity : a.Power * MathF.Log(x);
-                }
+                    float score = j < visible ? a.Scale * s[j] : float.NegativeInfinity;
+                    long at = ((long)i * a.KeyCount) + j0 + j;
+                    if (a.Power > 0f && j < visible)
+                    {
+                        float x = MathF.Abs(score);
+                        score = x == 0f ? float.NegativeInfinity : a.Power * MathF.Log(x);
+                    }
 
-                if (a.Bias != null)
-                {
-                    score += a.Bias[(b * a.BiasBatchStride) + (h * a.BiasHeadStride) + at];
-                }
+                    if (a.Bias != null)
+                    {
+                        score += a.Bias[(b * a.BiasBatchStride) + (h * a.BiasHeadStride) + at];
+                    }
 
-                if (a.Mask != null && !a.Mask[(b * a.MaskBatchStride) + (h * a.MaskHeadStride) + at])
-                {
-                    score = float.NegativeInfinity;
-                }
+                    if (a.Mask != null && !a.Mask[(b * a.MaskBatchStride) + (h * a.MaskHeadStride) + at])
+                    {
+                        score = float.NegativeInfinity;
+                    }
 
-                s[j] = score;
-                max = float.IsNaN(score) ? score : MathF.Max(max, score);
+                    s[j] = score;
+                    max = float.IsNaN(score) ? score : MathF.Max(max, score);
+                }
             }
 
             float* o = result + 2;
