@@ -12,6 +12,7 @@ internal static class InspectCommand
             new("q", "Q.npy", "queries [n,d], [h,n,d] or [b,h,n,d] (required)"),
             new("k", "K.npy", "keys, same rank (required)"),
             new("scale", "S", "score scale s (default 1/sqrt(d))"),
+            new("eps", "E", "target relative error for the polynomial-method estimate (default 1e-3)"),
             new("json", null, "print one JSON object"),
         ],
         Run);
@@ -25,6 +26,8 @@ internal static class InspectCommand
         // K doubles as V here: only Q and K matter.
         AttentionShape shape = AttentionInputs.Shape(q, k, k);
         InputBounds bounds = InputAnalysis.Analyze(q.Data, k.Data, shape, scale);
+        double eps = o.Float("eps", positive: true) is null ? 1e-3 : double.Parse(o.Get("eps")!, CultureInfo.InvariantCulture);
+        PolynomialEstimate poly = EstimatePolynomial(bounds.ScoreNormBound, shape.HeadDim, eps);
         string regime = bounds.Regime == EntryRegime.Bounded
             ? "bounded: B <= sqrt(ln n), the polynomial method of Alman-Song applies"
             : "large: B > sqrt(ln n), beyond the bounded-entry threshold; use exact attention";
@@ -56,6 +59,23 @@ internal static class InspectCommand
                 }
 
                 w.WriteString("regime", bounds.Regime.ToString().ToLowerInvariant());
+                w.WriteStartObject("polynomial");
+                w.WriteNumber("range", bounds.ScoreNormBound);
+                w.WriteNumber("targetRelativeError", eps);
+                if (poly.Degree is int g)
+                {
+                    w.WriteNumber("degree", g);
+                    w.WriteNumber("rank", poly.Rank);
+                }
+                else
+                {
+                    w.WriteNull("degree");
+                    w.WriteNull("rank");
+                }
+
+                w.WriteBoolean("feasible", poly.Feasible);
+                w.WriteString("note", poly.Note);
+                w.WriteEndObject();
             });
             return ExitCode.Ok;
         }
@@ -67,6 +87,30 @@ internal static class InspectCommand
         stdout.WriteLine(string.Create(inv, $"scale s = {bounds.Scale:G5}: max|s q.k| = {(bounds.MaxAbsScaledScore is double x ? x.ToString("G5", inv) : "(skipped: too large to scan)")}, bound s max||q|| max||k|| = {bounds.ScoreNormBound:G5}"));
         stdout.WriteLine(string.Create(inv, $"threshold sqrt(ln n) = {bounds.Threshold:G4};  B / sqrt(ln n) = {bounds.EntryBound / bounds.Threshold:G4}"));
         stdout.WriteLine("regime: " + regime);
+        stdout.WriteLine("polynomial method at eps " + eps.ToString("G3", inv) + ": " + poly.Note);
         return ExitCode.Ok;
+    }
+
+    private sealed record PolynomialEstimate(int? Degree, long Rank, bool Feasible, string Note);
+
+    /// <summary>What the polynomial method would need here: degree and feature count for the Cauchy–Schwarz range R.</summary>
+    private static PolynomialEstimate EstimatePolynomial(double range, int d, double eps)
+    {
+        const long Budget = PolynomialAttention.DefaultMaxRank;
+        var inv = CultureInfo.InvariantCulture;
+        try
+        {
+            FastAttention.Polynomial.ExpPolynomial p = FastAttention.Polynomial.ExpPolynomial.Fit(Math.Max(range, 1e-12), eps);
+            long rank = FastAttention.Polynomial.MonomialFeatures.Rank(d, p.Degree);
+            bool feasible = rank <= Budget;
+            string note = feasible
+                ? string.Create(inv, $"R = {range:G4} needs degree {p.Degree} and r = C(d+g, g) = {rank} features (fastattn attend --method poly)")
+                : string.Create(inv, $"R = {range:G4} needs degree {p.Degree}, i.e. r = C(d+g, g) = {rank} features, over the {Budget} budget: use exact attention");
+            return new PolynomialEstimate(p.Degree, rank, feasible, note);
+        }
+        catch (ArgumentOutOfRangeException)
+        {
+            return new PolynomialEstimate(null, 0, false, string.Create(inv, $"R = {range:G4} is too wide for any polynomial to reach relative error {eps:G3}: use exact attention"));
+        }
     }
 }

@@ -14,7 +14,7 @@ public readonly record struct PolynomialAttentionOptions
     /// <summary>Force the degree g instead of choosing the smallest that reaches <see cref="RelativeError"/>.</summary>
     public int? Degree { get; init; }
 
-    /// <summary>Largest feature count r = C(d + g, g) accepted; 0 means 200 000.</summary>
+    /// <summary>Largest feature count r = C(d + g, g) accepted; 0 means <see cref="PolynomialAttention.DefaultMaxRank"/>.</summary>
     public long MaxRank { get; init; }
 
     /// <summary>Chebyshev (default) or Taylor.</summary>
@@ -43,6 +43,9 @@ public sealed record PolynomialCertificate(double Range, int Degree, long Rank, 
 /// </summary>
 public static class PolynomialAttention
 {
+    /// <summary>The feature budget used when <see cref="PolynomialAttentionOptions.MaxRank"/> is 0.</summary>
+    public const long DefaultMaxRank = 200_000;
+
     /// <summary>Computes approximate attention into <paramref name="destination"/> and returns its certificate; layouts as in <see cref="ExactAttention"/>.</summary>
     /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>.</param>
     /// <param name="key">Keys, <c>[batch, kvHeads, nk, d]</c>.</param>
@@ -71,7 +74,7 @@ public static class PolynomialAttention
                 $"Degree {polynomial.Degree} has relative error {polynomial.RelativeError:G3} >= 1 on [-{range:G4}, {range:G4}]: weights could turn negative.");
         }
 
-        var features = new MonomialFeatures(d, polynomial.Degree, options.MaxRank > 0 ? options.MaxRank : 200_000);
+        var features = new MonomialFeatures(d, polynomial.Degree, options.MaxRank > 0 ? options.MaxRank : DefaultMaxRank);
         int r = features.Count;
 
         // Symmetric split of w_alpha = c_|alpha| (|alpha|!/alpha!) s^|alpha|: sqrt|w| on each side, the sign on the query side.
@@ -108,7 +111,7 @@ public static class PolynomialAttention
     /// <param name="power">The even exponent p &gt;= 2.</param>
     /// <param name="scale">The score scale s (default 1).</param>
     /// <param name="causal">Causal masking, bottom-right aligned.</param>
-    /// <param name="maxRank">Largest feature count accepted; 0 means 200 000.</param>
+    /// <param name="maxRank">Largest feature count accepted; 0 means <see cref="DefaultMaxRank"/>.</param>
     /// <returns>The number of features used.</returns>
     public static long ComputeEvenPower(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination,
         int power, float scale = 1f, bool causal = false, long maxRank = 0)
@@ -119,7 +122,7 @@ public static class PolynomialAttention
         }
 
         CheckInputs(query, key, value, shape, destination);
-        var features = new MonomialFeatures(shape.HeadDim, power, maxRank > 0 ? maxRank : 200_000);
+        var features = new MonomialFeatures(shape.HeadDim, power, maxRank > 0 ? maxRank : DefaultMaxRank);
         double[] weight = new double[features.Count];
         for (int a = 0; a < features.Count; a++)
         {

@@ -202,9 +202,12 @@ public class CliTests
 
         Assert.Equal(max, root.GetProperty("maxAbsScaledScore").GetDouble(), 1e-3);
 
+        Assert.False(root.GetProperty("polynomial").GetProperty("feasible").GetBoolean());
+
         (code, stdout, _) = Run("inspect", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"));
         Assert.Equal(0, code);
         Assert.Contains("regime:", stdout);
+        Assert.Contains("polynomial method", stdout);
     }
 
     [Fact]
@@ -218,6 +221,12 @@ public class CliTests
         (int code, string stdout, _) = Run("inspect", "--q", Path.Combine(dir, "q.npy"), "--k", Path.Combine(dir, "k.npy"), "--json", "--scale", "0.125");
         Assert.Equal(0, code);
         Assert.Contains("\"regime\": \"bounded\"", stdout);
+        using JsonDocument json = JsonDocument.Parse(stdout);
+        JsonElement poly = json.RootElement.GetProperty("polynomial");
+        Assert.True(poly.GetProperty("feasible").GetBoolean());
+        int degree = poly.GetProperty("degree").GetInt32();
+        Assert.Equal(FastAttention.Polynomial.ExpPolynomial.Fit(poly.GetProperty("range").GetDouble(), 1e-3).Degree, degree);
+        Assert.Equal(FastAttention.Polynomial.MonomialFeatures.Rank(8, degree), poly.GetProperty("rank").GetInt64());
     }
 
     [Fact]
