@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using FastAttention.Polynomial;
 
 namespace FastAttention;
@@ -145,7 +146,7 @@ public static class PolynomialAttention
         double maxAbsValue = 0;
         int group = shape.HeadCount / shape.EffectiveKeyValueHeads;
         double[] feature = new double[r];
-        double[] state = new double[r * (dv + 1)]; // M = U2^T [V | 1]
+        double[] state = new double[r * (dv + 1)]; // M = U2^T [V | 1], stored transposed: [dv + 1][r]
         double[] acc = new double[dv + 1];
         for (int b = 0; b < shape.BatchSize; b++)
         {
@@ -229,36 +230,33 @@ public static class PolynomialAttention
             }
     }
 
-    /// <summary>M += u2(k) [v | 1].</summary>
+    /// <summary>
+    /// M += u2(k) [v | 1]. M is stored transposed, [dv + 1][r], so each update and each query's
+    /// product runs along the r features with vectors (TensorPrimitives, in double).
+    /// </summary>
     private static void AddKey(MonomialFeatures features, ReadOnlySpan<float> k, ReadOnlySpan<float> v, double[] keyWeight, double[] feature, double[] state, int dv)
     {
         features.Evaluate(k, keyWeight, feature);
-        for (int a = 0; a < features.Count; a++)
+        int r = features.Count;
+        ReadOnlySpan<double> u = feature.AsSpan(0, r);
+        for (int c = 0; c < dv; c++)
         {
-            double u = feature[a];
-            int row = a * (dv + 1);
-            for (int c = 0; c < dv; c++)
-            {
-                state[row + c] += u * v[c];
-            }
-
-            state[row + dv] += u;
+            Span<double> column = state.AsSpan(c * r, r);
+            TensorPrimitives.MultiplyAdd(u, (double)v[c], column, column);
         }
+
+        Span<double> normaliser = state.AsSpan(dv * r, r);
+        TensorPrimitives.Add(u, normaliser, normaliser);
     }
 
     /// <summary>out = (u1(q) M)[0..dv) / (u1(q) M)[dv].</summary>
     private static void QueryRow(MonomialFeatures features, ReadOnlySpan<float> q, double[] queryWeight, double[] feature, double[] state, double[] acc, int dv, Span<float> output)
     {
         features.Evaluate(q, queryWeight, feature);
-        Array.Clear(acc);
-        for (int a = 0; a < features.Count; a++)
+        int r = features.Count;
+        for (int c = 0; c <= dv; c++)
         {
-            double u = feature[a];
-            int row = a * (dv + 1);
-            for (int c = 0; c <= dv; c++)
-            {
-                acc[c] += u * state[row + c];
-            }
+            acc[c] = TensorPrimitives.Dot<double>(feature.AsSpan(0, r), state.AsSpan(c * r, r));
         }
 
         // A zero normaliser only arises for even powers with every <q, k> = 0: zeros, as PowerAttention.

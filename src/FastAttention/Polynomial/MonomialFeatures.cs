@@ -96,9 +96,6 @@ internal sealed class MonomialFeatures
             feature[a] = feature[_parent[a]] * x[_coordinate[a]];
         }
 
-        for (int a = 0; a < Count; a++)
-        {
-            feature[a] *= weight[a];
-        }
+        System.Numerics.Tensors.TensorPrimitives.Multiply(feature[..Count], weight[..Count], feature[..Count]);
     }
 }
