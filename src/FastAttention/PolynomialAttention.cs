@@ -23,6 +23,9 @@ public readonly record struct PolynomialAttentionOptions
 
     /// <summary>Causal masking, bottom-right aligned as in <see cref="ExactAttentionOptions.Causal"/>: keys enter a running prefix state as they become visible.</summary>
     public bool Causal { get; init; }
+
+    /// <summary>Worker threads for the non-causal path; 0 means one per core. The output bits are the same for every value.</summary>
+    public int MaxDegreeOfParallelism { get; init; }
 }
 
 /// <summary>What a polynomial-method call guarantees.</summary>
@@ -89,7 +92,7 @@ public static class PolynomialAttention
             queryWeight[a] = w < 0 ? -root : root;
         }
 
-        double maxAbsValue = Run(query, key, value, shape, destination, features, queryWeight, keyWeight, options.Causal);
+        double maxAbsValue = Run(query, key, value, shape, destination, features, queryWeight, keyWeight, options.Causal, options.MaxDegreeOfParallelism);
 
         double e = polynomial.RelativeError;
         double flops = 2.0 * r * (((double)nq * shape.HeadCount * (dv + 2)) + ((double)nk * shape.EffectiveKeyValueHeads * (dv + 2))) * shape.BatchSize;
@@ -131,7 +134,7 @@ public static class PolynomialAttention
             weight[a] = features.TotalDegree[a] == power ? Math.Sqrt(features.Multinomial[a] * Math.Pow(scale, power)) : 0;
         }
 
-        Run(query, key, value, shape, destination, features, weight, weight, causal);
+        Run(query, key, value, shape, destination, features, weight, weight, causal, 0);
         return features.Count;
     }
 
@@ -140,7 +143,7 @@ public static class PolynomialAttention
     /// the factorised attention for any features u1 . u2 = weight. Returns max |V|.
     /// </summary>
     private static double Run(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination,
-        MonomialFeatures features, double[] queryWeight, double[] keyWeight, bool causal)
+        MonomialFeatures features, double[] queryWeight, double[] keyWeight, bool causal, int maxDegree)
     {
         int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount, r = features.Count;
         double maxAbsValue = 0;
@@ -188,23 +191,7 @@ public static class PolynomialAttention
                     continue;
                 }
 
-                // Pass 1: M = U2^T [V | 1], one key row at a time.
-                Array.Clear(state);
-                for (int j = 0; j < nk; j++)
-                {
-                    AddKey(features, k.Slice(j * d, d), v.Slice(j * dv, dv), keyWeight, feature, state, dv);
-                }
-
-                // Pass 2: out_i = (U1_i M)[0..dv) / (U1_i M)[dv] for every query head of this kv head.
-                for (int h = hk * group; h < (hk + 1) * group; h++)
-                {
-                    long head = ((long)b * shape.HeadCount) + h;
-                    for (int i = 0; i < nq; i++)
-                    {
-                        QueryRow(features, query.Slice((int)(((head * nq) + i) * d), d), queryWeight, feature, state, acc, dv,
-                            destination.Slice((int)(((head * nq) + i) * dv), dv));
-                    }
-                }
+                RunNonCausal(query, k, v, shape, destination, features, queryWeight, keyWeight, state, b, hk, group, maxDegree);
             }
         }
 
@@ -228,6 +215,60 @@ public static class PolynomialAttention
             {
                 throw new ArgumentException("Query, key and value must be finite for the polynomial method (its bound R would be infinite).", nameof(query));
             }
+    }
+
+    /// <summary>Keys per partial state in the non-causal pass: fixed, so the sum's order (and the bits) do not depend on the thread count.</summary>
+    private const int KeyChunk = 4096;
+
+    /// <summary>Query rows per parallel work item in the non-causal pass.</summary>
+    private const int QueryBlock = 512;
+
+    /// <summary>
+    /// Non-causal, one kv head: pass 1 sums u2(k_j) [v_j | 1] over fixed key chunks in parallel, then adds the
+    /// chunk states in order; pass 2 computes every query row of the group's heads in parallel.
+    /// </summary>
+    private static unsafe void RunNonCausal(ReadOnlySpan<float> query, ReadOnlySpan<float> k, ReadOnlySpan<float> v, AttentionShape shape, Span<float> destination,
+        MonomialFeatures features, double[] queryWeight, double[] keyWeight, double[] state, int b, int hk, int group, int maxDegree)
+    {
+        int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount, r = features.Count;
+        var options = new ParallelOptions { MaxDegreeOfParallelism = maxDegree > 0 ? maxDegree : -1 };
+        fixed (float* kp = k, vp = v, qp = query, op = destination)
+        {
+            nint keys = (nint)kp, values = (nint)vp, queries = (nint)qp, outputs = (nint)op;
+            int chunks = (nk + KeyChunk - 1) / KeyChunk;
+            double[][] partial = new double[chunks][];
+            Parallel.For(0, chunks, options, c =>
+            {
+                double[] part = new double[state.Length], feature = new double[r];
+                for (int j = c * KeyChunk; j < Math.Min(nk, (c + 1) * KeyChunk); j++)
+                {
+                    AddKey(features, new ReadOnlySpan<float>((float*)keys + ((long)j * d), d), new ReadOnlySpan<float>((float*)values + ((long)j * dv), dv),
+                        keyWeight, feature, part, dv);
+                }
+
+                partial[c] = part;
+            });
+
+            Array.Clear(state);
+            foreach (double[] part in partial)
+            {
+                TensorPrimitives.Add(state, part, state);
+            }
+
+            int blocks = (nq + QueryBlock - 1) / QueryBlock;
+            Parallel.For(0, group * blocks, options, item =>
+            {
+                long head = ((long)b * shape.HeadCount) + (hk * group) + (item / blocks);
+                int i0 = item % blocks * QueryBlock;
+                double[] feature = new double[r], acc = new double[dv + 1];
+                for (int i = i0; i < Math.Min(nq, i0 + QueryBlock); i++)
+                {
+                    long row = (head * nq) + i;
+                    QueryRow(features, new ReadOnlySpan<float>((float*)queries + (row * d), d), queryWeight, feature, state, acc, dv,
+                        new Span<float>((float*)outputs + (row * dv), dv));
+                }
+            });
+        }
     }
 
     /// <summary>

@@ -273,6 +273,17 @@ public class CliTests
     }
 
     [Fact]
+    public void Bench_poly_reports_effective_gflops_and_the_certificate()
+    {
+        (int code, string stdout, string stderr) = Run("bench", "--method", "poly", "--n", "500", "--d", "4", "--scale", "0.25", "--repeat", "2", "--json");
+        Assert.True(code == 0, stderr);
+        using JsonDocument json = JsonDocument.Parse(stdout);
+        Assert.True(json.RootElement.GetProperty("gflopsAreEffective").GetBoolean());
+        Assert.True(json.RootElement.GetProperty("certificate").GetProperty("rank").GetInt64() > 1);
+        Assert.Equal(2, Run("bench", "--method", "sketch", "--n", "10").Code);
+    }
+
+    [Fact]
     public void Bench_on_files_writes_the_same_output_as_attend()
     {
         string dir = Data.TempDir();

@@ -215,4 +215,18 @@ public class PolynomialAttentionTests
         float[] x = Uniform(8, 1, 1);
         Assert.Throws<ArgumentOutOfRangeException>(() => PolynomialAttention.ComputeEvenPower(x, x, x, shape, new float[8], power));
     }
+
+    [Fact]
+    public void Output_bits_do_not_depend_on_thread_count()
+    {
+        var shape = new AttentionShape(1, 2, 1100, 9000, 3, 2);
+        float[] q = Uniform(shape.QueryLength, 41, 1), k = Uniform(shape.KeyLength, 42, 1), v = Uniform(shape.ValueLength, 43, 1);
+        var one = new float[shape.OutputLength];
+        var two = new float[shape.OutputLength];
+        PolynomialAttention.Compute(q, k, v, shape, one, new PolynomialAttentionOptions { Scale = 0.3f, MaxDegreeOfParallelism = 1 });
+        PolynomialAttention.Compute(q, k, v, shape, two, new PolynomialAttentionOptions { Scale = 0.3f, MaxDegreeOfParallelism = 2 });
+        Assert.Equal(one, two);
+        double[] exact = Reference.Attention(q, k, v, shape, new Reference.Options(Scale: 0.3));
+        Assert.True(Tolerance.MaxAbsError(one, exact) <= PolynomialAttention.Compute(q, k, v, shape, two, new PolynomialAttentionOptions { Scale = 0.3f }).OutputBound + 3e-7);
+    }
 }
