@@ -110,13 +110,7 @@ internal static class AttendCommand
                 w.WriteString("out", outPath);
                 if (certificate is not null)
                 {
-                    w.WriteStartObject("certificate");
-                    w.WriteNumber("degree", certificate.Degree);
-                    w.WriteNumber("rank", certificate.Rank);
-                    w.WriteNumber("range", certificate.Range);
-                    w.WriteNumber("polynomialRelativeError", certificate.PolynomialRelativeError);
-                    w.WriteNumber("outputBound", certificate.OutputBound);
-                    w.WriteEndObject();
+                    Json.WriteCertificate(w, certificate);
                 }
             });
         }

@@ -146,13 +146,7 @@ internal static class BenchCommand
                 w.WriteNumber("inputGBps", gbPerSecond);
                 if (certificate is not null)
                 {
-                    w.WriteStartObject("certificate");
-                    w.WriteNumber("degree", certificate.Degree);
-                    w.WriteNumber("rank", certificate.Rank);
-                    w.WriteNumber("range", certificate.Range);
-                    w.WriteNumber("polynomialRelativeError", certificate.PolynomialRelativeError);
-                    w.WriteNumber("outputBound", certificate.OutputBound);
-                    w.WriteEndObject();
+                    Json.WriteCertificate(w, certificate);
                 }
                 if (bandwidth is double bw)
                 {

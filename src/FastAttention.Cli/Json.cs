@@ -29,4 +29,16 @@ internal static class Json
 
         writer.WriteEndArray();
     }
+
+    /// <summary>The polynomial method's certificate as the object <c>certificate</c>.</summary>
+    public static void WriteCertificate(Utf8JsonWriter writer, PolynomialCertificate certificate)
+    {
+        writer.WriteStartObject("certificate");
+        writer.WriteNumber("degree", certificate.Degree);
+        writer.WriteNumber("rank", certificate.Rank);
+        writer.WriteNumber("range", certificate.Range);
+        writer.WriteNumber("polynomialRelativeError", certificate.PolynomialRelativeError);
+        writer.WriteNumber("outputBound", certificate.OutputBound);
+        writer.WriteEndObject();
+    }
 }
