@@ -96,16 +96,8 @@ internal static class BenchCommand
         AttentionRun run = Compute();
         double first = watch.Elapsed.TotalSeconds;
         int runs = repeat ?? (int)Math.Clamp(2.0 / Math.Max(first, 1e-6), 3, 50);
-        var times = new double[runs];
-        for (int r = 0; r < runs; r++)
-        {
-            watch.Restart();
-            Compute();
-            times[r] = watch.Elapsed.TotalSeconds;
-        }
-
-        Array.Sort(times);
-        double median = runs % 2 == 1 ? times[runs / 2] : (times[(runs / 2) - 1] + times[runs / 2]) / 2;
+        double[] times = Timing.Repeat(() => Compute(), runs);
+        double median = Timing.Median(times);
         double gflops = run.Flops / median / 1e9;
         double peak = FmaPeak.Measure(threads);
         long peakWorkingSet = Process.GetCurrentProcess().PeakWorkingSet64;
@@ -186,18 +178,11 @@ internal static class BenchCommand
             b[i] = (random.NextSingle() * 2) - 1;
         }
 
-        double Time()
-        {
-            var watch = Stopwatch.StartNew();
-            Gemm.Multiply(n, n, n, a, false, b, false, c, 0f, threads);
+        void Multiply() => Gemm.Multiply(n, n, n, a, false, b, false, c, 0f, threads);
 
-            return watch.Elapsed.TotalSeconds;
-        }
-
-        double first = Time();
+        double first = Timing.Repeat(Multiply, 1)[0]; // warm-up, and the scale for the repeat count
         int runs = o.Int("repeat", 1, 100_000) ?? (int)Math.Clamp(3.0 / Math.Max(first, 1e-6), 3, 30);
-        double[] times = [.. Enumerable.Range(0, runs).Select(_ => Time()).Order()];
-        double median = runs % 2 == 1 ? times[runs / 2] : (times[(runs / 2) - 1] + times[runs / 2]) / 2;
+        double median = Timing.Median(Timing.Repeat(Multiply, runs));
         double flops = 2.0 * n * n * (double)n;
         double gflops = flops / median / 1e9, peak = FmaPeak.Measure(threads);
         if (o.Flag("json"))

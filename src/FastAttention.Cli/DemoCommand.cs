@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Reflection;
 using System.Runtime.Intrinsics;
@@ -120,19 +119,10 @@ internal static class DemoCommand
         var options = new PolynomialAttentionOptions { Scale = 1f / D, RelativeError = 1e-3 };
         var output = new float[shape.OutputLength];
         PolynomialCertificate certificate = PolynomialAttention.Compute(q, k, v, shape, output, options);
-        var times = new double[repeat];
-        for (int r = 0; r < repeat; r++)
-        {
-            var watch = Stopwatch.StartNew();
-            PolynomialAttention.Compute(q, k, v, shape, output, options);
-            times[r] = watch.Elapsed.TotalSeconds;
-        }
-
-        Array.Sort(times);
+        double seconds = Timing.Median(Timing.Repeat(() => PolynomialAttention.Compute(q, k, v, shape, output, options), repeat));
         var reference = new double[shape.OutputLength];
         ReferenceAttention.Compute(q, k, v, shape, reference, scale: 1.0 / D);
         double error = output.Zip(reference, (a, b) => Math.Abs(a - b)).Max();
-        double seconds = times[repeat / 2];
         return (new Row("random bounded [-1, 1], s = 1/d", $"[1, {N}, {D}]", "poly", "polynomial-double", seconds,
             FlopCount.ExactAttention(1, 1, N, N, D, Dv, false) / seconds / 1e9, error, null), certificate);
     }
@@ -148,16 +138,7 @@ internal static class DemoCommand
         {
             var options = new ExactAttentionOptions { Kernel = kernel.Name };
             AttentionRun run = ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, options); // warm-up
-            var times = new double[repeat];
-            for (int r = 0; r < repeat; r++)
-            {
-                var watch = Stopwatch.StartNew();
-                ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, options);
-                times[r] = watch.Elapsed.TotalSeconds;
-            }
-
-            Array.Sort(times);
-            double seconds = times[repeat / 2];
+            double seconds = Timing.Median(Timing.Repeat(() => ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, options), repeat));
             double error = 0;
             for (int i = 0; i < output.Length; i++)
             {

@@ -1,0 +1,27 @@
+using System.Diagnostics;
+
+namespace FastAttention.Cli;
+
+/// <summary>The one timing loop the bench and demo commands use: repeated runs, sorted, median.</summary>
+internal static class Timing
+{
+    /// <summary>Runs <paramref name="run"/> <paramref name="runs"/> times and returns the times in seconds, sorted.</summary>
+    public static double[] Repeat(Action run, int runs)
+    {
+        var times = new double[runs];
+        var watch = new Stopwatch();
+        for (int r = 0; r < runs; r++)
+        {
+            watch.Restart();
+            run();
+            times[r] = watch.Elapsed.TotalSeconds;
+        }
+
+        Array.Sort(times);
+        return times;
+    }
+
+    /// <summary>The median of sorted times (the mean of the middle two for an even count).</summary>
+    public static double Median(double[] sorted) =>
+        sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[(sorted.Length / 2) - 1] + sorted[sorted.Length / 2]) / 2;
+}
