@@ -3,7 +3,7 @@
 #   bench/peers/gemm.sh [--n 4096] [--threads "1 2"] [--repeat 3]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
+source "$here/common.sh"
 n=4096 threads="1 2" repeat=3
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -13,12 +13,8 @@ while [[ $# -gt 0 ]]; do
         *) echo "gemm.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-py=/usr/bin/python3
-if ! "$py" -c "import numpy" 2>/dev/null || ! ls /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq python3-numpy libopenblas0-pthread >/dev/null
-fi
-dotnet build -c Release "$root/src/FastAttention.Cli" >/dev/null
-cli=(dotnet "$root/artifacts/bin/FastAttention.Cli/release/fastattn.dll")
+need_python_peer
+build_cli
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores; $(date -u +%Y-%m-%d); sgemm m = n = k = $n"
 printf '%-28s %4s %11s %9s %9s\n' implementation thr "median ms" GFLOP/s "vs BLAS"
 for t in $threads; do

@@ -8,7 +8,7 @@
 # onnxruntime-node@1.30.0 into bench/peers/node_modules. Optional: the library, CLI and tests never need it.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
+source "$here/common.sh"
 n=4096 d=64 heads=1 threads="1 2" repeat=20 seed=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -22,20 +22,13 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-py=/usr/bin/python3
-# NumPy must find OpenBLAS (libopenblas0-pthread), not Debian's reference libblas, to be a fair peer.
-if ! "$py" -c "import numpy, onnx" 2>/dev/null || ! ls /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null 2>&1; then
-    echo "installing python3-numpy python3-onnx libopenblas0-pthread (apt)..." >&2
-    apt-get update -qq && apt-get install -y -qq python3-numpy python3-onnx libopenblas0-pthread >/dev/null
-fi
+need_python_peer onnx:python3-onnx
 if [[ ! -d "$here/node_modules/onnxruntime-node" ]]; then
     echo "installing onnxruntime-node@1.30.0 (npm)..." >&2
     (cd "$here" && npm install --ignore-scripts --no-package-lock --no-audit --no-fund >/dev/null)
 fi
 
-echo "building the CLI..." >&2
-dotnet build -c Release "$root/src/FastAttention.Cli" >/dev/null
-cli=("dotnet" "$root/artifacts/bin/FastAttention.Cli/release/fastattn.dll")
+build_cli
 
 work="$here/work/n${n}_d${d}_h${heads}"
 mkdir -p "$work"
