@@ -46,6 +46,16 @@ internal unsafe struct AttentionArgs
 
     public readonly int GroupSize => Heads / KvHeads;
 
+    /// <summary>
+    /// A power-attention score in the softmax's log domain: |x|^p = e^(p ln|x|), so the same online
+    /// softmax normalises it without overflow; a zero score has weight 0 (-infinity).
+    /// </summary>
+    public readonly float PowerScore(float x)
+    {
+        float magnitude = MathF.Abs(x);
+        return magnitude == 0f ? float.NegativeInfinity : Power * MathF.Log(magnitude);
+    }
+
     /// <summary>Arguments with the dimensions of <paramref name="shape"/> and nothing else set.</summary>
     public static AttentionArgs FromShape(AttentionShape shape) => new()
     {

@@ -22,7 +22,7 @@ internal static unsafe class SplitKeyAttention<TS, TV>
     /// <summary>The most queries per head this kernel takes; more is the tiled kernels' work.</summary>
     public const int MaxQueries = 16;
 
-    /// <summary>Keys per chunk: a chunk of K and V (256 x d floats each) stays in L2 while each query uses it.</summary>
+    /// <summary>Keys per chunk: a chunk of K and V (1024 x d floats each) stays in L2 while each query uses it.</summary>
     private const int KeyChunk = 1024;
 
     public static string? Rejects(in AttentionArgs a) =>
@@ -95,8 +95,7 @@ internal static unsafe class SplitKeyAttention<TS, TV>
                     long at = ((long)i * a.KeyCount) + j0 + j;
                     if (a.Power > 0f && j < visible)
                     {
-                        float x = MathF.Abs(score);
-                        score = x == 0f ? float.NegativeInfinity : a.Power * MathF.Log(x);
+                        score = a.PowerScore(score);
                     }
 
                     if (a.Bias != null)

@@ -193,14 +193,13 @@ internal static unsafe class TiledAttention<TS, TV>
     {
         if (a.Power > 0f)
         {
-            // Power attention |x|^p = e^(p ln|x|): the same online softmax then normalises it without overflow.
+            // Power attention in the log domain (see AttentionArgs.PowerScore).
             for (int r = 0; r < rows; r++)
             {
                 float* row = s + (r * ScoreStride);
                 for (int c = 0; c < cols; c++)
                 {
-                    float x = MathF.Abs(row[c]);
-                    row[c] = x == 0f ? float.NegativeInfinity : a.Power * MathF.Log(x);
+                    row[c] = a.PowerScore(row[c]);
                 }
             }
         }
