@@ -34,16 +34,18 @@ public readonly record struct PolynomialAttentionOptions
 /// <param name="Rank">r = C(d + g, g), the number of features.</param>
 /// <param name="PredictedFlops">About 2 r (nq d' + nk d' + nq (dv + 1) + nk (dv + 1)) per head: feature maps and the two thin products.</param>
 /// <param name="PolynomialRelativeError">eps, the measured relative error of the polynomial on [-R, R].</param>
-/// <param name="OutputBound">2 eps / (1 - eps) max|V|: every output entry is within this of exact attention (exact arithmetic).</param>
-public sealed record PolynomialCertificate(double Range, int Degree, long Rank, double PredictedFlops, double PolynomialRelativeError, double OutputBound);
+/// <param name="OutputBound">2 eps / (1 - eps) max|V| + <paramref name="RoundingBound"/>: every output entry, as returned in float32, is within this of exact attention.</param>
+/// <param name="RoundingBound">The part of <paramref name="OutputBound"/> that covers floating point: the engine's double-precision sums (a rigorous worst case) and rounding the output to float32.</param>
+public sealed record PolynomialCertificate(double Range, int Degree, long Rank, double PredictedFlops, double PolynomialRelativeError, double OutputBound, double RoundingBound);
 
 /// <summary>
 /// Polynomial-method attention (Alman and Song, "Fast Attention Requires Bounded Entries"; ALGORITHMS.md
 /// §2): e^x is replaced by a polynomial P with relative error eps on [-R, R], P(s q.k) is factorised as
 /// U1(q) . U2(k) with r = C(d + g, g) monomial features, and
 /// <c>out = diag(U1 (U2^T 1))^-1 U1 (U2^T V)</c> costs O(n r dv) instead of O(n^2 d).
-/// This first version computes the features and products in double (exactness first; the
-/// GEMM-speed, blockwise path is still to come). Causal runs a prefix state over the keys.
+/// The features and both products run in double on the factorised engine (vectorised, GEMM-shaped,
+/// parallel, bitwise independent of the thread count); causal is blockwise: prefix states across key
+/// blocks, the diagonal block weighted directly.
 /// </summary>
 public static class PolynomialAttention
 {
@@ -67,7 +69,8 @@ public static class PolynomialAttention
         int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount;
         double s = options.Scale ?? (1.0 / Math.Sqrt(d));
         // R by Cauchy–Schwarz, O(n d): the exact max score would cost the O(n^2 d) this method avoids.
-        double range = Math.Max(Math.Abs(s) * InputAnalysis.MaxRowNorm(query, d) * InputAnalysis.MaxRowNorm(key, d), 1e-12);
+        // The norms are summed in double; the 1e-12 margin covers their rounding, so R stays a proven bound.
+        double range = Math.Max(Math.Abs(s) * InputAnalysis.MaxRowNorm(query, d) * InputAnalysis.MaxRowNorm(key, d) * (1 + 1e-12), 1e-12);
         double eps = options.RelativeError ?? 1e-3;
         ExpPolynomial polynomial = options.Degree is int g
             ? ExpPolynomial.OfDegree(range, g, options.Method)
@@ -78,25 +81,47 @@ public static class PolynomialAttention
                 $"Degree {polynomial.Degree} has relative error {polynomial.RelativeError:G3} >= 1 on [-{range:G4}, {range:G4}]: weights could turn negative.");
         }
 
-        var features = new MonomialFeatures(d, polynomial.Degree, options.MaxRank > 0 ? options.MaxRank : DefaultMaxRank);
-        int r = features.Count;
-
-        // Symmetric split of w_alpha = c_|alpha| (|alpha|!/alpha!) s^|alpha|: sqrt|w| on each side, the sign on the query side.
-        double[] queryWeight = new double[r], keyWeight = new double[r];
-        for (int a = 0; a < r; a++)
-        {
-            int t = features.TotalDegree[a];
-            double w = polynomial.Coefficients[t] * features.Multinomial[a] * Math.Pow(s, t);
-            double root = Math.Sqrt(Math.Abs(w));
-            keyWeight[a] = root;
-            queryWeight[a] = w < 0 ? -root : root;
-        }
-
-        double maxAbsValue = Run(query, key, value, shape, destination, features, queryWeight, keyWeight, options.Causal, options.MaxDegreeOfParallelism);
+        var monomials = new MonomialFeatures(d, polynomial.Degree, options.MaxRank > 0 ? options.MaxRank : DefaultMaxRank);
+        var map = new MonomialFeatureMap(monomials, polynomial.Coefficients, s);
+        int r = monomials.Count;
+        double maxAbsValue = Run(query, key, value, shape, destination, map, map.Weights(), options.Causal, options.MaxDegreeOfParallelism);
 
         double e = polynomial.RelativeError;
-        double flops = 2.0 * r * (((double)nq * shape.HeadCount * (dv + 2)) + ((double)nk * shape.EffectiveKeyValueHeads * (dv + 2))) * shape.BatchSize;
-        return new PolynomialCertificate(range, polynomial.Degree, r, flops, e, 2 * e / (1 - e) * maxAbsValue);
+        double rounding = RoundingBound(polynomial, range, e, FactorisedAttention.SummationDepth(nk, r, options.Causal) + (2L * polynomial.Degree) + d + 8) * maxAbsValue;
+        double flops = PredictedFlops(shape, r);
+        return new PolynomialCertificate(range, polynomial.Degree, r, flops, e, (2 * e / (1 - e) * maxAbsValue) + rounding, rounding);
+    }
+
+    /// <summary>
+    /// About 2 r (nq (dv + 1) + nk (dv + 1)) flops for the two products plus r nq + r nk for the features,
+    /// per head (keys once per kv head).
+    /// </summary>
+    /// <param name="shape">The dimensions.</param>
+    /// <param name="rank">r, the feature count.</param>
+    /// <returns>The predicted flop count.</returns>
+    public static double PredictedFlops(AttentionShape shape, long rank) =>
+        (double)rank * ((((double)shape.QueryCount * shape.HeadCount) + ((double)shape.KeyCount * shape.EffectiveKeyValueHeads)) * ((2.0 * (shape.ValueDim + 1)) + 1)) * shape.BatchSize;
+
+    /// <summary>
+    /// A rigorous bound on what floating point adds to the error, per unit of max|V|. Every weight
+    /// the engine forms is sum_a W_a f_a(q) f_a(k) by at most <paramref name="depth"/> rounded operations
+    /// in double, so its error is at most gamma_depth C with C = sum_t |c_t| R^t, while the exact weight
+    /// is at least (1 - eps) e^-R; numerator and normaliser together give
+    /// 2 gamma C e^R / ((1 - eps) - gamma C e^R), plus 2^-24 for rounding the output to float32.
+    /// </summary>
+    private static double RoundingBound(ExpPolynomial polynomial, double range, double eps, long depth)
+    {
+        const double Unit = 1.1102230246251565e-16;
+        double gamma = depth * Unit / (1 - (depth * Unit));
+        double magnitude = 0;
+        for (int t = polynomial.Coefficients.Count - 1; t >= 0; t--)
+        {
+            magnitude = (magnitude * range) + Math.Abs(polynomial.Coefficients[t]);
+        }
+
+        double relative = gamma * magnitude * Math.Exp(range);
+        double floatOutput = 5.960464477539063e-8;
+        return relative < (1 - eps) / 2 ? (2 * relative / ((1 - eps) - relative)) + floatOutput : double.PositiveInfinity;
     }
 
     /// <summary>
@@ -126,76 +151,27 @@ public static class PolynomialAttention
         }
 
         CheckInputs(query, key, value, shape, destination);
-        var features = new MonomialFeatures(shape.HeadDim, power, maxRank > 0 ? maxRank : DefaultMaxRank);
-        double[] weight = new double[features.Count];
-        for (int a = 0; a < features.Count; a++)
-        {
-            // Only the monomials of degree exactly p carry weight; p is even, so the weights are positive.
-            weight[a] = features.TotalDegree[a] == power ? Math.Sqrt(features.Multinomial[a] * Math.Pow(scale, power)) : 0;
-        }
-
-        Run(query, key, value, shape, destination, features, weight, weight, causal, 0);
-        return features.Count;
+        var monomials = new MonomialFeatures(shape.HeadDim, power, maxRank > 0 ? maxRank : DefaultMaxRank);
+        double[] polynomial = new double[power + 1];
+        polynomial[power] = 1; // (s q.k)^p: only the monomials of degree exactly p carry weight
+        var map = new MonomialFeatureMap(monomials, polynomial, scale);
+        Run(query, key, value, shape, destination, map, map.Weights(), causal, 0);
+        return monomials.Count;
     }
 
-    /// <summary>
-    /// out_i = (u1(q_i) M)[0..dv) / (u1(q_i) M)[dv] with M = sum over (visible) keys of u2(k_j) [v_j | 1]:
-    /// the factorised attention for any features u1 . u2 = weight. Returns max |V|.
-    /// </summary>
-    private static double Run(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination,
-        MonomialFeatures features, double[] queryWeight, double[] keyWeight, bool causal, int maxDegree)
+    /// <summary>Runs the factorised engine on spans; returns max |V|.</summary>
+    private static unsafe double Run(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination,
+        FeatureMap map, double[] weight, bool causal, int maxDegree)
     {
-        int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount, r = features.Count;
-        double maxAbsValue = 0;
-        int group = shape.HeadCount / shape.EffectiveKeyValueHeads;
-        double[] feature = new double[r];
-        double[] state = new double[r * (dv + 1)]; // M = U2^T [V | 1], stored transposed: [dv + 1][r]
-        double[] acc = new double[dv + 1];
-        for (int b = 0; b < shape.BatchSize; b++)
+        fixed (float* q = query, k = key, v = value, o = destination)
         {
-            for (int hk = 0; hk < shape.EffectiveKeyValueHeads; hk++)
+            FactorisedAttention.Run(new FactorisedAttention.Problem
             {
-                long kvHead = ((long)b * shape.EffectiveKeyValueHeads) + hk;
-                ReadOnlySpan<float> k = key.Slice((int)(kvHead * nk * d), nk * d);
-                ReadOnlySpan<float> v = value.Slice((int)(kvHead * nk * dv), nk * dv);
-                maxAbsValue = Math.Max(maxAbsValue, System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(v) is var m ? Math.Abs(m) : 0);
-
-                if (causal)
-                {
-                    // Causal: a running prefix state M_i = sum over visible keys j of u2_j [v_j | 1]; query i
-                    // sees keys j <= i + (nk - nq), so keys join the state in order as i advances.
-                    for (int h = hk * group; h < (hk + 1) * group; h++)
-                    {
-                        long head = ((long)b * shape.HeadCount) + h;
-                        Array.Clear(state);
-                        int joined = 0;
-                        for (int i = 0; i < nq; i++)
-                        {
-                            int visible = (int)Math.Clamp(i + 1L + nk - nq, 0, nk);
-                            for (; joined < visible; joined++)
-                            {
-                                AddKey(features, k.Slice(joined * d, d), v.Slice(joined * dv, dv), keyWeight, feature, state, dv);
-                            }
-
-                            Span<float> row = destination.Slice((int)(((head * nq) + i) * dv), dv);
-                            if (visible == 0)
-                            {
-                                row.Clear(); // no visible key: zeros, as the exact kernel
-                                continue;
-                            }
-
-                            QueryRow(features, query.Slice((int)(((head * nq) + i) * d), d), queryWeight, feature, state, acc, dv, row);
-                        }
-                    }
-
-                    continue;
-                }
-
-                RunNonCausal(query, k, v, shape, destination, features, queryWeight, keyWeight, state, b, hk, group, maxDegree);
-            }
+                Query = q, Key = k, Value = v, Output = o, Shape = shape, Map = map, Weight = weight, Causal = causal, MaxDegreeOfParallelism = maxDegree,
+            });
         }
 
-        return maxAbsValue;
+        return Math.Abs(TensorPrimitives.MaxMagnitude(value));
     }
 
     private static void CheckInputs(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination)
@@ -215,95 +191,5 @@ public static class PolynomialAttention
             {
                 throw new ArgumentException("Query, key and value must be finite for the polynomial method (its bound R would be infinite).", nameof(query));
             }
-    }
-
-    /// <summary>Keys per partial state in the non-causal pass: fixed, so the sum's order (and the bits) do not depend on the thread count.</summary>
-    private const int KeyChunk = 4096;
-
-    /// <summary>Query rows per parallel work item in the non-causal pass.</summary>
-    private const int QueryBlock = 512;
-
-    /// <summary>
-    /// Non-causal, one kv head: pass 1 sums u2(k_j) [v_j | 1] over fixed key chunks in parallel, then adds the
-    /// chunk states in order; pass 2 computes every query row of the group's heads in parallel.
-    /// </summary>
-    private static unsafe void RunNonCausal(ReadOnlySpan<float> query, ReadOnlySpan<float> k, ReadOnlySpan<float> v, AttentionShape shape, Span<float> destination,
-        MonomialFeatures features, double[] queryWeight, double[] keyWeight, double[] state, int b, int hk, int group, int maxDegree)
-    {
-        int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount, r = features.Count;
-        var options = new ParallelOptions { MaxDegreeOfParallelism = maxDegree > 0 ? maxDegree : -1 };
-        fixed (float* kp = k, vp = v, qp = query, op = destination)
-        {
-            nint keys = (nint)kp, values = (nint)vp, queries = (nint)qp, outputs = (nint)op;
-            int chunks = (nk + KeyChunk - 1) / KeyChunk;
-            double[][] partial = new double[chunks][];
-            Parallel.For(0, chunks, options, c =>
-            {
-                double[] part = new double[state.Length], feature = new double[r];
-                for (int j = c * KeyChunk; j < Math.Min(nk, (c + 1) * KeyChunk); j++)
-                {
-                    AddKey(features, new ReadOnlySpan<float>((float*)keys + ((long)j * d), d), new ReadOnlySpan<float>((float*)values + ((long)j * dv), dv),
-                        keyWeight, feature, part, dv);
-                }
-
-                partial[c] = part;
-            });
-
-            Array.Clear(state);
-            foreach (double[] part in partial)
-            {
-                TensorPrimitives.Add(state, part, state);
-            }
-
-            int blocks = (nq + QueryBlock - 1) / QueryBlock;
-            Parallel.For(0, group * blocks, options, item =>
-            {
-                long head = ((long)b * shape.HeadCount) + (hk * group) + (item / blocks);
-                int i0 = item % blocks * QueryBlock;
-                double[] feature = new double[r], acc = new double[dv + 1];
-                for (int i = i0; i < Math.Min(nq, i0 + QueryBlock); i++)
-                {
-                    long row = (head * nq) + i;
-                    QueryRow(features, new ReadOnlySpan<float>((float*)queries + (row * d), d), queryWeight, feature, state, acc, dv,
-                        new Span<float>((float*)outputs + (row * dv), dv));
-                }
-            });
-        }
-    }
-
-    /// <summary>
-    /// M += u2(k) [v | 1]. M is stored transposed, [dv + 1][r], so each update and each query's
-    /// product runs along the r features with vectors (TensorPrimitives, in double).
-    /// </summary>
-    private static void AddKey(MonomialFeatures features, ReadOnlySpan<float> k, ReadOnlySpan<float> v, double[] keyWeight, double[] feature, double[] state, int dv)
-    {
-        features.Evaluate(k, keyWeight, feature);
-        int r = features.Count;
-        ReadOnlySpan<double> u = feature.AsSpan(0, r);
-        for (int c = 0; c < dv; c++)
-        {
-            Span<double> column = state.AsSpan(c * r, r);
-            TensorPrimitives.MultiplyAdd(u, (double)v[c], column, column);
-        }
-
-        Span<double> normaliser = state.AsSpan(dv * r, r);
-        TensorPrimitives.Add(u, normaliser, normaliser);
-    }
-
-    /// <summary>out = (u1(q) M)[0..dv) / (u1(q) M)[dv].</summary>
-    private static void QueryRow(MonomialFeatures features, ReadOnlySpan<float> q, double[] queryWeight, double[] feature, double[] state, double[] acc, int dv, Span<float> output)
-    {
-        features.Evaluate(q, queryWeight, feature);
-        int r = features.Count;
-        for (int c = 0; c <= dv; c++)
-        {
-            acc[c] = TensorPrimitives.Dot<double>(feature.AsSpan(0, r), state.AsSpan(c * r, r));
-        }
-
-        // A zero normaliser only arises for even powers with every <q, k> = 0: zeros, as PowerAttention.
-        for (int c = 0; c < dv; c++)
-        {
-            output[c] = acc[dv] == 0 ? 0f : (float)(acc[c] / acc[dv]);
-        }
     }
 }

@@ -141,6 +141,9 @@ public class PolynomialAttentionTests
     [InlineData(40, 40)]
     [InlineData(30, 70)]
     [InlineData(70, 30)]
+    [InlineData(300, 300)] // several 128-key blocks: prefix states plus the diagonal block
+    [InlineData(200, 457)]
+    [InlineData(457, 200)]
     public void Causal_matches_the_masked_brute_force_polynomial_attention(int nq, int nk)
     {
         var shape = new AttentionShape(1, 4, nq, nk, 3, 2, KeyValueHeadCount: 2);
@@ -214,6 +217,32 @@ public class PolynomialAttentionTests
         var shape = AttentionShape.SingleHead(4, 2);
         float[] x = Uniform(8, 1, 1);
         Assert.Throws<ArgumentOutOfRangeException>(() => PolynomialAttention.ComputeEvenPower(x, x, x, shape, new float[8], power));
+    }
+
+    [Fact]
+    public void Causal_output_bits_do_not_depend_on_thread_count()
+    {
+        var shape = new AttentionShape(1, 2, 1000, 1300, 4, 3, KeyValueHeadCount: 1);
+        float[] q = Uniform(shape.QueryLength, 51, 1), k = Uniform(shape.KeyLength, 52, 1), v = Uniform(shape.ValueLength, 53, 1);
+        var one = new float[shape.OutputLength];
+        var two = new float[shape.OutputLength];
+        PolynomialAttention.Compute(q, k, v, shape, one, new PolynomialAttentionOptions { Scale = 0.3f, Causal = true, MaxDegreeOfParallelism = 1 });
+        PolynomialCertificate certificate = PolynomialAttention.Compute(q, k, v, shape, two, new PolynomialAttentionOptions { Scale = 0.3f, Causal = true, MaxDegreeOfParallelism = 2 });
+        Assert.Equal(one, two);
+        double[] exact = Reference.Attention(q, k, v, shape, new Reference.Options(Scale: 0.3, Causal: true));
+        Assert.True(Tolerance.MaxAbsError(one, exact) <= certificate.OutputBound);
+    }
+
+    [Fact]
+    public void Certificate_rounding_term_is_the_float32_output_rounding_plus_a_small_double_term()
+    {
+        var shape = AttentionShape.SingleHead(64, 2);
+        float[] x = Uniform(shape.QueryLength, 61, 1);
+        var output = new float[shape.OutputLength];
+        PolynomialCertificate small = PolynomialAttention.Compute(x, x, x, shape, output, new PolynomialAttentionOptions { Scale = 0.5f, RelativeError = 1e-6 });
+        double maxV = x.Max(Math.Abs);
+        Assert.InRange(small.RoundingBound, 5.96e-8 * maxV, 1e-6 * maxV); // float32 output rounding dominates
+        Assert.Equal((2 * small.PolynomialRelativeError / (1 - small.PolynomialRelativeError) * maxV) + small.RoundingBound, small.OutputBound, 1e-12);
     }
 
     [Fact]

@@ -62,6 +62,12 @@ internal sealed class MonomialFeatures
 
     public int Degree { get; }
 
+    /// <summary>For each monomial, the index of its parent (one degree lower); -1 for the constant.</summary>
+    public ReadOnlySpan<int> Parent => _parent;
+
+    /// <summary>For each monomial, the coordinate its parent is multiplied by; -1 for the constant.</summary>
+    public ReadOnlySpan<int> Coordinate => _coordinate;
+
     /// <summary>r, the number of monomials.</summary>
     public int Count { get; }
 

@@ -1,0 +1,286 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace FastAttention.Polynomial;
+
+/// <summary>
+/// A factorisation of attention weights, <c>w(q, k) = sum_a W_a f_a(q) f_a(k)</c>, as the factorised
+/// engine (<see cref="FactorisedAttention"/>) consumes it: features are produced for a block of
+/// <see cref="FactorisedAttention.Block"/> rows at once, feature-major (<c>features[a * Block + j]</c>),
+/// so every feature is one vector operation across the block's rows. The weights W live with the
+/// engine's caller; <see cref="PairWeight"/> is the same w evaluated directly for one pair (the
+/// causal path's diagonal blocks use it).
+/// </summary>
+internal abstract unsafe class FeatureMap(int dimension, int count, int embeddingSize, int[] degree)
+{
+    /// <summary>d, the length of an input row.</summary>
+    public int Dimension { get; } = dimension;
+
+    /// <summary>r, the number of features.</summary>
+    public int Count { get; } = count;
+
+    /// <summary>r rounded up to the engine's feature tile (4); the padding features are zero.</summary>
+    public int PaddedCount => (Count + 3) / 4 * 4;
+
+    /// <summary>Doubles per row of <see cref="Embed"/>'s output.</summary>
+    public int EmbeddingSize { get; } = embeddingSize;
+
+    /// <summary>The total degree of each feature in its input (features of input x times c are c^degree times those of x).</summary>
+    public int[] Degree { get; } = degree;
+
+    /// <summary>Doubles of scratch <see cref="Evaluate"/> needs.</summary>
+    public abstract long ScratchDoubles { get; }
+
+    /// <summary>
+    /// Features of rows <c>0 .. count</c> of <paramref name="rows"/> (row stride d), each input scaled by
+    /// <paramref name="inputScale"/>, into <c>features[a * Block + j]</c> for <c>a &lt; Count</c>; rows past
+    /// <paramref name="count"/> are evaluated at zero input.
+    /// </summary>
+    public abstract void Evaluate(float* rows, int count, double inputScale, double* features, double* scratch);
+
+    /// <summary>A per-row summary from which <see cref="PairWeight"/> is cheap (the row itself, or its sketch).</summary>
+    public abstract void Embed(float* row, double* embedding);
+
+    /// <summary>w(q, k) from two embeddings, equal in exact arithmetic to the weighted feature product.</summary>
+    public abstract double PairWeight(double* query, double* key);
+
+    /// <summary>The block's rows transposed to <c>[d][Block]</c> doubles times <paramref name="scale"/>; zero past <paramref name="count"/>.</summary>
+    protected static void Transpose(float* rows, int count, int d, double scale, double* transposed)
+    {
+        const int Block = FactorisedAttention.Block;
+        for (int l = 0; l < d; l++)
+        {
+            double* line = transposed + ((long)l * Block);
+            for (int j = 0; j < count; j++)
+            {
+                line[j] = rows[((long)j * d) + l] * scale;
+            }
+
+            new Span<double>(line + count, Block - count).Clear();
+        }
+    }
+
+    /// <summary>target[0 .. Block) = a[..] * b[..], eight doubles a vector.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    protected static void MultiplyRows(double* a, double* b, double* target)
+    {
+        for (int j = 0; j < FactorisedAttention.Block; j += 8)
+        {
+            Vector512.Store(Vector512.Load(a + j) * Vector512.Load(b + j), target + j);
+        }
+    }
+}
+
+/// <summary>
+/// The monomial features of ALGORITHMS.md §2 for a polynomial <c>P(s q.k) = sum_t c_t (s q.k)^t</c>:
+/// <c>f_alpha(x) = x^alpha</c>, each the product of its parent and one coordinate (one vector multiply
+/// per feature per 8 rows). The weight of alpha is <c>c_|alpha| (|alpha|!/alpha!) s^|alpha|</c> (see
+/// <see cref="Weights"/>); an even power <c>(s q.k)^p</c> is the polynomial <c>x^p</c>.
+/// </summary>
+internal sealed unsafe class MonomialFeatureMap : FeatureMap
+{
+    private readonly int[] _parent;
+    private readonly int[] _coordinate;
+    private readonly double[] _polynomial;
+    private readonly double _scale;
+
+    /// <summary>Features of all monomials of degree at most the polynomial's.</summary>
+    /// <param name="monomials">The monomials (degree = the polynomial's).</param>
+    /// <param name="polynomial">c_0 .. c_g, monomial in x = s q.k.</param>
+    /// <param name="scale">s.</param>
+    public MonomialFeatureMap(MonomialFeatures monomials, IReadOnlyList<double> polynomial, double scale)
+        : base(monomials.Dimension, monomials.Count, monomials.Dimension, monomials.TotalDegree)
+    {
+        Monomials = monomials;
+        _parent = monomials.Parent.ToArray();
+        _coordinate = monomials.Coordinate.ToArray();
+        _polynomial = [.. polynomial];
+        _scale = scale;
+    }
+
+    public MonomialFeatures Monomials { get; }
+
+    public override long ScratchDoubles => (long)Dimension * FactorisedAttention.Block;
+
+    /// <summary>W_alpha = c_|alpha| (|alpha|!/alpha!) s^|alpha|.</summary>
+    public double[] Weights()
+    {
+        double[] w = new double[Count];
+        for (int a = 0; a < Count; a++)
+        {
+            int t = Monomials.TotalDegree[a];
+            w[a] = _polynomial[t] * Monomials.Multinomial[a] * Math.Pow(_scale, t);
+        }
+
+        return w;
+    }
+
+    public override void Evaluate(float* rows, int count, double inputScale, double* features, double* scratch)
+    {
+        const int Block = FactorisedAttention.Block;
+        Transpose(rows, count, Dimension, inputScale, scratch);
+        new Span<double>(features, Block).Fill(1);
+        for (int a = 1; a < Count; a++)
+        {
+            MultiplyRows(features + ((long)_parent[a] * Block), scratch + ((long)_coordinate[a] * Block), features + ((long)a * Block));
+        }
+    }
+
+    public override void Embed(float* row, double* embedding)
+    {
+        for (int l = 0; l < Dimension; l++)
+        {
+            embedding[l] = row[l];
+        }
+    }
+
+    public override double PairWeight(double* query, double* key)
+    {
+        double dot = 0;
+        for (int l = 0; l < Dimension; l++)
+        {
+            dot += query[l] * key[l];
+        }
+
+        double x = _scale * dot, sum = 0;
+        for (int t = _polynomial.Length - 1; t >= 0; t--)
+        {
+            sum = (sum * x) + _polynomial[t];
+        }
+
+        return sum;
+    }
+}
+
+/// <summary>
+/// PolySketchFormer's non-negative sketch of degree-4 polynomial attention (ALGORITHMS.md §2, "reality
+/// check"): <c>phi(x) = (x S1) o (x S2) / sqrt(m)</c> with Gaussian <c>S1, S2</c> (d x m, seeded) is an
+/// unbiased sketch of degree 2, <c>E[phi(q).phi(k)] = (q.k)^2</c>; its square
+/// <c>(phi(q).phi(k))^2 = sum_{a &lt;= b} (2 - [a = b]) phi_a phi_b (q) phi_a phi_b (k)</c> is never
+/// negative and approximates <c>(q.k)^4</c>, with <c>m (m + 1) / 2</c> features.
+/// </summary>
+internal sealed unsafe class SketchFeatureMap : FeatureMap
+{
+    private readonly double[] _s1;
+    private readonly double[] _s2;
+    private readonly int _m;
+    private readonly double _scale;
+
+    public SketchFeatureMap(int dimension, int sketchSize, long seed, double scale)
+        : base(dimension, sketchSize * (sketchSize + 1) / 2, sketchSize, Enumerable.Repeat(4, sketchSize * (sketchSize + 1) / 2).ToArray())
+    {
+        _m = sketchSize;
+        _scale = scale;
+        var random = new Random(unchecked((int)(seed ^ (seed >> 32))));
+        _s1 = Gaussians(random, dimension * sketchSize);
+        _s2 = Gaussians(random, dimension * sketchSize);
+    }
+
+    public override long ScratchDoubles => ((long)Dimension + (2L * _m)) * FactorisedAttention.Block;
+
+    /// <summary>Feature weights for <c>(s^4) (phi(q).phi(k))^2</c>: 1 on the diagonal pairs, 2 off it, times s^4 / m^2.</summary>
+    public double[] Weights()
+    {
+        double factor = Math.Pow(_scale, 4) / ((double)_m * _m);
+        double[] w = new double[Count];
+        int index = 0;
+        for (int a = 0; a < _m; a++)
+        {
+            for (int b = a; b < _m; b++)
+            {
+                w[index++] = (a == b ? 1 : 2) * factor;
+            }
+        }
+
+        return w;
+    }
+
+    public override void Evaluate(float* rows, int count, double inputScale, double* features, double* scratch)
+    {
+        const int Block = FactorisedAttention.Block;
+        double* x = scratch;
+        double* u1 = x + ((long)Dimension * Block);
+        double* u2 = u1 + ((long)_m * Block);
+        Transpose(rows, count, Dimension, inputScale, x);
+        Project(x, _s1, u1);
+        Project(x, _s2, u2);
+        for (int a = 0; a < _m; a++)
+        {
+            MultiplyRows(u1 + ((long)a * Block), u2 + ((long)a * Block), u1 + ((long)a * Block)); // phi_a (unnormalised)
+        }
+
+        int index = 0;
+        for (int a = 0; a < _m; a++)
+        {
+            for (int b = a; b < _m; b++)
+            {
+                MultiplyRows(u1 + ((long)a * Block), u1 + ((long)b * Block), features + ((long)index++ * Block));
+            }
+        }
+    }
+
+    public override void Embed(float* row, double* embedding)
+    {
+        for (int a = 0; a < _m; a++)
+        {
+            double p1 = 0, p2 = 0;
+            for (int l = 0; l < Dimension; l++)
+            {
+                p1 += row[l] * _s1[(l * _m) + a];
+                p2 += row[l] * _s2[(l * _m) + a];
+            }
+
+            embedding[a] = p1 * p2;
+        }
+    }
+
+    public override double PairWeight(double* query, double* key)
+    {
+        double dot = 0;
+        for (int a = 0; a < _m; a++)
+        {
+            dot += query[a] * key[a];
+        }
+
+        double s2 = _scale * _scale;
+        return dot * dot * s2 * s2 / ((double)_m * _m);
+    }
+
+    /// <summary>u[a][j] = sum_l x[l][j] S[l][a].</summary>
+    private void Project(double* x, double[] s, double* u)
+    {
+        const int Block = FactorisedAttention.Block;
+        for (int a = 0; a < _m; a++)
+        {
+            double* target = u + ((long)a * Block);
+            for (int j = 0; j < Block; j += 8)
+            {
+                Vector512<double> acc = Vector512<double>.Zero;
+                for (int l = 0; l < Dimension; l++)
+                {
+                    acc = Vector512.FusedMultiplyAdd(Vector512.Load(x + ((long)l * Block) + j), Vector512.Create(s[(l * _m) + a]), acc);
+                }
+
+                Vector512.Store(acc, target + j);
+            }
+        }
+    }
+
+    private static double[] Gaussians(Random random, int count)
+    {
+        // Box–Muller on the seeded generator: the same matrices for the same seed on every machine.
+        double[] g = new double[count];
+        for (int i = 0; i < count; i += 2)
+        {
+            double u1 = 1.0 - random.NextDouble(), u2 = random.NextDouble();
+            double radius = Math.Sqrt(-2 * Math.Log(u1));
+            g[i] = radius * Math.Cos(2 * Math.PI * u2);
+            if (i + 1 < count)
+            {
+                g[i + 1] = radius * Math.Sin(2 * Math.PI * u2);
+            }
+        }
+
+        return g;
+    }
+}
