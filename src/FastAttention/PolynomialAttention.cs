@@ -84,7 +84,7 @@ public static class PolynomialAttention
         var monomials = new MonomialFeatures(d, polynomial.Degree, options.MaxRank > 0 ? options.MaxRank : DefaultMaxRank);
         var map = new MonomialFeatureMap(monomials, polynomial.Coefficients, s);
         int r = monomials.Count;
-        double maxAbsValue = Run(query, key, value, shape, destination, map, map.Weights(), options.Causal, options.MaxDegreeOfParallelism);
+        double maxAbsValue = RunFactorised(query, key, value, shape, destination, map, map.Weights(), options.Causal, options.MaxDegreeOfParallelism);
 
         double e = polynomial.RelativeError;
         double rounding = RoundingBound(polynomial, range, e, FactorisedAttention.SummationDepth(nk, r, options.Causal) + (2L * polynomial.Degree) + d + 8) * maxAbsValue;
@@ -155,12 +155,12 @@ public static class PolynomialAttention
         double[] polynomial = new double[power + 1];
         polynomial[power] = 1; // (s q.k)^p: only the monomials of degree exactly p carry weight
         var map = new MonomialFeatureMap(monomials, polynomial, scale);
-        Run(query, key, value, shape, destination, map, map.Weights(), causal, 0);
+        RunFactorised(query, key, value, shape, destination, map, map.Weights(), causal, 0);
         return monomials.Count;
     }
 
     /// <summary>Runs the factorised engine on spans; returns max |V|.</summary>
-    private static unsafe double Run(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination,
+    internal static unsafe double RunFactorised(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination,
         FeatureMap map, double[] weight, bool causal, int maxDegree)
     {
         fixed (float* q = query, k = key, v = value, o = destination)
@@ -174,7 +174,7 @@ public static class PolynomialAttention
         return Math.Abs(TensorPrimitives.MaxMagnitude(value));
     }
 
-    private static void CheckInputs(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination)
+    internal static void CheckInputs(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination)
     {
             if (shape.BatchSize < 1 || shape.HeadCount < 1 || shape.QueryCount < 1 || shape.KeyCount < 1 || shape.HeadDim < 1 || shape.ValueDim < 1
                 || shape.HeadCount % shape.EffectiveKeyValueHeads != 0)

@@ -44,6 +44,19 @@ internal abstract unsafe class FeatureMap(int dimension, int count, int embeddin
     /// <summary>w(q, k) from two embeddings, equal in exact arithmetic to the weighted feature product.</summary>
     public abstract double PairWeight(double* query, double* key);
 
+    /// <summary>w(q, k) for one pair of rows (slow; for tests and checks).</summary>
+    public double Weight(ReadOnlySpan<float> query, ReadOnlySpan<float> key)
+    {
+        double[] eq = new double[EmbeddingSize], ek = new double[EmbeddingSize];
+        fixed (float* q = query, k = key)
+        fixed (double* pq = eq, pk = ek)
+        {
+            Embed(q, pq);
+            Embed(k, pk);
+            return PairWeight(pq, pk);
+        }
+    }
+
     /// <summary>The block's rows transposed to <c>[d][Block]</c> doubles times <paramref name="scale"/>; zero past <paramref name="count"/>.</summary>
     protected static void Transpose(float* rows, int count, int d, double scale, double* transposed)
     {
