@@ -7,7 +7,7 @@ namespace FastAttention.Cli;
 /// <summary><c>fastattn attend</c>: attention over Q, K, V files, written to an output file.</summary>
 internal static class AttendCommand
 {
-    public static readonly string[] Methods = ["exact", "poly"];
+    public static readonly string[] Methods = ["exact", "poly", "sketch", "auto"];
 
     public static Command Command { get; } = new(
         "attend",
@@ -17,9 +17,11 @@ internal static class AttendCommand
             new("k", "K.npy", "keys, same rank; fewer heads for grouped-query attention (required)"),
             new("v", "V.npy", "values, K's shape with any last dimension (required)"),
             new("out", "O.npy", "output file (.npy, or .npz/.safetensors holding tensor 'out') (required)"),
-            new("method", "M", "exact (default), or poly: the polynomial method (Alman-Song) with a certificate"),
-            new("eps", "E", "poly: target relative error of the polynomial for e^x (default 1e-3)"),
+            new("method", "M", "exact (default); poly: the polynomial method (Alman-Song) with a certificate; auto: the planner picks exact or poly by predicted time; sketch: sketched degree-4 attention (PolySketchFormer, statistical error)"),
+            new("eps", "E", "poly/auto: target relative error of the polynomial for e^x (default 1e-3)"),
             new("degree", "G", "poly: force the polynomial degree"),
+            new("sketch", "M", "sketch: sketch size m (default 32; m(m+1)/2 features)"),
+            new("seed", "S", "sketch: seed of the Gaussian sketch (default 0)"),
             new("scale", "S", "score scale s (default 1/sqrt(d); the papers use 1/d)"),
             new("causal", null, "causal mask, bottom-right aligned when nq != nk"),
             new("threads", "T", "worker threads (default: all cores); output bits do not depend on it"),
@@ -59,22 +61,44 @@ internal static class AttendCommand
             AllowNonFinite = o.Flag("allow-nonfinite"),
         };
 
+        double eps = o.Double("eps", positive: true) ?? 1e-3;
+        AttentionPlan? plan = null;
+        if (method == "auto")
+        {
+            double range = PolynomialAttention.RangeBound(q.Data, k.Data, shape.HeadDim, scale ?? (1 / Math.Sqrt(shape.HeadDim)));
+            plan = AttentionPlanner.Plan(new PlanRequest(shape, range, eps, options.Causal), AttentionPlanner.Calibrate(threads));
+            method = Cli.MethodName(plan.Method);
+        }
+
         PolynomialCertificate? certificate = null;
+        SketchReport? sketch = null;
         AttentionRun run;
-        double seconds;
+        var timer = Stopwatch.StartNew();
         if (method == "poly")
         {
             var polynomialOptions = new PolynomialAttentionOptions
             {
                 Scale = scale,
-                RelativeError = o.Get("eps") is null ? null : (double?)o.Float("eps", positive: true),
+                RelativeError = eps,
                 Degree = o.Int("degree", 0, FastAttention.Polynomial.ExpPolynomial.MaxDegree),
                 Causal = options.Causal,
+                MaxDegreeOfParallelism = threads,
             };
-            var timer = Stopwatch.StartNew();
             certificate = PolynomialAttention.Compute(q.Data, k.Data, v.Data, shape, output, polynomialOptions);
-            seconds = timer.Elapsed.TotalSeconds;
             run = new AttentionRun("polynomial-double", certificate.PredictedFlops);
+        }
+        else if (method == "sketch")
+        {
+            var sketchOptions = new SketchedAttentionOptions
+            {
+                Scale = scale,
+                SketchSize = o.Int("sketch", 1, SketchedAttention.MaxSketchSize) ?? 0,
+                Seed = o.Int("seed", 0, int.MaxValue) ?? 0,
+                Causal = options.Causal,
+                MaxDegreeOfParallelism = threads,
+            };
+            sketch = SketchedAttention.Compute(q.Data, k.Data, v.Data, shape, output, sketchOptions);
+            run = new AttentionRun("sketch-double", sketch.PredictedFlops);
         }
         else
         {
@@ -82,12 +106,11 @@ internal static class AttendCommand
             // and not the JIT compiling it (the CLI compiles loop methods fully optimised at once).
             ExactAttention.Compute(new float[shape.HeadDim], new float[shape.HeadDim], new float[shape.ValueDim],
                 new AttentionShape(1, 1, 1, 1, shape.HeadDim, shape.ValueDim), new float[shape.ValueDim], options with { Causal = false, AllowNonFinite = true });
-
-            var watch = Stopwatch.StartNew();
+            timer.Restart();
             run = ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, options);
-            seconds = watch.Elapsed.TotalSeconds;
         }
 
+        double seconds = timer.Elapsed.TotalSeconds;
         int[] outShape = AttentionInputs.OutputShape(q, shape);
         TensorFiles.Save(outPath, force, new TensorData<float>(output, outShape));
         double gflops = run.Flops / Math.Max(seconds, 1e-9) / 1e9;
@@ -112,16 +135,42 @@ internal static class AttendCommand
                 {
                     Json.WriteCertificate(w, certificate);
                 }
+
+                if (sketch is not null)
+                {
+                    w.WriteStartObject("sketch");
+                    w.WriteNumber("sketchSize", sketch.SketchSize);
+                    w.WriteNumber("rank", sketch.Rank);
+                    w.WriteNumber("seed", sketch.Seed);
+                    w.WriteString("attention", "degree-4 polynomial (s q.k)^4, sketched; statistical error, no certificate");
+                    w.WriteEndObject();
+                }
+
+                if (plan is not null)
+                {
+                    Json.WritePlan(w, plan);
+                }
             });
         }
         else
         {
+            if (plan is not null)
+            {
+                stdout.WriteLine("plan: " + plan.Explanation);
+            }
+
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{method} attention {TensorData.FormatShape(outShape)} -> {outPath}: {seconds * 1e3:F3} ms, {gflops:F1} GFLOP/s (kernel {run.Kernel})"));
             if (certificate is not null)
             {
                 stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"certificate: |s q.k| <= R = {certificate.Range:G4}; degree {certificate.Degree}, {certificate.Rank} features; polynomial relative error {certificate.PolynomialRelativeError:G3}; every output within {certificate.OutputBound:G3} of exact attention"));
+            }
+
+            if (sketch is not null)
+            {
+                stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"sketch: degree-4 polynomial attention (s q.k)^4 approximated with m = {sketch.SketchSize} ({sketch.Rank} features, seed {sketch.Seed}); the error is statistical, no certificate"));
             }
         }
 

@@ -86,6 +86,14 @@ internal static class Cli
         }
     }
 
+    /// <summary>The CLI's name of a method: exact, poly or sketch.</summary>
+    public static string MethodName(AttentionMethod method) => method switch
+    {
+        AttentionMethod.Polynomial => "poly",
+        AttentionMethod.Sketch => "sketch",
+        _ => "exact",
+    };
+
     public static string Usage()
     {
         var text = new StringBuilder();

@@ -93,7 +93,10 @@ internal sealed class ParsedOptions
     public string Required(string command, string name) =>
         Get(name) ?? throw new UsageException($"{command}: --{name} is required (see 'fastattn {command} --help')");
 
-    public float? Float(string name, bool positive = false)
+    public float? Float(string name, bool positive = false) => Double(name, positive) is double value ? (float)value : null;
+
+    /// <summary>The option as a double, parsed at full precision (a target error of 1e-6 stays 1e-6).</summary>
+    public double? Double(string name, bool positive = false)
     {
         string? text = Get(name);
         if (text is null)
@@ -101,7 +104,7 @@ internal sealed class ParsedOptions
             return null;
         }
 
-        if (!float.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out float value) || !float.IsFinite(value) || (positive && value <= 0))
+        if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double value) || !float.IsFinite((float)value) || (positive && (float)value <= 0))
         {
             throw new UsageException($"--{name} must be a finite {(positive ? "positive " : string.Empty)}number, got '{text}'");
         }

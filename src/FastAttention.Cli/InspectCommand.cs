@@ -13,6 +13,10 @@ internal static class InspectCommand
             new("k", "K.npy", "keys, same rank (required)"),
             new("scale", "S", "score scale s (default 1/sqrt(d))"),
             new("eps", "E", "target relative error for the polynomial-method estimate (default 1e-3)"),
+            new("causal", null, "plan for causal attention"),
+            new("dv", "DV", "value dimension to plan for (default d)"),
+            new("threads", "T", "plan for this many threads (default: all cores)"),
+            new("no-plan", null, "skip the plan (it measures this machine's kernels once, about 0.1 s)"),
             new("json", null, "print one JSON object"),
         ],
         Run);
@@ -26,8 +30,17 @@ internal static class InspectCommand
         // K doubles as V here: only Q and K matter.
         AttentionShape shape = AttentionInputs.Shape(q, k, k);
         InputBounds bounds = InputAnalysis.Analyze(q.Data, k.Data, shape, scale);
-        double eps = o.Float("eps", positive: true) is null ? 1e-3 : double.Parse(o.Get("eps")!, CultureInfo.InvariantCulture);
+        double eps = o.Double("eps", positive: true) ?? 1e-3;
         PolynomialEstimate poly = EstimatePolynomial(bounds.ScoreNormBound, shape.HeadDim, eps);
+        AttentionPlan? plan = null;
+        if (!o.Flag("no-plan"))
+        {
+            int dv = o.Int("dv", 1, 1 << 20) ?? shape.HeadDim;
+            int threads = o.Int("threads", 1, 1024) ?? 0;
+            AttentionShape planShape = shape with { ValueDim = dv };
+            plan = AttentionPlanner.Plan(new PlanRequest(planShape, bounds.ScoreNormBound, eps, o.Flag("causal")), AttentionPlanner.Calibrate(threads));
+        }
+
         string regime = bounds.Regime == EntryRegime.Bounded
             ? "bounded: B <= sqrt(ln n), the polynomial method of Alman-Song applies"
             : "large: B > sqrt(ln n), beyond the bounded-entry threshold; use exact attention";
@@ -76,6 +89,10 @@ internal static class InspectCommand
                 w.WriteBoolean("feasible", poly.Feasible);
                 w.WriteString("note", poly.Note);
                 w.WriteEndObject();
+                if (plan is not null)
+                {
+                    Json.WritePlan(w, plan);
+                }
             });
             return ExitCode.Ok;
         }
@@ -88,6 +105,15 @@ internal static class InspectCommand
         stdout.WriteLine(string.Create(inv, $"threshold sqrt(ln n) = {bounds.Threshold:G4};  B / sqrt(ln n) = {bounds.EntryBound / bounds.Threshold:G4}"));
         stdout.WriteLine("regime: " + regime);
         stdout.WriteLine("polynomial method at eps " + eps.ToString("G3", inv) + ": " + poly.Note);
+        if (plan is not null)
+        {
+            stdout.WriteLine("plan: " + plan.Explanation);
+            foreach (PlanCandidate candidate in plan.Candidates)
+            {
+                stdout.WriteLine("  " + candidate.Reason);
+            }
+        }
+
         return ExitCode.Ok;
     }
 

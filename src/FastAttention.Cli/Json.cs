@@ -39,6 +39,36 @@ internal static class Json
         writer.WriteNumber("range", certificate.Range);
         writer.WriteNumber("polynomialRelativeError", certificate.PolynomialRelativeError);
         writer.WriteNumber("outputBound", certificate.OutputBound);
+        writer.WriteNumber("roundingBound", certificate.RoundingBound);
+        writer.WriteEndObject();
+    }
+
+    /// <summary>The planner's choice as the object <c>plan</c>.</summary>
+    public static void WritePlan(Utf8JsonWriter writer, AttentionPlan plan)
+    {
+        writer.WriteStartObject("plan");
+        writer.WriteString("method", Cli.MethodName(plan.Method));
+        writer.WriteString("explanation", plan.Explanation);
+        writer.WriteStartArray("candidates");
+        foreach (PlanCandidate candidate in plan.Candidates)
+        {
+            writer.WriteStartObject();
+            writer.WriteString("method", Cli.MethodName(candidate.Method));
+            writer.WriteBoolean("feasible", candidate.Feasible);
+            if (double.IsFinite(candidate.PredictedSeconds))
+            {
+                writer.WriteNumber("predictedSeconds", candidate.PredictedSeconds);
+            }
+            else
+            {
+                writer.WriteNull("predictedSeconds");
+            }
+
+            writer.WriteString("reason", candidate.Reason);
+            writer.WriteEndObject();
+        }
+
+        writer.WriteEndArray();
         writer.WriteEndObject();
     }
 }

@@ -41,7 +41,7 @@ public sealed record InputBounds(
 public static class InputAnalysis
 {
     /// <summary>The largest <c>nq nk d</c> (summed over heads) for which the exact max score is computed.</summary>
-    public const double ExactScoreBudget = 4e10;
+    public const double ExactScoreBudget = 4e9;
 
     /// <summary>Measures entry bounds, norms and the max scaled score of Q and K.</summary>
     /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>.</param>

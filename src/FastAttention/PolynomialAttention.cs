@@ -68,9 +68,7 @@ public static class PolynomialAttention
 
         int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount;
         double s = options.Scale ?? (1.0 / Math.Sqrt(d));
-        // R by Cauchy–Schwarz, O(n d): the exact max score would cost the O(n^2 d) this method avoids.
-        // The norms are summed in double; the 1e-12 margin covers their rounding, so R stays a proven bound.
-        double range = Math.Max(Math.Abs(s) * InputAnalysis.MaxRowNorm(query, d) * InputAnalysis.MaxRowNorm(key, d) * (1 + 1e-12), 1e-12);
+        double range = RangeBound(query, key, d, s);
         double eps = options.RelativeError ?? 1e-3;
         ExpPolynomial polynomial = options.Degree is int g
             ? ExpPolynomial.OfDegree(range, g, options.Method)
@@ -91,6 +89,19 @@ public static class PolynomialAttention
         double flops = PredictedFlops(shape, r);
         return new PolynomialCertificate(range, polynomial.Degree, r, flops, e, (2 * e / (1 - e) * maxAbsValue) + rounding, rounding);
     }
+
+    /// <summary>
+    /// R = |s| max||q|| max||k|| (times 1 + 1e-12, covering the rounding of the norms, which are summed in
+    /// double), a proven bound on every |s q_i.k_j| by Cauchy–Schwarz, in O(n d): the exact maximum would
+    /// cost the O(n^2 d) the method avoids. At least 1e-12.
+    /// </summary>
+    /// <param name="query">Query rows.</param>
+    /// <param name="key">Key rows.</param>
+    /// <param name="headDim">d, the row length.</param>
+    /// <param name="scale">s.</param>
+    /// <returns>R.</returns>
+    public static double RangeBound(ReadOnlySpan<float> query, ReadOnlySpan<float> key, int headDim, double scale) =>
+        Math.Max(Math.Abs(scale) * InputAnalysis.MaxRowNorm(query, headDim) * InputAnalysis.MaxRowNorm(key, headDim) * (1 + 1e-12), 1e-12);
 
     /// <summary>
     /// About 2 r (nq (dv + 1) + nk (dv + 1)) flops for the two products plus r nq + r nk for the features,

@@ -280,7 +280,12 @@ public class CliTests
         using JsonDocument json = JsonDocument.Parse(stdout);
         Assert.True(json.RootElement.GetProperty("gflopsAreEffective").GetBoolean());
         Assert.True(json.RootElement.GetProperty("certificate").GetProperty("rank").GetInt64() > 1);
-        Assert.Equal(2, Run("bench", "--method", "sketch", "--n", "10").Code);
+        Assert.Equal(2, Run("bench", "--method", "lev", "--n", "10").Code);
+
+        (code, stdout, stderr) = Run("bench", "--method", "sketch", "--n", "300", "--d", "16", "--sketch", "8", "--repeat", "2", "--json");
+        Assert.True(code == 0, stderr);
+        using JsonDocument sketch = JsonDocument.Parse(stdout);
+        Assert.Equal("sketch-double", sketch.RootElement.GetProperty("kernel").GetString());
     }
 
     [Fact]
@@ -320,5 +325,54 @@ public class CliTests
 
         Assert.Equal(0, Run([.. new[] { "attend" }, .. inputs, "--out", Path.Combine(dir, "c.npy"), "--method", "poly", "--causal"]).Code);
         Assert.Equal(2, Run([.. new[] { "attend" }, .. inputs, "--out", Path.Combine(dir, "d.npy"), "--method", "poly", "--eps", "-1"]).Code);
+    }
+
+    [Fact]
+    public void Attend_auto_plans_and_sketch_runs_with_its_report()
+    {
+        string dir = Data.TempDir();
+        var random = new Random(19);
+        float[] Small(int count) => [.. Enumerable.Range(0, count).Select(_ => ((random.NextSingle() * 2) - 1) * 0.5f)];
+        foreach (string name in new[] { "q", "k", "v" })
+        {
+            NumpyFile.Write(Path.Combine(dir, name + ".npy"), new TensorData<float>(Small(2000 * 4), 2000, 4));
+        }
+
+        string[] inputs = ["attend", "--q", Path.Combine(dir, "q.npy"), "--k", Path.Combine(dir, "k.npy"), "--v", Path.Combine(dir, "v.npy"), "--scale", "0.25"];
+        (int code, string stdout, string stderr) = Run([.. inputs, "--out", Path.Combine(dir, "auto.npy"), "--method", "auto", "--json"]);
+        Assert.True(code == 0, stderr);
+        using (JsonDocument json = JsonDocument.Parse(stdout))
+        {
+            JsonElement plan = json.RootElement.GetProperty("plan");
+            string chosen = plan.GetProperty("method").GetString()!;
+            Assert.Equal(chosen, json.RootElement.GetProperty("method").GetString());
+            Assert.Equal(3, plan.GetProperty("candidates").GetArrayLength());
+            Assert.Equal(chosen == "poly", json.RootElement.TryGetProperty("certificate", out _));
+        }
+
+        (code, stdout, stderr) = Run([.. inputs, "--out", Path.Combine(dir, "sketch.npy"), "--method", "sketch", "--sketch", "16", "--seed", "3", "--json"]);
+        Assert.True(code == 0, stderr);
+        using (JsonDocument json = JsonDocument.Parse(stdout))
+        {
+            JsonElement sketch = json.RootElement.GetProperty("sketch");
+            Assert.Equal(16, sketch.GetProperty("sketchSize").GetInt32());
+            Assert.Equal(136, sketch.GetProperty("rank").GetInt64());
+        }
+
+        Assert.Equal(2, Run([.. inputs, "--out", Path.Combine(dir, "bad.npy"), "--method", "sketch", "--sketch", "0"]).Code);
+        Assert.Equal(2, Run([.. inputs, "--out", Path.Combine(dir, "bad.npy"), "--method", "fast"]).Code);
+    }
+
+    [Fact]
+    public void Inspect_prints_the_plan_unless_told_not_to()
+    {
+        (int code, string stdout, string stderr) = Run("inspect", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--json", "--threads", "1");
+        Assert.True(code == 0, stderr);
+        using JsonDocument json = JsonDocument.Parse(stdout);
+        Assert.Equal("exact", json.RootElement.GetProperty("plan").GetProperty("method").GetString()); // 42 tokens: exact wins
+
+        (code, stdout, _) = Run("inspect", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--no-plan");
+        Assert.Equal(0, code);
+        Assert.DoesNotContain("plan:", stdout);
     }
 }
