@@ -4,7 +4,11 @@ using FastAttention.IO;
 namespace FastAttention.Cli;
 
 /// <summary>A <c>fastattn</c> command: its name, one-line summary, options and body.</summary>
-internal sealed record Command(string Name, string Summary, IReadOnlyList<OptionSpec> Options, Func<ParsedOptions, TextWriter, int> Run);
+internal sealed record Command(string Name, string Summary, IReadOnlyList<OptionSpec> Options, Func<ParsedOptions, TextWriter, int> Run)
+{
+    /// <summary>The option a bare word on the command line sets (e.g. the experiment's name), if any.</summary>
+    public string? Positional { get; init; }
+}
 
 /// <summary>
 /// Dispatches <c>fastattn COMMAND [options]</c>. Errors are one line on stderr, no stack trace:
@@ -18,6 +22,7 @@ internal static class Cli
         InspectCommand.Command,
         DemoCommand.Command,
         BenchCommand.Command,
+        ExperimentCommand.Command,
     ];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -49,7 +54,7 @@ internal static class Cli
 
         try
         {
-            ParsedOptions options = ParsedOptions.Parse(command.Name, args[1..], command.Options);
+            ParsedOptions options = ParsedOptions.Parse(command.Name, args[1..], command.Options, command.Positional);
             return command.Run(options, stdout);
         }
         catch (UsageException ex)

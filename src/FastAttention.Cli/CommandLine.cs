@@ -33,12 +33,18 @@ internal sealed class ParsedOptions
     {
     }
 
-    public static ParsedOptions Parse(string command, IReadOnlyList<string> args, IReadOnlyList<OptionSpec> specs)
+    /// <summary>Parses options; a command with a <paramref name="positional"/> slot takes one bare word as that option's value.</summary>
+    public static ParsedOptions Parse(string command, IReadOnlyList<string> args, IReadOnlyList<OptionSpec> specs, string? positional = null)
     {
         var parsed = new ParsedOptions();
         for (int i = 0; i < args.Count; i++)
         {
             string token = args[i];
+            if (positional is not null && !token.StartsWith('-') && parsed._values.TryAdd(positional, token))
+            {
+                continue;
+            }
+
             if (!token.StartsWith("--", StringComparison.Ordinal) || token.Length == 2)
             {
                 throw new UsageException($"{command}: unexpected argument '{token}' (options start with --; see 'fastattn {command} --help')");

@@ -7,7 +7,7 @@ public class PlannerTests
 {
     // A machine whose exact kernel does 300 GFLOP/s with 0.3 ns of softmax per score, and whose
     // factorised engine does 80 GFLOP/s after 1 ms of fixed cost.
-    private static readonly MethodThroughput Machine = new(3e-10, 1 / 300e9, 80e9, 1e-3, 2e9, 2);
+    private static readonly MethodThroughput Machine = new(3e-10, 1 / 300e9, 80e9, 1e-3, 25e9, 2e9, 2);
 
     [Fact]
     public void Long_bounded_inputs_get_the_polynomial_method_and_short_ones_exact()
@@ -78,6 +78,9 @@ public class PlannerTests
         Assert.True(measured.ExactFlopSeconds > 0 && double.IsFinite(measured.ExactFlopSeconds));
         Assert.True(measured.ExactPairSeconds >= 0 && double.IsFinite(measured.ExactPairSeconds));
         Assert.True(measured.PolynomialFlopsPerSecond > 0 && double.IsFinite(measured.PolynomialFlopsPerSecond));
+        Assert.InRange(measured.PolynomialLargeRankFlopsPerSecond, 1e6, measured.PolynomialFlopsPerSecond);
+        Assert.Equal(1, measured.PolynomialRate(10) / measured.PolynomialFlopsPerSecond, 9);
+        Assert.Equal(1, measured.PolynomialRate(1_000_000) / measured.PolynomialLargeRankFlopsPerSecond, 9);
         Assert.True(measured.DiagonalFlopsPerSecond > 0);
         Assert.Same(measured, AttentionPlanner.Calibrate(1));
     }

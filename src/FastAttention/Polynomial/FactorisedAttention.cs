@@ -30,6 +30,9 @@ internal static unsafe class FactorisedAttention
     /// <summary>Keys per partial state in the non-causal pass.</summary>
     public const int NonCausalChunk = 1024;
 
+    /// <summary>Features per pass of the query product.</summary>
+    private const int FeatureChunk = 256;
+
     /// <summary>Columns of the register tiles; [V | 1] is padded to a multiple of it.</summary>
     private const int ColumnTile = 3;
 
@@ -360,51 +363,75 @@ internal static unsafe class FactorisedAttention
         }
     }
 
-    /// <summary>OT[c][i] = sum_a F[a][i] M[a][c]: 32 rows (4 vectors) x 3 columns, broadcasting M.</summary>
+    /// <summary>
+    /// OT[c][i] = sum_a F[a][i] M[a][c]: 32 rows (4 vectors) x 3 columns, broadcasting M. The features go in
+    /// chunks of <see cref="FeatureChunk"/> (256 KiB of F, in L2) so large r streams F from memory once,
+    /// not once per column tile.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void QueryProduct(double* f, int rPad, double* m, int cPad, double* ot)
     {
-        for (int i = 0; i < Block; i += 32)
+        for (int a0 = 0; a0 < rPad; a0 += FeatureChunk)
         {
-            for (int c = 0; c < cPad; c += ColumnTile)
+            int a1 = Math.Min(rPad, a0 + FeatureChunk);
+            for (int i = 0; i < Block; i += 32)
             {
-                Vector512<double> a00 = default, a01 = default, a02 = default, a10 = default, a11 = default, a12 = default;
-                Vector512<double> a20 = default, a21 = default, a22 = default, a30 = default, a31 = default, a32 = default;
-                double* fa = f + i, ma = m + c;
-                for (int a = 0; a < rPad; a++, fa += Block, ma += cPad)
+                for (int c = 0; c < cPad; c += ColumnTile)
                 {
-                    Vector512<double> m0 = Vector512.Create(ma[0]), m1 = Vector512.Create(ma[1]), m2 = Vector512.Create(ma[2]);
-                    Vector512<double> y = Vector512.Load(fa);
-                    a00 = Vector512.FusedMultiplyAdd(y, m0, a00);
-                    a01 = Vector512.FusedMultiplyAdd(y, m1, a01);
-                    a02 = Vector512.FusedMultiplyAdd(y, m2, a02);
-                    y = Vector512.Load(fa + 8);
-                    a10 = Vector512.FusedMultiplyAdd(y, m0, a10);
-                    a11 = Vector512.FusedMultiplyAdd(y, m1, a11);
-                    a12 = Vector512.FusedMultiplyAdd(y, m2, a12);
-                    y = Vector512.Load(fa + 16);
-                    a20 = Vector512.FusedMultiplyAdd(y, m0, a20);
-                    a21 = Vector512.FusedMultiplyAdd(y, m1, a21);
-                    a22 = Vector512.FusedMultiplyAdd(y, m2, a22);
-                    y = Vector512.Load(fa + 24);
-                    a30 = Vector512.FusedMultiplyAdd(y, m0, a30);
-                    a31 = Vector512.FusedMultiplyAdd(y, m1, a31);
-                    a32 = Vector512.FusedMultiplyAdd(y, m2, a32);
-                }
+                    double* o0 = ot + ((long)c * Block) + i, o1 = o0 + Block, o2 = o1 + Block;
+                    Vector512<double> a00 = default, a01 = default, a02 = default, a10 = default, a11 = default, a12 = default;
+                    Vector512<double> a20 = default, a21 = default, a22 = default, a30 = default, a31 = default, a32 = default;
+                    if (a0 > 0)
+                    {
+                        a00 = Vector512.Load(o0);
+                        a01 = Vector512.Load(o1);
+                        a02 = Vector512.Load(o2);
+                        a10 = Vector512.Load(o0 + 8);
+                        a11 = Vector512.Load(o1 + 8);
+                        a12 = Vector512.Load(o2 + 8);
+                        a20 = Vector512.Load(o0 + 16);
+                        a21 = Vector512.Load(o1 + 16);
+                        a22 = Vector512.Load(o2 + 16);
+                        a30 = Vector512.Load(o0 + 24);
+                        a31 = Vector512.Load(o1 + 24);
+                        a32 = Vector512.Load(o2 + 24);
+                    }
 
-                double* o0 = ot + ((long)c * Block) + i, o1 = o0 + Block, o2 = o1 + Block;
-                Vector512.Store(a00, o0);
-                Vector512.Store(a01, o1);
-                Vector512.Store(a02, o2);
-                Vector512.Store(a10, o0 + 8);
-                Vector512.Store(a11, o1 + 8);
-                Vector512.Store(a12, o2 + 8);
-                Vector512.Store(a20, o0 + 16);
-                Vector512.Store(a21, o1 + 16);
-                Vector512.Store(a22, o2 + 16);
-                Vector512.Store(a30, o0 + 24);
-                Vector512.Store(a31, o1 + 24);
-                Vector512.Store(a32, o2 + 24);
+                    double* fa = f + ((long)a0 * Block) + i, ma = m + ((long)a0 * cPad) + c;
+                    for (int a = a0; a < a1; a++, fa += Block, ma += cPad)
+                    {
+                        Vector512<double> m0 = Vector512.Create(ma[0]), m1 = Vector512.Create(ma[1]), m2 = Vector512.Create(ma[2]);
+                        Vector512<double> y = Vector512.Load(fa);
+                        a00 = Vector512.FusedMultiplyAdd(y, m0, a00);
+                        a01 = Vector512.FusedMultiplyAdd(y, m1, a01);
+                        a02 = Vector512.FusedMultiplyAdd(y, m2, a02);
+                        y = Vector512.Load(fa + 8);
+                        a10 = Vector512.FusedMultiplyAdd(y, m0, a10);
+                        a11 = Vector512.FusedMultiplyAdd(y, m1, a11);
+                        a12 = Vector512.FusedMultiplyAdd(y, m2, a12);
+                        y = Vector512.Load(fa + 16);
+                        a20 = Vector512.FusedMultiplyAdd(y, m0, a20);
+                        a21 = Vector512.FusedMultiplyAdd(y, m1, a21);
+                        a22 = Vector512.FusedMultiplyAdd(y, m2, a22);
+                        y = Vector512.Load(fa + 24);
+                        a30 = Vector512.FusedMultiplyAdd(y, m0, a30);
+                        a31 = Vector512.FusedMultiplyAdd(y, m1, a31);
+                        a32 = Vector512.FusedMultiplyAdd(y, m2, a32);
+                    }
+
+                    Vector512.Store(a00, o0);
+                    Vector512.Store(a01, o1);
+                    Vector512.Store(a02, o2);
+                    Vector512.Store(a10, o0 + 8);
+                    Vector512.Store(a11, o1 + 8);
+                    Vector512.Store(a12, o2 + 8);
+                    Vector512.Store(a20, o0 + 16);
+                    Vector512.Store(a21, o1 + 16);
+                    Vector512.Store(a22, o2 + 16);
+                    Vector512.Store(a30, o0 + 24);
+                    Vector512.Store(a31, o1 + 24);
+                    Vector512.Store(a32, o2 + 24);
+                }
             }
         }
     }

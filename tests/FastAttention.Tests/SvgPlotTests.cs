@@ -1,0 +1,63 @@
+using System.Xml.Linq;
+using FastAttention.Cli.Reports;
+
+namespace FastAttention.Tests;
+
+/// <summary>The report's SVG plot component: well-formed, every series drawn, ticks and legend present.</summary>
+public class SvgPlotTests
+{
+    private static readonly XNamespace Svg = "http://www.w3.org/2000/svg";
+
+    private static XDocument Render(SvgPlot plot) => XDocument.Parse(plot.Render());
+
+    [Fact]
+    public void Log_log_plot_has_axes_decade_ticks_a_legend_and_one_line_per_series()
+    {
+        var plot = new SvgPlot { Title = "error <vs> m & more", XLabel = "m", YLabel = "error", LogX = true, LogY = true };
+        plot.Series.Add(new PlotSeries("measured", [(4, 0.3), (16, 0.1), (64, 0.04), (256, 0.012)], [(4, 0.2, 0.4), (16, 0.08, 0.12), (64, 0.03, 0.05), (256, 0.01, 0.014)]));
+        plot.Series.Add(new PlotSeries("1/sqrt(m)", [(4, 0.5), (256, 0.0625)]));
+        plot.References.Add(new PlotReference(0.05, "target"));
+        XDocument doc = Render(plot);
+
+        Assert.Equal(Svg + "svg", doc.Root!.Name);
+        Assert.Equal(2, doc.Descendants(Svg + "polyline").Count(e => (string?)e.Attribute("class") == "series"));
+        Assert.Single(doc.Descendants(Svg + "polygon"), e => (string?)e.Attribute("class") == "band");
+        Assert.Equal(6, doc.Descendants(Svg + "circle").Count());
+        string[] texts = [.. doc.Descendants(Svg + "text").Select(t => t.Value)];
+        Assert.Contains("error <vs> m & more", texts); // escaped in the file, intact once parsed
+        Assert.Contains("measured", texts);
+        Assert.Contains("1/sqrt(m)", texts);
+        Assert.Contains("target", texts);
+        foreach (string tick in new[] { "0.01", "0.1", "1", "10", "100", "1000" })
+        {
+            Assert.Contains(tick, texts);
+        }
+    }
+
+    [Fact]
+    public void Non_finite_and_non_positive_points_break_the_line_instead_of_breaking_the_plot()
+    {
+        var plot = new SvgPlot { Title = "t", XLabel = "x", YLabel = "y", LogY = true };
+        plot.Series.Add(new PlotSeries("gappy", [(0, 1), (1, 2), (2, double.NaN), (3, 0), (4, 8), (5, 16)]));
+        plot.Series.Add(new PlotSeries("empty", [(0, double.PositiveInfinity)]));
+        XDocument doc = Render(plot);
+        Assert.Equal(2, doc.Descendants(Svg + "polyline").Count()); // (0..1) and (4..5)
+        Assert.Equal(4, doc.Descendants(Svg + "circle").Count());
+        Assert.DoesNotContain("NaN", plot.Render());
+        Assert.DoesNotContain("Infinity", plot.Render());
+    }
+
+    [Fact]
+    public void Linear_ticks_are_round_numbers_covering_the_data_and_a_constant_series_still_renders()
+    {
+        IReadOnlyList<double> ticks = SvgPlot.Ticks(0.07, 1.43, log: false);
+        Assert.All(ticks, t => Assert.Equal(0, Math.Round(t / 0.2, 9) % 1, 9));
+        Assert.True(ticks.Count is >= 4 and <= 10);
+
+        var flat = new SvgPlot { Title = "flat", XLabel = "x", YLabel = "y" };
+        flat.Series.Add(new PlotSeries("c", [(1, 5), (2, 5), (3, 5)]));
+        XDocument doc = Render(flat);
+        Assert.Single(doc.Descendants(Svg + "polyline"));
+        Assert.DoesNotContain("NaN", flat.Render());
+    }
+}
