@@ -11,7 +11,7 @@ namespace FastAttention.Cli;
 /// </summary>
 internal static class ExperimentCommand
 {
-    public static readonly string[] Names = ["bounded-entries", "sketch"];
+    public static readonly string[] Names = ["bounded-entries", "sketch", "crossover"];
 
     public static Command Command { get; } = new(
         "experiment",
@@ -40,7 +40,12 @@ internal static class ExperimentCommand
         string dir = o.Get("out") ?? Path.Combine("docs", "experiments");
         bool force = o.Flag("force");
         var settings = new Settings(o.Flag("full"), o.Int("seed", 0, int.MaxValue) ?? 1, o.Int("threads", 1, 1024) ?? 0, stdout);
-        Report report = name == "bounded-entries" ? BoundedEntries(settings) : Sketch(settings);
+        Report report = name switch
+        {
+            "bounded-entries" => BoundedEntries(settings),
+            "sketch" => Sketch(settings),
+            _ => Crossover(settings),
+        };
 
         Directory.CreateDirectory(dir);
         string markdown = Path.Combine(dir, name + ".md");
@@ -344,6 +349,109 @@ internal static class ExperimentCommand
         md.AppendLine("is learned around; approximating a fixed attention, as here, it stays. The exact polynomial method at d = 64 would need");
         md.AppendLine("C(64 + g, g) features (over 47,000 at g = 3); the planner never picks the sketch for softmax requests.");
         return new Report(md.ToString(), new Dictionary<string, SvgPlot> { ["sketch-error.svg"] = plot });
+    }
+
+    /// <summary>
+    /// Where the polynomial method starts to beat the exact kernel: entries uniform in [-1, 1], scale 1/d,
+    /// d in {4, 8, 16}, eps in {1e-2, 1e-3, 1e-6}, n doubling from 256 (quick: to 16384; full: to 65536).
+    /// Both methods are timed in the same run (median of 3); at the largest n the polynomial output is also
+    /// checked against float64 on 128 sampled rows.
+    /// </summary>
+    private static Report Crossover(Settings s)
+    {
+        int largest = s.Full ? 1 << 16 : 1 << 14;
+        int[] dims = [4, 8, 16];
+        double[] targets = [1e-2, 1e-3, 1e-6];
+        var inv = CultureInfo.InvariantCulture;
+        var plot = new SvgPlot
+        {
+            Title = "Polynomial method vs exact kernel (entries in [-1, 1], scale 1/d)",
+            XLabel = "n (queries = keys)",
+            YLabel = "exact time / polynomial time",
+            LogX = true,
+            LogY = true,
+        };
+        plot.References.Add(new PlotReference(1, "break-even"));
+        var table = new StringBuilder();
+        table.AppendLine("| d | eps | degree | r | crossover n | speed-up at the largest n | largest n: exact ms | poly ms | measured error | certificate |");
+        table.AppendLine("|---|---|---|---|---|---|---|---|---|---|");
+        var detail = new StringBuilder();
+        detail.AppendLine("| d | eps | n | exact ms | poly ms | exact / poly |");
+        detail.AppendLine("|---|---|---|---|---|---|");
+        foreach (int d in dims)
+        {
+            var exactTimes = new Dictionary<int, double>();
+            var inputs = new Dictionary<int, (float[] Q, float[] K, float[] V)>();
+            for (int n = 256; n <= largest; n *= 2)
+            {
+                var random = new Random(s.Seed + n + d);
+                var shape = AttentionShape.SingleHead(n, d);
+                inputs[n] = (Uniform(random, shape.QueryLength, 1), Uniform(random, shape.KeyLength, 1), Uniform(random, shape.ValueLength, 1));
+                (float[] q, float[] k, float[] v) = inputs[n];
+                var output = new float[shape.OutputLength];
+                exactTimes[n] = Median(() => ExactAttention.Compute(q, k, v, shape, output, new ExactAttentionOptions { Scale = 1f / d, MaxDegreeOfParallelism = s.Threads }), 3);
+            }
+
+            foreach (double eps in targets)
+            {
+                var points = new List<(double N, double Ratio)>();
+                int? crossover = null, degree = null;
+                long rank = 0;
+                string last = "-";
+                for (int n = 256; n <= largest; n *= 2)
+                {
+                    var shape = AttentionShape.SingleHead(n, d);
+                    (float[] q, float[] k, float[] v) = inputs[n];
+                    var output = new float[shape.OutputLength];
+                    var options = new PolynomialAttentionOptions { Scale = 1f / d, RelativeError = eps, MaxDegreeOfParallelism = s.Threads };
+                    PolynomialCertificate? certificate = null;
+                    try
+                    {
+                        double seconds = Median(() => certificate = PolynomialAttention.Compute(q, k, v, shape, output, options), 3);
+                        degree = certificate!.Degree;
+                        rank = certificate.Rank;
+                        double ratio = exactTimes[n] / seconds;
+                        points.Add((n, ratio));
+                        crossover = ratio > 1 ? crossover ?? n : null; // the first n from which it stays ahead
+                        detail.AppendLine(string.Create(inv, $"| {d} | {eps:G1} | {n} | {exactTimes[n] * 1e3:F2} | {seconds * 1e3:F2} | {ratio:F2} |"));
+                        if (n == largest)
+                        {
+                            int[] rows = [.. Enumerable.Range(0, 128).Select(i => (int)((long)i * n / 128))];
+                            double error = rows.Max(i => ReferenceRow(q, k, v, shape, i, 1.0 / d).Select((x, c) => Math.Abs(output[(i * d) + c] - x)).Max());
+                            last = string.Create(inv, $"{ratio:F1}x | {exactTimes[n] * 1e3:F1} | {seconds * 1e3:F2} | {error:E2} | {certificate.OutputBound:E2}");
+                            s.Log.WriteLine(string.Create(inv, $"d={d} eps={eps:G1} n={n}: exact {exactTimes[n] * 1e3:F1} ms, poly {seconds * 1e3:F2} ms ({ratio:F1}x), degree {degree}, r={rank}, error {error:E2} <= {certificate.OutputBound:E2}"));
+                        }
+                    }
+                    catch (ArgumentOutOfRangeException ex)
+                    {
+                        last = "refused: " + ex.Message.Split('.')[0].Split(';')[0];
+                        break;
+                    }
+                }
+
+                if (points.Count > 0)
+                {
+                    plot.Series.Add(new PlotSeries(string.Create(inv, $"d = {d}, eps = {eps:G1}"), points));
+                }
+
+                table.AppendLine(string.Create(inv,
+                    $"| {d} | {eps:G1} | {degree?.ToString(inv) ?? "-"} | {(rank > 0 ? rank.ToString(inv) : "-")} | {(crossover is int c ? c.ToString(inv) : points.Count > 0 ? $"> {largest}" : "-")} | {last} |"));
+            }
+        }
+
+        var md = new StringBuilder();
+        md.AppendLine("# Crossover: where the polynomial method starts to beat the exact kernel");
+        md.AppendLine();
+        md.AppendLine(string.Create(inv, $"Q, K, V uniform in [-1, 1], scale 1/d (so R = s max||q|| max||k|| is below 1), one head, n = nq = nk from 256 to {largest}. Both methods timed in the same run, median of 3, {(s.Threads > 0 ? s.Threads : Environment.ProcessorCount)} thread(s), {Environment.ProcessorCount}-core machine, {DateTime.UtcNow:yyyy-MM-dd}. 'Crossover n' is the smallest n of the sweep from which the polynomial method stays faster. At the largest n the output is checked against float64 on 128 rows. Rerun: `fastattn experiment crossover{(s.Full ? " --full" : string.Empty)} --out DIR`."));
+        md.AppendLine();
+        md.AppendLine("![exact time / polynomial time](crossover.svg)");
+        md.AppendLine();
+        md.Append(table);
+        md.AppendLine();
+        md.AppendLine("## Every timing");
+        md.AppendLine();
+        md.Append(detail);
+        return new Report(md.ToString(), new Dictionary<string, SvgPlot> { ["crossover.svg"] = plot });
     }
 
     private static double Predict(MethodThroughput machine, AttentionShape shape, long rank) => machine.PolynomialSeconds(shape, rank);
