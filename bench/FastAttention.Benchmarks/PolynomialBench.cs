@@ -27,12 +27,7 @@ public class PolynomialBench : IFlopCounted
     [GlobalSetup]
     public void Setup()
     {
-        var random = new Random(42);
-        float[] Fill() => [.. Enumerable.Range(0, N * D).Select(_ => (float)((random.NextDouble() * 2) - 1))];
-        _q = Fill();
-        _k = Fill();
-        _v = Fill();
-        _o = new float[N * D];
+        (_q, _k, _v, _o) = BenchInputs.Uniform(N, D);
     }
 
     [Benchmark(Baseline = true)]
