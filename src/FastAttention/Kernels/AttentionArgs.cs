@@ -44,6 +44,14 @@ internal unsafe struct AttentionArgs
     /// </summary>
     public long* FirstNonFinite;
 
+    /// <summary>
+    /// When not null (tiled kernels only), the kernel also writes each output row's softmax statistics:
+    /// <c>[2 row]</c> = the row max m of the scaled scores, <c>[2 row + 1]</c> = the sum l of e^(score - m)
+    /// (m = -inf, l = 0 for a row that saw no key), row = (b heads + h) nq + i. Tensor attention merges
+    /// rows with them.
+    /// </summary>
+    public float* RowStats;
+
     public readonly int GroupSize => Heads / KvHeads;
 
     /// <summary>

@@ -26,7 +26,8 @@ internal static unsafe class SplitKeyAttention<TS, TV>
     private const int KeyChunk = 1024;
 
     public static string? Rejects(in AttentionArgs a) =>
-        a.QueryCount > MaxQueries ? $"{a.QueryCount} queries per head; the split-key decoding kernel takes at most {MaxQueries}" : null;
+        a.QueryCount > MaxQueries ? $"{a.QueryCount} queries per head; the split-key decoding kernel takes at most {MaxQueries}"
+        : a.RowStats != null ? "it does not export row statistics (tensor attention uses the tiled kernels)" : null;
 
     public static void Run(AttentionArgs a)
     {

@@ -177,6 +177,16 @@ internal static unsafe class TiledAttention<TS, TV>
 
         // 5. Normalise. l = 0 only when the row saw no visible key: it outputs zeros. A NaN l (non-finite
         // inputs let through) must stay NaN, hence != rather than >.
+        if (a.RowStats != null)
+        {
+            float* stats = a.RowStats + (2 * ((bh * a.QueryCount) + i0));
+            for (int r = 0; r < rows; r++)
+            {
+                stats[2 * r] = scratch.Max[r];
+                stats[(2 * r) + 1] = scratch.Sum[r];
+            }
+        }
+
         for (int r = 0; r < rows; r++)
         {
             float l = scratch.Sum[r];
