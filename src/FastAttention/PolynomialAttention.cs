@@ -66,9 +66,18 @@ public static class PolynomialAttention
     {
         CheckInputs(query, key, value, shape, destination);
 
-        int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount;
+        int d = shape.HeadDim;
         double s = options.Scale ?? (1.0 / Math.Sqrt(d));
         double range = RangeBound(query, key, d, s);
+        (ExpPolynomial polynomial, MonomialFeatureMap map) = Prepare(range, s, d, options);
+        double maxAbsValue = RunFactorised(query, key, value, shape, destination, map, map.Weights(), options.Causal, options.MaxDegreeOfParallelism);
+        long depth = FactorisedAttention.SummationDepth(shape.KeyCount, map.Count, options.Causal) + (2L * polynomial.Degree) + d + 8;
+        return Certificate(polynomial, range, map.Count, depth, maxAbsValue, PredictedFlops(shape, map.Count));
+    }
+
+    /// <summary>The polynomial for R (fitted to eps, or of the forced degree) and its monomial features; refuses a relative error &gt;= 1 or r over the budget.</summary>
+    internal static (ExpPolynomial Polynomial, MonomialFeatureMap Map) Prepare(double range, double scale, int d, PolynomialAttentionOptions options)
+    {
         double eps = options.RelativeError ?? 1e-3;
         ExpPolynomial polynomial = options.Degree is int g
             ? ExpPolynomial.OfDegree(range, g, options.Method)
@@ -80,14 +89,15 @@ public static class PolynomialAttention
         }
 
         var monomials = new MonomialFeatures(d, polynomial.Degree, options.MaxRank > 0 ? options.MaxRank : DefaultMaxRank);
-        var map = new MonomialFeatureMap(monomials, polynomial.Coefficients, s);
-        int r = monomials.Count;
-        double maxAbsValue = RunFactorised(query, key, value, shape, destination, map, map.Weights(), options.Causal, options.MaxDegreeOfParallelism);
+        return (polynomial, new MonomialFeatureMap(monomials, polynomial.Coefficients, scale));
+    }
 
+    /// <summary>The certificate of a run: eps's bound 2 eps / (1 - eps) max|V| plus the rounding bound for a summation depth.</summary>
+    internal static PolynomialCertificate Certificate(ExpPolynomial polynomial, double range, long rank, long depth, double maxAbsValue, double flops)
+    {
         double e = polynomial.RelativeError;
-        double rounding = RoundingBound(polynomial, range, e, FactorisedAttention.SummationDepth(nk, r, options.Causal) + (2L * polynomial.Degree) + d + 8) * maxAbsValue;
-        double flops = PredictedFlops(shape, r);
-        return new PolynomialCertificate(range, polynomial.Degree, r, flops, e, (2 * e / (1 - e) * maxAbsValue) + rounding, rounding);
+        double rounding = RoundingBound(polynomial, range, e, depth) * maxAbsValue;
+        return new PolynomialCertificate(range, polynomial.Degree, rank, flops, e, (2 * e / (1 - e) * maxAbsValue) + rounding, rounding);
     }
 
     /// <summary>

@@ -104,38 +104,89 @@ public static class TensorAttention
         AttentionKernel kernel = KernelRegistry.Attention.First(k => k.Name.StartsWith("tiled-", StringComparison.Ordinal) && k.IsSupported());
         float scale = options.Scale ?? (1f / shape.HeadDim);
         int m = shape.KeyMatrices;
-        var pins = new MemoryHandle[2 * m];
-        try
+        using var pinned = new Pinned(keys, values);
+        fixed (float* q = query, o = destination)
         {
-            var keyPointers = new nint[m];
-            var valuePointers = new nint[m];
-            for (int t = 0; t < m; t++)
+            var problem = new Problem(shape, (nint)q, pinned.Keys, pinned.Values, (nint)o, scale, options, kernel);
+            double visible = 0;
+            for (int h = 0; h < shape.HeadCount; h++)
             {
-                pins[t] = keys[t].Pin();
-                pins[m + t] = values[t].Pin();
-                keyPointers[t] = (nint)pins[t].Pointer;
-                valuePointers[t] = (nint)pins[m + t].Pointer;
+                visible += options.Causal || options.Windows is not null ? problem.RunPerQuery(h) : problem.RunShared(h);
             }
 
+            return new AttentionRun("tensor-" + kernel.Name, 2.0 * visible * (shape.HeadDim + shape.ValueDim));
+        }
+    }
+
+    /// <summary>
+    /// Tensor attention of order k by the polynomial method (ALGORITHMS.md §3): e^x is replaced by a polynomial P
+    /// with relative error eps on [-R, R], R a proven bound on <c>|s &lt;q, k1 o ... o k(k-1)&gt;|</c>, and the
+    /// Khatri–Rao identity <c>(U2 (.) U3)^T (V1 (.) V2) = (U2^T V1) o (U3^T V2)</c> gives the output in
+    /// O(n r dv (k - 1)) with r = C(d + g, g), never n^2. Causal (every <c>j_t &lt;= i + nk - nq</c>) keeps a
+    /// running state per key matrix. Windows are not supported here (use the exact kernel). The certificate is
+    /// the polynomial method's: every output within 2 eps / (1 - eps) prod_t max|V_t| (plus rounding) of exact
+    /// tensor attention.
+    /// </summary>
+    /// <param name="query">Q, <c>[h, nq, d]</c>.</param>
+    /// <param name="keys">K1 .. K(k-1), each <c>[h, nk, d]</c>.</param>
+    /// <param name="values">V1 .. V(k-1), each <c>[h, nk, dv]</c>.</param>
+    /// <param name="shape">The dimensions.</param>
+    /// <param name="destination">Output, <c>[h, nq, dv]</c>.</param>
+    /// <param name="options">Target error or degree, feature budget, causal, threads; a null scale means <c>1/d</c> here.</param>
+    /// <returns>The certificate (R, degree, r, predicted flops, the polynomial's error, the output bound).</returns>
+    /// <exception cref="ArgumentException">Inputs are invalid.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">R is too wide for eps, or r exceeds the budget.</exception>
+    public static unsafe PolynomialCertificate ComputePolynomial(ReadOnlySpan<float> query, IReadOnlyList<ReadOnlyMemory<float>> keys, IReadOnlyList<ReadOnlyMemory<float>> values,
+        TensorAttentionShape shape, Span<float> destination, PolynomialAttentionOptions options = default)
+    {
+        Validate(query, keys, values, shape, destination, default);
+        int d = shape.HeadDim, m = shape.KeyMatrices;
+        double s = options.Scale ?? (1.0 / d);
+        double range = RangeBound(query, keys, d, s);
+        (Polynomial.ExpPolynomial polynomial, Polynomial.MonomialFeatureMap map) = PolynomialAttention.Prepare(range, s, d, options);
+        double maxAbsValue = values.Aggregate(1.0, (p, v) => p * Math.Abs(TensorPrimitives.MaxMagnitude(v.Span)));
+        using (var pinned = new Pinned(keys, values))
+        {
             fixed (float* q = query, o = destination)
             {
-                var problem = new Problem(shape, (nint)q, keyPointers, valuePointers, (nint)o, scale, options, kernel);
-                double visible = 0;
-                for (int h = 0; h < shape.HeadCount; h++)
-                {
-                    visible += options.Causal || options.Windows is not null ? problem.RunPerQuery(h) : problem.RunShared(h);
-                }
+                var flat = new AttentionShape(1, shape.HeadCount, shape.QueryCount, shape.KeyCount, d, shape.ValueDim);
+                Polynomial.FactorisedAttention.RunTensor(q, pinned.Keys, pinned.Values, o, flat, map, map.Weights(), options.Causal, options.MaxDegreeOfParallelism);
+            }
+        }
 
-                return new AttentionRun("tensor-" + kernel.Name, 2.0 * visible * (shape.HeadDim + shape.ValueDim));
-            }
-        }
-        finally
+        // Causal sums run key by key (depth nk); the non-causal ones in blocks.
+        long depth = (options.Causal ? shape.KeyCount : Polynomial.FactorisedAttention.SummationDepth(shape.KeyCount, map.Count, false)) + map.Count + (2L * polynomial.Degree) + d + m + 8;
+        double flops = (double)map.Count * shape.HeadCount * (((double)shape.QueryCount * ((2.0 * (shape.ValueDim + 1)) + 1)) + ((double)shape.KeyCount * m * ((2.0 * (shape.ValueDim + 1)) + 1)));
+        return PolynomialAttention.Certificate(polynomial, range, map.Count, depth, maxAbsValue, flops);
+    }
+
+    /// <summary>
+    /// A proven bound on <c>|s &lt;q, k1 o ... o k(k-1)&gt;|</c>: by Cauchy–Schwarz and Hölder,
+    /// <c>|s| max||q|| max||k_t|| prod_(u != t) max|k_u|</c>, the smallest over t (times 1 + 1e-12 for the rounding of the norms).
+    /// </summary>
+    /// <param name="query">Q rows.</param>
+    /// <param name="keys">The key matrices.</param>
+    /// <param name="headDim">d.</param>
+    /// <param name="scale">s.</param>
+    /// <returns>R.</returns>
+    public static double RangeBound(ReadOnlySpan<float> query, IReadOnlyList<ReadOnlyMemory<float>> keys, int headDim, double scale)
+    {
+        ArgumentNullException.ThrowIfNull(keys);
+        double[] norms = [.. keys.Select(k => InputAnalysis.MaxRowNorm(k.Span, headDim))];
+        double[] entries = [.. keys.Select(k => (double)Math.Abs(TensorPrimitives.MaxMagnitude(k.Span)))];
+        double best = double.PositiveInfinity;
+        for (int t = 0; t < keys.Count; t++)
         {
-            foreach (MemoryHandle pin in pins)
+            double bound = norms[t];
+            for (int u = 0; u < keys.Count; u++)
             {
-                pin.Dispose();
+                bound *= u == t ? 1 : entries[u];
             }
+
+            best = Math.Min(best, bound);
         }
+
+        return Math.Max(Math.Abs(scale) * InputAnalysis.MaxRowNorm(query, headDim) * best * (1 + 1e-12), 1e-12);
     }
 
     /// <summary>The key index range [lo, hi] query i may use for key matrix t (empty when hi &lt; lo).</summary>
@@ -376,6 +427,31 @@ public static class TensorAttention
                 int span = hi[t] - lo[t] + 1;
                 index[t] = lo[t] + (tuple % span);
                 tuple /= span;
+            }
+        }
+    }
+
+    /// <summary>The key and value matrices pinned for the duration of a call, as pointers.</summary>
+    private sealed unsafe class Pinned : IDisposable
+    {
+        private readonly MemoryHandle[] _handles;
+
+        public Pinned(IReadOnlyList<ReadOnlyMemory<float>> keys, IReadOnlyList<ReadOnlyMemory<float>> values)
+        {
+            _handles = [.. keys.Select(k => k.Pin()), .. values.Select(v => v.Pin())];
+            Keys = [.. _handles.Take(keys.Count).Select(h => (nint)h.Pointer)];
+            Values = [.. _handles.Skip(keys.Count).Select(h => (nint)h.Pointer)];
+        }
+
+        public nint[] Keys { get; }
+
+        public nint[] Values { get; }
+
+        public void Dispose()
+        {
+            foreach (MemoryHandle handle in _handles)
+            {
+                handle.Dispose();
             }
         }
     }

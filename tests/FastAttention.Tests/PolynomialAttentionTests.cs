@@ -6,11 +6,7 @@ namespace FastAttention.Tests;
 /// <summary>Issue 4, deliverables 2–3 (first version: double-precision products, non-causal).</summary>
 public class PolynomialAttentionTests
 {
-    private static float[] Uniform(long count, int seed, float bound)
-    {
-        var random = new Random(seed);
-        return [.. Enumerable.Range(0, (int)count).Select(_ => ((random.NextSingle() * 2) - 1) * bound)];
-    }
+    private static float[] Uniform(long count, int seed, float bound) => Data.Uniform(count, seed, bound);
 
     [Theory]
     [InlineData(1, 4, 1)]

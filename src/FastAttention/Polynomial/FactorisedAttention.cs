@@ -107,12 +107,19 @@ internal static unsafe class FactorisedAttention
 
     private static void RunNonCausal(Head h, int wave, Func<Scratch> scratch)
     {
-        int nk = h.KeyCount, nq = h.QueryCount;
+        using var state = new DoubleBuffer((long)h.Map.PaddedCount * h.Columns);
+        KeyState(h, wave, scratch, state.Pointer);
+        h.ApplyWeight(state.Pointer);
+        QueryPass(h, state.Pointer, scratch);
+    }
+
+    /// <summary>state = sum over all keys of f(k_j) [v_j | 1] (unweighted): fixed chunks in parallel, added in chunk order.</summary>
+    private static void KeyState(Head h, int wave, Func<Scratch> scratch, double* state)
+    {
         long stateDoubles = (long)h.Map.PaddedCount * h.Columns;
-        int chunks = (nk + NonCausalChunk - 1) / NonCausalChunk;
-        using var state = new DoubleBuffer(stateDoubles);
+        int chunks = (h.KeyCount + NonCausalChunk - 1) / NonCausalChunk;
         using var partials = new DoubleBuffer(stateDoubles * Math.Min(wave, chunks));
-        state.Clear();
+        new Span<double>(state, (int)stateDoubles).Clear();
         for (int c0 = 0; c0 < chunks; c0 += wave)
         {
             int count = Math.Min(wave, chunks - c0);
@@ -120,18 +127,160 @@ internal static unsafe class FactorisedAttention
 
             for (int item = 0; item < count; item++)
             {
-                Add(state.Pointer, partials.Pointer + (item * stateDoubles), stateDoubles);
+                Add(state, partials.Pointer + (item * stateDoubles), stateDoubles);
             }
         }
+    }
 
-        h.ApplyWeight(state.Pointer);
+    /// <summary>Every query row of the head group from one weighted state, query blocks in parallel.</summary>
+    private static void QueryPass(Head h, double* weighted, Func<Scratch> scratch)
+    {
+        int nq = h.QueryCount;
         int blocks = (nq + Block - 1) / Block;
-        double* weighted = state.Pointer;
         ParallelWork.Run(h.Group * blocks, h.MaxDegree, scratch, (item, s) =>
         {
             int i0 = item % blocks * Block;
             h.Queries(h.FirstHead + (item / blocks), i0, Math.Min(Block, nq - i0), weighted, -1, s);
         });
+    }
+
+    /// <summary>
+    /// Tensor attention of order k (ALGORITHMS.md §3) with the same features: the Khatri–Rao identity turns
+    /// <c>(U2 (.) U3)^T ([V1 | 1] (.) [V2 | 1])</c> into the Hadamard product of the per-matrix states
+    /// <c>U_t^T [V_t | 1]</c>, so <c>out = diag(w)^-1 U1 (o_t U_t^T [V_t | 1])</c> costs O(n r dv) per key
+    /// matrix and never n^2. The last column of the product is the normaliser
+    /// <c>U1 (o_t U_t^T 1)</c>. Causal (every <c>j_t &lt;= i + nk - nq</c>) keeps a running state per key
+    /// matrix, updated key by key and multiplied per query (sequential within a head; heads in parallel).
+    /// </summary>
+    /// <param name="query">Q, [h, nq, d].</param>
+    /// <param name="keys">K_t, each [h, nk, d].</param>
+    /// <param name="values">V_t, each [h, nk, dv].</param>
+    /// <param name="output">Output, [h, nq, dv].</param>
+    /// <param name="shape">h as heads, nq, nk, d, dv.</param>
+    /// <param name="map">The features; its degrees count the total degree in q (and in each k_t).</param>
+    /// <param name="weightOfFeature">W_a for unscaled inputs.</param>
+    /// <param name="causal">Causal.</param>
+    /// <param name="maxDegree">Threads.</param>
+    public static void RunTensor(float* query, nint[] keys, nint[] values, float* output, AttentionShape shape, FeatureMap map, double[] weightOfFeature, bool causal, int maxDegree)
+    {
+        int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount;
+        int rPad = map.PaddedCount, cPad = RoundUp(dv + 1, ColumnTile);
+        double qScale = InverseMaxAbs(query, shape.QueryLength);
+        double[] kScale = [.. keys.Select(k => InverseMaxAbs((float*)k, shape.KeyLength))];
+        double combined = qScale * kScale.Aggregate(1.0, (x, y) => x * y);
+        double[] weight = new double[rPad];
+        for (int a = 0; a < map.Count; a++)
+        {
+            weight[a] = weightOfFeature[a] / Math.Pow(combined, map.Degree[a]);
+        }
+
+        int threads = maxDegree > 0 ? maxDegree : Environment.ProcessorCount;
+        long stateDoubles = (long)rPad * cPad;
+        int wave = (int)Math.Clamp((64L << 20) / (stateDoubles * sizeof(double)), 1, 4 * threads);
+        Func<Scratch> scratch = () => new Scratch(map, cPad);
+        var problem = new Problem { Query = query, Output = output, Shape = shape, Map = map, Weight = weight, MaxDegreeOfParallelism = maxDegree };
+        Head Stream(int t, int h) => new(problem, map, weight, qScale, kScale[t], cPad,
+            (float*)keys[t] + ((long)h * nk * d), (float*)values[t] + ((long)h * nk * dv), h, 1);
+
+        if (causal)
+        {
+            ParallelWork.Run(shape.HeadCount, maxDegree, () => new TensorScratch(map, cPad, keys.Length), (h, s) =>
+                RunTensorCausal([.. Enumerable.Range(0, keys.Length).Select(t => Stream(t, h))], weight, s));
+            return;
+        }
+
+        using var product = new DoubleBuffer(stateDoubles);
+        using var state = new DoubleBuffer(stateDoubles);
+        for (int h = 0; h < shape.HeadCount; h++)
+        {
+            for (int t = 0; t < keys.Length; t++)
+            {
+                KeyState(Stream(t, h), wave, scratch, t == 0 ? product.Pointer : state.Pointer);
+                if (t > 0)
+                {
+                    Multiply(product.Pointer, state.Pointer, stateDoubles);
+                }
+            }
+
+            Head first = Stream(0, h);
+            first.ApplyWeight(product.Pointer);
+            QueryPass(first, product.Pointer, scratch);
+        }
+    }
+
+    /// <summary>One head of causal tensor attention: keys join every stream's state in order; each query multiplies the states.</summary>
+    private static void RunTensorCausal(Head[] streams, double[] weight, TensorScratch s)
+    {
+        Head first = streams[0];
+        FeatureMap map = first.Map;
+        int nq = first.QueryCount, nk = first.KeyCount, dv = first.ValueDim, cPad = first.Columns, rPad = map.PaddedCount;
+        long offset = (long)nk - nq;
+        foreach (double[] state in s.States)
+        {
+            Array.Clear(state);
+        }
+
+        int joined = 0, keyBlock = -1;
+        double[] acc = new double[dv + 1];
+        for (int i0 = 0; i0 < nq; i0 += Block)
+        {
+            int count = Math.Min(Block, nq - i0);
+            first.QueryFeatures(first.FirstHead, i0, count, s.Query);
+            for (int x = 0; x < count; x++)
+            {
+                int visible = (int)Math.Clamp(i0 + x + offset + 1, 0, nk);
+                for (; joined < visible; joined++)
+                {
+                    if (joined / Block != keyBlock)
+                    {
+                        keyBlock = joined / Block;
+                        for (int t = 0; t < streams.Length; t++)
+                        {
+                            streams[t].KeyFeatures(keyBlock * Block, Math.Min(Block, nk - (keyBlock * Block)), s.Keys[t]);
+                        }
+                    }
+
+                    for (int t = 0; t < streams.Length; t++)
+                    {
+                        streams[t].AddKey(joined, joined - (keyBlock * Block), s.Keys[t].Features, s.States[t]);
+                    }
+                }
+
+                float* row = first.Output(first.FirstHead, i0 + x);
+                if (visible == 0)
+                {
+                    new Span<float>(row, dv).Clear();
+                    continue;
+                }
+
+                Array.Clear(acc);
+                double* f = s.Query.Features + x;
+                for (int a = 0; a < rPad; a++)
+                {
+                    double coefficient = weight[a] * f[(long)a * Block];
+                    if (coefficient == 0)
+                    {
+                        continue;
+                    }
+
+                    for (int c = 0; c <= dv; c++)
+                    {
+                        double product = coefficient;
+                        foreach (double[] state in s.States)
+                        {
+                            product *= state[((long)a * cPad) + c];
+                        }
+
+                        acc[c] += product;
+                    }
+                }
+
+                for (int c = 0; c < dv; c++)
+                {
+                    row[c] = acc[dv] == 0 ? 0f : (float)(acc[c] / acc[dv]);
+                }
+            }
+        }
     }
 
     private static void RunCausal(Head h, int wave, Func<Scratch> scratch)
@@ -243,6 +392,30 @@ internal static unsafe class FactorisedAttention
                 }
 
                 KeyProduct(s.Features, Map.PaddedCount, vt, Columns, state);
+            }
+        }
+
+        /// <summary>Features of query rows i0 .. i0+count of a head into the scratch's feature block.</summary>
+        public void QueryFeatures(long head, int i0, int count, Scratch s) =>
+            s.Evaluate(_query + (((head * QueryCount) + i0) * Map.Dimension), count, _qScale);
+
+        /// <summary>Features of key rows j0 .. j0+count into the scratch's feature block.</summary>
+        public void KeyFeatures(int j0, int count, Scratch s) => s.Evaluate(Key + ((long)j0 * Map.Dimension), count, _kScale);
+
+        /// <summary>state[a][c] += f_a(k_j) [v_j | 1]_c for one key whose features are column <paramref name="column"/> of a key block.</summary>
+        public void AddKey(int j, int column, double* features, double[] state)
+        {
+            float* v = Value + ((long)j * ValueDim);
+            for (int a = 0; a < Map.Count; a++)
+            {
+                double f = features[((long)a * Block) + column];
+                long at = (long)a * Columns;
+                for (int c = 0; c < ValueDim; c++)
+                {
+                    state[at + c] += f * v[c];
+                }
+
+                state[at + ValueDim] += f;
             }
         }
 
@@ -436,6 +609,11 @@ internal static unsafe class FactorisedAttention
         }
     }
 
+    private static void Multiply(double* target, double* source, long count)
+    {
+        System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<double>(target, (int)count), new ReadOnlySpan<double>(source, (int)count), new Span<double>(target, (int)count));
+    }
+
     private static void Add(double* target, double* source, long count)
     {
         System.Numerics.Tensors.TensorPrimitives.Add(new ReadOnlySpan<double>(target, (int)count), new ReadOnlySpan<double>(source, (int)count), new Span<double>(target, (int)count));
@@ -465,6 +643,32 @@ internal static unsafe class FactorisedAttention
         public void Clear() => new Span<double>(Pointer, (int)doubles).Clear();
 
         public void Dispose() => _buffer.Dispose();
+    }
+
+    /// <summary>A causal tensor worker's buffers: query features, one key-feature block and one running state per key matrix.</summary>
+    private sealed class TensorScratch : IDisposable
+    {
+        public TensorScratch(FeatureMap map, int columns, int streams)
+        {
+            Query = new Scratch(map, columns);
+            Keys = [.. Enumerable.Range(0, streams).Select(_ => new Scratch(map, columns))];
+            States = [.. Enumerable.Range(0, streams).Select(_ => new double[(long)map.PaddedCount * columns])];
+        }
+
+        public Scratch Query { get; }
+
+        public Scratch[] Keys { get; }
+
+        public double[][] States { get; }
+
+        public void Dispose()
+        {
+            Query.Dispose();
+            foreach (Scratch key in Keys)
+            {
+                key.Dispose();
+            }
+        }
     }
 
     /// <summary>One worker's buffers: features, [V | 1] (or the output) transposed, the map's scratch, embeddings.</summary>

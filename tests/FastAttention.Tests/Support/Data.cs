@@ -18,6 +18,13 @@ internal static class Data
         return result;
     }
 
+    /// <summary>Entries uniform in [-bound, bound], seeded.</summary>
+    public static float[] Uniform(long count, int seed, float bound)
+    {
+        var random = new Random(seed);
+        return [.. Enumerable.Range(0, (int)count).Select(_ => ((random.NextSingle() * 2) - 1) * bound)];
+    }
+
     public static (float[] Q, float[] K, float[] V) Inputs(AttentionShape s, int seed) =>
         (Normal(s.QueryLength, seed), Normal(s.KeyLength, seed + 1), Normal(s.ValueLength, seed + 2));
 
