@@ -14,7 +14,7 @@ internal static class BenchCommand
         "bench",
         "time a method on seeded random inputs: median of repeated runs, GFLOP/s, %-of-peak",
         [
-            new("method", "M", "exact (default); poly (polynomial method) or sketch (sketched degree-4), with GFLOP/s effective: exact flops per second; gemm: the GEMM alone, m = n = k = --n"),
+            new("method", "M", "exact (default); poly (polynomial method) or sketch (sketched degree-4), with GFLOP/s effective: exact flops per second; tensor (exact tensor attention, 4 n^3 d flops) or tensor-poly (its polynomial method, effective GFLOP/s) on random Q, K1, K2, V1, V2; gemm: the GEMM alone, m = n = k = --n"),
             new("n", "N", "queries (and keys, unless --nk) per head (required unless --q is given)"),
             new("nk", "NK", "keys per head (default n)"),
             new("d", "D", "head dimension (default 64)"),
@@ -48,9 +48,9 @@ internal static class BenchCommand
             return RunGemm(o, stdout);
         }
 
-        if (method is not ("exact" or "poly" or "sketch"))
+        if (method is not ("exact" or "poly" or "sketch" or "tensor" or "tensor-poly"))
         {
-            throw new UsageException($"bench: unknown --method '{method}' (available: exact, poly, sketch, gemm)");
+            throw new UsageException($"bench: unknown --method '{method}' (available: exact, poly, sketch, tensor, tensor-poly, gemm)");
         }
 
         int threads = o.Int("threads", 1, 1024) ?? Environment.ProcessorCount;
@@ -89,10 +89,39 @@ internal static class BenchCommand
             MaxDegreeOfParallelism = threads,
         };
         double exactFlops = FlopCount.ExactAttention(shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, options.Causal);
+
+        // Tensor attention: K, V are K1, V1; K2, V2 are drawn from the same seed, offset.
+        var tensorShape = new TensorAttentionShape(shape.BatchSize * shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim);
+        ReadOnlyMemory<float>[] keys = [], values = [];
+        if (method.StartsWith("tensor", StringComparison.Ordinal))
+        {
+            if (shape.EffectiveKeyValueHeads != shape.HeadCount)
+            {
+                throw new UsageException("bench: tensor attention takes one key/value head per query head (no --kv-heads)");
+            }
+
+            var extra = new Random((o.Int("seed", int.MinValue, int.MaxValue) ?? 1) + 7);
+            keys = [k, Array.ConvertAll(new float[k.Length], _ => (extra.NextSingle() * 2) - 1)];
+            values = [v, Array.ConvertAll(new float[v.Length], _ => (extra.NextSingle() * 2) - 1)];
+            double triples = 0;
+            for (long i = 0; i < shape.QueryCount; i++)
+            {
+                double visible = options.Causal ? Math.Clamp(i + 1 + shape.KeyCount - shape.QueryCount, 0, shape.KeyCount) : shape.KeyCount;
+                triples += visible * visible;
+            }
+
+            exactFlops = 2.0 * (shape.HeadDim + shape.ValueDim) * tensorShape.HeadCount * triples;
+        }
+
         AttentionRun Compute()
         {
             switch (method)
             {
+                case "tensor":
+                    return TensorAttention.Compute(q, keys, values, tensorShape, output, new TensorAttentionOptions { Scale = options.Scale, Causal = options.Causal, MaxDegreeOfParallelism = threads });
+                case "tensor-poly":
+                    certificate = TensorAttention.ComputePolynomial(q, keys, values, tensorShape, output, polynomialOptions);
+                    return new AttentionRun("tensor-polynomial-double", exactFlops);
                 case "exact":
                     return ExactAttention.Compute(q, k, v, shape, output, options);
                 case "poly":
@@ -168,7 +197,7 @@ internal static class BenchCommand
             if (certificate is not null)
             {
                 stdout.WriteLine(string.Create(inv,
-                    $"poly ({run.Kernel}) b={shape.BatchSize} h={shape.HeadCount} nq={shape.QueryCount} nk={shape.KeyCount} d={shape.HeadDim}{(options.Causal ? " causal" : string.Empty)}, {threads} thread(s): median {median * 1e3:F3} ms of {runs}, {gflops:F1} effective GFLOP/s (exact-attention flops / time); degree {certificate.Degree}, {certificate.Rank} features, output bound {certificate.OutputBound:G3}"));
+                    $"{method} ({run.Kernel}) b={shape.BatchSize} h={shape.HeadCount} nq={shape.QueryCount} nk={shape.KeyCount} d={shape.HeadDim}{(options.Causal ? " causal" : string.Empty)}, {threads} thread(s): median {median * 1e3:F3} ms of {runs}, {gflops:F1} effective GFLOP/s (exact-attention flops / time); degree {certificate.Degree}, {certificate.Rank} features, output bound {certificate.OutputBound:G3}"));
                 return ExitCode.Ok;
             }
 

@@ -19,6 +19,7 @@ internal static class Cli
     public static IReadOnlyList<Command> Commands { get; } =
     [
         AttendCommand.Command,
+        TensorCommand.Command,
         InspectCommand.Command,
         DemoCommand.Command,
         BenchCommand.Command,

@@ -1,0 +1,224 @@
+using System.Diagnostics;
+using System.Globalization;
+
+namespace FastAttention.Cli;
+
+/// <summary><c>fastattn tensor</c>: tensor (2-simplicial) attention over Q, K1, K2, V1, V2 files.</summary>
+internal static class TensorCommand
+{
+    public static readonly string[] Methods = ["exact", "poly", "auto"];
+
+    public static Command Command { get; } = new(
+        "tensor",
+        "tensor attention out_i = sum softmax(s <q_i, k1_j1 o k2_j2>) (v1_j1 o v2_j2) (Alman-Song; 2-simplicial)",
+        [
+            new("q", "Q.npy", "queries [n, d] or [h, n, d] (required)"),
+            new("k1", "K1.npy", "first keys, [nk, d] or [h, nk, d] (required)"),
+            new("k2", "K2.npy", "second keys, K1's shape (required)"),
+            new("v1", "V1.npy", "first values, [nk, dv] or [h, nk, dv] (required)"),
+            new("v2", "V2.npy", "second values, V1's shape (required)"),
+            new("out", "O.npy", "output file (required)"),
+            new("method", "M", "exact (default; n^3 work), poly (polynomial method with a certificate, near-linear for bounded entries), or auto (the cheaper by predicted time)"),
+            new("scale", "S", "score scale s (default 1/d, as in the paper)"),
+            new("causal", null, "causal: j1, j2 <= i (bottom-right aligned when nq != nk)"),
+            new("window", "W1,W2", "sliding windows: j1 in the last W1 positions, j2 in the last W2 (implies causal; exact only)"),
+            new("eps", "E", "poly/auto: target relative error of the polynomial (default 1e-3)"),
+            new("degree", "G", "poly: force the polynomial degree"),
+            new("threads", "T", "worker threads (default: all cores); output bits do not depend on it"),
+            new("force", null, "overwrite --out if it exists"),
+            new("json", null, "print a one-object JSON summary"),
+        ],
+        Run);
+
+    private static int Run(ParsedOptions o, TextWriter stdout)
+    {
+        string method = o.Get("method") ?? "exact";
+        if (!Methods.Contains(method))
+        {
+            throw new UsageException($"tensor: unknown --method '{method}' (available: {string.Join(", ", Methods)})");
+        }
+
+        string outPath = o.Required("tensor", "out");
+        bool force = o.Flag("force");
+        TensorFiles.CheckWritable("out", outPath, force);
+        int threads = o.Int("threads", 1, 1024) ?? 0;
+        int[]? windows = Windows(o.Get("window"));
+        if (windows is not null && method == "poly")
+        {
+            throw new UsageException("tensor: --window works with --method exact only (the polynomial method's running states cover whole prefixes)");
+        }
+
+        TensorData<float> q = TensorFiles.Load("q", o.Required("tensor", "q"));
+        TensorData<float>[] k = [TensorFiles.Load("k1", o.Required("tensor", "k1")), TensorFiles.Load("k2", o.Required("tensor", "k2"))];
+        TensorData<float>[] v = [TensorFiles.Load("v1", o.Required("tensor", "v1")), TensorFiles.Load("v2", o.Required("tensor", "v2"))];
+        TensorAttentionShape shape = Shape(q, k, v);
+        float scale = o.Float("scale") ?? 1f / shape.HeadDim;
+        bool causal = o.Flag("causal") || windows is not null;
+        double eps = o.Double("eps", positive: true) ?? 1e-3;
+        ReadOnlyMemory<float>[] keys = [k[0].Data, k[1].Data], values = [v[0].Data, v[1].Data];
+        var output = new float[shape.OutputLength];
+
+        string? reason = null;
+        if (method == "auto")
+        {
+            (method, reason) = Choose(q.Data, keys, shape, scale, eps, causal, windows is not null, threads);
+        }
+
+        PolynomialCertificate? certificate = null;
+        AttentionRun run;
+        var timer = Stopwatch.StartNew();
+        if (method == "poly")
+        {
+            var options = new PolynomialAttentionOptions { Scale = scale, RelativeError = eps, Degree = o.Int("degree", 0, FastAttention.Polynomial.ExpPolynomial.MaxDegree), Causal = causal, MaxDegreeOfParallelism = threads };
+            certificate = TensorAttention.ComputePolynomial(q.Data, keys, values, shape, output, options);
+            run = new AttentionRun("tensor-polynomial-double", certificate.PredictedFlops);
+        }
+        else
+        {
+            run = TensorAttention.Compute(q.Data, keys, values, shape, output, new TensorAttentionOptions { Scale = scale, Causal = causal, Windows = windows, MaxDegreeOfParallelism = threads });
+        }
+
+        double seconds = timer.Elapsed.TotalSeconds;
+        int[] outShape = [.. q.Shape];
+        outShape[^1] = shape.ValueDim;
+        TensorFiles.Save(outPath, force, new TensorData<float>(output, outShape));
+
+        var inv = CultureInfo.InvariantCulture;
+        if (o.Flag("json"))
+        {
+            Json.Write(stdout, w =>
+            {
+                w.WriteString("method", method);
+                w.WriteString("kernel", run.Kernel);
+                Json.WriteShape(w, "shape", outShape);
+                w.WriteNumber("scale", scale);
+                w.WriteBoolean("causal", causal);
+                if (windows is not null)
+                {
+                    Json.WriteShape(w, "window", windows);
+                }
+
+                w.WriteNumber("seconds", seconds);
+                w.WriteNumber("flops", run.Flops);
+                w.WriteString("out", outPath);
+                if (reason is not null)
+                {
+                    w.WriteString("plan", reason);
+                }
+
+                if (certificate is not null)
+                {
+                    Json.WriteCertificate(w, certificate);
+                }
+            });
+        }
+        else
+        {
+            if (reason is not null)
+            {
+                stdout.WriteLine("plan: " + reason);
+            }
+
+            stdout.WriteLine(string.Create(inv, $"tensor attention ({method}, {run.Kernel}) {TensorData.FormatShape(outShape)} -> {outPath}: {seconds * 1e3:F3} ms"));
+            if (certificate is not null)
+            {
+                stdout.WriteLine(string.Create(inv,
+                    $"certificate: |s <q, k1 o k2>| <= R = {certificate.Range:G4}; degree {certificate.Degree}, {certificate.Rank} features; polynomial relative error {certificate.PolynomialRelativeError:G3}; every output within {certificate.OutputBound:G3} of exact tensor attention"));
+            }
+        }
+
+        return ExitCode.Ok;
+    }
+
+    /// <summary>Exact or polynomial by predicted time on this machine (the planner's calibration), with the reason.</summary>
+    private static (string Method, string Reason) Choose(float[] q, ReadOnlyMemory<float>[] keys, TensorAttentionShape shape, float scale, double eps, bool causal, bool windowed, int threads)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        MethodThroughput machine = AttentionPlanner.Calibrate(threads);
+        double triples = (double)shape.HeadCount * shape.QueryCount * shape.KeyCount * shape.KeyCount * (causal ? 0.5 : 1);
+        double exact = triples * (machine.ExactPairSeconds + (machine.ExactFlopSeconds * 2 * (shape.HeadDim + shape.ValueDim)));
+        if (windowed)
+        {
+            return ("exact", "exact: windows need the exact kernel");
+        }
+
+        try
+        {
+            double range = TensorAttention.RangeBound(q, keys, shape.HeadDim, scale);
+            var p = FastAttention.Polynomial.ExpPolynomial.Fit(range, eps);
+            long rank = FastAttention.Polynomial.MonomialFeatures.Rank(shape.HeadDim, p.Degree);
+            if (rank > PolynomialAttention.DefaultMaxRank)
+            {
+                return ("exact", string.Create(inv, $"exact: the polynomial method needs r = {rank} features (degree {p.Degree}), over the budget"));
+            }
+
+            // Two key matrices: the key side's work counts twice.
+            var flat = new AttentionShape(1, shape.HeadCount, shape.QueryCount, 2 * shape.KeyCount, shape.HeadDim, shape.ValueDim);
+            double poly = machine.PolynomialSeconds(flat, rank);
+            return poly < exact
+                ? ("poly", string.Create(inv, $"poly: predicted {poly * 1e3:G3} ms against {exact * 1e3:G3} ms exact (degree {p.Degree}, r = {rank})"))
+                : ("exact", string.Create(inv, $"exact: predicted {exact * 1e3:G3} ms against {poly * 1e3:G3} ms for the polynomial method"));
+        }
+        catch (ArgumentOutOfRangeException)
+        {
+            return ("exact", string.Create(inv, $"exact: no polynomial reaches eps {eps:G2} on this range (entries not bounded enough)"));
+        }
+    }
+
+    private static int[]? Windows(string? text)
+    {
+        if (text is null)
+        {
+            return null;
+        }
+
+        string[] parts = text.Split(',');
+        if (parts.Length != 2 || !int.TryParse(parts[0], NumberStyles.Integer, CultureInfo.InvariantCulture, out int w1) || !int.TryParse(parts[1], NumberStyles.Integer, CultureInfo.InvariantCulture, out int w2) || w1 < 1 || w2 < 1)
+        {
+            throw new UsageException($"--window must be two positive integers W1,W2; got '{text}'");
+        }
+
+        return [w1, w2];
+    }
+
+    private static TensorAttentionShape Shape(TensorData<float> q, TensorData<float>[] k, TensorData<float>[] v)
+    {
+        string[] kNames = ["k1", "k2"], vNames = ["v1", "v2"];
+        if (q.Rank is not (2 or 3))
+        {
+            throw new BadInputException($"--q has shape {q.ShapeText}; expected [n, d] or [h, n, d]");
+        }
+
+        for (int t = 0; t < 2; t++)
+        {
+            if (k[t].Rank != q.Rank || v[t].Rank != q.Rank)
+            {
+                throw new BadInputException($"--{kNames[t]} {k[t].ShapeText} and --{vNames[t]} {v[t].ShapeText} must have --q's rank ({q.ShapeText})");
+            }
+
+            if (!k[t].Shape.SequenceEqual(k[0].Shape))
+            {
+                throw new BadInputException($"--k2 has shape {k[1].ShapeText} but --k1 has shape {k[0].ShapeText}; they must match");
+            }
+
+            if (!v[t].Shape.SequenceEqual(v[0].Shape))
+            {
+                throw new BadInputException($"--v2 has shape {v[1].ShapeText} but --v1 has shape {v[0].ShapeText}; they must match");
+            }
+        }
+
+        int heads = q.Rank == 3 ? q.Shape[0] : 1;
+        int nq = q.Shape[^2], d = q.Shape[^1], nk = k[0].Shape[^2], dv = v[0].Shape[^1];
+        if (k[0].Shape[^1] != d || (q.Rank == 3 && k[0].Shape[0] != heads) || v[0].Shape[^2] != nk || (q.Rank == 3 && v[0].Shape[0] != heads))
+        {
+            throw new BadInputException($"shapes do not agree: --q {q.ShapeText}, --k1 {k[0].ShapeText}, --v1 {v[0].ShapeText} (heads and d must match, and V's rows K's)");
+        }
+
+        if (nq == 0 || nk == 0 || d == 0 || dv == 0)
+        {
+            throw new BadInputException("an input is empty");
+        }
+
+        return new TensorAttentionShape(heads, nq, nk, d, dv);
+    }
+}
