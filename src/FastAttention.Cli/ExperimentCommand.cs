@@ -9,9 +9,9 @@ namespace FastAttention.Cli;
 /// <c>fastattn experiment NAME</c>: reruns a paper's claim on this machine and writes a markdown report
 /// with SVG plots (the committed copies live in docs/experiments/).
 /// </summary>
-internal static class ExperimentCommand
+internal static partial class ExperimentCommand
 {
-    public static readonly string[] Names = ["bounded-entries", "sketch", "crossover"];
+    public static readonly string[] Names = ["bounded-entries", "sketch", "crossover", "tensor"];
 
     public static Command Command { get; } = new(
         "experiment",
@@ -44,6 +44,7 @@ internal static class ExperimentCommand
         {
             "bounded-entries" => BoundedEntries(settings),
             "sketch" => Sketch(settings),
+            "tensor" => Tensor(settings),
             _ => Crossover(settings),
         };
 

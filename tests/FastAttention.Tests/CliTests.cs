@@ -427,4 +427,64 @@ public class CliTests
 
         Assert.True(checkedRows >= 6, $"only {checkedRows} measured rows");
     }
+
+    [Fact]
+    public void Tensor_command_matches_the_library_and_checks_its_inputs()
+    {
+        string dir = Data.TempDir();
+        var random = new Random(31);
+        float[] Small(int count) => [.. Enumerable.Range(0, count).Select(_ => ((random.NextSingle() * 2) - 1) * 0.9f)];
+        foreach (string name in new[] { "q", "k1", "k2", "v1", "v2" })
+        {
+            NumpyFile.Write(Path.Combine(dir, name + ".npy"), new TensorData<float>(Small(2 * 40 * 4), 2, 40, 4));
+        }
+
+        NumpyFile.Write(Path.Combine(dir, "bad.npy"), new TensorData<float>(Small(2 * 41 * 4), 2, 41, 4));
+        string[] inputs = ["tensor", .. new[] { "q", "k1", "k2", "v1", "v2" }.SelectMany(n => new[] { "--" + n, Path.Combine(dir, n + ".npy") })];
+        (int code, string stdout, string stderr) = Run([.. inputs, "--out", Path.Combine(dir, "exact.npy"), "--json"]);
+        Assert.True(code == 0, stderr);
+        float[] written = NumpyFile.ReadFloat32(Path.Combine(dir, "exact.npy")).Data;
+        var shape = new TensorAttentionShape(2, 40, 40, 4, 4);
+        ReadOnlyMemory<float>[] keys = [NumpyFile.ReadFloat32(Path.Combine(dir, "k1.npy")).Data, NumpyFile.ReadFloat32(Path.Combine(dir, "k2.npy")).Data];
+        ReadOnlyMemory<float>[] values = [NumpyFile.ReadFloat32(Path.Combine(dir, "v1.npy")).Data, NumpyFile.ReadFloat32(Path.Combine(dir, "v2.npy")).Data];
+        var expected = new float[shape.OutputLength];
+        TensorAttention.Compute(NumpyFile.ReadFloat32(Path.Combine(dir, "q.npy")).Data, keys, values, shape, expected);
+        Assert.Equal(expected, written);
+
+        (code, stdout, stderr) = Run([.. inputs, "--out", Path.Combine(dir, "poly.npy"), "--method", "poly", "--eps", "1e-4", "--json"]);
+        Assert.True(code == 0, stderr);
+        using (JsonDocument json = JsonDocument.Parse(stdout))
+        {
+            double bound = json.RootElement.GetProperty("certificate").GetProperty("outputBound").GetDouble();
+            float[] poly = NumpyFile.ReadFloat32(Path.Combine(dir, "poly.npy")).Data;
+            Assert.True(poly.Zip(written, (a, b) => Math.Abs(a - b)).Max() <= bound + 1e-6);
+        }
+
+        Assert.Equal(0, Run([.. inputs, "--out", Path.Combine(dir, "w.npy"), "--window", "5,7"]).Code);
+        Assert.Equal(0, Run([.. inputs, "--out", Path.Combine(dir, "a.npy"), "--method", "auto", "--causal"]).Code);
+        Assert.Equal(2, Run([.. inputs, "--out", Path.Combine(dir, "x.npy"), "--window", "5"]).Code);
+        Assert.Equal(2, Run([.. inputs, "--out", Path.Combine(dir, "x.npy"), "--window", "5,5", "--method", "poly"]).Code);
+        string[] mismatched = [.. inputs];
+        mismatched[Array.IndexOf(mismatched, "--k2") + 1] = Path.Combine(dir, "bad.npy");
+        (code, _, stderr) = Run([.. mismatched, "--out", Path.Combine(dir, "x.npy")]);
+        Assert.Equal(3, code);
+        Assert.Contains("--k2", stderr);
+    }
+
+    [Fact]
+    public void Tensor_experiment_writes_its_three_parts()
+    {
+        string dir = Data.TempDir();
+        (int code, _, string stderr) = Run("experiment", "tensor", "--out", dir);
+        Assert.True(code == 0, stderr);
+        string markdown = File.ReadAllText(Path.Combine(dir, "tensor.md"));
+        foreach (string svg in new[] { "tensor-time.svg", "tensor-budget.svg", "tensor-match3.svg" })
+        {
+            Assert.Contains($"]({svg})", markdown);
+            System.Xml.Linq.XDocument.Parse(File.ReadAllText(Path.Combine(dir, svg)));
+        }
+
+        Assert.Contains("**Crossover**", markdown);
+        Assert.Contains("| 128 | 10000 | 100.0 % |", markdown); // Match3 solved at large lambda
+    }
 }

@@ -1,0 +1,255 @@
+using System.Globalization;
+using System.Text;
+using FastAttention.Cli.Reports;
+using FastAttention.Polynomial;
+
+namespace FastAttention.Cli;
+
+/// <summary><c>fastattn experiment tensor</c>: Alman–Song's higher-order attention claims.</summary>
+internal static partial class ExperimentCommand
+{
+    /// <summary>
+    /// (a) Exact tensor attention's n^3 time against the polynomial method's near-linear time (d = 4, entries in
+    /// [-1, 1], scale 1/d), with the crossover; (b) the error reachable within a fixed flop budget as the entry
+    /// bound B sweeps across cbrt(ln n) (order 3) and (ln n)^(1/4) (order 4); (c) Match3: one head of tensor
+    /// attention with hand-built Fourier features decides, for every position, whether some pair sums with it
+    /// to 0 mod M.
+    /// </summary>
+    private static Report Tensor(Settings s)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var md = new StringBuilder();
+        md.AppendLine("# Tensor attention: cubic exact cost, near-linear polynomial method, and what it buys (Alman & Song)");
+        md.AppendLine();
+        md.AppendLine("**Claims** (\"How to Capture Higher-order Correlations?\"): tensor attention over pairs of keys,");
+        md.AppendLine("softmax(s <q_i, k1_j1 o k2_j2>) applied to v1_j1 o v2_j2, costs n^3 naively; with entries bounded by o(cbrt(log n)) it");
+        md.AppendLine("can be approximated in n^(1+o(1)) time, while entries of Omega(cbrt(log n)) force n^(3-o(1)) (SETH); order k has the");
+        md.AppendLine("threshold (log n)^(1/k), so higher orders admit smaller entries. And it captures triple-wise correlations that pairwise");
+        md.AppendLine("attention cannot express in one head, such as Match3.");
+        md.AppendLine();
+        md.AppendLine(string.Create(inv, $"Machine: {Environment.ProcessorCount} cores, {(s.Threads > 0 ? s.Threads : Environment.ProcessorCount)} thread(s). Date: {DateTime.UtcNow:yyyy-MM-dd}. Rerun: `fastattn experiment tensor{(s.Full ? " --full" : string.Empty)} --out DIR`."));
+        md.AppendLine();
+        var plots = new Dictionary<string, SvgPlot>();
+        TensorTiming(s, md, plots);
+        TensorBudget(s, md, plots);
+        TensorMatch3(s, md, plots);
+        return new Report(md.ToString(), plots);
+    }
+
+    private static void TensorTiming(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        const int D = 4;
+        int exactLargest = s.Full ? 8192 : 1024, polyLargest = s.Full ? 131072 : 32768;
+        var exactPoints = new List<(double N, double Seconds)>();
+        var polyPoints = new List<(double N, double Seconds)>();
+        var rows = new StringBuilder();
+        rows.AppendLine("| n | exact ms | polynomial ms | exact / polynomial | degree | r | certificate |");
+        rows.AppendLine("|---|---|---|---|---|---|---|");
+        int? crossover = null;
+        for (int n = 128; n <= polyLargest; n *= 2)
+        {
+            var shape = new TensorAttentionShape(1, n, n, D, D);
+            var random = new Random(s.Seed + n);
+            float[] q = Uniform(random, shape.QueryLength, 1);
+            ReadOnlyMemory<float>[] k = [Uniform(random, shape.KeyLength, 1), Uniform(random, shape.KeyLength, 1)];
+            ReadOnlyMemory<float>[] v = [Uniform(random, shape.ValueLength, 1), Uniform(random, shape.ValueLength, 1)];
+            var output = new float[shape.OutputLength];
+            PolynomialCertificate? certificate = null;
+            var options = new PolynomialAttentionOptions { RelativeError = 1e-3, MaxDegreeOfParallelism = s.Threads };
+            double poly = Median(() => certificate = TensorAttention.ComputePolynomial(q, k, v, shape, output, options), 3);
+            polyPoints.Add((n, poly));
+            double? exact = null;
+            if (n <= exactLargest)
+            {
+                exact = Median(() => TensorAttention.Compute(q, k, v, shape, output, new TensorAttentionOptions { MaxDegreeOfParallelism = s.Threads }), n <= 1024 ? 3 : 1);
+                exactPoints.Add((n, exact.Value));
+                crossover = exact > poly ? crossover ?? n : null;
+            }
+
+            rows.AppendLine(string.Create(inv, $"| {n} | {(exact is double e ? (e * 1e3).ToString("F2", inv) : "-")} | {poly * 1e3:F2} | {(exact is double x ? (x / poly).ToString("F0", inv) + "x" : "-")} | {certificate!.Degree} | {certificate.Rank} | {certificate.OutputBound:E2} |"));
+            s.Log.WriteLine(string.Create(inv, $"tensor timing n={n}: exact {(exact is double y ? $"{y * 1e3:F1} ms" : "-")}, polynomial {poly * 1e3:F2} ms (degree {certificate.Degree}, r {certificate.Rank})"));
+        }
+
+        var plot = new SvgPlot { Title = "Tensor attention (order 3, d = 4): time against n", XLabel = "n", YLabel = "seconds", LogX = true, LogY = true };
+        plot.Series.Add(new PlotSeries("exact (n^3)", exactPoints));
+        plot.Series.Add(new PlotSeries("polynomial method, eps 1e-3", polyPoints));
+        plots["tensor-time.svg"] = plot;
+        (double N, double Seconds) last = exactPoints[^1];
+        double polyAtLast = polyPoints.First(p => p.N == last.N).Seconds;
+        md.AppendLine("## (a) Exact n^3 against the near-linear polynomial method");
+        md.AppendLine();
+        md.AppendLine(string.Create(inv, $"Order 3, d = {D}, Q, K1, K2, V1, V2 uniform in [-1, 1], scale 1/d, eps = 1e-3; median of 3 runs (1 for the largest exact runs). The exact kernel is run up to n = {exactLargest}; the polynomial method up to n = {polyLargest}. **Crossover**: the polynomial method is faster from n = {(crossover is int c ? c.ToString(inv) : "beyond the sweep")} on; at n = {last.N} it is **{last.Seconds / polyAtLast:F0}x** faster ({last.Seconds * 1e3:F0} ms against {polyAtLast * 1e3:F2} ms)."));
+        md.AppendLine();
+        md.AppendLine("![time against n](tensor-time.svg)");
+        md.AppendLine();
+        md.Append(rows);
+        md.AppendLine();
+    }
+
+    private static void TensorBudget(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        const int D = 4;
+        double[] ratios = [0.2, 0.35, 0.5, 0.65, 0.8, 1.0, 1.2, 1.5];
+        var plot = new SvgPlot { Title = "Error within a fixed flop budget (d = 4)", XLabel = "B / (ln n)^(1/k)", YLabel = "max |error| vs exact kernel", LogY = true };
+        plot.References.Add(new PlotReference(1, "threshold", Vertical: true));
+        var rows = new StringBuilder();
+        rows.AppendLine("| order k | n | B | B / (ln n)^(1/k) | R | degree in budget | r | max error | certificate |");
+        rows.AppendLine("|---|---|---|---|---|---|---|---|---|");
+        foreach ((int order, int n) in new[] { (3, s.Full ? 1024 : 512), (4, s.Full ? 96 : 64) })
+        {
+            double threshold = Math.Pow(Math.Log(n), 1.0 / order);
+            var shape = new TensorAttentionShape(1, n, n, D, D, order);
+            const int Budget = 6; // degree 6: r = C(10, 6) = 210 features, a fixed cost per row
+            var points = new List<(double X, double Y)>();
+            foreach (double ratio in ratios)
+            {
+                double b = ratio * threshold;
+                var random = new Random(s.Seed + (order * 1000) + (int)(ratio * 100));
+                float[] q = Uniform(random, shape.QueryLength, b);
+                ReadOnlyMemory<float>[] k = [.. Enumerable.Range(0, order - 1).Select(_ => (ReadOnlyMemory<float>)Uniform(random, shape.KeyLength, b))];
+                ReadOnlyMemory<float>[] v = [.. Enumerable.Range(0, order - 1).Select(_ => (ReadOnlyMemory<float>)Uniform(random, shape.ValueLength, 1))];
+                var exact = new float[shape.OutputLength];
+                TensorAttention.Compute(q, k, v, shape, exact, new TensorAttentionOptions { MaxDegreeOfParallelism = s.Threads });
+                double range = TensorAttention.RangeBound(q, k, D, 1.0 / D);
+
+                int degree = Budget;
+                double? error = null, bound = null;
+                try
+                {
+                    var output = new float[shape.OutputLength];
+                    PolynomialCertificate certificate = TensorAttention.ComputePolynomial(q, k, v, shape, output, new PolynomialAttentionOptions { Degree = degree, MaxDegreeOfParallelism = s.Threads });
+                    error = output.Select((x, i) => (double)Math.Abs(x - exact[i])).Max();
+                    bound = certificate.OutputBound;
+                }
+                catch (ArgumentOutOfRangeException)
+                {
+                    // The degree that fits the budget has relative error >= 1 on [-R, R]: no useful approximation.
+                }
+
+                points.Add((ratio, error ?? double.NaN));
+                rows.AppendLine(string.Create(inv, $"| {order} | {n} | {b:F3} | {ratio} | {range:F3} | {degree} | {MonomialFeatures.Rank(D, degree)} | {(error is double e ? e.ToString("0.00E+0", inv) : "no approximation (P's error >= 1)")} | {Sci(bound)} |"));
+                s.Log.WriteLine(string.Create(inv, $"tensor budget order={order} n={n} B={b:F3} ({ratio}): R={range:F3}, degree {degree}, error {(error is double x ? x.ToString("E2", inv) : "-")}"));
+            }
+
+            plot.Series.Add(new PlotSeries(string.Create(inv, $"order {order}, n = {n}"), points));
+        }
+
+        plots["tensor-budget.svg"] = plot;
+        md.AppendLine("## (b) Error within a fixed compute budget as the entries grow");
+        md.AppendLine();
+        md.AppendLine("d = 4, scale 1/d, Q and K_t uniform in [-B, B], V_t in [-1, 1]; B is swept across the order-k threshold (ln n)^(1/k)");
+        md.AppendLine("(cbrt(ln n) for order 3, (ln n)^(1/4) for order 4). The polynomial method gets a fixed compute budget: degree 6, i.e.");
+        md.AppendLine("r = C(10, 6) = 210 features, O(n r d) work whatever B is; the error is measured against the exact kernel on every row.");
+        md.AppendLine("R <= B^k grows with the order, so at the same B / threshold the fixed degree covers less of the range: the error climbs");
+        md.AppendLine("steeply through the threshold, and the same absolute B is harder for the higher order.");
+        md.AppendLine();
+        md.AppendLine("![error within a fixed budget](tensor-budget.svg)");
+        md.AppendLine();
+        md.Append(rows);
+        md.AppendLine();
+    }
+
+    private static void TensorMatch3(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        const int M = 32;
+        int[] lengths = s.Full ? [32, 64, 128, 256] : [32, 64, 128];
+        double[] lambdas = [30, 100, 300, 1000, 3000, 10000];
+        var plot = new SvgPlot { Title = "Match3 with one head of tensor attention (M = 32)", XLabel = "lambda (score scale of the Fourier features)", YLabel = "accuracy", LogX = true };
+        var rows = new StringBuilder();
+        rows.AppendLine("| n | lambda | accuracy | positions with a match | max score |");
+        rows.AppendLine("|---|---|---|---|---|");
+        foreach (int n in lengths)
+        {
+            var random = new Random(s.Seed + n);
+            // Tokens from a random alphabet of 4 residues, so that some positions have a matching pair and some do
+            // not (with uniform tokens nearly every position matches once n^2 exceeds M). Seeds are tried in turn
+            // until both answers occur.
+            int[] x;
+            bool[] truth;
+            do
+            {
+                int[] alphabet = [.. Enumerable.Range(0, 4).Select(_ => random.Next(M))];
+                x = [.. Enumerable.Range(0, n).Select(_ => alphabet[random.Next(alphabet.Length)])];
+                truth = Match3Truth(x, M);
+            }
+            while (truth.All(t => t) || !truth.Any(t => t));
+
+            var points = new List<(double X, double Y)>();
+            foreach (double lambda in lambdas)
+            {
+                double accuracy = Match3Accuracy(x, truth, lambda, M, s.Threads);
+                points.Add((lambda, accuracy));
+                rows.AppendLine(string.Create(inv, $"| {n} | {lambda} | {accuracy:P1} | {truth.Count(t => t)} of {n} | {lambda:F0} |"));
+                s.Log.WriteLine(string.Create(inv, $"match3 n={n} lambda={lambda}: accuracy {accuracy:P1}"));
+            }
+
+            plot.Series.Add(new PlotSeries($"n = {n}", points));
+        }
+
+        plot.References.Add(new PlotReference(1, "perfect"));
+        plots["tensor-match3.svg"] = plot;
+        md.AppendLine("## (c) Match3: a triple-wise task one head of tensor attention solves");
+        md.AppendLine();
+        md.AppendLine(string.Create(inv, $"Tokens x_i in Z_{M}, drawn from a random alphabet of 4 residues (redrawn until both answers occur; with uniform tokens nearly every position matches); the question at every position i: is there a pair (j1, j2) with x_i + x_j1 + x_j2 = 0 (mod {M})?"));
+        md.AppendLine("Pairwise attention scores one key at a time, so one head cannot express this; a tensor head can, with hand-built Fourier");
+        md.AppendLine("features (d = 5, scale 1): with a = 2 pi x_i / M and b, c likewise for x_j1, x_j2,");
+        md.AppendLine("q = lambda [cos a, -cos a, -sin a, -sin a, c0], k1 = [cos b, sin b, cos b, sin b, 0], k2 = [cos c, sin c, sin c, cos c, 0],");
+        md.AppendLine("so <q, k1 o k2> = lambda cos(a + b + c), largest exactly when the triple sums to 0 mod M. A sentinel token (index 0 of both");
+        md.AppendLine("key matrices, feature 5 set to 1 in both) scores lambda c0 with c0 = (1 + cos(2 pi / M)) / 2, between a match and the best");
+        md.AppendLine("non-match; values are 1 for real pairs and 0 for any pair holding the sentinel as j1, so the output is the share of weight on");
+        md.AppendLine("real pairs: near 1 when a match exists, near 0 when the sentinel wins. The head answers 'yes' when the output exceeds 1/2;");
+        md.AppendLine("accuracy is against brute force. It needs lambda (1 - cos(2 pi / M)) / 2 well above ln(n^2): entries far beyond the");
+        md.AppendLine("bounded regime, which is exactly where part (b) shows the polynomial method cannot follow; the exact kernel can.");
+        md.AppendLine();
+        md.AppendLine("![Match3 accuracy](tensor-match3.svg)");
+        md.AppendLine();
+        md.Append(rows);
+    }
+
+    /// <summary>Brute force: does some pair (j1, j2) give x_i + x_j1 + x_j2 = 0 mod M?</summary>
+    private static bool[] Match3Truth(int[] x, int m)
+    {
+        var present = new bool[m];
+        foreach (int value in x)
+        {
+            present[value] = true;
+        }
+
+        return [.. x.Select(xi => Enumerable.Range(0, m).Any(a => present[a] && present[(((-xi - a) % m) + (2 * m)) % m]))];
+    }
+
+    /// <summary>One tensor head on the Match3 construction; the fraction of positions it answers correctly.</summary>
+    private static double Match3Accuracy(int[] x, bool[] truth, double lambda, int m, int threads)
+    {
+        int n = x.Length, tokens = n + 1; // index 0 is the sentinel
+        const int D = 5;
+        double c0 = (1 + Math.Cos(2 * Math.PI / m)) / 2;
+        var q = new float[n * D];
+        var k1 = new float[tokens * D];
+        var k2 = new float[tokens * D];
+        var v1 = new float[tokens];
+        var v2 = new float[tokens];
+        for (int i = 0; i < n; i++)
+        {
+            double a = 2 * Math.PI * x[i] / m;
+            float[] row = [(float)(lambda * Math.Cos(a)), (float)(-lambda * Math.Cos(a)), (float)(-lambda * Math.Sin(a)), (float)(-lambda * Math.Sin(a)), (float)(lambda * c0)];
+            row.CopyTo(q, i * D);
+            float cb = (float)Math.Cos(a), sb = (float)Math.Sin(a);
+            new[] { cb, sb, cb, sb, 0f }.CopyTo(k1, (i + 1) * D);
+            new[] { cb, sb, sb, cb, 0f }.CopyTo(k2, (i + 1) * D);
+            v1[i + 1] = 1;
+            v2[i + 1] = 1;
+        }
+
+        k1[D - 1] = 1; // the sentinel: feature 5 only
+        k2[D - 1] = 1;
+        v2[0] = 1;
+        var shape = new TensorAttentionShape(1, n, tokens, D, 1);
+        var output = new float[n];
+        TensorAttention.Compute(q, [k1, k2], [v1, v2], shape, output, new TensorAttentionOptions { Scale = 1f, MaxDegreeOfParallelism = threads });
+        return Enumerable.Range(0, n).Count(i => (output[i] > 0.5f) == truth[i]) / (double)n;
+    }
+}
