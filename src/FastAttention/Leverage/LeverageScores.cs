@@ -1,0 +1,237 @@
+using System.Numerics.Tensors;
+using FastAttention.Kernels;
+
+namespace FastAttention.Leverage;
+
+/// <summary>How leverage scores are computed.</summary>
+public enum LeverageMethod
+{
+    /// <summary>Gram matrix and scores in double (pivoted Cholesky, pseudo-inverse semantics): the accurate default.</summary>
+    Exact,
+
+    /// <summary>Gram matrix and scores by the project's float32 GEMM (two GEMM-shaped passes), chunks summed in double: for very large n.</summary>
+    Fast,
+
+    /// <summary>CountSketch of K (4 d^2 rows) for R, a Gaussian JL projection (t = 32 columns) for the scores: O(n d t), constant-factor accurate.</summary>
+    Sketched,
+}
+
+/// <summary>
+/// Leverage scores <c>tau_j = k_j^T (K^T K)^+ k_j</c> of the rows of K (<c>[n, d]</c>): in [0, 1], summing to rank K
+/// (ALGORITHMS.md §4). For p = 2 attention <c>A_ij = (q_i.k_j)^2 / sum_l (q_i.k_l)^2</c>, <c>A_ij &lt;= tau_j</c> for every
+/// query, which makes <c>{j : tau_j &gt;= eps}</c> a universal set (<see cref="Leverage.UniversalSet"/>).
+/// </summary>
+public static class LeverageScores
+{
+    /// <summary>Columns of the sketched method's Gaussian projection.</summary>
+    public const int SketchColumns = 32;
+
+    /// <summary>Computes the leverage scores of the rows of <paramref name="keys"/>.</summary>
+    /// <param name="keys">K, row-major <c>[n, d]</c>.</param>
+    /// <param name="dimension">d.</param>
+    /// <param name="method">Exact (default), fast (float GEMM) or sketched.</param>
+    /// <param name="seed">The sketched method's seed.</param>
+    /// <param name="maxDegreeOfParallelism">Threads; 0 means one per core. The result bits do not depend on it.</param>
+    /// <returns>tau, length n.</returns>
+    /// <exception cref="ArgumentException">d &lt; 1, a length that is not a multiple of d, or non-finite entries.</exception>
+    public static double[] Compute(ReadOnlySpan<float> keys, int dimension, LeverageMethod method = LeverageMethod.Exact, int seed = 0, int maxDegreeOfParallelism = 0)
+    {
+        Check(keys, dimension, nameof(keys));
+        return method switch
+        {
+            LeverageMethod.Fast => Fast(keys, dimension, maxDegreeOfParallelism),
+            LeverageMethod.Sketched => Sketched(keys, dimension, seed, maxDegreeOfParallelism),
+            _ => Scores(keys, Gram(keys, dimension, maxDegreeOfParallelism).Factor(), maxDegreeOfParallelism),
+        };
+    }
+
+    /// <summary>The Gram state of K in double: fixed chunks in parallel, merged in chunk order.</summary>
+    /// <param name="keys">K, <c>[n, d]</c>.</param>
+    /// <param name="dimension">d.</param>
+    /// <param name="maxDegreeOfParallelism">Threads.</param>
+    /// <param name="weights">Optional row weights.</param>
+    /// <returns>The state.</returns>
+    public static GramState Gram(ReadOnlySpan<float> keys, int dimension, int maxDegreeOfParallelism = 0, ReadOnlySpan<double> weights = default)
+    {
+        Check(keys, dimension, nameof(keys));
+        const int Chunk = 8192;
+        int n = keys.Length / dimension;
+        int chunks = (n + Chunk - 1) / Chunk;
+        var parts = new GramState[chunks];
+        float[] copy = keys.ToArray();
+        double[]? w = weights.IsEmpty ? null : weights.ToArray();
+        Parallel.For(0, chunks, Options(maxDegreeOfParallelism), c =>
+        {
+            int first = c * Chunk, count = Math.Min(Chunk, n - first);
+            var part = new GramState(dimension);
+            part.Add(copy.AsSpan(first * dimension, count * dimension), w is null ? default : w.AsSpan(first, count));
+            parts[c] = part;
+        });
+
+        var total = new GramState(dimension);
+        foreach (GramState part in parts)
+        {
+            total.Merge(part);
+        }
+
+        return total;
+    }
+
+    /// <summary>Scores of rows against a factor (<c>||k W||^2</c>, clamped to [0, 1]), rows in parallel.</summary>
+    /// <param name="keys">Rows, <c>[n, d]</c>.</param>
+    /// <param name="factor">The factor of the Gram matrix the scores are relative to.</param>
+    /// <param name="maxDegreeOfParallelism">Threads.</param>
+    /// <param name="clamp">Clamp to [0, 1] (scores of K's own rows against K's Gram matrix lie there up to rounding).</param>
+    /// <returns>One score per row.</returns>
+    public static double[] Scores(ReadOnlySpan<float> keys, GramFactor factor, int maxDegreeOfParallelism = 0, bool clamp = true)
+    {
+        ArgumentNullException.ThrowIfNull(factor);
+        int d = factor.Dimension, r = factor.Rank, n = keys.Length / d;
+        double[] scores = new double[n];
+        if (r == 0)
+        {
+            return scores;
+        }
+
+        float[] copy = keys.ToArray();
+        double[] w = factor.Whitening;
+        Parallel.For(0, (n + 1023) / 1024, Options(maxDegreeOfParallelism), block =>
+        {
+            double[] y = new double[r];
+            for (int j = block * 1024; j < Math.Min(n, (block + 1) * 1024); j++)
+            {
+                Array.Clear(y);
+                for (int l = 0; l < d; l++)
+                {
+                    double x = copy[(j * d) + l];
+                    if (x != 0)
+                    {
+                        TensorPrimitives.MultiplyAdd(w.AsSpan(l * r, r), x, y, y);
+                    }
+                }
+
+                double score = TensorPrimitives.Dot<double>(y, y);
+                scores[j] = clamp ? Math.Clamp(score, 0, 1) : score;
+            }
+        });
+        return scores;
+    }
+
+    /// <summary>Gram by float GEMM, then <c>Y = K W</c> by float GEMM in chunks, scores = row norms of Y.</summary>
+    private static unsafe double[] Fast(ReadOnlySpan<float> keys, int d, int maxDegreeOfParallelism)
+    {
+        var gram = new GramState(d);
+        gram.AddFast(keys, maxDegreeOfParallelism);
+        GramFactor factor = gram.Factor(1e-6); // float entries: rank decided at float precision
+        int r = factor.Rank, n = keys.Length / d;
+        double[] scores = new double[n];
+        if (r == 0)
+        {
+            return scores;
+        }
+
+        float[] w = Array.ConvertAll(factor.Whitening, x => (float)x);
+        const int Chunk = 65536;
+        float[] y = new float[(long)Math.Min(Chunk, n) * r];
+        fixed (float* k = keys, pw = w, py = y)
+        {
+            for (int first = 0; first < n; first += Chunk)
+            {
+                int m = Math.Min(Chunk, n - first);
+                Gemm.Multiply(m, r, d, k + ((long)first * d), false, pw, false, py, 0f, maxDegreeOfParallelism);
+                for (int j = 0; j < m; j++)
+                {
+                    scores[first + j] = Math.Clamp(TensorPrimitives.Dot(new ReadOnlySpan<float>(py + ((long)j * r), r), new ReadOnlySpan<float>(py + ((long)j * r), r)), 0, 1);
+                }
+            }
+        }
+
+        return scores;
+    }
+
+    /// <summary>
+    /// R from a CountSketch S K (4 d^2 rows; each key added to one bucket with a random sign), then
+    /// <c>tau_j ~ ||k_j R^+ G||^2</c> with G a d x t Gaussian / sqrt(t): a (1 +- eps) subspace embedding times a JL
+    /// estimate. Seeded; the same bits for any thread count.
+    /// </summary>
+    private static double[] Sketched(ReadOnlySpan<float> keys, int d, int seed, int maxDegreeOfParallelism)
+    {
+        int n = keys.Length / d;
+        int buckets = Math.Max(4 * d * d, 1);
+        var random = new Random(seed);
+        float[] sketch = new float[(long)buckets * d];
+        for (int j = 0; j < n; j++)
+        {
+            int bucket = random.Next(buckets);
+            float sign = random.Next(2) == 0 ? 1f : -1f;
+            TensorPrimitives.MultiplyAdd(keys.Slice(j * d, d), sign, sketch.AsSpan(bucket * d, d), sketch.AsSpan(bucket * d, d));
+        }
+
+        GramFactor factor = Gram(sketch, d, maxDegreeOfParallelism).Factor();
+        int r = factor.Rank;
+        double[] scores = new double[n];
+        if (r == 0)
+        {
+            return scores;
+        }
+
+        // Projection P = W G (d x t): scores = ||k P||^2.
+        const int T = SketchColumns;
+        double[] g = new double[r * T];
+        for (int i = 0; i < g.Length; i += 2)
+        {
+            double u1 = 1 - random.NextDouble(), u2 = random.NextDouble(), radius = Math.Sqrt(-2 * Math.Log(u1));
+            g[i] = radius * Math.Cos(2 * Math.PI * u2) / Math.Sqrt(T);
+            if (i + 1 < g.Length)
+            {
+                g[i + 1] = radius * Math.Sin(2 * Math.PI * u2) / Math.Sqrt(T);
+            }
+        }
+
+        double[] projection = new double[d * T];
+        for (int l = 0; l < d; l++)
+        {
+            for (int c = 0; c < r; c++)
+            {
+                TensorPrimitives.MultiplyAdd(g.AsSpan(c * T, T), factor.Whitening[(l * r) + c], projection.AsSpan(l * T, T), projection.AsSpan(l * T, T));
+            }
+        }
+
+        float[] copy = keys.ToArray();
+        Parallel.For(0, (n + 1023) / 1024, Options(maxDegreeOfParallelism), block =>
+        {
+            double[] y = new double[T];
+            for (int j = block * 1024; j < Math.Min(n, (block + 1) * 1024); j++)
+            {
+                Array.Clear(y);
+                for (int l = 0; l < d; l++)
+                {
+                    TensorPrimitives.MultiplyAdd(projection.AsSpan(l * T, T), copy[(j * d) + l], y, y);
+                }
+
+                scores[j] = Math.Clamp(TensorPrimitives.Dot<double>(y, y), 0, 1);
+            }
+        });
+        return scores;
+    }
+
+    internal static void Check(ReadOnlySpan<float> keys, int dimension, string name)
+    {
+        if (dimension < 1)
+        {
+            throw new ArgumentOutOfRangeException(name, dimension, "The row length d must be at least 1.");
+        }
+
+        if (keys.Length % dimension != 0)
+        {
+            throw new ArgumentException($"The keys' length {keys.Length} is not a multiple of d = {dimension}.", name);
+        }
+
+        if (!TensorPrimitives.IsFiniteAll(keys))
+        {
+            throw new ArgumentException("The keys hold NaN or infinity.", name);
+        }
+    }
+
+    private static ParallelOptions Options(int maxDegreeOfParallelism) => new() { MaxDegreeOfParallelism = maxDegreeOfParallelism > 0 ? maxDegreeOfParallelism : -1 };
+}

@@ -1,0 +1,260 @@
+using System.Numerics.Tensors;
+
+namespace FastAttention.Leverage;
+
+/// <summary>What a universal set guarantees.</summary>
+/// <param name="Eps">eps: every entry <c>A_ij &gt;= eps</c> of <c>|x|^p</c> attention, for every query, has its key j in the set.</param>
+/// <param name="P">p of <c>f(x) = |x|^p</c>.</param>
+/// <param name="Size">|U|.</param>
+/// <param name="SizeBound">The paper's bound on |U|: rank/eps for p &lt;= 2 (sum of the sensitivity bounds is at most the rank), rank^(p/2)/eps for p &gt; 2.</param>
+/// <param name="ScoreSum">The sum of the sensitivity bounds (rank K for p = 2).</param>
+/// <param name="Rank">The numerical rank of K.</param>
+public sealed record UniversalSetCertificate(double Eps, double P, int Size, double SizeBound, double ScoreSum, int Rank);
+
+/// <summary>
+/// Universal sets (ALGORITHMS.md §4): <c>U = {j : sigma_j &gt;= eps}</c> where <c>sigma_j</c> bounds key j's sensitivity,
+/// <c>sup_y |k_j.y|^p / sum_l |k_l.y|^p</c>. For p = 2 that bound is the leverage score; otherwise it comes from the
+/// l_p Lewis weights w: <c>sigma_j &lt;= w_j</c> for p &lt;= 2 and <c>&lt;= rank^(p/2 - 1) w_j</c> for p &gt; 2. Since every
+/// attention entry <c>A_ij &lt;= sigma_j</c>, U holds every heavy entry of every query, and <c>|U| &lt;= sum sigma / eps</c>
+/// whatever n is.
+/// </summary>
+public static class UniversalSet
+{
+    /// <summary>The sensitivity upper bounds of the rows of K for <c>|x|^p</c>, with the rank of K.</summary>
+    /// <param name="keys">K, <c>[n, d]</c>.</param>
+    /// <param name="dimension">d.</param>
+    /// <param name="p">p in (0, 4).</param>
+    /// <param name="maxDegreeOfParallelism">Threads.</param>
+    /// <returns>sigma bounds, length n, and the rank.</returns>
+    public static (double[] Bounds, int Rank) SensitivityBounds(ReadOnlySpan<float> keys, int dimension, double p = 2, int maxDegreeOfParallelism = 0)
+    {
+        LewisWeights.CheckP(p);
+        if (p == 2)
+        {
+            GramFactor factor = LeverageScores.Gram(keys, dimension, maxDegreeOfParallelism).Factor();
+            return (LeverageScores.Scores(keys, factor, maxDegreeOfParallelism), factor.Rank);
+        }
+
+        (double[] w, int rank) = LewisWeights.Compute(keys, dimension, p, maxDegreeOfParallelism);
+        double factorP = p > 2 ? Math.Pow(rank, (p / 2) - 1) : 1;
+        return ([.. w.Select(x => Math.Min(1, factorP * x))], rank);
+    }
+
+    /// <summary>The universal set for eps: sorted key indices with their certificate.</summary>
+    /// <param name="keys">K, <c>[n, d]</c>.</param>
+    /// <param name="dimension">d.</param>
+    /// <param name="eps">eps in (0, 1].</param>
+    /// <param name="p">p in (0, 4).</param>
+    /// <param name="maxDegreeOfParallelism">Threads.</param>
+    /// <returns>The indices and the certificate.</returns>
+    public static (int[] Indices, UniversalSetCertificate Certificate) Compute(ReadOnlySpan<float> keys, int dimension, double eps, double p = 2, int maxDegreeOfParallelism = 0)
+    {
+        CheckEps(eps);
+        (double[] bounds, int rank) = SensitivityBounds(keys, dimension, p, maxDegreeOfParallelism);
+        return FromBounds(bounds, rank, eps, p);
+    }
+
+    /// <summary>The universal set of given sensitivity bounds.</summary>
+    /// <param name="bounds">sigma bounds.</param>
+    /// <param name="rank">rank K.</param>
+    /// <param name="eps">eps in (0, 1].</param>
+    /// <param name="p">p.</param>
+    /// <returns>The indices and the certificate.</returns>
+    public static (int[] Indices, UniversalSetCertificate Certificate) FromBounds(IReadOnlyList<double> bounds, int rank, double eps, double p)
+    {
+        ArgumentNullException.ThrowIfNull(bounds);
+        CheckEps(eps);
+        int[] indices = [.. Enumerable.Range(0, bounds.Count).Where(j => bounds[j] >= eps * (1 - 1e-9))];
+        double sizeBound = (p > 2 ? Math.Pow(rank, p / 2) : rank) / eps;
+        return (indices, new UniversalSetCertificate(eps, p, indices.Length, sizeBound, bounds.Sum(), rank));
+    }
+
+    /// <summary>The k keys with the largest bounds (ties by index), sorted by index.</summary>
+    /// <param name="bounds">sigma bounds (or leverage scores).</param>
+    /// <param name="count">k.</param>
+    /// <returns>Sorted indices.</returns>
+    public static int[] Top(IReadOnlyList<double> bounds, int count)
+    {
+        ArgumentNullException.ThrowIfNull(bounds);
+        ArgumentOutOfRangeException.ThrowIfLessThan(count, 1);
+        return [.. Enumerable.Range(0, bounds.Count).OrderByDescending(j => bounds[j]).ThenBy(j => j).Take(count).Order()];
+    }
+
+    /// <summary>
+    /// Brute force: every (query, key) entry <c>A_ij &gt;= eps</c> of <c>|x|^p</c> attention (O(nq nk d)) and whether its key is in
+    /// <paramref name="set"/>. The checker the certificate is tested with.
+    /// </summary>
+    /// <param name="queries">Q, <c>[nq, d]</c>.</param>
+    /// <param name="keys">K, <c>[nk, d]</c>.</param>
+    /// <param name="dimension">d.</param>
+    /// <param name="p">p.</param>
+    /// <param name="eps">eps.</param>
+    /// <param name="set">Sorted key indices.</param>
+    /// <returns>The heavy entries found, and those whose key is missing from the set.</returns>
+    public static (int Heavy, List<(int Query, int Key, double Weight)> Missing) Check(ReadOnlySpan<float> queries, ReadOnlySpan<float> keys, int dimension, double p, double eps, IReadOnlyCollection<int> set)
+    {
+        ArgumentNullException.ThrowIfNull(set);
+        var members = new HashSet<int>(set);
+        int nq = queries.Length / dimension, nk = keys.Length / dimension;
+        double[] f = new double[nk];
+        int heavy = 0;
+        var missing = new List<(int, int, double)>();
+        for (int i = 0; i < nq; i++)
+        {
+            ReadOnlySpan<float> q = queries.Slice(i * dimension, dimension);
+            double total = 0;
+            for (int j = 0; j < nk; j++)
+            {
+                double dot = 0;
+                for (int l = 0; l < dimension; l++)
+                {
+                    dot += (double)q[l] * keys[(j * dimension) + l];
+                }
+
+                f[j] = Math.Pow(Math.Abs(dot), p);
+                total += f[j];
+            }
+
+            for (int j = 0; j < nk && total > 0; j++)
+            {
+                double a = f[j] / total;
+                if (a >= eps)
+                {
+                    heavy++;
+                    if (!members.Contains(j))
+                    {
+                        missing.Add((i, j, a));
+                    }
+                }
+            }
+        }
+
+        return (heavy, missing);
+    }
+
+    /// <summary>
+    /// The heavy entries of p = 2 attention found by scanning only U: <c>A_ij = (q_i.k_j)^2 / q_i^T G q_i</c> with the Gram
+    /// matrix G giving the exact denominator in O(d^2), so the whole scan is O(nq (|U| d + d^2)) instead of O(nq nk d).
+    /// </summary>
+    /// <param name="queries">Q, <c>[nq, d]</c>.</param>
+    /// <param name="keys">K, <c>[nk, d]</c>.</param>
+    /// <param name="gram">K's Gram state.</param>
+    /// <param name="set">U.</param>
+    /// <param name="eps">eps.</param>
+    /// <returns>(query, key, A_ij) for every entry of at least eps.</returns>
+    public static List<(int Query, int Key, double Weight)> HeavyEntries(ReadOnlySpan<float> queries, ReadOnlySpan<float> keys, GramState gram, IReadOnlyList<int> set, double eps)
+    {
+        ArgumentNullException.ThrowIfNull(gram);
+        ArgumentNullException.ThrowIfNull(set);
+        int d = gram.Dimension, nq = queries.Length / d;
+        ReadOnlySpan<double> g = gram.Matrix;
+        var found = new List<(int, int, double)>();
+        double[] q = new double[d], gq = new double[d];
+        for (int i = 0; i < nq; i++)
+        {
+            for (int l = 0; l < d; l++)
+            {
+                q[l] = queries[(i * d) + l];
+            }
+
+            for (int a = 0; a < d; a++)
+            {
+                gq[a] = TensorPrimitives.Dot(g.Slice(a * d, d), q);
+            }
+
+            double total = TensorPrimitives.Dot<double>(q, gq);
+            if (total <= 0)
+            {
+                continue;
+            }
+
+            foreach (int j in set)
+            {
+                double dot = 0;
+                for (int l = 0; l < d; l++)
+                {
+                    dot += q[l] * keys[(j * d) + l];
+                }
+
+                double a = dot * dot / total;
+                if (a >= eps)
+                {
+                    found.Add((i, j, a));
+                }
+            }
+        }
+
+        return found;
+    }
+
+    internal static void CheckEps(double eps)
+    {
+        if (!(eps > 0 && eps <= 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(eps), eps, "eps must lie in (0, 1]: it is the attention weight a heavy entry reaches.");
+        }
+    }
+}
+
+/// <summary>
+/// l_p Lewis weights of the rows of K: the fixed point <c>w_j = (k_j^T (K^T W^(1 - 2/p) K)^+ k_j)^(p/2)</c>, found by
+/// Cohen–Peng iteration, which converges for p in (0, 4); they sum to rank K (p = 2 gives the leverage scores). Beyond
+/// p = 4 the plain iteration can oscillate, so such p are refused.
+/// </summary>
+public static class LewisWeights
+{
+    /// <summary>Iterations at most.</summary>
+    public const int MaxIterations = 200;
+
+    /// <summary>Computes the Lewis weights (converged to a relative change below 1e-10) and the rank.</summary>
+    /// <param name="keys">K, <c>[n, d]</c>.</param>
+    /// <param name="dimension">d.</param>
+    /// <param name="p">p in (0, 4).</param>
+    /// <param name="maxDegreeOfParallelism">Threads.</param>
+    /// <returns>w and rank K.</returns>
+    public static (double[] Weights, int Rank) Compute(ReadOnlySpan<float> keys, int dimension, double p, int maxDegreeOfParallelism = 0)
+    {
+        CheckP(p);
+        LeverageScores.Check(keys, dimension, nameof(keys));
+        int n = keys.Length / dimension;
+        double[] w = new double[n];
+        Array.Fill(w, 1.0);
+        double[] rowWeights = new double[n];
+        int rank = 0;
+        for (int iteration = 0; iteration < MaxIterations; iteration++)
+        {
+            for (int j = 0; j < n; j++)
+            {
+                rowWeights[j] = w[j] > 0 ? Math.Pow(w[j], 1 - (2 / p)) : 0; // a zero row stays out (and contributes nothing)
+            }
+
+            GramFactor factor = LeverageScores.Gram(keys, dimension, maxDegreeOfParallelism, rowWeights).Factor();
+            rank = factor.Rank;
+
+            // Unclamped: a heavily down-weighted row can score above 1 against the weighted Gram matrix.
+            double[] s = LeverageScores.Scores(keys, factor, maxDegreeOfParallelism, clamp: false);
+            double change = 0;
+            for (int j = 0; j < n; j++)
+            {
+                double next = Math.Pow(Math.Max(s[j], 0), p / 2);
+                change = Math.Max(change, Math.Abs(next - w[j]) / Math.Max(next, 1e-300));
+                w[j] = next;
+            }
+
+            if (p == 2 || change < 1e-10)
+            {
+                break;
+            }
+        }
+
+        return (w, rank);
+    }
+
+    internal static void CheckP(double p)
+    {
+        if (!(p > 0 && p < 4))
+        {
+            throw new ArgumentOutOfRangeException(nameof(p), p, "p must lie in (0, 4): the Lewis-weight iteration converges there (Cohen–Peng); p <= 0 is no attention.");
+        }
+    }
+}
