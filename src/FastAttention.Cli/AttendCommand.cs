@@ -7,7 +7,7 @@ namespace FastAttention.Cli;
 /// <summary><c>fastattn attend</c>: attention over Q, K, V files, written to an output file.</summary>
 internal static class AttendCommand
 {
-    public static readonly string[] Methods = ["exact", "poly", "sketch", "auto"];
+    public static readonly string[] Methods = ["exact", "poly", "sketch", "auto", "lev"];
 
     public static Command Command { get; } = new(
         "attend",
@@ -22,6 +22,10 @@ internal static class AttendCommand
             new("degree", "G", "poly: force the polynomial degree"),
             new("sketch", "M", "sketch: sketch size m (default 32; m(m+1)/2 features)"),
             new("seed", "S", "sketch: seed of the Gaussian sketch (default 0)"),
+            new("lev-eps", "E", "lev: keep each head's universal set {j : leverage score >= E} (LevAttention)"),
+            new("top", "N", "lev: keep each head's N keys with the largest leverage scores (the paper's ViT setting: 32)"),
+            new("keep-first", "F", "lev: always keep the first F keys"),
+            new("keep-last", "L", "lev: always keep the last L keys"),
             new("scale", "S", "score scale s (default 1/sqrt(d); the papers use 1/d)"),
             new("causal", null, "causal mask, bottom-right aligned when nq != nk"),
             new("threads", "T", "worker threads (default: all cores); output bits do not depend on it"),
@@ -72,6 +76,7 @@ internal static class AttendCommand
 
         PolynomialCertificate? certificate = null;
         SketchReport? sketch = null;
+        IReadOnlyList<LevSelection>? selections = null;
         AttentionRun run;
         var timer = Stopwatch.StartNew();
         if (method == "poly")
@@ -86,6 +91,31 @@ internal static class AttendCommand
             };
             certificate = PolynomialAttention.Compute(q.Data, k.Data, v.Data, shape, output, polynomialOptions);
             run = new AttentionRun("polynomial-double", certificate.PredictedFlops);
+        }
+        else if (method == "lev")
+        {
+            if (options.Causal)
+            {
+                throw new UsageException("attend: --method lev selects keys for every query at once; --causal is not supported (decoding uses the LevKvCache API)");
+            }
+
+            var levOptions = new LevAttentionOptions
+            {
+                Eps = o.Double("lev-eps", positive: true),
+                Top = o.Int("top", 1, int.MaxValue),
+                Scale = scale,
+                KeepFirst = o.Int("keep-first", 0, int.MaxValue) ?? 0,
+                KeepLast = o.Int("keep-last", 0, int.MaxValue) ?? 0,
+                MaxDegreeOfParallelism = threads,
+            };
+            if (levOptions.Eps.HasValue == levOptions.Top.HasValue)
+            {
+                throw new UsageException("attend: --method lev needs exactly one of --lev-eps E and --top N");
+            }
+
+            selections = LevAttention.Compute(q.Data, k.Data, v.Data, shape, output, levOptions);
+            double kept = selections.Sum(x => (double)x.Keys.Length) / selections.Count;
+            run = new AttentionRun("lev-softmax", 4.0 * shape.BatchSize * shape.HeadCount * shape.QueryCount * kept * shape.HeadDim);
         }
         else if (method == "sketch")
         {
@@ -150,6 +180,17 @@ internal static class AttendCommand
                 {
                     Json.WritePlan(w, plan);
                 }
+
+                if (selections is not null)
+                {
+                    w.WriteStartArray("keptKeys");
+                    foreach (LevSelection selection in selections)
+                    {
+                        w.WriteNumberValue(selection.Keys.Length);
+                    }
+
+                    w.WriteEndArray();
+                }
             });
         }
         else
@@ -165,6 +206,12 @@ internal static class AttendCommand
             {
                 stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"certificate: |s q.k| <= R = {certificate.Range:G4}; degree {certificate.Degree}, {certificate.Rank} features; polynomial relative error {certificate.PolynomialRelativeError:G3}; every output within {certificate.OutputBound:G3} of exact attention"));
+            }
+
+            if (selections is not null)
+            {
+                stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"lev: kept {string.Join(", ", selections.Select(x => x.Keys.Length))} of {shape.KeyCount} keys per kv head (leverage scores; softmax over the kept keys)"));
             }
 
             if (sketch is not null)

@@ -20,6 +20,7 @@ internal static class Cli
     [
         AttendCommand.Command,
         TensorCommand.Command,
+        LeverageCommand.Command,
         InspectCommand.Command,
         DemoCommand.Command,
         BenchCommand.Command,

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using FastAttention.IO;
+using FastAttention.Leverage;
 using FastAttention.Tests.Support;
 
 namespace FastAttention.Tests;
@@ -486,5 +487,64 @@ public class CliTests
 
         Assert.Contains("**Crossover**", markdown);
         Assert.Contains("| 128 | 10000 | 100.0 % |", markdown); // Match3 solved at large lambda
+    }
+
+    [Fact]
+    public void Leverage_writes_sorted_int64_indices_with_a_certificate_and_checks_its_options()
+    {
+        string dir = Data.TempDir();
+        string keys = Path.Combine(dir, "k.npy");
+        float[] k = Data.Normal(3000 * 6, 5);
+        for (int j = 0; j < 3000; j += 101)
+        {
+            k[j * 6] *= 15;
+        }
+
+        NumpyFile.Write(keys, new TensorData<float>(k, 3000, 6));
+        (int code, string stdout, string stderr) = Run("leverage", "--k", keys, "--out", Path.Combine(dir, "u.npy"), "--eps", "0.02", "--scores", Path.Combine(dir, "s.npy"), "--json");
+        Assert.True(code == 0, stderr);
+        long[] u = NumpyFile.ReadInt64(Path.Combine(dir, "u.npy")).Data;
+        (int[] expected, UniversalSetCertificate certificate) = UniversalSet.Compute(k, 6, 0.02);
+        Assert.Equal(expected.Select(x => (long)x), u);
+        using (JsonDocument json = JsonDocument.Parse(stdout))
+        {
+            JsonElement c = json.RootElement.GetProperty("certificate");
+            Assert.Equal(0.02, c.GetProperty("eps").GetDouble());
+            Assert.Equal(2, c.GetProperty("p").GetDouble());
+            Assert.Equal(u.Length, c.GetProperty("size").GetInt32());
+            Assert.Equal(6 / 0.02, c.GetProperty("sizeBound").GetDouble(), 9);
+            Assert.Equal(6, c.GetProperty("scoreSum").GetDouble(), 6);
+        }
+
+        Assert.Equal(3000, NumpyFile.ReadFloat64(Path.Combine(dir, "s.npy")).Data.Length);
+
+        // Streaming gives the same set; per-head sets go to an .npz.
+        Assert.Equal(0, Run("leverage", "--k", keys, "--out", Path.Combine(dir, "stream.npy"), "--eps", "0.02", "--stream").Code);
+        Assert.Equal(u, NumpyFile.ReadInt64(Path.Combine(dir, "stream.npy")).Data);
+        Assert.Equal(0, Run("leverage", "--k", Ocr("k.npy"), "--out", Path.Combine(dir, "heads.npz"), "--top", "5").Code);
+        Assert.Equal(8, NpzFile.Names(Path.Combine(dir, "heads.npz")).Count);
+        Assert.Equal(5, NpzFile.ReadInt64(Path.Combine(dir, "heads.npz"), "head3").Data.Length);
+
+        Assert.Equal(2, Run("leverage", "--k", keys, "--out", Path.Combine(dir, "x.npy"), "--eps", "0").Code);
+        Assert.Equal(2, Run("leverage", "--k", keys, "--out", Path.Combine(dir, "x.npy"), "--eps", "1.5").Code);
+        Assert.Equal(2, Run("leverage", "--k", keys, "--out", Path.Combine(dir, "x.npy"), "--eps", "0.1", "--p", "0").Code);
+        Assert.Equal(2, Run("leverage", "--k", keys, "--out", Path.Combine(dir, "x.npy"), "--eps", "0.1", "--top", "3").Code);
+        Assert.Equal(2, Run("leverage", "--k", keys, "--out", Path.Combine(dir, "u.npy"), "--eps", "0.1").Code); // exists, no --force
+    }
+
+    [Fact]
+    public void Attend_lev_keeps_the_top_keys_per_head()
+    {
+        string dir = Data.TempDir();
+        (int code, string stdout, string stderr) = Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "lev.npy"), "--method", "lev", "--top", "42", "--json");
+        Assert.True(code == 0, stderr);
+        using JsonDocument json = JsonDocument.Parse(stdout);
+        Assert.All(json.RootElement.GetProperty("keptKeys").EnumerateArray(), e => Assert.Equal(42, e.GetInt32()));
+
+        // All 42 keys kept: exactly the exact kernel's output.
+        Assert.Equal(0, Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "exact.npy")).Code);
+        Assert.Equal(NumpyFile.ReadFloat32(Path.Combine(dir, "exact.npy")).Data, NumpyFile.ReadFloat32(Path.Combine(dir, "lev.npy")).Data);
+        Assert.Equal(2, Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "x.npy"), "--method", "lev").Code);
+        Assert.Equal(2, Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "x.npy"), "--method", "lev", "--top", "3", "--causal").Code);
     }
 }
