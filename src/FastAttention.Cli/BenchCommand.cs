@@ -14,7 +14,7 @@ internal static class BenchCommand
         "bench",
         "time a method on seeded random inputs: median of repeated runs, GFLOP/s, %-of-peak",
         [
-            new("method", "M", "exact (default); poly (polynomial method) or sketch (sketched degree-4), with GFLOP/s effective: exact flops per second; tensor (exact tensor attention, 4 n^3 d flops) or tensor-poly (its polynomial method, effective GFLOP/s) on random Q, K1, K2, V1, V2; gemm: the GEMM alone, m = n = k = --n"),
+            new("method", "M", "exact (default); poly (polynomial method) or sketch (sketched degree-4), with GFLOP/s effective: exact flops per second; tensor (exact tensor attention, 4 n^3 d flops) or tensor-poly (its polynomial method, effective GFLOP/s) on random Q, K1, K2, V1, V2; gemm: the GEMM alone, m = n = k = --n; leverage: leverage scores of n x d Gaussian keys (fast, exact, sketched) against K^T K on the project's GEMM"),
             new("n", "N", "queries (and keys, unless --nk) per head (required unless --q is given)"),
             new("nk", "NK", "keys per head (default n)"),
             new("d", "D", "head dimension (default 64)"),
@@ -46,6 +46,11 @@ internal static class BenchCommand
         if (method == "gemm")
         {
             return RunGemm(o, stdout);
+        }
+
+        if (method == "leverage")
+        {
+            return RunLeverage(o, stdout);
         }
 
         if (method is not ("exact" or "poly" or "sketch" or "tensor" or "tensor-poly"))
@@ -210,6 +215,73 @@ internal static class BenchCommand
 
             stdout.WriteLine(string.Create(inv,
                 $"{method} ({run.Kernel}) b={shape.BatchSize} h={shape.HeadCount} nq={shape.QueryCount} nk={shape.KeyCount} d={shape.HeadDim}{(options.Causal ? " causal" : string.Empty)}, {threads} thread(s): median {median * 1e3:F3} ms of {runs}, {gflops:F1} GFLOP/s = {100 * gflops / peak:F0}% of the measured {peak:F0} GFLOP/s FMA peak; inputs read at {gbPerSecond:F1} GB/s{against}"));
+        }
+
+        return ExitCode.Ok;
+    }
+
+    /// <summary>
+    /// Leverage scores of n x d keys (issue 6's benchmark: n = 10^6, d = 64) against the Gram matrix K^T K computed with
+    /// the project's GEMM (chunks in parallel, summed in double), all in the same run: median times and ratios.
+    /// </summary>
+    private static int RunLeverage(ParsedOptions o, TextWriter stdout)
+    {
+        int n = o.Int("n", 1, int.MaxValue) ?? throw new UsageException("bench: --n is required");
+        int d = o.Int("d", 1, 4096) ?? 64;
+        int threads = o.Int("threads", 1, 1024) ?? Environment.ProcessorCount;
+        int runs = o.Int("repeat", 1, 1000) ?? 3;
+        if ((long)n * d > Array.MaxLength)
+        {
+            throw new UsageException($"bench: n x d = {(long)n * d} is too large for one array");
+        }
+
+        var random = new Random(o.Int("seed", int.MinValue, int.MaxValue) ?? 1);
+        float[] keys = new float[(long)n * d];
+        for (long i = 0; i < keys.LongLength; i += 2)
+        {
+            double radius = Math.Sqrt(-2 * Math.Log(1 - random.NextDouble())), angle = 2 * Math.PI * random.NextDouble();
+            keys[i] = (float)(radius * Math.Cos(angle));
+            if (i + 1 < keys.LongLength)
+            {
+                keys[i + 1] = (float)(radius * Math.Sin(angle));
+            }
+        }
+
+        double Time(Action run)
+        {
+            run(); // warm-up
+            return Timing.Median(Timing.Repeat(run, runs));
+        }
+
+        double gram = Time(() => new FastAttention.Leverage.GramState(d).AddFast(keys, threads));
+        double fast = Time(() => FastAttention.Leverage.LeverageScores.Compute(keys, d, FastAttention.Leverage.LeverageMethod.Fast, maxDegreeOfParallelism: threads));
+        double sketched = Time(() => FastAttention.Leverage.LeverageScores.Compute(keys, d, FastAttention.Leverage.LeverageMethod.Sketched, maxDegreeOfParallelism: threads));
+        double exact = Time(() => FastAttention.Leverage.LeverageScores.Compute(keys, d, FastAttention.Leverage.LeverageMethod.Exact, maxDegreeOfParallelism: threads));
+        double gramFlops = 2.0 * n * d * d;
+        if (o.Flag("json"))
+        {
+            Json.Write(stdout, w =>
+            {
+                w.WriteString("method", "leverage");
+                w.WriteNumber("n", n);
+                w.WriteNumber("d", d);
+                w.WriteNumber("threads", threads);
+                w.WriteNumber("gramSeconds", gram);
+                w.WriteNumber("gramGflops", gramFlops / gram / 1e9);
+                w.WriteNumber("fastSeconds", fast);
+                w.WriteNumber("fastOverGram", fast / gram);
+                w.WriteNumber("sketchedSeconds", sketched);
+                w.WriteNumber("exactSeconds", exact);
+            });
+        }
+        else
+        {
+            var inv = CultureInfo.InvariantCulture;
+            stdout.WriteLine(string.Create(inv, $"leverage scores, n = {n}, d = {d}, {threads} thread(s), median of {runs}:"));
+            stdout.WriteLine(string.Create(inv, $"  K^T K on the project's GEMM  {gram * 1e3,9:F1} ms  ({gramFlops / gram / 1e9:F0} GFLOP/s)"));
+            stdout.WriteLine(string.Create(inv, $"  scores, fast (two GEMMs)     {fast * 1e3,9:F1} ms  = {fast / gram:F2}x K^T K"));
+            stdout.WriteLine(string.Create(inv, $"  scores, sketched             {sketched * 1e3,9:F1} ms  = {sketched / gram:F2}x K^T K"));
+            stdout.WriteLine(string.Create(inv, $"  scores, exact (double)       {exact * 1e3,9:F1} ms  = {exact / gram:F2}x K^T K"));
         }
 
         return ExitCode.Ok;

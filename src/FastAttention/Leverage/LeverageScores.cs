@@ -51,22 +51,28 @@ public static class LeverageScores
     /// <param name="maxDegreeOfParallelism">Threads.</param>
     /// <param name="weights">Optional row weights.</param>
     /// <returns>The state.</returns>
-    public static GramState Gram(ReadOnlySpan<float> keys, int dimension, int maxDegreeOfParallelism = 0, ReadOnlySpan<double> weights = default)
+    public static unsafe GramState Gram(ReadOnlySpan<float> keys, int dimension, int maxDegreeOfParallelism = 0, ReadOnlySpan<double> weights = default)
     {
         Check(keys, dimension, nameof(keys));
         const int Chunk = 8192;
         int n = keys.Length / dimension;
         int chunks = (n + Chunk - 1) / Chunk;
         var parts = new GramState[chunks];
-        float[] copy = keys.ToArray();
-        double[]? w = weights.IsEmpty ? null : weights.ToArray();
-        Parallel.For(0, chunks, Options(maxDegreeOfParallelism), c =>
+        bool weighted = !weights.IsEmpty;
+        fixed (float* pk = keys)
+        fixed (double* pw = weights)
         {
-            int first = c * Chunk, count = Math.Min(Chunk, n - first);
-            var part = new GramState(dimension);
-            part.Add(copy.AsSpan(first * dimension, count * dimension), w is null ? default : w.AsSpan(first, count));
-            parts[c] = part;
-        });
+            // The spans are pinned and passed as pointers: copying a large K first cost more than the Gram itself.
+            nint k = (nint)pk, w = (nint)pw;
+            Parallel.For(0, chunks, Options(maxDegreeOfParallelism), c =>
+            {
+                int first = c * Chunk, count = Math.Min(Chunk, n - first);
+                var part = new GramState(dimension);
+                part.Add(new ReadOnlySpan<float>((float*)k + ((long)first * dimension), count * dimension),
+                    weighted ? new ReadOnlySpan<double>((double*)w + first, count) : default);
+                parts[c] = part;
+            });
+        }
 
         var total = new GramState(dimension);
         foreach (GramState part in parts)
@@ -83,7 +89,7 @@ public static class LeverageScores
     /// <param name="maxDegreeOfParallelism">Threads.</param>
     /// <param name="clamp">Clamp to [0, 1] (scores of K's own rows against K's Gram matrix lie there up to rounding).</param>
     /// <returns>One score per row.</returns>
-    public static double[] Scores(ReadOnlySpan<float> keys, GramFactor factor, int maxDegreeOfParallelism = 0, bool clamp = true)
+    public static unsafe double[] Scores(ReadOnlySpan<float> keys, GramFactor factor, int maxDegreeOfParallelism = 0, bool clamp = true)
     {
         ArgumentNullException.ThrowIfNull(factor);
         int d = factor.Dimension, r = factor.Rank, n = keys.Length / d;
@@ -93,27 +99,31 @@ public static class LeverageScores
             return scores;
         }
 
-        float[] copy = keys.ToArray();
         double[] w = factor.Whitening;
-        Parallel.For(0, (n + 1023) / 1024, Options(maxDegreeOfParallelism), block =>
+        fixed (float* pk = keys)
         {
-            double[] y = new double[r];
-            for (int j = block * 1024; j < Math.Min(n, (block + 1) * 1024); j++)
+            nint k = (nint)pk;
+            Parallel.For(0, (n + 1023) / 1024, Options(maxDegreeOfParallelism), block =>
             {
-                Array.Clear(y);
-                for (int l = 0; l < d; l++)
+                double[] y = new double[r];
+                for (int j = block * 1024; j < Math.Min(n, (block + 1) * 1024); j++)
                 {
-                    double x = copy[(j * d) + l];
-                    if (x != 0)
+                    Array.Clear(y);
+                    for (int l = 0; l < d; l++)
                     {
-                        TensorPrimitives.MultiplyAdd(w.AsSpan(l * r, r), x, y, y);
+                        double x = ((float*)k)[((long)j * d) + l];
+                        if (x != 0)
+                        {
+                            TensorPrimitives.MultiplyAdd(w.AsSpan(l * r, r), x, y, y);
+                        }
                     }
-                }
 
-                double score = TensorPrimitives.Dot<double>(y, y);
-                scores[j] = clamp ? Math.Clamp(score, 0, 1) : score;
-            }
-        });
+                    double score = TensorPrimitives.Dot<double>(y, y);
+                    scores[j] = clamp ? Math.Clamp(score, 0, 1) : score;
+                }
+            });
+        }
+
         return scores;
     }
 
@@ -154,17 +164,61 @@ public static class LeverageScores
     /// <c>tau_j ~ ||k_j R^+ G||^2</c> with G a d x t Gaussian / sqrt(t): a (1 +- eps) subspace embedding times a JL
     /// estimate. Seeded; the same bits for any thread count.
     /// </summary>
-    private static double[] Sketched(ReadOnlySpan<float> keys, int d, int seed, int maxDegreeOfParallelism)
+    private static unsafe double[] Sketched(ReadOnlySpan<float> keys, int d, int seed, int maxDegreeOfParallelism)
     {
         int n = keys.Length / d;
         int buckets = Math.Max(4 * d * d, 1);
-        var random = new Random(seed);
+
+        // CountSketch: key j goes to bucket h(j) with sign s(j), both from a seeded hash of j, so fixed chunks of keys
+        // can be sketched in parallel and their sketches added in chunk order (the same bits for any thread count).
+        const int Chunk = 65536;
+        int chunks = (n + Chunk - 1) / Chunk;
         float[] sketch = new float[(long)buckets * d];
-        for (int j = 0; j < n; j++)
+        fixed (float* pinned = keys)
         {
-            int bucket = random.Next(buckets);
-            float sign = random.Next(2) == 0 ? 1f : -1f;
-            TensorPrimitives.MultiplyAdd(keys.Slice(j * d, d), sign, sketch.AsSpan(bucket * d, d), sketch.AsSpan(bucket * d, d));
+            nint copy = (nint)pinned;
+            int threads = maxDegreeOfParallelism > 0 ? maxDegreeOfParallelism : Environment.ProcessorCount;
+            for (int c0 = 0; c0 < chunks; c0 += threads)
+            {
+                int items = Math.Min(threads, chunks - c0);
+                float[][] partial = new float[items][];
+                Parallel.For(0, items, Options(maxDegreeOfParallelism), item =>
+                {
+                    float[] part = new float[(long)buckets * d];
+                    int first = (c0 + item) * Chunk;
+                    fixed (float* pp = part)
+                    {
+                        float* pk = (float*)copy;
+                        for (int j = first; j < Math.Min(n, first + Chunk); j++)
+                        {
+                            ulong h = Mix((ulong)j ^ ((ulong)(uint)seed << 32));
+                            int bucket = (int)(((h & 0xFFFFFFFFUL) * (ulong)buckets) >> 32); // multiply-shift: uniform in [0, buckets)
+                            float* target = pp + ((long)bucket * d), source = pk + ((long)j * d);
+                            if ((h >> 63) == 0)
+                            {
+                                for (int l = 0; l < d; l++)
+                                {
+                                    target[l] += source[l];
+                                }
+                            }
+                            else
+                            {
+                                for (int l = 0; l < d; l++)
+                                {
+                                    target[l] -= source[l];
+                                }
+                            }
+                        }
+                    }
+
+                    partial[item] = part;
+                });
+
+                foreach (float[] part in partial)
+                {
+                    TensorPrimitives.Add(sketch, part, sketch);
+                }
+            }
         }
 
         GramFactor factor = Gram(sketch, d, maxDegreeOfParallelism).Factor();
@@ -175,8 +229,9 @@ public static class LeverageScores
             return scores;
         }
 
-        // Projection P = W G (d x t): scores = ||k P||^2.
+        // Projection P = W G (d x t), G Gaussian / sqrt(t): scores = ||k P||^2, by the float GEMM in chunks.
         const int T = SketchColumns;
+        var random = new Random(seed);
         double[] g = new double[r * T];
         for (int i = 0; i < g.Length; i += 2)
         {
@@ -188,31 +243,46 @@ public static class LeverageScores
             }
         }
 
-        double[] projection = new double[d * T];
+        float[] projection = new float[d * T];
         for (int l = 0; l < d; l++)
         {
-            for (int c = 0; c < r; c++)
+            for (int t = 0; t < T; t++)
             {
-                TensorPrimitives.MultiplyAdd(g.AsSpan(c * T, T), factor.Whitening[(l * r) + c], projection.AsSpan(l * T, T), projection.AsSpan(l * T, T));
+                double sum = 0;
+                for (int c = 0; c < r; c++)
+                {
+                    sum += factor.Whitening[(l * r) + c] * g[(c * T) + t];
+                }
+
+                projection[(l * T) + t] = (float)sum;
             }
         }
 
-        float[] copy = keys.ToArray();
-        Parallel.For(0, (n + 1023) / 1024, Options(maxDegreeOfParallelism), block =>
+        float[] y = new float[(long)Math.Min(Chunk, n) * T];
+        fixed (float* k = keys, pp = projection, py = y)
         {
-            double[] y = new double[T];
-            for (int j = block * 1024; j < Math.Min(n, (block + 1) * 1024); j++)
+            for (int first = 0; first < n; first += Chunk)
             {
-                Array.Clear(y);
-                for (int l = 0; l < d; l++)
+                int m = Math.Min(Chunk, n - first);
+                Gemm.Multiply(m, T, d, k + ((long)first * d), false, pp, false, py, 0f, maxDegreeOfParallelism);
+                for (int j = 0; j < m; j++)
                 {
-                    TensorPrimitives.MultiplyAdd(projection.AsSpan(l * T, T), copy[(j * d) + l], y, y);
+                    var row = new ReadOnlySpan<float>(py + ((long)j * T), T);
+                    scores[first + j] = Math.Clamp(TensorPrimitives.Dot(row, row), 0, 1);
                 }
-
-                scores[j] = Math.Clamp(TensorPrimitives.Dot<double>(y, y), 0, 1);
             }
-        });
+        }
+
         return scores;
+    }
+
+    /// <summary>SplitMix64's finaliser: a well-mixed 64-bit hash.</summary>
+    private static ulong Mix(ulong x)
+    {
+        x += 0x9E3779B97F4A7C15UL;
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9UL;
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EBUL;
+        return x ^ (x >> 31);
     }
 
     internal static void Check(ReadOnlySpan<float> keys, int dimension, string name)
