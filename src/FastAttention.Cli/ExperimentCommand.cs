@@ -11,7 +11,7 @@ namespace FastAttention.Cli;
 /// </summary>
 internal static partial class ExperimentCommand
 {
-    public static readonly string[] Names = ["bounded-entries", "sketch", "crossover", "tensor"];
+    public static readonly string[] Names = ["bounded-entries", "sketch", "crossover", "tensor", "levattention"];
 
     public static Command Command { get; } = new(
         "experiment",
@@ -23,6 +23,8 @@ internal static partial class ExperimentCommand
             new("seed", "S", "random seed (default 1)"),
             new("threads", "T", "worker threads (default: all cores)"),
             new("force", null, "overwrite existing report files"),
+            new("data", "DIR", "levattention: the repository's data folder (default data)"),
+            new("shared", "DIR", "levattention: the project's shared data, used when present (default ../shared/data)"),
         ],
         Run)
     {
@@ -45,6 +47,7 @@ internal static partial class ExperimentCommand
             "bounded-entries" => BoundedEntries(settings),
             "sketch" => Sketch(settings),
             "tensor" => Tensor(settings),
+            "levattention" => LevAttentionExperiment(settings, o.Get("data") ?? "data", o.Get("shared") ?? Path.Combine("..", "shared", "data")),
             _ => Crossover(settings),
         };
 

@@ -547,4 +547,20 @@ public class CliTests
         Assert.Equal(2, Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "x.npy"), "--method", "lev").Code);
         Assert.Equal(2, Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "x.npy"), "--method", "lev", "--top", "3", "--causal").Code);
     }
+
+    [Fact]
+    public void Levattention_experiment_reports_the_guarantee_holding_on_the_ocr_tensors()
+    {
+        string dir = Data.TempDir();
+        (int code, _, string stderr) = Run("experiment", "levattention", "--out", dir, "--data", Path.Combine(Data.RepoRoot, "data"), "--shared", Path.Combine(dir, "none"));
+        Assert.True(code == 0, stderr);
+        string markdown = File.ReadAllText(Path.Combine(dir, "levattention.md"));
+        Assert.Contains("Every one is in U, as the theorem says.", markdown);
+        Assert.Contains("| line260/block2 |", markdown);
+        foreach (string svg in new[] { "levattention-size.svg", "levattention-stream.svg", "levattention-recall.svg", "levattention-error.svg" })
+        {
+            Assert.Contains($"]({svg})", markdown);
+            System.Xml.Linq.XDocument.Parse(File.ReadAllText(Path.Combine(dir, svg)));
+        }
+    }
 }

@@ -1,0 +1,304 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using FastAttention.Cli.Reports;
+using FastAttention.IO;
+using FastAttention.Leverage;
+
+namespace FastAttention.Cli;
+
+/// <summary><c>fastattn experiment levattention</c>: the LevAttention paper's claims on this machine.</summary>
+internal static partial class ExperimentCommand
+{
+    private static Report LevAttentionExperiment(Settings s, string dataDir, string sharedDir)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var md = new StringBuilder();
+        md.AppendLine("# LevAttention: universal sets of size independent of n (Kannan, Bhattacharyya, Kacham, Woodruff)");
+        md.AppendLine();
+        md.AppendLine("**Claims**: for |x|^p attention, the keys whose sensitivity bound (leverage score for p = 2) reaches eps form a universal");
+        md.AppendLine("set U holding every entry A_ij >= eps of every query, with |U| <= d/eps whatever n is; it can be found in one streaming pass");
+        md.AppendLine("with workspace independent of n, in time linear in n. For softmax there is no such guarantee; the paper keeps the top-k");
+        md.AppendLine("keys by leverage score per head.");
+        md.AppendLine();
+        md.AppendLine(string.Create(inv, $"Machine: {Environment.ProcessorCount} cores, {(s.Threads > 0 ? s.Threads : Environment.ProcessorCount)} thread(s). Date: {DateTime.UtcNow:yyyy-MM-dd}. Rerun: `fastattn experiment levattention{(s.Full ? " --full" : string.Empty)} --out DIR` from the repository root."));
+        md.AppendLine();
+        var plots = new Dictionary<string, SvgPlot>();
+        LevSize(s, md, plots, dataDir, sharedDir);
+        LevStreaming(s, md, plots);
+        LevRecall(s, md, plots, dataDir, sharedDir);
+        return new Report(md.ToString(), plots);
+    }
+
+    /// <summary>(a) |U| against n for Gaussian keys and real GloVe keys.</summary>
+    private static void LevSize(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots, string dataDir, string sharedDir)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        const double Eps = 0.02;
+        var plot = new SvgPlot { Title = "Universal set size against n (p = 2)", XLabel = "n (keys)", YLabel = "|U|", LogX = true, LogY = true };
+        var rows = new StringBuilder();
+        rows.AppendLine("| keys | d | n | \\|U\\| | d / eps | sum of scores | seconds |");
+        rows.AppendLine("|---|---|---|---|---|---|---|");
+
+        const int D = 16;
+        int largest = s.Full ? 1_000_000 : 100_000;
+        foreach (double eps in new[] { Eps, 0.002 })
+        {
+            var gaussian = new List<(double, double)>();
+            var random = new Random(s.Seed);
+            for (int n = 1000; n <= largest; n *= 10)
+            {
+                // Heavy-tailed keys: Gaussian directions with log-normal lengths, as real keys' norms vary.
+                float[] k = Gaussian(random, (long)n * D, 1);
+                for (int j = 0; j < n; j++)
+                {
+                    float length = (float)Math.Exp(1.5 * Gaussian(random, 1, 1)[0]);
+                    System.Numerics.Tensors.TensorPrimitives.Multiply(k.AsSpan(j * D, D), length, k.AsSpan(j * D, D));
+                }
+
+                var watch = Stopwatch.StartNew();
+                (int[] set, UniversalSetCertificate c) = UniversalSet.Compute(k, D, eps, 2, s.Threads);
+                double seconds = watch.Elapsed.TotalSeconds;
+                gaussian.Add((n, Math.Max(set.Length, 0.5)));
+                rows.AppendLine(string.Create(inv, $"| Gaussian directions, log-normal lengths, eps = {eps} | {D} | {n} | {set.Length} | {D / eps:F0} | {c.ScoreSum:F3} | {seconds:F3} |"));
+                s.Log.WriteLine(string.Create(inv, $"lev size gaussian eps={eps} n={n}: |U| = {set.Length} (bound {D / eps:F0}), {seconds:F3} s"));
+            }
+
+            plot.Series.Add(new PlotSeries(string.Create(inv, $"heavy-tailed Gaussian, d = {D}, eps = {eps}"), gaussian));
+            plot.References.Add(new PlotReference(D / eps, string.Create(inv, $"d / eps = {D / eps:F0}")));
+        }
+
+        string shared = Path.Combine(sharedDir, "glove", "glove100_top10k.npy"), local = Path.Combine(dataDir, "glove", "glove100_top2k.npy");
+        string? glovePath = File.Exists(shared) ? shared : File.Exists(local) ? local : null;
+        if (glovePath is not null)
+        {
+            float[] glove = NumpyFile.ReadFloat32(glovePath).Data;
+            int total = glove.Length / 100;
+            var points = new List<(double, double)>();
+            for (int n = 500; n <= total; n *= 2)
+            {
+                (int[] set, UniversalSetCertificate c) = UniversalSet.Compute(glove.AsSpan(0, n * 100), 100, Eps, 2, s.Threads);
+                points.Add((n, set.Length));
+                rows.AppendLine(string.Create(inv, $"| GloVe (first n words) | 100 | {n} | {set.Length} | {100 / Eps:F0} | {c.ScoreSum:F3} | - |"));
+                s.Log.WriteLine(string.Create(inv, $"lev size glove n={n}: |U| = {set.Length}"));
+            }
+
+            plot.Series.Add(new PlotSeries("GloVe keys, d = 100, eps = 0.02", points));
+            plot.References.Add(new PlotReference(100 / Eps, "d / eps = 5000"));
+        }
+
+        plots["levattention-size.svg"] = plot;
+        md.AppendLine("## (a) |U| does not grow with n");
+        md.AppendLine();
+        md.AppendLine(string.Create(inv, $"p = 2 (leverage scores). Synthetic keys: d = {D}, Gaussian directions with log-normal lengths (e^(1.5 N(0,1))), n = 10^3 .. {largest:N0}, eps = {Eps} and 0.002 (a set of size 0 is drawn at 0.5 on the log axis). GloVe: the first n word vectors of {(glovePath is null ? "(not found)" : Path.GetFileName(glovePath))} (d = 100), n doubling from 500, eps = {Eps}; while n < d / eps the average score d / n is above eps and most keys qualify. The scores always sum to rank K <= d, so at most d / eps keys can reach eps, at any n."));
+        md.AppendLine();
+        md.AppendLine("![|U| against n](levattention-size.svg)");
+        md.AppendLine();
+        md.Append(rows);
+        md.AppendLine();
+    }
+
+    /// <summary>(b) One streaming pass: workspace and time against n, keys generated chunk by chunk (never held whole).</summary>
+    private static void LevStreaming(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        const int D = 16, ChunkRows = 65536;
+        const double Eps = 0.05;
+        int largest = s.Full ? 10_000_000 : 1_000_000;
+        var time = new SvgPlot { Title = "One streaming pass: time and workspace against n", XLabel = "n (keys)", YLabel = "seconds / MiB", LogX = true, LogY = true };
+        var seconds = new List<(double, double)>();
+        var memory = new List<(double, double)>();
+        var rows = new StringBuilder();
+        rows.AppendLine("| n | seconds | ns per key | candidates kept | workspace MiB (Gram, inverse, candidates) | allocated during the pass, MiB | process peak working set, MiB | \\|U\\| |");
+        rows.AppendLine("|---|---|---|---|---|---|---|---|");
+        for (int n = 10_000; n <= largest; n *= 10)
+        {
+            var random = new Random(s.Seed + n);
+            var stream = new LeverageStream(D, Eps);
+            float[] chunk = new float[ChunkRows * D];
+            long allocated = GC.GetTotalAllocatedBytes(precise: true);
+            var watch = Stopwatch.StartNew();
+            for (int first = 0; first < n; first += ChunkRows)
+            {
+                int count = Math.Min(ChunkRows, n - first);
+                for (int i = 0; i < count * D; i += 2)
+                {
+                    double radius = Math.Sqrt(-2 * Math.Log(1 - random.NextDouble())), angle = 2 * Math.PI * random.NextDouble();
+                    chunk[i] = (float)(radius * Math.Cos(angle));
+                    chunk[i + 1] = (float)(radius * Math.Sin(angle));
+                }
+
+                stream.Append(chunk.AsSpan(0, count * D));
+            }
+
+            (long[] set, _, _) = stream.Finish();
+            double elapsed = watch.Elapsed.TotalSeconds;
+            double allocatedMiB = (GC.GetTotalAllocatedBytes(precise: true) - allocated) / 1048576.0;
+            double workspace = ((2.0 * D * D * sizeof(double)) + (stream.CandidateCount * (D * sizeof(float) + 32.0))) / 1048576.0;
+            long peak = Process.GetCurrentProcess().PeakWorkingSet64;
+            seconds.Add((n, elapsed));
+            memory.Add((n, workspace));
+            rows.AppendLine(string.Create(inv, $"| {n:N0} | {elapsed:F3} | {elapsed / n * 1e9:F0} | {stream.CandidateCount} | {workspace:F3} | {allocatedMiB:F1} | {peak / 1048576.0:F0} | {set.Length} |"));
+            s.Log.WriteLine(string.Create(inv, $"lev stream n={n}: {elapsed:F3} s, {stream.CandidateCount} candidates, |U| = {set.Length}"));
+        }
+
+        time.Series.Add(new PlotSeries("seconds", seconds));
+        time.Series.Add(new PlotSeries("workspace, MiB", memory));
+        plots["levattention-stream.svg"] = time;
+        md.AppendLine("## (b) Streaming: workspace flat in n, time linear in n");
+        md.AppendLine();
+        md.AppendLine(string.Create(inv, $"`LeverageStream`, d = {D}, eps = {Eps}, Gaussian keys generated in chunks of {ChunkRows:N0} rows (the keys are never held whole). The workspace is the Gram matrix and the running inverse (2 d^2 doubles) plus the candidate keys (online score >= eps), whose number grows only like d log(n) / eps; the allocations per pass are the per-chunk score arrays. The process's peak working set includes the .NET runtime and is monotone over the run, so a flat column means no growth."));
+        md.AppendLine();
+        md.AppendLine("![streaming time and workspace](levattention-stream.svg)");
+        md.AppendLine();
+        md.Append(rows);
+        md.AppendLine();
+    }
+
+    /// <summary>(c) Recall of heavy softmax entries and output error on the OCR model's tensors, against two baselines.</summary>
+    private static void LevRecall(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots, string dataDir, string sharedDir)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        const double Heavy = 0.05;
+        var sources = new List<(string Name, string Dir)>();
+        foreach (string block in new[] { "block1", "block2" })
+        {
+            sources.Add(($"line260/{block}", Path.Combine(dataDir, "ocr", "line260", block)));
+            string large = Path.Combine(sharedDir, "ocr", "line1000", block);
+            if (Directory.Exists(large))
+            {
+                sources.Add(($"line1000/{block}", large));
+            }
+        }
+
+        sources.RemoveAll(x => !File.Exists(Path.Combine(x.Dir, "q.npy")));
+        int[] budgets = [8, 16, 32, 64];
+        string[] methods = ["leverage", "random", "largest norm"];
+        var recall = new SvgPlot { Title = "Recall of heavy softmax entries (A_ij >= 0.05), OCR model", XLabel = "keys kept per head (k)", YLabel = "recall", LogX = true };
+        var error = new SvgPlot { Title = "Output error against full softmax, OCR model", XLabel = "keys kept per head (k)", YLabel = "mean |error|", LogX = true, LogY = true };
+        var rows = new StringBuilder();
+        rows.AppendLine("| tensors | k | method | recall of heavy entries | mean abs output error |");
+        rows.AppendLine("|---|---|---|---|---|");
+        var recallPoints = methods.ToDictionary(m => m, _ => new List<(double, double)>());
+        var errorPoints = methods.ToDictionary(m => m, _ => new List<(double, double)>());
+        foreach (int budget in budgets)
+        {
+            var heavyFound = methods.ToDictionary(m => m, _ => 0.0);
+            var errors = methods.ToDictionary(m => m, _ => new List<double>());
+            double heavyTotal = 0;
+            foreach ((string name, string dir) in sources)
+            {
+                TensorData<float> q = NumpyFile.ReadFloat32(Path.Combine(dir, "q.npy")), k = NumpyFile.ReadFloat32(Path.Combine(dir, "k.npy")), v = NumpyFile.ReadFloat32(Path.Combine(dir, "v.npy"));
+                int heads = q.Shape[0], n = q.Shape[1], d = q.Shape[2];
+                float scale = 1 / MathF.Sqrt(d);
+                var full = new float[heads * n * d];
+                ExactAttention.Compute(q.Data, k.Data, v.Data, new AttentionShape(1, heads, n, n, d, d), full, new ExactAttentionOptions { Scale = scale });
+                var rowErrors = methods.ToDictionary(m => m, _ => new List<double>());
+                for (int h = 0; h < heads; h++)
+                {
+                    float[] kh = k.Data.AsSpan(h * n * d, n * d).ToArray(), vh = v.Data.AsSpan(h * n * d, n * d).ToArray(), qh = q.Data.AsSpan(h * n * d, n * d).ToArray();
+                    int keep = Math.Min(budget, n);
+                    double[] tau = LeverageScores.Compute(kh, d);
+                    double[] norms = [.. Enumerable.Range(0, n).Select(j => (double)System.Numerics.Tensors.TensorPrimitives.Norm(kh.AsSpan(j * d, d)))];
+                    var random = new Random(s.Seed + h + budget);
+                    var sets = new Dictionary<string, int[]>
+                    {
+                        ["leverage"] = UniversalSet.Top(tau, keep),
+                        ["random"] = [.. Enumerable.Range(0, n).OrderBy(_ => random.Next()).Take(keep).Order()],
+                        ["largest norm"] = UniversalSet.Top(norms, keep),
+                    };
+
+                    // Heavy entries of the full softmax.
+                    var heavy = new List<(int I, int J)>();
+                    for (int i = 0; i < n; i++)
+                    {
+                        double[] scores = [.. Enumerable.Range(0, n).Select(j => scale * (double)System.Numerics.Tensors.TensorPrimitives.Dot(qh.AsSpan(i * d, d), kh.AsSpan(j * d, d)))];
+                        double max = scores.Max(), total = scores.Sum(x => Math.Exp(x - max));
+                        for (int j = 0; j < n; j++)
+                        {
+                            if (Math.Exp(scores[j] - max) / total >= Heavy)
+                            {
+                                heavy.Add((i, j));
+                            }
+                        }
+                    }
+
+                    heavyTotal += heavy.Count;
+                    foreach (string method in methods)
+                    {
+                        var members = new HashSet<int>(sets[method]);
+                        heavyFound[method] += heavy.Count(e => members.Contains(e.J));
+                        float[] ks = LevAttention.Gather(kh, sets[method], d), vs = LevAttention.Gather(vh, sets[method], d);
+                        var o = new float[n * d];
+                        ExactAttention.Compute(qh, ks, vs, new AttentionShape(1, 1, n, sets[method].Length, d, d), o, new ExactAttentionOptions { Scale = scale });
+                        rowErrors[method].Add(o.Select((x, i) => (double)Math.Abs(x - full[(h * n * d) + i])).Average());
+                    }
+                }
+
+                foreach (string method in methods)
+                {
+                    errors[method].Add(rowErrors[method].Average());
+                }
+            }
+
+            foreach (string method in methods)
+            {
+                double r = heavyTotal == 0 ? 1 : heavyFound[method] / heavyTotal;
+                double e = errors[method].Average();
+                recallPoints[method].Add((budget, r));
+                errorPoints[method].Add((budget, e));
+                rows.AppendLine(string.Create(inv, $"| {string.Join(", ", sources.Select(x => x.Name))} | {budget} | {method} | {r:P1} | {e:E2} |"));
+                s.Log.WriteLine(string.Create(inv, $"lev recall k={budget} {method}: recall {r:P1}, error {e:E2}"));
+            }
+        }
+
+        foreach (string method in methods)
+        {
+            recall.Series.Add(new PlotSeries(method, recallPoints[method]));
+            error.Series.Add(new PlotSeries(method, errorPoints[method]));
+        }
+
+        plots["levattention-recall.svg"] = recall;
+        plots["levattention-error.svg"] = error;
+        // The guaranteed case on the same tensors: |x|^2 attention and its universal set.
+        var guarantee = new StringBuilder();
+        int totalMissing = 0;
+        guarantee.AppendLine("| tensors | eps | mean \\|U\\| per head (of n) | heavy \\|x\\|^2 entries | found in U |");
+        guarantee.AppendLine("|---|---|---|---|---|");
+        foreach ((string name, string dir) in sources)
+        {
+            TensorData<float> q = NumpyFile.ReadFloat32(Path.Combine(dir, "q.npy")), k = NumpyFile.ReadFloat32(Path.Combine(dir, "k.npy"));
+            int heads = q.Shape[0], n = q.Shape[1], d = q.Shape[2];
+            double sizes = 0;
+            int heavy = 0, missing = 0;
+            for (int h = 0; h < heads; h++)
+            {
+                (int[] set, _) = UniversalSet.Compute(k.Data.AsSpan(h * n * d, n * d), d, Heavy);
+                (int found, var lost) = UniversalSet.Check(q.Data.AsSpan(h * n * d, n * d), k.Data.AsSpan(h * n * d, n * d), d, 2, Heavy, set);
+                sizes += set.Length;
+                heavy += found;
+                missing += lost.Count;
+            }
+
+            totalMissing += missing;
+
+            guarantee.AppendLine(string.Create(inv, $"| {name} | {Heavy} | {sizes / heads:F1} (of {n}) | {heavy} | {heavy - missing} ({(heavy == 0 ? 1 : (heavy - missing) / (double)heavy):P0}) |"));
+        }
+
+        md.AppendLine("## (c) Power attention on a real model: the guarantee");
+        md.AppendLine();
+        md.AppendLine(string.Create(inv, $"The same OCR tensors with |x|^2 attention (A_ij = (q_i.k_j)^2 / sum_l (q_i.k_l)^2): per head, U = the keys with leverage score >= {Heavy}, and the brute-force checker counts every entry A_ij >= {Heavy}. {(totalMissing == 0 ? "Every one is in U, as the theorem says." : $"{totalMissing} are missing from U: the guarantee FAILED here.")}"));
+        md.AppendLine();
+        md.Append(guarantee);
+        md.AppendLine();
+        md.AppendLine("## (d) Softmax on a real model: recall and output error at equal budgets");
+        md.AppendLine();
+        md.AppendLine(string.Create(inv, $"Per head of the PP-OCRv4 recogniser's attention ({string.Join(", ", sources.Select(x => x.Name))}; 8 heads, d = 15, scale 1/sqrt(d)), keep k keys chosen by leverage score, at random, or by largest norm, and run softmax attention over them. Recall: the fraction of the full softmax's heavy entries (A_ij >= {Heavy}) whose key is kept; error: mean |output - full softmax output|. Softmax has no universal set, so this is the paper's heuristic, measured."));
+        md.AppendLine();
+        md.AppendLine("![recall](levattention-recall.svg)");
+        md.AppendLine();
+        md.AppendLine("![error](levattention-error.svg)");
+        md.AppendLine();
+        md.Append(rows);
+    }
+}
