@@ -18,11 +18,10 @@ internal static class AttendCommand
             new("v", "V.npy", "values, K's shape with any last dimension (required)"),
             new("out", "O.npy", "output file (.npy, or .npz/.safetensors holding tensor 'out') (required)"),
             new("method", "M", "exact (default); poly: the polynomial method (Alman-Song) with a certificate; auto: the planner picks exact or poly by predicted time; sketch: sketched degree-4 attention (PolySketchFormer, statistical error)"),
-            new("eps", "E", "poly/auto: target relative error of the polynomial for e^x (default 1e-3)"),
+            new("eps", "E", "poly/auto: target relative error of the polynomial for e^x (default 1e-3); lev: keep each head's universal set {j : leverage score >= E}"),
             new("degree", "G", "poly: force the polynomial degree"),
             new("sketch", "M", "sketch: sketch size m (default 32; m(m+1)/2 features)"),
             new("seed", "S", "sketch: seed of the Gaussian sketch (default 0)"),
-            new("lev-eps", "E", "lev: keep each head's universal set {j : leverage score >= E} (LevAttention)"),
             new("top", "N", "lev: keep each head's N keys with the largest leverage scores (the paper's ViT setting: 32)"),
             new("keep-first", "F", "lev: always keep the first F keys"),
             new("keep-last", "L", "lev: always keep the last L keys"),
@@ -101,7 +100,7 @@ internal static class AttendCommand
 
             var levOptions = new LevAttentionOptions
             {
-                Eps = o.Double("lev-eps", positive: true),
+                Eps = o.Double("eps", positive: true),
                 Top = o.Int("top", 1, int.MaxValue),
                 Scale = scale,
                 KeepFirst = o.Int("keep-first", 0, int.MaxValue) ?? 0,
@@ -110,7 +109,7 @@ internal static class AttendCommand
             };
             if (levOptions.Eps.HasValue == levOptions.Top.HasValue)
             {
-                throw new UsageException("attend: --method lev needs exactly one of --lev-eps E and --top N");
+                throw new UsageException("attend: --method lev needs exactly one of --eps E (universal set) and --top N");
             }
 
             selections = LevAttention.Compute(q.Data, k.Data, v.Data, shape, output, levOptions);

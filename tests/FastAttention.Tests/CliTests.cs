@@ -544,7 +544,9 @@ public class CliTests
         // All 42 keys kept: exactly the exact kernel's output.
         Assert.Equal(0, Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "exact.npy")).Code);
         Assert.Equal(NumpyFile.ReadFloat32(Path.Combine(dir, "exact.npy")).Data, NumpyFile.ReadFloat32(Path.Combine(dir, "lev.npy")).Data);
+        Assert.Equal(0, Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "u.npy"), "--method", "lev", "--eps", "0.05").Code);
         Assert.Equal(2, Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "x.npy"), "--method", "lev").Code);
+        Assert.Equal(2, Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "x.npy"), "--method", "lev", "--eps", "0.1", "--top", "4").Code);
         Assert.Equal(2, Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "x.npy"), "--method", "lev", "--top", "3", "--causal").Code);
     }
 
