@@ -67,6 +67,12 @@ internal static class DemoCommand
         (Row polyRow, PolynomialCertificate certificate) = MeasurePolynomial(random, repeat);
         rows.Add(polyRow);
 
+        // Tensor attention over pairs of keys (Alman-Song): Q and the keys/values of both blocks of line 40.
+        rows.Add(MeasureTensor(repeat));
+
+        // LevAttention: softmax over each head's 32 keys of largest leverage score (line 260, block 2).
+        rows.Add(MeasureLev(repeat));
+
         if (json)
         {
             Json.Write(stdout, w =>
@@ -104,10 +110,43 @@ internal static class DemoCommand
         stdout.WriteLine();
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"poly certificate: |s q.k| <= R = {certificate.Range:G3}, degree {certificate.Degree}, {certificate.Rank} features, polynomial relative error {certificate.PolynomialRelativeError:G2}: every output within {certificate.OutputBound:G2} of exact attention (measured {polyRow.ErrorVsReference:G2})."));
+        stdout.WriteLine("lev keeps 32 of 260 keys per head; softmax has no universal set, so its error is the cost of the paper's heuristic on a peaked head (docs/experiments/levattention.md).");
         stdout.WriteLine();
-        stdout.WriteLine($"time: median of {repeat} runs (compute only); GFLOP/s counts 4 n^2 d per head (for poly: exact-attention flops per second, i.e. effective); error: max |ours - float64 reference|;");
+        stdout.WriteLine($"time: median of {repeat} runs (compute only); GFLOP/s counts 4 n^2 d per head (for poly: exact-attention flops per second, i.e. effective; tensor: 4 n^3 d; lev: 4 n k d over the k kept keys);");
+        stdout.WriteLine("error: max |ours - float64 reference| (lev: against full softmax, so it includes what dropping keys costs);");
         stdout.WriteLine("vs ORT: max |ours - ONNX Runtime out.npy| / max |out.npy| (ONNX Runtime 1.30 on the same model).");
         return ExitCode.Ok;
+    }
+
+    /// <summary>Exact tensor attention on real tensors, against the float64 oracle.</summary>
+    private static Row MeasureTensor(int repeat)
+    {
+        TensorData<float> q = Resource("ocr/line40/block1/q.npy");
+        ReadOnlyMemory<float>[] keys = [Resource("ocr/line40/block1/k.npy").Data, Resource("ocr/line40/block2/k.npy").Data];
+        ReadOnlyMemory<float>[] values = [Resource("ocr/line40/block1/v.npy").Data, Resource("ocr/line40/block2/v.npy").Data];
+        var shape = new TensorAttentionShape(q.Shape[0], q.Shape[1], q.Shape[1], q.Shape[2], q.Shape[2]);
+        var output = new float[shape.OutputLength];
+        AttentionRun run = TensorAttention.Compute(q.Data, keys, values, shape, output);
+        double seconds = Timing.Median(Timing.Repeat(() => TensorAttention.Compute(q.Data, keys, values, shape, output), repeat));
+        var reference = new double[shape.OutputLength];
+        ReferenceTensorAttention.Compute(q.Data, keys, values, shape, reference);
+        double error = output.Zip(reference, (a, b) => Math.Abs(a - b)).Max();
+        return new Row("line40, K1/V1 block1, K2/V2 block2", q.ShapeText, "tensor", run.Kernel, seconds, run.Flops / seconds / 1e9, error, null);
+    }
+
+    /// <summary>LevAttention (top 32 keys per head by leverage score) on real tensors; the error is against full softmax in float64.</summary>
+    private static Row MeasureLev(int repeat)
+    {
+        TensorData<float> q = Resource("ocr/line260/block2/q.npy"), k = Resource("ocr/line260/block2/k.npy"), v = Resource("ocr/line260/block2/v.npy");
+        var shape = new AttentionShape(1, q.Shape[0], q.Shape[1], k.Shape[1], q.Shape[2], v.Shape[2]);
+        var output = new float[shape.OutputLength];
+        var options = new LevAttentionOptions { Top = 32 };
+        double seconds = Timing.Median(Timing.Repeat(() => LevAttention.Compute(q.Data, k.Data, v.Data, shape, output, options), repeat));
+        var reference = new double[shape.OutputLength];
+        ReferenceAttention.Compute(q.Data, k.Data, v.Data, shape, reference);
+        double error = output.Zip(reference, (a, b) => Math.Abs(a - b)).Max();
+        double flops = 4.0 * shape.HeadCount * shape.QueryCount * 32 * shape.HeadDim;
+        return new Row("line260/block2, top 32 keys", q.ShapeText, "lev", "lev-softmax", seconds, flops / seconds / 1e9, error, null);
     }
 
     private static (Row Row, PolynomialCertificate Certificate) MeasurePolynomial(Random random, int repeat)
