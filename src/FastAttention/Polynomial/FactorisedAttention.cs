@@ -444,29 +444,51 @@ internal static unsafe class FactorisedAttention
 
             if (diagonal >= 0)
             {
+                // The visible keys of the diagonal block, weighted directly and vectorised along the keys:
+                // embeddings and values transposed to [e][Block] and [dv][Block], dots by axpy, weights in place.
                 int e = Map.EmbeddingSize;
-                int j0 = diagonal * Block, j1 = Math.Min(KeyCount, j0 + Block);
-                for (int j = j0; j < j1; j++)
+                int j0 = diagonal * Block, j1 = Math.Min(KeyCount, j0 + Block), keys = j1 - j0;
+                double* keyT = s.KeyEmbedding, valueT = s.DiagonalValues, dots = s.Dots;
+                for (int j = 0; j < keys; j++)
                 {
-                    Map.Embed(Key + ((long)j * d), s.KeyEmbedding + ((long)(j - j0) * e));
+                    Map.Embed(Key + ((long)(j0 + j) * d), s.QueryEmbedding);
+                    for (int l = 0; l < e; l++)
+                    {
+                        keyT[((long)l * Block) + j] = s.QueryEmbedding[l];
+                    }
+
+                    float* v = Value + ((long)(j0 + j) * dv);
+                    for (int c = 0; c < dv; c++)
+                    {
+                        valueT[((long)c * Block) + j] = v[c];
+                    }
                 }
 
                 long offset = (long)KeyCount - QueryCount;
                 for (int x = 0; x < count; x++)
                 {
-                    Map.Embed(query + ((long)x * d), s.QueryEmbedding);
-                    long visible = Math.Min(i0 + x + offset + 1, j1);
-                    for (int j = j0; j < visible; j++)
+                    int visible = (int)Math.Min(i0 + x + offset + 1 - j0, keys);
+                    if (visible <= 0)
                     {
-                        double w = Map.PairWeight(s.QueryEmbedding, s.KeyEmbedding + ((long)(j - j0) * e));
-                        float* v = Value + ((long)j * dv);
-                        for (int c = 0; c < dv; c++)
-                        {
-                            ot[((long)c * Block) + x] += w * v[c];
-                        }
-
-                        ot[((long)dv * Block) + x] += w;
+                        continue;
                     }
+
+                    Map.Embed(query + ((long)x * d), s.QueryEmbedding);
+                    var w = new Span<double>(dots, visible);
+                    w.Clear();
+                    for (int l = 0; l < e; l++)
+                    {
+                        var line = new ReadOnlySpan<double>(keyT + ((long)l * Block), visible);
+                        System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(line, s.QueryEmbedding[l], w, w);
+                    }
+
+                    Map.WeightsOfDots(w);
+                    for (int c = 0; c < dv; c++)
+                    {
+                        ot[((long)c * Block) + x] += System.Numerics.Tensors.TensorPrimitives.Dot(w, new ReadOnlySpan<double>(valueT + ((long)c * Block), visible));
+                    }
+
+                    ot[((long)dv * Block) + x] += System.Numerics.Tensors.TensorPrimitives.Sum<double>(w);
                 }
             }
 
@@ -681,12 +703,14 @@ internal static unsafe class FactorisedAttention
         {
             _map = map;
             long features = (long)map.PaddedCount * Block, values = (long)columns * Block, embeddings = (long)(Block + 1) * map.EmbeddingSize;
-            _buffer = new DoubleBuffer(features + values + map.ScratchDoubles + embeddings + 16);
+            _buffer = new DoubleBuffer(features + (2 * values) + map.ScratchDoubles + embeddings + Block + 16);
             Features = _buffer.Pointer;
             Values = Features + features;
-            MapScratch = Values + values;
+            DiagonalValues = Values + values;
+            MapScratch = DiagonalValues + values;
             KeyEmbedding = MapScratch + map.ScratchDoubles;
             QueryEmbedding = KeyEmbedding + ((long)Block * map.EmbeddingSize);
+            Dots = QueryEmbedding + map.EmbeddingSize;
 
             // The padding features (past r) stay zero.
             new Span<double>(Features + ((long)map.Count * Block), (map.PaddedCount - map.Count) * Block).Clear();
@@ -698,7 +722,14 @@ internal static unsafe class FactorisedAttention
 
         public double* MapScratch { get; }
 
+        /// <summary>Key embeddings of a diagonal block, transposed: [e][Block].</summary>
         public double* KeyEmbedding { get; }
+
+        /// <summary>Values of a diagonal block, transposed: [dv][Block].</summary>
+        public double* DiagonalValues { get; }
+
+        /// <summary>One query's dots, then weights, against a diagonal block.</summary>
+        public double* Dots { get; }
 
         public double* QueryEmbedding { get; }
 

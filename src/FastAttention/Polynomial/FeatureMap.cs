@@ -41,8 +41,22 @@ internal abstract unsafe class FeatureMap(int dimension, int count, int embeddin
     /// <summary>A per-row summary from which <see cref="PairWeight"/> is cheap (the row itself, or its sketch).</summary>
     public abstract void Embed(float* row, double* embedding);
 
-    /// <summary>w(q, k) from two embeddings, equal in exact arithmetic to the weighted feature product.</summary>
-    public abstract double PairWeight(double* query, double* key);
+    /// <summary>w(q, k) from two embeddings, equal in exact arithmetic to the weighted feature product: a function of their dot product.</summary>
+    public double PairWeight(double* query, double* key)
+    {
+        double dot = 0;
+        for (int l = 0; l < EmbeddingSize; l++)
+        {
+            dot += query[l] * key[l];
+        }
+
+        Span<double> w = [dot];
+        WeightsOfDots(w);
+        return w[0];
+    }
+
+    /// <summary>Turns dot products of embeddings into weights, in place (vectorised along the span).</summary>
+    public abstract void WeightsOfDots(Span<double> dots);
 
     /// <summary>w(q, k) for one pair of rows (slow; for tests and checks).</summary>
     public double Weight(ReadOnlySpan<float> query, ReadOnlySpan<float> key)
@@ -147,21 +161,17 @@ internal sealed unsafe class MonomialFeatureMap : FeatureMap
         }
     }
 
-    public override double PairWeight(double* query, double* key)
+    /// <summary>P(s dot) by Horner's rule along the span.</summary>
+    public override void WeightsOfDots(Span<double> dots)
     {
-        double dot = 0;
-        for (int l = 0; l < Dimension; l++)
+        System.Numerics.Tensors.TensorPrimitives.Multiply(dots, _scale, dots);
+        Span<double> x = dots.Length <= 256 ? stackalloc double[dots.Length] : new double[dots.Length];
+        dots.CopyTo(x);
+        dots.Fill(_polynomial[^1]);
+        for (int t = _polynomial.Length - 2; t >= 0; t--)
         {
-            dot += query[l] * key[l];
+            System.Numerics.Tensors.TensorPrimitives.FusedMultiplyAdd(dots, x, _polynomial[t], dots);
         }
-
-        double x = _scale * dot, sum = 0;
-        for (int t = _polynomial.Length - 1; t >= 0; t--)
-        {
-            sum = (sum * x) + _polynomial[t];
-        }
-
-        return sum;
     }
 }
 
@@ -247,16 +257,12 @@ internal sealed unsafe class SketchFeatureMap : FeatureMap
         }
     }
 
-    public override double PairWeight(double* query, double* key)
+    /// <summary>(phi(q).phi(k))^2 s^4 / m^2 along the span.</summary>
+    public override void WeightsOfDots(Span<double> dots)
     {
-        double dot = 0;
-        for (int a = 0; a < _m; a++)
-        {
-            dot += query[a] * key[a];
-        }
-
         double s2 = _scale * _scale;
-        return dot * dot * s2 * s2 / ((double)_m * _m);
+        System.Numerics.Tensors.TensorPrimitives.Multiply(dots, dots, dots);
+        System.Numerics.Tensors.TensorPrimitives.Multiply(dots, s2 * s2 / ((double)_m * _m), dots);
     }
 
     /// <summary>u[a][j] = sum_l x[l][j] S[l][a].</summary>
