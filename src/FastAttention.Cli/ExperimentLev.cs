@@ -172,6 +172,13 @@ internal static partial class ExperimentCommand
         }
 
         sources.RemoveAll(x => !File.Exists(Path.Combine(x.Dir, "q.npy")));
+        if (sources.Count == 0)
+        {
+            md.AppendLine("## (c), (d) The OCR model's tensors");
+            md.AppendLine();
+            md.AppendLine(string.Create(inv, $"Skipped: no OCR tensors under {Path.Combine(dataDir, "ocr")} (run from the repository root, or pass --data)."));
+            return;
+        }
         int[] budgets = [8, 16, 32, 64];
         string[] methods = ["leverage", "random", "largest norm"];
         var recall = new SvgPlot { Title = "Recall of heavy softmax entries (A_ij >= 0.05), OCR model", XLabel = "keys kept per head (k)", YLabel = "recall", LogX = true };
