@@ -47,7 +47,7 @@ public sealed class GramState
             throw new ArgumentException($"{weights.Length} weights for {count} rows.", nameof(weights));
         }
 
-        double[] buffer = new double[d];
+        Span<double> buffer = d <= 512 ? stackalloc double[d] : new double[d]; // no allocation per call: streaming adds one key at a time
         for (int j = 0; j < count; j++)
         {
             double w = weights.IsEmpty ? 1 : weights[j];
@@ -69,7 +69,7 @@ public sealed class GramState
                 if (scale != 0)
                 {
                     Span<double> target = _gram.AsSpan((a * d) + a, d - a);
-                    TensorPrimitives.MultiplyAdd(buffer.AsSpan(a, d - a), scale, target, target);
+                    TensorPrimitives.MultiplyAdd(buffer.Slice(a, d - a), scale, target, target);
                 }
             }
         }

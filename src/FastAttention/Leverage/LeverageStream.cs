@@ -21,6 +21,8 @@ public sealed class LeverageStream
     private readonly double[] _u;
     private readonly double[] _row;
     private readonly List<(long Index, float[] Row, double Online)> _candidates = [];
+    private double[] _online = [];
+    private int _lastCount;
     private double _delta;
     private int _sinceRefresh;
 
@@ -50,7 +52,7 @@ public sealed class LeverageStream
     public int CandidateCount => _candidates.Count;
 
     /// <summary>The online scores of the keys appended by the last call, in order (for inspection and tests).</summary>
-    public IReadOnlyList<double> LastOnlineScores { get; private set; } = [];
+    public IReadOnlyList<double> LastOnlineScores => new ArraySegment<double>(_online, 0, _lastCount);
 
     /// <summary>Appends keys (row-major, a multiple of d) and returns nothing; candidates are kept internally.</summary>
     /// <param name="rows">Keys, <c>[count, d]</c>.</param>
@@ -59,7 +61,13 @@ public sealed class LeverageStream
         int d = Gram.Dimension;
         LeverageScores.Check(rows, d, nameof(rows));
         int count = rows.Length / d;
-        var online = new double[count];
+        if (_online.Length < count)
+        {
+            _online = new double[count];
+        }
+
+        _lastCount = count;
+        Span<double> online = _online.AsSpan(0, count);
         for (int j = 0; j < count; j++)
         {
             ReadOnlySpan<float> k = rows.Slice(j * d, d);
@@ -115,7 +123,6 @@ public sealed class LeverageStream
             Count++;
         }
 
-        LastOnlineScores = online;
     }
 
     /// <summary>The universal set at eps: the candidates whose final leverage score reaches eps, sorted, with the certificate.</summary>
