@@ -35,8 +35,10 @@ public sealed record SketchReport(int SketchSize, long Rank, long Seed, double P
 /// <c>phi(x) = (x S1) o (x S2) / sqrt(m)</c> (Gaussian S1, S2 of d x m) has <c>E[phi(q).phi(k)] = (q.k)^2</c>;
 /// its square <c>(phi(q).phi(k))^2</c> is used as the weight, which is never negative, so every output is a
 /// convex combination of values. Unlike <see cref="PolynomialAttention"/> there is no per-call
-/// certificate: the error falls roughly as 1/sqrt(m) (measured by <c>fastattn experiment sketch</c>, and
-/// in docs/experiments/sketch.md).
+/// certificate, and the error falls slowly with m: squaring an unbiased sketch biases the weights upwards by the
+/// sketch's variance (about |q|^4 |k|^4 / m), so for wide heads (d = 64) and unpeaked attention the output stays close
+/// to that of uniform weights unless m is of order d^2 (measured by <c>fastattn experiment sketch</c>; see
+/// docs/experiments/sketch.md before relying on it).
 /// </summary>
 public static class SketchedAttention
 {
