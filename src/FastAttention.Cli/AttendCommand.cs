@@ -65,6 +65,15 @@ internal static class AttendCommand
         };
 
         double eps = o.Double("eps", positive: true) ?? 1e-3;
+        if (eps >= 1 && method is "poly" or "auto")
+        {
+            throw new UsageException($"attend: --eps is the polynomial's relative error and must be below 1; got {eps}");
+        }
+
+        if (eps > 1 && method == "lev")
+        {
+            throw new UsageException($"attend: --eps for --method lev is an attention weight and must lie in (0, 1]; got {eps}");
+        }
         AttentionPlan? plan = null;
         if (method == "auto")
         {

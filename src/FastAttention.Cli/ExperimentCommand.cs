@@ -41,6 +41,18 @@ internal static partial class ExperimentCommand
 
         string dir = o.Get("out") ?? Path.Combine("docs", "experiments");
         bool force = o.Flag("force");
+
+        // The output folder and the report's name are checked before minutes of computing, not after.
+        try
+        {
+            Directory.CreateDirectory(dir);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            throw new UsageException($"experiment: --out {dir}: cannot create the folder ({ex.Message})");
+        }
+
+        TensorFiles.CheckWritable("out", Path.Combine(dir, name + ".md"), force);
         var settings = new Settings(o.Flag("full"), o.Int("seed", 0, int.MaxValue) ?? 1, o.Int("threads", 1, 1024) ?? 0, stdout);
         Report report = name switch
         {
@@ -51,7 +63,6 @@ internal static partial class ExperimentCommand
             _ => Crossover(settings),
         };
 
-        Directory.CreateDirectory(dir);
         string markdown = Path.Combine(dir, name + ".md");
         foreach (string file in report.Plots.Keys.Select(p => Path.Combine(dir, p)).Append(markdown))
         {

@@ -31,6 +31,10 @@ internal static class InspectCommand
         AttentionShape shape = AttentionInputs.Shape(q, k, k);
         InputBounds bounds = InputAnalysis.Analyze(q.Data, k.Data, shape, scale);
         double eps = o.Double("eps", positive: true) ?? 1e-3;
+        if (eps >= 1)
+        {
+            throw new UsageException($"inspect: --eps is a relative error and must be below 1; got {eps}");
+        }
         PolynomialEstimate poly = EstimatePolynomial(bounds.ScoreNormBound, shape.HeadDim, eps);
         AttentionPlan? plan = null;
         if (!o.Flag("no-plan"))
