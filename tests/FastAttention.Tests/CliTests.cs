@@ -405,6 +405,14 @@ public class CliTests
 
         Assert.Equal(2, Run("experiment", "nonsense").Code);
         Assert.Equal(2, Run("experiment").Code);
+
+        // An --out that cannot be a folder fails at once, before any computing.
+        string file = Path.Combine(dir, "a-file");
+        File.WriteAllText(file, "x");
+        (code, _, stderr) = Run("experiment", "bounded-entries", "--out", Path.Combine(file, "sub"));
+        Assert.Equal(2, code);
+        Assert.Contains("cannot create the folder", stderr);
+        Assert.False(Directory.Exists(Path.Combine(file, "sub")));
     }
 
     [Fact]
