@@ -238,6 +238,26 @@ public class LeverageTests
         }
     }
 
+    [Theory]
+    [InlineData(0.2)]
+    [InlineData(3.9)]
+    public void Lewis_weights_converge_near_the_ends_of_the_supported_range(double p)
+    {
+        const int d = 4;
+        float[] k = Data.Normal(300 * d, 33);
+        (double[] w, int rank) = LewisWeights.Compute(k, d, p);
+        Assert.Equal(d, rank);
+        Assert.Equal(d, w.Sum(), 1e-6);
+    }
+
+    [Fact]
+    public void The_heavy_entry_finder_rejects_indices_outside_the_keys()
+    {
+        float[] k = Data.Normal(40, 1);
+        GramState gram = LeverageScores.Gram(k, 4);
+        Assert.Throws<ArgumentException>(() => UniversalSet.HeavyEntries(k, k, gram, [0, 10], 0.1));
+    }
+
     [Fact]
     public void Streaming_one_pass_and_two_pass_agree_with_offline_and_shards_merge()
     {

@@ -94,6 +94,8 @@ public static class UniversalSet
     public static (int Heavy, List<(int Query, int Key, double Weight)> Missing) Check(ReadOnlySpan<float> queries, ReadOnlySpan<float> keys, int dimension, double p, double eps, IReadOnlyCollection<int> set)
     {
         ArgumentNullException.ThrowIfNull(set);
+        LeverageScores.Check(queries, dimension, nameof(queries));
+        LeverageScores.Check(keys, dimension, nameof(keys));
         var members = new HashSet<int>(set);
         int nq = queries.Length / dimension, nk = keys.Length / dimension;
         double[] f = new double[nk];
@@ -147,6 +149,13 @@ public static class UniversalSet
         ArgumentNullException.ThrowIfNull(gram);
         ArgumentNullException.ThrowIfNull(set);
         int d = gram.Dimension, nq = queries.Length / d;
+        LeverageScores.Check(queries, d, nameof(queries));
+        LeverageScores.Check(keys, d, nameof(keys));
+        int nk = keys.Length / d;
+        if (set.Any(j => j < 0 || j >= nk))
+        {
+            throw new ArgumentException($"The set holds an index outside the {nk} keys.", nameof(set));
+        }
         ReadOnlySpan<double> g = gram.Matrix;
         var found = new List<(int, int, double)>();
         double[] q = new double[d], gq = new double[d];
@@ -204,9 +213,12 @@ public static class UniversalSet
 public static class LewisWeights
 {
     /// <summary>Iterations at most.</summary>
-    public const int MaxIterations = 200;
+    public const int MaxIterations = 5000;
 
-    /// <summary>Computes the Lewis weights (converged to a relative change below 1e-10) and the rank.</summary>
+    /// <summary>
+    /// Computes the Lewis weights (iterated until the largest relative change is below 1e-10; the iteration contracts by
+    /// about |1 - p/2| per step, so p near 4 or near 0 takes longer) and the rank.
+    /// </summary>
     /// <param name="keys">K, <c>[n, d]</c>.</param>
     /// <param name="dimension">d.</param>
     /// <param name="p">p in (0, 4).</param>
@@ -243,11 +255,11 @@ public static class LewisWeights
 
             if (p == 2 || change < 1e-10)
             {
-                break;
+                return (w, rank);
             }
         }
 
-        return (w, rank);
+        throw new InvalidOperationException($"The Lewis-weight iteration for p = {p} did not converge in {MaxIterations} steps.");
     }
 
     internal static void CheckP(double p)
