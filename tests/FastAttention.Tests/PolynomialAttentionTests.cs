@@ -241,6 +241,21 @@ public class PolynomialAttentionTests
         Assert.Equal((2 * small.PolynomialRelativeError / (1 - small.PolynomialRelativeError) * maxV) + small.RoundingBound, small.OutputBound, 1e-12);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Batched_grouped_query_heads_match_the_oracle_within_the_certificate(bool causal)
+    {
+        var shape = new AttentionShape(2, 6, 150, 210, 3, 4, KeyValueHeadCount: 2);
+        float[] q = Uniform(shape.QueryLength, 71, 1), k = Uniform(shape.KeyLength, 72, 1), v = Uniform(shape.ValueLength, 73, 2);
+        var output = new float[shape.OutputLength];
+        PolynomialCertificate certificate = PolynomialAttention.Compute(q, k, v, shape, output, new PolynomialAttentionOptions { Scale = 0.5f, RelativeError = 1e-5, Causal = causal });
+        double[] exact = Reference.Attention(q, k, v, shape, new Reference.Options(Scale: 0.5, Causal: causal));
+        double worst = Tolerance.MaxAbsError(output, exact);
+        Assert.True(worst <= certificate.OutputBound, $"error {worst:E3} > certificate {certificate.OutputBound:E3}");
+        Assert.True(worst < 1e-4);
+    }
+
     [Fact]
     public void Output_bits_do_not_depend_on_thread_count()
     {
