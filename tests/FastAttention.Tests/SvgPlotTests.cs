@@ -60,4 +60,16 @@ public class SvgPlotTests
         Assert.Single(doc.Descendants(Svg + "polyline"));
         Assert.DoesNotContain("NaN", flat.Render());
     }
+
+    [Fact]
+    public void Long_series_names_widen_the_figure_so_the_legend_fits()
+    {
+        var plot = new SvgPlot { Title = "t", XLabel = "x", YLabel = "y" };
+        plot.Series.Add(new PlotSeries("a very long legend entry for one series, 52 characters", [(0, 1), (1, 2)]));
+        XDocument doc = Render(plot);
+        double width = double.Parse((string)doc.Root!.Attribute("width")!, System.Globalization.CultureInfo.InvariantCulture);
+        double x = doc.Descendants(Svg + "text").Where(t => t.Value.StartsWith("a very long", StringComparison.Ordinal))
+            .Select(t => double.Parse((string)t.Attribute("x")!, System.Globalization.CultureInfo.InvariantCulture)).Single();
+        Assert.True(x + (6.5 * 52) <= width, $"legend text ends near {x + (6.5 * 52)} beyond width {width}");
+    }
 }

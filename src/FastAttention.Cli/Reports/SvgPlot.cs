@@ -23,7 +23,12 @@ internal sealed record PlotReference(double Value, string Label, bool Vertical =
 /// </summary>
 internal sealed class SvgPlot
 {
-    private const double Width = 640, Height = 400, Left = 72, Right = 170, Top = 40, Bottom = 56;
+    private const double PlotWidth = 398, Height = 400, Left = 72, Top = 40, Bottom = 56;
+
+    /// <summary>Room right of the axes for the legend: wide enough for the longest series name (about 7 px a character at 12 px).</summary>
+    private double Right => Math.Max(170, 50 + (7 * Series.Select(x => x.Name.Length).DefaultIfEmpty(0).Max()));
+
+    private double Width => Left + PlotWidth + Right;
 
     private static readonly string[] Colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"];
 
@@ -49,14 +54,14 @@ internal sealed class SvgPlot
             .Where(p => Usable(p.X, LogX) && Usable(p.Y, LogY))];
         (double x0, double x1) = Range(points.Select(p => p.X).Concat(References.Where(r => r.Vertical).Select(r => r.Value)).Where(x => Usable(x, LogX)), LogX);
         (double y0, double y1) = Range(points.Select(p => p.Y).Concat(References.Where(r => !r.Vertical).Select(r => r.Value)).Where(y => Usable(y, LogY)), LogY);
-        double plotW = Width - Left - Right, plotH = Height - Top - Bottom;
+        double plotW = PlotWidth, plotH = Height - Top - Bottom;
         double Px(double x) => Left + (plotW * (Transform(x, LogX) - Transform(x0, LogX)) / (Transform(x1, LogX) - Transform(x0, LogX)));
         double Py(double y) => Top + plotH - (plotH * (Transform(y, LogY) - Transform(y0, LogY)) / (Transform(y1, LogY) - Transform(y0, LogY)));
 
         var svg = new StringBuilder();
         svg.Append(F($"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{Width}\" height=\"{Height}\" viewBox=\"0 0 {Width} {Height}\" font-family=\"sans-serif\" font-size=\"12\">\n"));
         svg.Append(F($"<rect width=\"{Width}\" height=\"{Height}\" fill=\"white\"/>\n"));
-        svg.Append(F($"<text x=\"{Width / 2}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\" font-weight=\"bold\">{Escape(Title)}</text>\n"));
+        svg.Append(F($"<text x=\"{Left + (PlotWidth / 2)}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\" font-weight=\"bold\">{Escape(Title)}</text>\n"));
 
         // Grid, ticks and tick labels.
         svg.Append("<g class=\"ticks\" stroke=\"#ddd\">\n");
