@@ -128,7 +128,7 @@ public static class LeverageScores
     }
 
     /// <summary>Gram by float GEMM, then <c>Y = K W</c> by float GEMM in chunks, scores = row norms of Y.</summary>
-    private static unsafe double[] Fast(ReadOnlySpan<float> keys, int d, int maxDegreeOfParallelism)
+    private static double[] Fast(ReadOnlySpan<float> keys, int d, int maxDegreeOfParallelism)
     {
         var gram = new GramState(d);
         gram.AddFast(keys, maxDegreeOfParallelism);
@@ -140,23 +140,32 @@ public static class LeverageScores
             return scores;
         }
 
-        float[] w = Array.ConvertAll(factor.Whitening, x => (float)x);
+        ProjectedNorms(keys, d, Array.ConvertAll(factor.Whitening, x => (float)x), r, scores, maxDegreeOfParallelism);
+        return scores;
+    }
+
+    /// <summary>
+    /// scores[j] = ||k_j P||^2 clamped to [0, 1], with <c>Y = K P</c> (P is d x width) on the project's GEMM in chunks of
+    /// 65,536 rows, so Y never holds more than one chunk.
+    /// </summary>
+    private static unsafe void ProjectedNorms(ReadOnlySpan<float> keys, int d, float[] projection, int width, double[] scores, int maxDegreeOfParallelism)
+    {
         const int Chunk = 65536;
-        float[] y = new float[(long)Math.Min(Chunk, n) * r];
-        fixed (float* k = keys, pw = w, py = y)
+        int n = keys.Length / d;
+        float[] y = new float[(long)Math.Min(Chunk, n) * width];
+        fixed (float* k = keys, pp = projection, py = y)
         {
             for (int first = 0; first < n; first += Chunk)
             {
                 int m = Math.Min(Chunk, n - first);
-                Gemm.Multiply(m, r, d, k + ((long)first * d), false, pw, false, py, 0f, maxDegreeOfParallelism);
+                Gemm.Multiply(m, width, d, k + ((long)first * d), false, pp, false, py, 0f, maxDegreeOfParallelism);
                 for (int j = 0; j < m; j++)
                 {
-                    scores[first + j] = Math.Clamp(TensorPrimitives.Dot(new ReadOnlySpan<float>(py + ((long)j * r), r), new ReadOnlySpan<float>(py + ((long)j * r), r)), 0, 1);
+                    var row = new ReadOnlySpan<float>(py + ((long)j * width), width);
+                    scores[first + j] = Math.Clamp(TensorPrimitives.Dot(row, row), 0, 1);
                 }
             }
         }
-
-        return scores;
     }
 
     /// <summary>
@@ -258,21 +267,7 @@ public static class LeverageScores
             }
         }
 
-        float[] y = new float[(long)Math.Min(Chunk, n) * T];
-        fixed (float* k = keys, pp = projection, py = y)
-        {
-            for (int first = 0; first < n; first += Chunk)
-            {
-                int m = Math.Min(Chunk, n - first);
-                Gemm.Multiply(m, T, d, k + ((long)first * d), false, pp, false, py, 0f, maxDegreeOfParallelism);
-                for (int j = 0; j < m; j++)
-                {
-                    var row = new ReadOnlySpan<float>(py + ((long)j * T), T);
-                    scores[first + j] = Math.Clamp(TensorPrimitives.Dot(row, row), 0, 1);
-                }
-            }
-        }
-
+        ProjectedNorms(keys, d, projection, T, scores, maxDegreeOfParallelism);
         return scores;
     }
 
