@@ -237,15 +237,7 @@ internal static class BenchCommand
 
         var random = new Random(o.Int("seed", int.MinValue, int.MaxValue) ?? 1);
         float[] keys = new float[(long)n * d];
-        for (long i = 0; i < keys.LongLength; i += 2)
-        {
-            double radius = Math.Sqrt(-2 * Math.Log(1 - random.NextDouble())), angle = 2 * Math.PI * random.NextDouble();
-            keys[i] = (float)(radius * Math.Cos(angle));
-            if (i + 1 < keys.LongLength)
-            {
-                keys[i + 1] = (float)(radius * Math.Sin(angle));
-            }
-        }
+        SeededGaussian.Fill(random, keys);
 
         double Time(Action run)
         {

@@ -121,13 +121,7 @@ internal static partial class ExperimentCommand
             for (int first = 0; first < n; first += ChunkRows)
             {
                 int count = Math.Min(ChunkRows, n - first);
-                for (int i = 0; i < count * D; i += 2)
-                {
-                    double radius = Math.Sqrt(-2 * Math.Log(1 - random.NextDouble())), angle = 2 * Math.PI * random.NextDouble();
-                    chunk[i] = (float)(radius * Math.Cos(angle));
-                    chunk[i + 1] = (float)(radius * Math.Sin(angle));
-                }
-
+                SeededGaussian.Fill(random, chunk.AsSpan(0, count * D));
                 stream.Append(chunk.AsSpan(0, count * D));
             }
 

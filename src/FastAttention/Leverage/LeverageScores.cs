@@ -242,15 +242,8 @@ public static class LeverageScores
         const int T = SketchColumns;
         var random = new Random(seed);
         double[] g = new double[r * T];
-        for (int i = 0; i < g.Length; i += 2)
-        {
-            double u1 = 1 - random.NextDouble(), u2 = random.NextDouble(), radius = Math.Sqrt(-2 * Math.Log(u1));
-            g[i] = radius * Math.Cos(2 * Math.PI * u2) / Math.Sqrt(T);
-            if (i + 1 < g.Length)
-            {
-                g[i + 1] = radius * Math.Sin(2 * Math.PI * u2) / Math.Sqrt(T);
-            }
-        }
+        SeededGaussian.Fill(random, g);
+        TensorPrimitives.Divide(g, Math.Sqrt(T), g);
 
         float[] projection = new float[d * T];
         for (int l = 0; l < d; l++)

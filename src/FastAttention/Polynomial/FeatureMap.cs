@@ -287,19 +287,8 @@ internal sealed unsafe class SketchFeatureMap : FeatureMap
 
     private static double[] Gaussians(Random random, int count)
     {
-        // Box–Muller on the seeded generator: the same matrices for the same seed on every machine.
         double[] g = new double[count];
-        for (int i = 0; i < count; i += 2)
-        {
-            double u1 = 1.0 - random.NextDouble(), u2 = random.NextDouble();
-            double radius = Math.Sqrt(-2 * Math.Log(u1));
-            g[i] = radius * Math.Cos(2 * Math.PI * u2);
-            if (i + 1 < count)
-            {
-                g[i + 1] = radius * Math.Sin(2 * Math.PI * u2);
-            }
-        }
-
+        SeededGaussian.Fill(random, g);
         return g;
     }
 }
