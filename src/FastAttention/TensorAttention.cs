@@ -103,8 +103,13 @@ public static class TensorAttention
     public static unsafe AttentionRun Compute(ReadOnlySpan<float> query, IReadOnlyList<ReadOnlyMemory<float>> keys, IReadOnlyList<ReadOnlyMemory<float>> values,
         TensorAttentionShape shape, Span<float> destination, TensorAttentionOptions options = default)
     {
-        Validate(query, keys, values, shape, destination, options);
-        AttentionKernel kernel = KernelRegistry.Attention.First(k => k.Name.StartsWith("tiled-", StringComparison.Ordinal) && k.IsSupported());
+        Validate(query, keys, values, shape, destination.Length, options);
+
+        // The kernel must export row statistics: the registry's own rule picks it (the decoding kernels refuse them).
+        float statistic = 0;
+        AttentionArgs probe = AttentionArgs.FromShape(new AttentionShape(1, 1, 1, 1, shape.HeadDim, shape.ValueDim));
+        probe.RowStats = &statistic;
+        AttentionKernel kernel = KernelRegistry.Attention.First(k => k.WhyNot(in probe) is null);
         float scale = options.Scale ?? (1f / shape.HeadDim);
         int m = shape.KeyMatrices;
         using var pinned = new Pinned(keys, values);
@@ -142,7 +147,7 @@ public static class TensorAttention
     public static unsafe PolynomialCertificate ComputePolynomial(ReadOnlySpan<float> query, IReadOnlyList<ReadOnlyMemory<float>> keys, IReadOnlyList<ReadOnlyMemory<float>> values,
         TensorAttentionShape shape, Span<float> destination, PolynomialAttentionOptions options = default)
     {
-        Validate(query, keys, values, shape, destination, default);
+        Validate(query, keys, values, shape, destination.Length, default);
         int d = shape.HeadDim, m = shape.KeyMatrices;
         double s = options.Scale ?? (1.0 / d);
         double range = RangeBound(query, keys, d, s);
@@ -206,7 +211,7 @@ public static class TensorAttention
     }
 
     internal static void Validate(ReadOnlySpan<float> query, IReadOnlyList<ReadOnlyMemory<float>> keys, IReadOnlyList<ReadOnlyMemory<float>> values,
-        TensorAttentionShape shape, Span<float> destination, TensorAttentionOptions options)
+        TensorAttentionShape shape, long destinationLength, TensorAttentionOptions options)
     {
         ArgumentNullException.ThrowIfNull(keys);
         ArgumentNullException.ThrowIfNull(values);
@@ -220,9 +225,9 @@ public static class TensorAttention
             throw new ArgumentException($"Order {shape.Order} takes {shape.KeyMatrices} key and {shape.KeyMatrices} value matrices; got {keys.Count} and {values.Count}.", nameof(keys));
         }
 
-        if (query.Length != shape.QueryLength || destination.Length != shape.OutputLength)
+        if (query.Length != shape.QueryLength || destinationLength != shape.OutputLength)
         {
-            throw new ArgumentException($"Query ({query.Length}) or destination ({destination.Length}) length does not match {shape}.", nameof(query));
+            throw new ArgumentException($"Query ({query.Length}) or destination ({destinationLength}) length does not match {shape}.", nameof(query));
         }
 
         for (int t = 0; t < shape.KeyMatrices; t++)
@@ -507,7 +512,7 @@ public static class ReferenceTensorAttention
     public static void Compute(ReadOnlySpan<float> query, IReadOnlyList<ReadOnlyMemory<float>> keys, IReadOnlyList<ReadOnlyMemory<float>> values,
         TensorAttentionShape shape, Span<double> destination, TensorAttentionOptions options = default)
     {
-        TensorAttention.Validate(query, keys, values, shape, new float[shape.OutputLength], options);
+        TensorAttention.Validate(query, keys, values, shape, destination.Length, options);
         int d = shape.HeadDim, dv = shape.ValueDim, m = shape.KeyMatrices, nk = shape.KeyCount;
         double s = options.Scale ?? (1.0 / d);
         int[] index = new int[m], lo = new int[m], hi = new int[m];
