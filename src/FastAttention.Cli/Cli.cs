@@ -25,6 +25,7 @@ internal static class Cli
         DemoCommand.Command,
         BenchCommand.Command,
         ExperimentCommand.Command,
+        ConvertCommand.Command,
     ];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)

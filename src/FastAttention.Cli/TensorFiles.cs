@@ -83,7 +83,8 @@ internal static class TensorFiles
             }
         });
 
-    private static (string Path, string? Name) Split(string spec)
+    /// <summary>Splits <c>FILE.npz:NAME</c> or <c>FILE.safetensors:NAME</c> into the path and the tensor name (null when absent).</summary>
+    public static (string Path, string? Name) Split(string spec)
     {
         foreach (string extension in new[] { ".npz:", ".safetensors:" })
         {

@@ -44,6 +44,17 @@ internal static class Payload
         _ => 8,
     };
 
+    /// <summary>
+    /// Reads with the reader for the widest in-memory type the element type fits without loss: float32 for
+    /// float16, bfloat16 and float32; float64; int64 for integers and booleans.
+    /// </summary>
+    public static TensorData ReadNatural(ElementType type, Func<TensorData> asFloat32, Func<TensorData> asFloat64, Func<TensorData> asInt64) => type switch
+    {
+        ElementType.Float16 or ElementType.BFloat16 or ElementType.Float32 => asFloat32(),
+        ElementType.Float64 => asFloat64(),
+        _ => asInt64(),
+    };
+
     public static bool IsInteger(ElementType type) =>
         type is not (ElementType.Float16 or ElementType.BFloat16 or ElementType.Float32 or ElementType.Float64);
 

@@ -48,6 +48,25 @@ public static class NpzFile
         return result;
     }
 
+    /// <summary>Reads every array keeping its values exactly (element types as <see cref="NumpyFile.Read(string)"/>), keyed by name.</summary>
+    /// <param name="path">The <c>.npz</c> file.</param>
+    /// <returns>The arrays in archive order.</returns>
+    public static IReadOnlyList<KeyValuePair<string, TensorData>> ReadAll(string path)
+    {
+        using ZipArchive zip = Open(path);
+        var result = new List<KeyValuePair<string, TensorData>>();
+        foreach (ZipArchiveEntry entry in zip.Entries)
+        {
+            if (!entry.FullName.EndsWith('/'))
+            {
+                var context = new FileContext(path, ArrayName(entry.FullName));
+                result.Add(new(context.TensorName!, ReadEntryWith(entry, context, stream => NumpyFile.ReadNaturalFrom(stream, null, context))));
+            }
+        }
+
+        return result;
+    }
+
     /// <summary>Writes arrays to a new archive (deflate-compressed entries <c>name.npy</c>).</summary>
     /// <param name="path">The file to create or replace.</param>
     /// <param name="arrays">Names and arrays.</param>
@@ -94,10 +113,15 @@ public static class NpzFile
         where T : unmanaged
     {
         var context = new FileContext(path, ArrayName(entry.FullName));
+        return (TensorData<T>)ReadEntryWith(entry, context, stream => NumpyFile.ReadFrom<T>(stream, null, context));
+    }
+
+    private static TensorData ReadEntryWith(ZipArchiveEntry entry, FileContext context, Func<Stream, TensorData> read)
+    {
         try
         {
             using Stream stream = entry.Open();
-            return NumpyFile.ReadFrom<T>(stream, null, context);
+            return read(stream);
         }
         catch (Exception ex) when (ex is InvalidDataException or NotSupportedException)
         {

@@ -35,6 +35,20 @@ public static class NumpyFile
     /// <exception cref="TensorFileException">The file is missing, malformed or not an integer array.</exception>
     public static TensorData<long> ReadInt64(string path) => ReadFile<long>(path);
 
+    /// <summary>
+    /// Reads an array keeping its values exactly: float16, bfloat16 and float32 as <c>TensorData&lt;float&gt;</c>,
+    /// float64 as <c>TensorData&lt;double&gt;</c>, integers and booleans as <c>TensorData&lt;long&gt;</c>.
+    /// </summary>
+    /// <param name="path">The <c>.npy</c> file.</param>
+    /// <returns>The array.</returns>
+    /// <exception cref="TensorFileException">The file is missing, malformed or of an unsupported type.</exception>
+    public static TensorData Read(string path)
+    {
+        var context = new FileContext(path, null);
+        using FileStream stream = Files.OpenRead(path);
+        return ReadNaturalFrom(stream, stream.Length, context);
+    }
+
     /// <summary>Reads an array as float32 from a stream (for example an embedded resource).</summary>
     /// <param name="stream">The stream, positioned at the start of the <c>.npy</c> data.</param>
     /// <param name="sourceName">The name error messages use for the stream.</param>
@@ -112,6 +126,22 @@ public static class NumpyFile
     internal static TensorData<T> ReadFrom<T>(Stream stream, long? length, FileContext context)
         where T : unmanaged
     {
+        (ParsedHeader parsed, long offset) = ReadHeader(stream, length, context);
+        return ReadPayload<T>(stream, length, context, parsed, offset);
+    }
+
+    /// <summary>Reads one <c>.npy</c> payload in the widest type its elements need without loss (see <see cref="Payload.ReadNatural"/>).</summary>
+    internal static TensorData ReadNaturalFrom(Stream stream, long? length, FileContext context)
+    {
+        (ParsedHeader parsed, long offset) = ReadHeader(stream, length, context);
+        return Payload.ReadNatural(parsed.Type,
+            () => ReadPayload<float>(stream, length, context, parsed, offset),
+            () => ReadPayload<double>(stream, length, context, parsed, offset),
+            () => ReadPayload<long>(stream, length, context, parsed, offset));
+    }
+
+    private static (ParsedHeader Parsed, long Offset) ReadHeader(Stream stream, long? length, FileContext context)
+    {
         Span<byte> prefix = stackalloc byte[10];
         if (length is < 10)
         {
@@ -160,8 +190,12 @@ public static class NumpyFile
         Payload.ReadExactly(stream, headerBytes, context, offset);
         string header = major == 3 ? Encoding.UTF8.GetString(headerBytes) : Encoding.Latin1.GetString(headerBytes);
         var parsed = HeaderParser.Parse(header, context, offset);
-        offset += headerLength;
+        return (parsed, offset + headerLength);
+    }
 
+    private static TensorData<T> ReadPayload<T>(Stream stream, long? length, FileContext context, ParsedHeader parsed, long offset)
+        where T : unmanaged
+    {
         long count = Payload.CheckedElementCount(parsed.Shape, parsed.Type, context, offset);
         T[] data = Payload.Read<T>(stream, count, parsed.Type, parsed.BigEndian, length - offset, context, offset);
         int[] shape = Array.ConvertAll(parsed.Shape, x => (int)x);

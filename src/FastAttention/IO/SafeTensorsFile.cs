@@ -61,6 +61,19 @@ public static class SafeTensorsFile
         return result;
     }
 
+    /// <summary>Reads every tensor keeping its values exactly (F16, BF16 and F32 as float32, F64 as float64, integers and BOOL as int64), in data order.</summary>
+    /// <param name="path">The <c>.safetensors</c> file.</param>
+    /// <returns>The tensors.</returns>
+    public static IReadOnlyList<KeyValuePair<string, TensorData>> ReadAll(string path)
+    {
+        using FileStream stream = Open(path);
+        Index index = ReadIndex(stream, path);
+        return [.. index.Entries.Select(entry => new KeyValuePair<string, TensorData>(entry.Name, Payload.ReadNatural(entry.Type,
+            () => ReadEntry<float>(stream, path, index, entry),
+            () => ReadEntry<double>(stream, path, index, entry),
+            () => ReadEntry<long>(stream, path, index, entry))))];
+    }
+
     /// <summary>Writes tensors (float32, float64, int32, int64) to a new safetensors file.</summary>
     /// <param name="path">The file to create or replace.</param>
     /// <param name="tensors">Names and tensors, written in this order.</param>
