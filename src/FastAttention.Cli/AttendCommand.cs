@@ -53,6 +53,7 @@ internal static class AttendCommand
         TensorData<float> q = TensorFiles.Load("q", qPath);
         TensorData<float> k = TensorFiles.Load("k", kPath);
         TensorData<float> v = TensorFiles.Load("v", vPath);
+        Progress.Current.Step("computing attention");
         AttentionShape shape = AttentionInputs.Shape(q, k, v);
         var output = new float[shape.OutputLength];
         var options = new ExactAttentionOptions

@@ -143,7 +143,7 @@ internal static class BenchCommand
         AttentionRun run = Compute();
         double first = watch.Elapsed.TotalSeconds;
         int runs = repeat ?? (int)Math.Clamp(2.0 / Math.Max(first, 1e-6), 3, 50);
-        double[] times = Timing.Repeat(() => Compute(), runs);
+        double[] times = Timing.Repeat(() => Compute(), runs, "timing " + method);
         double median = Timing.Median(times);
         double gflops = run.Flops / median / 1e9;
         double peak = FmaPeak.Measure(threads);
@@ -242,7 +242,7 @@ internal static class BenchCommand
         double Time(Action run)
         {
             run(); // warm-up
-            return Timing.Median(Timing.Repeat(run, runs));
+            return Timing.Median(Timing.Repeat(run, runs, "timing leverage scores"));
         }
 
         double gram = Time(() => new FastAttention.Leverage.GramState(d).AddFast(keys, threads));
@@ -296,7 +296,7 @@ internal static class BenchCommand
 
         double first = Timing.Repeat(Multiply, 1)[0]; // warm-up, and the scale for the repeat count
         int runs = o.Int("repeat", 1, 100_000) ?? (int)Math.Clamp(3.0 / Math.Max(first, 1e-6), 3, 30);
-        double median = Timing.Median(Timing.Repeat(Multiply, runs));
+        double median = Timing.Median(Timing.Repeat(Multiply, runs, "timing the GEMM"));
         double flops = 2.0 * n * n * (double)n;
         double gflops = flops / median / 1e9, peak = FmaPeak.Measure(threads);
         if (o.Flag("json"))

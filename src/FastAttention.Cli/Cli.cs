@@ -1,5 +1,6 @@
 using System.Text;
 using FastAttention.IO;
+using Spectre.Console;
 
 namespace FastAttention.Cli;
 
@@ -12,7 +13,7 @@ internal sealed record Command(string Name, string Summary, IReadOnlyList<Option
 
 /// <summary>
 /// Dispatches <c>fastattn COMMAND [options]</c>. Errors are one line on stderr, no stack trace:
-/// exit 2 for usage mistakes, 3 for bad input files or data, 1 for anything unexpected.
+/// exit 2 for usage mistakes, 3 for bad input files or data, 1 for anything unexpected, 130 after Ctrl-C.
 /// </summary>
 internal static class Cli
 {
@@ -28,7 +29,8 @@ internal static class Cli
         ConvertCommand.Command,
     ];
 
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    /// <summary>Runs one command line. <paramref name="terminal"/>, when given, shows progress (not with <c>--json</c>); <paramref name="cancellation"/> is Ctrl-C.</summary>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, IAnsiConsole? terminal = null, CancellationToken cancellation = default)
     {
         if (args.Length == 0 || args[0] is "--help" or "-h" or "help")
         {
@@ -58,7 +60,12 @@ internal static class Cli
         try
         {
             ParsedOptions options = ParsedOptions.Parse(command.Name, args[1..], command.Options, command.Positional);
-            return command.Run(options, stdout);
+            return Progress.Run(command.Name, options.Flag("json") ? null : terminal, stdout, cancellation, output => command.Run(options, output));
+        }
+        catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
+        {
+            stderr.WriteLine("fastattn: cancelled");
+            return ExitCode.Cancelled;
         }
         catch (UsageException ex)
         {
@@ -116,7 +123,7 @@ internal static class Cli
 
         text.AppendLine();
         text.AppendLine("Tensors: FILE.npy, or FILE.npz:NAME / FILE.safetensors:NAME for one tensor of a multi-tensor file.");
-        text.AppendLine("Exit codes: 0 ok, 1 unexpected failure, 2 usage error (including a forced kernel that cannot take the input), 3 bad input file or data.");
+        text.AppendLine("Exit codes: 0 ok, 1 unexpected failure, 2 usage error (including a forced kernel that cannot take the input), 3 bad input file or data, 130 cancelled (Ctrl-C).");
         return text.ToString();
     }
 

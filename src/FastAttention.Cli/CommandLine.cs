@@ -9,6 +9,7 @@ internal static class ExitCode
     public const int Failure = 1;
     public const int Usage = 2;
     public const int BadInput = 3;
+    public const int Cancelled = 130;
 }
 
 /// <summary>A command-line mistake: printed as one line, exit code 2.</summary>

@@ -44,6 +44,7 @@ internal static class ConvertCommand
             throw new TensorFileException(TensorFileErrorKind.Io, path, only, -1, "file not found (given as the input)");
         }
 
+        Progress.Current.Step("reading " + input);
         string inFormat = Path.GetExtension(path).ToLowerInvariant();
         IReadOnlyDictionary<string, string>? metadata = null;
         List<KeyValuePair<string, TensorData>> tensors = inFormat switch

@@ -127,7 +127,7 @@ internal static class DemoCommand
         var shape = new TensorAttentionShape(q.Shape[0], q.Shape[1], q.Shape[1], q.Shape[2], q.Shape[2]);
         var output = new float[shape.OutputLength];
         AttentionRun run = TensorAttention.Compute(q.Data, keys, values, shape, output);
-        double seconds = Timing.Median(Timing.Repeat(() => TensorAttention.Compute(q.Data, keys, values, shape, output), repeat));
+        double seconds = Timing.Median(Timing.Repeat(() => TensorAttention.Compute(q.Data, keys, values, shape, output), repeat, "tensor attention"));
         var reference = new double[shape.OutputLength];
         ReferenceTensorAttention.Compute(q.Data, keys, values, shape, reference);
         double error = output.Zip(reference, (a, b) => Math.Abs(a - b)).Max();
@@ -141,7 +141,7 @@ internal static class DemoCommand
         var shape = new AttentionShape(1, q.Shape[0], q.Shape[1], k.Shape[1], q.Shape[2], v.Shape[2]);
         var output = new float[shape.OutputLength];
         var options = new LevAttentionOptions { Top = 32 };
-        double seconds = Timing.Median(Timing.Repeat(() => LevAttention.Compute(q.Data, k.Data, v.Data, shape, output, options), repeat));
+        double seconds = Timing.Median(Timing.Repeat(() => LevAttention.Compute(q.Data, k.Data, v.Data, shape, output, options), repeat, "LevAttention"));
         var reference = new double[shape.OutputLength];
         ReferenceAttention.Compute(q.Data, k.Data, v.Data, shape, reference);
         double error = output.Zip(reference, (a, b) => Math.Abs(a - b)).Max();
@@ -158,7 +158,7 @@ internal static class DemoCommand
         var options = new PolynomialAttentionOptions { Scale = 1f / D, RelativeError = 1e-3 };
         var output = new float[shape.OutputLength];
         PolynomialCertificate certificate = PolynomialAttention.Compute(q, k, v, shape, output, options);
-        double seconds = Timing.Median(Timing.Repeat(() => PolynomialAttention.Compute(q, k, v, shape, output, options), repeat));
+        double seconds = Timing.Median(Timing.Repeat(() => PolynomialAttention.Compute(q, k, v, shape, output, options), repeat, "polynomial attention"));
         var reference = new double[shape.OutputLength];
         ReferenceAttention.Compute(q, k, v, shape, reference, scale: 1.0 / D);
         double error = output.Zip(reference, (a, b) => Math.Abs(a - b)).Max();
@@ -177,7 +177,7 @@ internal static class DemoCommand
         {
             var options = new ExactAttentionOptions { Kernel = kernel.Name };
             AttentionRun run = ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, options); // warm-up
-            double seconds = Timing.Median(Timing.Repeat(() => ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, options), repeat));
+            double seconds = Timing.Median(Timing.Repeat(() => ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, options), repeat, "exact attention, " + run.Kernel));
             double error = 0;
             for (int i = 0; i < output.Length; i++)
             {

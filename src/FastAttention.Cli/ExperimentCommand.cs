@@ -53,7 +53,7 @@ internal static partial class ExperimentCommand
         }
 
         TensorFiles.CheckWritable("out", Path.Combine(dir, name + ".md"), force);
-        var settings = new Settings(o.Flag("full"), o.Int("seed", 0, int.MaxValue) ?? 1, o.Int("threads", 1, 1024) ?? 0, stdout);
+        var settings = new Settings(o.Flag("full"), o.Int("seed", 0, int.MaxValue) ?? 1, o.Int("threads", 1, 1024) ?? 0, new ProgressLog(stdout));
         Report report = name switch
         {
             "bounded-entries" => BoundedEntries(settings),

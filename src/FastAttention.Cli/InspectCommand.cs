@@ -25,6 +25,7 @@ internal static class InspectCommand
     {
         TensorData<float> q = TensorFiles.Load("q", o.Required("inspect", "q"));
         TensorData<float> k = TensorFiles.Load("k", o.Required("inspect", "k"));
+        Progress.Current.Step("analysing Q and K");
         float? scale = o.Float("scale");
 
         // K doubles as V here: only Q and K matter.

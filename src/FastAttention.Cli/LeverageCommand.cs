@@ -75,6 +75,7 @@ internal static class LeverageCommand
 
         int threads = o.Int("threads", 1, 1024) ?? 0;
         TensorData<float> k = TensorFiles.Load("k", o.Required("leverage", "k"));
+        Progress.Current.Step("computing leverage scores");
         if (k.Rank is not (2 or 3) || k.ElementCount == 0)
         {
             throw new BadInputException($"--k has shape {k.ShapeText}; expected a non-empty [n, d] or [h, n, d]");
@@ -92,6 +93,7 @@ internal static class LeverageCommand
                 var leverage = new LeverageStream(d, eps!.Value);
                 for (int start = 0; start < n; start += 65536)
                 {
+                    Progress.Current.Step($"streaming keys {start:N0} of {n:N0}", (double)start / n);
                     leverage.Append(keys.Slice(start * d, Math.Min(65536, n - start) * d));
                 }
 

@@ -51,6 +51,7 @@ internal static class TensorCommand
         TensorData<float> q = TensorFiles.Load("q", o.Required("tensor", "q"));
         TensorData<float>[] k = [TensorFiles.Load("k1", o.Required("tensor", "k1")), TensorFiles.Load("k2", o.Required("tensor", "k2"))];
         TensorData<float>[] v = [TensorFiles.Load("v1", o.Required("tensor", "v1")), TensorFiles.Load("v2", o.Required("tensor", "v2"))];
+        Progress.Current.Step("computing tensor attention");
         TensorAttentionShape shape = Shape(q, k, v);
         float scale = o.Float("scale") ?? 1f / shape.HeadDim;
         bool causal = o.Flag("causal") || windows is not null;

@@ -11,6 +11,7 @@ internal static class TensorFiles
 {
     public static TensorData<float> Load(string option, string spec)
     {
+        Progress.Current.Step($"reading --{option} {spec}");
         (string path, string? name) = Split(spec);
         if (!File.Exists(path))
         {
@@ -42,11 +43,32 @@ internal static class TensorFiles
         }
     }
 
+    /// <summary>Temp files being written right now (deleted by <see cref="DeleteTempFilesInFlight"/> if the process must leave).</summary>
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> InFlight = new();
+
+    /// <summary>Deletes the temp files of writes still in progress (the process is leaving after Ctrl-C).</summary>
+    public static void DeleteTempFilesInFlight()
+    {
+        foreach (string temp in InFlight.Keys)
+        {
+            try
+            {
+                File.Delete(temp);
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+                // Best effort on the way out.
+            }
+        }
+    }
+
     /// <summary>Writes via a temp file in the same folder, then renames over the target.</summary>
     public static void WriteAtomically(string path, bool force, Action<string> write)
     {
+        Progress.Current.Step("writing " + Path.GetFileName(path));
         string full = Path.GetFullPath(path);
         string temp = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+        InFlight[temp] = 0;
         try
         {
             write(temp);
@@ -62,6 +84,8 @@ internal static class TensorFiles
             {
                 File.Delete(temp);
             }
+
+            InFlight.TryRemove(temp, out _);
         }
     }
 
