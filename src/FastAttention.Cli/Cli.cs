@@ -26,6 +26,7 @@ internal static class Cli
         DemoCommand.Command,
         BenchCommand.Command,
         ExperimentCommand.Command,
+        ReportCommand.Command,
         ConvertCommand.Command,
     ];
 

@@ -1,0 +1,138 @@
+using System.Text.RegularExpressions;
+using FastAttention.Cli.Reports;
+using FastAttention.Tests.Support;
+
+namespace FastAttention.Tests;
+
+/// <summary>The markdown-to-HTML writer of the report.</summary>
+public class MarkdownHtmlTests
+{
+    private const string Svg = "<?xml version=\"1.0\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"10\" height=\"10\"><path d=\"M0 0L10 10\"/></svg>";
+
+    [Fact]
+    public void Converts_the_subset_the_reports_use_and_inlines_the_plots()
+    {
+        string md = "# Title\n\nSome `code` and **holds** and [a link](docs/x.md).\nSame paragraph.\n\n- one\n- two <b>\n\n| a | b \\| c |\n|---|---|\n| 1 | 2 |\n\n![plot one](one.svg)\n\n![absent](gone.svg)\n";
+        string html = MarkdownHtml.Page("t", md, name => name == "one.svg" ? Svg : null);
+        Assert.Contains("<h1>Title</h1>", html);
+        Assert.Contains("<p>Some <code>code</code> and <strong class=\"v-holds\">holds</strong> and <a href=\"docs/x.md\">a link</a>. Same paragraph.</p>", html);
+        Assert.Contains("<li>two &lt;b&gt;</li>", html);
+        Assert.Contains("<th>b | c</th>", html);
+        Assert.Contains("<td>2</td>", html);
+        Assert.DoesNotContain("<td>---</td>", html);
+        Assert.Contains("<figure role=\"img\" aria-label=\"plot one\"><svg", html);
+        Assert.DoesNotContain("<?xml", html);
+        Assert.Contains("missing figure: absent", html);
+    }
+
+    [Fact]
+    public void The_page_loads_nothing_from_anywhere()
+    {
+        string html = MarkdownHtml.Page("t", "[x](javascript:alert(1)) [y](https://example.org) ![p](p.svg)", _ => Svg);
+        Assert.DoesNotContain("javascript:", html);
+        Assert.DoesNotMatch("<(img|link|script)[^>]+(src|href)=", html);
+    }
+}
+
+/// <summary>Runs <c>fastattn report</c> once (quick sizes) for the tests below.</summary>
+public sealed class ReportFixture
+{
+    public ReportFixture()
+    {
+        Directory = Data.TempDir();
+        (Code, Output, Errors) = CliRun.Run("report", "--out", Directory, "--repo", Data.RepoRoot, "--shared", Path.Combine(Directory, "no-shared-data"));
+    }
+
+    public string Directory { get; }
+
+    public int Code { get; }
+
+    public string Output { get; }
+
+    public string Errors { get; }
+}
+
+/// <summary>The whole report, end to end, and (when Chromium is installed) rendered by a real browser.</summary>
+public partial class ReportTests(ReportFixture report) : IClassFixture<ReportFixture>
+{
+    [GeneratedRegex(@"!\[[^\]]*\]\((?<file>[^)]+\.svg)\)")]
+    private static partial Regex Figure();
+
+    [Fact]
+    public void Report_writes_html_and_markdown_with_every_claim_judged_and_every_plot()
+    {
+        Assert.True(report.Code == 0, report.Errors);
+        string md = File.ReadAllText(Path.Combine(report.Directory, "report.md"));
+        string html = File.ReadAllText(Path.Combine(report.Directory, "report.html"));
+
+        foreach (string paper in new[] { "Fast Attention Requires Bounded Entries", "tensor", "LevAttention" })
+        {
+            Assert.Contains(paper, md);
+        }
+
+        Assert.Contains("## Summary", md);
+        Assert.Contains("## Benchmarks", md);
+        Assert.Contains("FastAttention's exact kernel, this run", md);
+        int verdicts = Regex.Matches(md, @"\*\*(holds|partly|does not hold|not measured)\*\* \|").Count;
+        Assert.True(verdicts >= 2 * 14, $"each claim in the summary and in its experiment's section: {verdicts} verdict cells");
+
+        string[] figures = [.. Figure().Matches(md).Select(m => m.Groups["file"].Value).Distinct()];
+        Assert.True(figures.Length >= 10, $"{figures.Length} figures");
+        foreach (string file in figures)
+        {
+            Assert.True(File.Exists(Path.Combine(report.Directory, file)), file);
+        }
+
+        Assert.Equal(figures.Length, Regex.Matches(html, "<figure").Count);
+        Assert.DoesNotContain("missing figure", html);
+        Assert.DoesNotMatch("<(img|link|script)[^>]+(src|href)=", html);
+        Assert.DoesNotContain(".tmp", string.Join(",", System.IO.Directory.GetFiles(report.Directory)));
+    }
+
+    [Fact]
+    public void Report_refuses_to_overwrite_without_force()
+    {
+        Assert.True(report.Code == 0, report.Errors);
+        (int code, _, string err) = CliRun.Run("report", "--out", report.Directory);
+        Assert.Equal(2, code);
+        Assert.Contains("--force", err);
+    }
+
+    [ChromiumFact]
+    public void Headless_chromium_renders_every_figure()
+    {
+        Assert.True(report.Code == 0, report.Errors);
+        string page = new Uri(Path.Combine(report.Directory, "report.html")).AbsoluteUri;
+        string profile = Data.TempDir();
+        string shot = Path.Combine(Data.TempDir(), "report.png");
+        string[] common = ["--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir=" + profile];
+
+        (int code, string output) = Processes.Run(ChromiumFactAttribute.Path!, [.. common, "--window-size=1200,4000", "--screenshot=" + shot, page], report.Directory, TimeSpan.FromMinutes(2));
+        Assert.True(code == 0 && File.Exists(shot), output);
+        byte[] png = File.ReadAllBytes(shot);
+        Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], png[..4]);
+        Assert.True(png.Length > 50_000, $"a {png.Length}-byte screenshot is too small to hold the report");
+
+        // The page's load handler counts the figures whose SVG laid out with a non-empty box and drawn marks.
+        (code, output) = Processes.Run(ChromiumFactAttribute.Path!, [.. common, "--virtual-time-budget=5000", "--dump-dom", page], report.Directory, TimeSpan.FromMinutes(2));
+        Assert.True(code == 0, output);
+        Match body = Regex.Match(output, "<body data-figures=\"(?<n>\\d+)\" data-figures-rendered=\"(?<ok>\\d+)\"");
+        Assert.True(body.Success, "the load handler did not run: " + output[..Math.Min(500, output.Length)]);
+        Assert.True(int.Parse(body.Groups["n"].Value, System.Globalization.CultureInfo.InvariantCulture) >= 10);
+        Assert.Equal(body.Groups["n"].Value, body.Groups["ok"].Value);
+    }
+}
+
+/// <summary>A fact that runs only where headless Chromium is installed (Debian: apt-get install chromium).</summary>
+public sealed class ChromiumFactAttribute : FactAttribute
+{
+    public ChromiumFactAttribute()
+    {
+        if (Path is null)
+        {
+            Skip = "Chromium is not installed (Debian: apt-get install chromium); the headless rendering check is skipped";
+        }
+    }
+
+    public static string? Path { get; } = Processes.Which("chromium", "chromium-browser", "google-chrome");
+}
