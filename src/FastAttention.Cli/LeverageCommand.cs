@@ -11,8 +11,8 @@ internal static class LeverageCommand
         "leverage",
         "leverage scores (or l_p Lewis weights) of K and its universal set U = {j : sigma_j >= eps}, or the top-N keys (LevAttention)",
         [
-            new("k", "K.npy", "keys [n, d] or [h, n, d] (required)"),
-            new("out", "U.npy", "the kept key indices, int64, sorted (.npy; one set per head in an .npz for [h, n, d]) (required)"),
+            new("k", "K.npy", "keys [n, d], [h, n, d] or [b, h, n, d] (required)"),
+            new("out", "U.npy", "the kept key indices, int64, sorted (.npy; one set per head in an .npz (head0, ... or batch0_head0, ...) for several heads) (required)"),
             new("eps", "E", "universal set: every key whose sensitivity bound reaches eps (every entry A_ij >= eps of |x|^p attention is kept)"),
             new("top", "N", "instead of --eps: the N keys with the largest scores"),
             new("p", "P", "p of f(x) = |x|^p, in (0, 4) (default 2: leverage scores; otherwise Lewis-weight bounds)"),
@@ -76,12 +76,15 @@ internal static class LeverageCommand
         int threads = o.Int("threads", 1, 1024) ?? 0;
         TensorData<float> k = TensorFiles.Load("k", o.Required("leverage", "k"));
         Progress.Current.Step("computing leverage scores");
-        if (k.Rank is not (2 or 3) || k.ElementCount == 0)
+        if (k.Rank is not (2 or 3 or 4) || k.ElementCount == 0)
         {
-            throw new BadInputException($"--k has shape {k.ShapeText}; expected a non-empty [n, d] or [h, n, d]");
+            throw new BadInputException($"--k has shape {k.ShapeText}; expected a non-empty [n, d], [h, n, d] or [b, h, n, d]");
         }
 
-        int heads = k.Rank == 3 ? k.Shape[0] : 1, n = k.Shape[^2], d = k.Shape[^1];
+        // Every leading (batch, head) pair is its own key matrix.
+        int[] lead = [.. k.Shape.Take(k.Rank - 2)];
+        int heads = lead.Aggregate(1, (a, x) => a * x), n = k.Shape[^2], d = k.Shape[^1];
+        string HeadName(int h) => k.Rank == 4 ? $"batch{h / lead[1]}_head{h % lead[1]}" : $"head{h}";
         var sets = new List<long[]>();
         var certificates = new List<UniversalSetCertificate?>();
         var allScores = new double[(long)heads * n];
@@ -138,12 +141,12 @@ internal static class LeverageCommand
             }
             else
             {
-                NpzFile.Write(temp, [.. sets.Select((set, h) => new KeyValuePair<string, TensorData>($"head{h}", new TensorData<long>(set, set.Length)))]);
+                NpzFile.Write(temp, [.. sets.Select((set, h) => new KeyValuePair<string, TensorData>(HeadName(h), new TensorData<long>(set, set.Length)))]);
             }
         });
         if (scoresPath is not null)
         {
-            TensorFiles.WriteAtomically(scoresPath, force, temp => NumpyFile.Write(temp, new TensorData<double>(allScores, heads == 1 ? [n] : [heads, n])));
+            TensorFiles.WriteAtomically(scoresPath, force, temp => NumpyFile.Write(temp, new TensorData<double>(allScores, [.. lead, n])));
         }
 
         var inv = CultureInfo.InvariantCulture;

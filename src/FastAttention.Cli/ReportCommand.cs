@@ -8,7 +8,8 @@ namespace FastAttention.Cli;
 /// <summary>
 /// <c>fastattn report --out DIR</c>: reruns every experiment and the exact-kernel benchmark and writes one
 /// report of every claim, measurement, plot and verdict: <c>report.html</c> (self-contained: plots inline,
-/// no network resources) and the same content as <c>report.md</c> with its SVG plots beside it.
+/// no network resources), the same content as <c>report.md</c> with its SVG plots beside it, and each
+/// experiment's own page (<c>NAME.md</c>, as <c>fastattn experiment</c> writes it).
 /// </summary>
 internal static class ReportCommand
 {
@@ -104,7 +105,7 @@ internal static class ReportCommand
         string text = md.ToString();
         Dictionary<string, SvgPlot> plots = reports.Values.SelectMany(r => r.Plots).ToDictionary(p => p.Key, p => p.Value);
         Dictionary<string, string> rendered = plots.ToDictionary(p => p.Key, p => p.Value.Render());
-        foreach (string file in plots.Keys.Select(p => Path.Combine(dir, p)))
+        foreach (string file in plots.Keys.Concat(names.Select(n => n + ".md")).Select(p => Path.Combine(dir, p)))
         {
             TensorFiles.CheckWritable("out", file, force);
         }
@@ -112,6 +113,12 @@ internal static class ReportCommand
         foreach ((string file, string svg) in rendered)
         {
             TensorFiles.WriteAtomically(Path.Combine(dir, file), force, temp => File.WriteAllText(temp, svg));
+        }
+
+        // Each experiment's own page too, as `fastattn experiment NAME` writes it (same plots, same folder).
+        foreach (string name in names)
+        {
+            TensorFiles.WriteAtomically(Path.Combine(dir, name + ".md"), force, temp => File.WriteAllText(temp, reports[name].WithVerdicts));
         }
 
         TensorFiles.WriteAtomically(markdown, force, temp => File.WriteAllText(temp, text));

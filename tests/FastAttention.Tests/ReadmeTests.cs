@@ -37,6 +37,25 @@ public partial class ReadmeTests
         Assert.True(Examples().Count >= 4);
     }
 
+    [Fact]
+    public void Readme_results_are_the_committed_reports_summary()
+    {
+        string readme = File.ReadAllText(Path.Combine(Data.RepoRoot, "README.md")).ReplaceLineEndings("\n");
+        string report = File.ReadAllText(Path.Combine(Data.RepoRoot, "docs", "experiments", "report.md")).ReplaceLineEndings("\n");
+        string[] results = TableAfter(readme, "## Results");
+        Assert.True(results.Length >= 10, "README's results table is missing");
+        Assert.Equal(TableAfter(report, "## Summary"), results);
+        Assert.Contains("docs/experiments/report.html", readme);
+    }
+
+    /// <summary>The first pipe table after <paramref name="heading"/>.</summary>
+    private static string[] TableAfter(string text, string heading)
+    {
+        int at = text.IndexOf("\n" + heading + "\n", StringComparison.Ordinal);
+        Assert.True(at >= 0, $"no '{heading}' section");
+        return [.. text[at..].Split('\n').SkipWhile(l => !l.StartsWith('|')).TakeWhile(l => l.StartsWith('|'))];
+    }
+
     [Theory]
     [MemberData(nameof(Examples))]
     public void Readme_example_runs(string line)
