@@ -129,19 +129,15 @@ internal static class InspectCommand
     {
         const long Budget = PolynomialAttention.DefaultMaxRank;
         var inv = CultureInfo.InvariantCulture;
-        try
-        {
-            FastAttention.Polynomial.ExpPolynomial p = FastAttention.Polynomial.ExpPolynomial.Fit(Math.Max(range, 1e-12), eps);
-            long rank = FastAttention.Polynomial.MonomialFeatures.Rank(d, p.Degree);
-            bool feasible = rank <= Budget;
-            string note = feasible
-                ? string.Create(inv, $"R = {range:G4} needs degree {p.Degree} and r = C(d+g, g) = {rank} features (fastattn attend --method poly)")
-                : string.Create(inv, $"R = {range:G4} needs degree {p.Degree}, i.e. r = C(d+g, g) = {rank} features, over the {Budget} budget: use exact attention");
-            return new PolynomialEstimate(p.Degree, rank, feasible, note);
-        }
-        catch (ArgumentOutOfRangeException)
+        if (PolynomialAttention.Size(range, d, eps) is not (int degree, long rank))
         {
             return new PolynomialEstimate(null, 0, false, string.Create(inv, $"R = {range:G4} is too wide for any polynomial to reach relative error {eps:G3}: use exact attention"));
         }
+
+        bool feasible = rank <= Budget;
+        string note = feasible
+            ? string.Create(inv, $"R = {range:G4} needs degree {degree} and r = C(d+g, g) = {rank} features (fastattn attend --method poly)")
+            : string.Create(inv, $"R = {range:G4} needs degree {degree}, i.e. r = C(d+g, g) = {rank} features, over the {Budget} budget: use exact attention");
+        return new PolynomialEstimate(degree, rank, feasible, note);
     }
 }

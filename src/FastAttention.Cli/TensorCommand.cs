@@ -143,27 +143,23 @@ internal static class TensorCommand
             return ("exact", "exact: windows need the exact kernel");
         }
 
-        try
-        {
-            double range = TensorAttention.RangeBound(q, keys, shape.HeadDim, scale);
-            var p = FastAttention.Polynomial.ExpPolynomial.Fit(range, eps);
-            long rank = FastAttention.Polynomial.MonomialFeatures.Rank(shape.HeadDim, p.Degree);
-            if (rank > PolynomialAttention.DefaultMaxRank)
-            {
-                return ("exact", string.Create(inv, $"exact: the polynomial method needs r = {rank} features (degree {p.Degree}), over the budget"));
-            }
-
-            // Two key matrices: the key side's work counts twice.
-            var flat = new AttentionShape(1, shape.HeadCount, shape.QueryCount, 2 * shape.KeyCount, shape.HeadDim, shape.ValueDim);
-            double poly = machine.PolynomialSeconds(flat, rank);
-            return poly < exact
-                ? ("poly", string.Create(inv, $"poly: predicted {poly * 1e3:G3} ms against {exact * 1e3:G3} ms exact (degree {p.Degree}, r = {rank})"))
-                : ("exact", string.Create(inv, $"exact: predicted {exact * 1e3:G3} ms against {poly * 1e3:G3} ms for the polynomial method"));
-        }
-        catch (ArgumentOutOfRangeException)
+        double range = TensorAttention.RangeBound(q, keys, shape.HeadDim, scale);
+        if (PolynomialAttention.Size(range, shape.HeadDim, eps) is not (int degree, long rank))
         {
             return ("exact", string.Create(inv, $"exact: no polynomial reaches eps {eps:G2} on this range (entries not bounded enough)"));
         }
+
+        if (rank > PolynomialAttention.DefaultMaxRank)
+        {
+            return ("exact", string.Create(inv, $"exact: the polynomial method needs r = {rank} features (degree {degree}), over the budget"));
+        }
+
+        // Two key matrices: the key side's work counts twice.
+        var flat = new AttentionShape(1, shape.HeadCount, shape.QueryCount, 2 * shape.KeyCount, shape.HeadDim, shape.ValueDim);
+        double poly = machine.PolynomialSeconds(flat, rank);
+        return poly < exact
+            ? ("poly", string.Create(inv, $"poly: predicted {poly * 1e3:G3} ms against {exact * 1e3:G3} ms exact (degree {degree}, r = {rank})"))
+            : ("exact", string.Create(inv, $"exact: predicted {exact * 1e3:G3} ms against {poly * 1e3:G3} ms for the polynomial method"));
     }
 
     private static int[]? Windows(string? text)

@@ -169,38 +169,31 @@ public static class AttentionPlanner
         var exact = new PlanCandidate(AttentionMethod.Exact, true, exactSeconds, string.Create(inv,
             $"exact: {pairs:G3} scores at a measured {throughput.ExactPairSeconds * 1e12:F0} ps each (softmax) plus {exactFlops / 1e9:G3} GFLOP at {1e-9 / throughput.ExactFlopSeconds:F0} GFLOP/s = {Milliseconds(exactSeconds)}"));
 
-        int? degree = null;
-        long? rank = null;
+        (int Degree, long Rank)? size = PolynomialAttention.Size(request.Range, shape.HeadDim, request.RelativeError);
+        int? degree = size?.Degree;
+        long? rank = size?.Rank;
         PlanCandidate poly;
-        try
-        {
-            ExpPolynomial p = ExpPolynomial.Fit(Math.Max(request.Range, 1e-12), request.RelativeError);
-            degree = p.Degree;
-            long r = MonomialFeatures.Rank(shape.HeadDim, p.Degree);
-            rank = r;
-            double memory = WorkingBytes(r, shape.ValueDim, throughput.Threads);
-            if (r > maxRank)
-            {
-                poly = new PlanCandidate(AttentionMethod.Polynomial, false, double.PositiveInfinity, string.Create(inv,
-                    $"polynomial: refused, R = {request.Range:G4} at eps {request.RelativeError:G2} needs degree {p.Degree}, r = C(d+g, g) = {r} features, over the budget of {maxRank}"));
-            }
-            else if (memory > maxMemory)
-            {
-                poly = new PlanCandidate(AttentionMethod.Polynomial, false, double.PositiveInfinity, string.Create(inv,
-                    $"polynomial: refused, degree {p.Degree} with r = {r} features needs {memory / (1 << 20):F0} MiB of working memory, over the {maxMemory / (1 << 20)} MiB budget"));
-            }
-            else
-            {
-                double flops = PolynomialAttention.PredictedFlops(shape, r);
-                double seconds = throughput.PolynomialSeconds(shape, r) + (request.Causal ? DiagonalFlops(shape, p.Degree) / throughput.DiagonalFlopsPerSecond : 0);
-                poly = new PlanCandidate(AttentionMethod.Polynomial, true, seconds, string.Create(inv,
-                    $"polynomial: degree {p.Degree}, r = {r} features, {flops / 1e9:G3} GFLOP at a measured {throughput.PolynomialRate(r) / 1e9:F0} GFLOP/s{(request.Causal ? " plus the causal diagonal blocks" : string.Empty)} = {Milliseconds(seconds)}, certified to 2 eps/(1-eps) max|V|"));
-            }
-        }
-        catch (ArgumentOutOfRangeException)
+        if (size is not (int g, long r))
         {
             poly = new PlanCandidate(AttentionMethod.Polynomial, false, double.PositiveInfinity, string.Create(inv,
                 $"polynomial: refused, no polynomial of degree <= {ExpPolynomial.MaxDegree} reaches relative error {request.RelativeError:G2} on [-R, R] with R = {request.Range:G4} (the entries are not bounded enough)"));
+        }
+        else if (r > maxRank)
+        {
+            poly = new PlanCandidate(AttentionMethod.Polynomial, false, double.PositiveInfinity, string.Create(inv,
+                $"polynomial: refused, R = {request.Range:G4} at eps {request.RelativeError:G2} needs degree {g}, r = C(d+g, g) = {r} features, over the budget of {maxRank}"));
+        }
+        else if (WorkingBytes(r, shape.ValueDim, throughput.Threads) is double memory && memory > maxMemory)
+        {
+            poly = new PlanCandidate(AttentionMethod.Polynomial, false, double.PositiveInfinity, string.Create(inv,
+                $"polynomial: refused, degree {g} with r = {r} features needs {memory / (1 << 20):F0} MiB of working memory, over the {maxMemory / (1 << 20)} MiB budget"));
+        }
+        else
+        {
+            double flops = PolynomialAttention.PredictedFlops(shape, r);
+            double seconds = throughput.PolynomialSeconds(shape, r) + (request.Causal ? DiagonalFlops(shape, g) / throughput.DiagonalFlopsPerSecond : 0);
+            poly = new PlanCandidate(AttentionMethod.Polynomial, true, seconds, string.Create(inv,
+                $"polynomial: degree {g}, r = {r} features, {flops / 1e9:G3} GFLOP at a measured {throughput.PolynomialRate(r) / 1e9:F0} GFLOP/s{(request.Causal ? " plus the causal diagonal blocks" : string.Empty)} = {Milliseconds(seconds)}, certified to 2 eps/(1-eps) max|V|"));
         }
 
         var sketch = new PlanCandidate(AttentionMethod.Sketch, false, double.PositiveInfinity,

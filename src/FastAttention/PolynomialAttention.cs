@@ -114,6 +114,25 @@ public static class PolynomialAttention
         Math.Max(Math.Abs(scale) * InputAnalysis.MaxRowNorm(query, headDim) * InputAnalysis.MaxRowNorm(key, headDim) * (1 + 1e-12), 1e-12);
 
     /// <summary>
+    /// The smallest polynomial degree reaching relative error <paramref name="relativeError"/> for e^x on [-R, R]
+    /// (R = <paramref name="range"/>, at least 1e-12) and its feature count <c>r = C(d + g, g)</c>; null when no
+    /// polynomial of degree at most <see cref="ExpPolynomial.MaxDegree"/> reaches it. What the method would need,
+    /// before any budget: the planner, <c>fastattn inspect</c> and <c>fastattn tensor</c> all ask this one question.
+    /// </summary>
+    internal static (int Degree, long Rank)? Size(double range, int headDim, double relativeError)
+    {
+        try
+        {
+            int degree = ExpPolynomial.Fit(Math.Max(range, 1e-12), relativeError).Degree;
+            return (degree, MonomialFeatures.Rank(headDim, degree));
+        }
+        catch (ArgumentOutOfRangeException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>
     /// About 2 r (nq (dv + 1) + nk (dv + 1)) flops for the two products plus r nq + r nk for the features,
     /// per head (keys once per kv head).
     /// </summary>

@@ -41,6 +41,18 @@ public class PolynomialAttentionTests
     }
 
     [Fact]
+    public void Size_is_the_fit_degree_and_its_feature_count_or_null_when_no_polynomial_reaches_eps()
+    {
+        (int Degree, long Rank)? size = PolynomialAttention.Size(1.5, 8, 1e-3);
+        Assert.NotNull(size);
+        int degree = ExpPolynomial.Fit(1.5, 1e-3).Degree;
+        Assert.Equal(degree, size.Value.Degree);
+        Assert.Equal(MonomialFeatures.Rank(8, degree), size.Value.Rank);
+        Assert.True(PolynomialAttention.Size(1.5, 8, 1e-6)!.Value.Degree > degree); // tighter eps, higher degree
+        Assert.Null(PolynomialAttention.Size(500, 8, 1e-3));                       // R far beyond any fit
+    }
+
+    [Fact]
     public void Factorised_result_equals_brute_force_polynomial_attention()
     {
         var shape = new AttentionShape(1, 2, 37, 53, 4, 3);
