@@ -153,6 +153,11 @@ internal static unsafe class TiledAttention<TS, TV>
 
             // 4. O = alpha O + P V, in chunks of keys so each chunk of V stays in L1 while every row
             //    block uses it; alpha rescales O on the first chunk only.
+            //    Value columns go four vectors at a time (4-row tiles); a remaining pair of vectors (dv = 32 with
+            //    512-bit vectors) in 8-row tiles, as RunNarrow's 4 FMAs per 5 loads would starve the FMA pipes;
+            //    a last single vector in RunNarrow.
+            int wide = paddedValueDim / (4 * Width) * (4 * Width);
+            int pair = paddedValueDim - wide >= 2 * Width ? 2 * Width : 0;
             for (int k0 = 0; k0 < cols; k0 += ValueChunk)
             {
                 int chunk = Math.Min(ValueChunk, cols - k0);
@@ -161,13 +166,29 @@ internal static unsafe class TiledAttention<TS, TV>
                 for (int r = 0; r < paddedRows; r += Rows)
                 {
                     float* p = s + (r * ScoreStride) + k0;
-                    int c = 0;
-                    for (; c + (4 * Width) <= paddedValueDim; c += 4 * Width)
+                    for (int c = 0; c < wide; c += 4 * Width)
                     {
                         MicroKernel<TS, TV>.Run(chunk, p, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
                     }
 
-                    for (; c < paddedValueDim; c += Width)
+                    if (pair > 0 && r % MicroKernel<TS, TV>.TwoRows == 0)
+                    {
+                        // This block and the next (a block at r % 8 == 4 was done here); a last lone block of 4 rows
+                        // takes its pair one vector at a time.
+                        if (r + MicroKernel<TS, TV>.TwoRows <= paddedRows)
+                        {
+                            MicroKernel<TS, TV>.RunTwo(chunk, p, ScoreStride, 1, v + wide, paddedValueDim, o + (r * paddedValueDim) + wide, paddedValueDim, alpha + r);
+                        }
+                        else
+                        {
+                            for (int c = wide; c < wide + pair; c += Width)
+                            {
+                                MicroKernel<TS, TV>.RunNarrow(chunk, p, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
+                            }
+                        }
+                    }
+
+                    for (int c = wide + pair; c < paddedValueDim; c += Width)
                     {
                         MicroKernel<TS, TV>.RunNarrow(chunk, p, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
                     }
