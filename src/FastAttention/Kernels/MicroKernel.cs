@@ -4,7 +4,8 @@ namespace FastAttention.Kernels;
 
 /// <summary>
 /// The register-blocked micro-kernel every dense product in the library runs on: the GEMM, and both
-/// products of the attention kernel (<c>Q K^T</c> and <c>P V</c>). It computes a 4-row by 4-vector tile
+/// products of the attention kernel (<c>Q K^T</c> and <c>P V</c>), in a 6-row (<see cref="Run6"/>), 8-row
+/// two-vector (<see cref="RunTwo"/>) or one-vector (<see cref="RunNarrow"/>) form. The base form computes a 4-row by 4-vector tile
 /// <c>C = AB</c> or <c>C = diag(scale) C + AB</c> with 16 independent FMA chains (two FMA pipes of
 /// latency 4 need at least 8; 16 accumulators plus 4 B vectors and a broadcast fit the 32 AVX-512
 /// registers). A is read in place through strides (row-major, column-major or packed); B is a panel
@@ -75,13 +76,13 @@ internal static unsafe class MicroKernel<TS, TV>
         Write(c + (3 * ldc), scale, 3, c30, c31, c32, c33);
     }
 
-    /// <summary>Rows of the GEMM's taller tile (<see cref="Run6"/>).</summary>
+    /// <summary>Rows of the taller tile (<see cref="Run6"/>).</summary>
     public const int TallRows = 6;
 
     /// <summary>
-    /// The 6-row form of <see cref="Run"/> for the GEMM, where A is packed: 24 accumulators, so each
-    /// step issues 10 loads (4 B vectors, 6 broadcasts) per 24 FMAs instead of 8 per 16. The attention
-    /// kernel keeps 4 rows (its A tiles are not a multiple of 6, and its K and V panels are shared).
+    /// The 6-row form of <see cref="Run"/>: 24 accumulators, so each step issues 10 loads (4 B vectors,
+    /// 6 broadcasts) per 24 FMAs instead of 8 per 16. The GEMM runs on it, and so do both products of the
+    /// tiled attention kernel (its query tiles are padded to a multiple of 24 rows).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run6(int k, float* a, nint aRow, nint aCol, float* b, nint ldb, float* c, nint ldc, float* scale)

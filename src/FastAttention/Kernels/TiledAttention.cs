@@ -8,7 +8,7 @@ namespace FastAttention.Kernels;
 /// written once over a vector width <typeparamref name="TS"/>. The <c>nq x nk</c> score matrix is never
 /// formed: each worker owns one (batch, head, query tile) and streams key tiles through it:
 /// <list type="number">
-/// <item>S = (s Q_tile) K_tile^T by the shared 4-row x 4-vector micro-kernel (<see cref="MicroKernel{TS, TV}"/>) over packed key panels;</item>
+/// <item>S = (s Q_tile) K_tile^T by the shared 6-row x 4-vector micro-kernel (<see cref="MicroKernel{TS, TV}.Run6"/>) over packed key panels;</item>
 /// <item>bias, mask, causal limit and key padding applied to S (masked scores become -inf);</item>
 /// <item>per row: m' = max(m, rowmax S), alpha = e^(m - m'), P = e^(S - m'), l = alpha l + sum P;</item>
 /// <item>O = alpha O + P V_tile by the same micro-kernel, accumulating each chunk from zero (blocked summation);</item>
@@ -23,10 +23,10 @@ internal static unsafe class TiledAttention<TS, TV>
     /// <summary>Keys per parallel packing work item (a multiple of every strip width).</summary>
     private const int PackChunk = 1024;
 
-    /// <summary>Query rows per work item.</summary>
-    private const int QueryTile = 128;
+    /// <summary>Query rows per work item: a multiple of <see cref="RowAlign"/>.</summary>
+    private const int QueryTile = 120;
 
-    /// <summary>Keys per tile: S (128 x 528 floats, 270 KiB) stays in L2; the per-row softmax bookkeeping is amortised over 32 vectors.</summary>
+    /// <summary>Keys per tile: S (120 x 528 floats, 253 KiB) stays in L2; the per-row softmax bookkeeping is amortised over 32 vectors.</summary>
     private const int KeyTile = 512;
 
     /// <summary>Row stride of the score tile: one cache line more than <see cref="KeyTile"/>, so the rows of a
@@ -36,8 +36,11 @@ internal static unsafe class TiledAttention<TS, TV>
     /// <summary>Keys per P V chunk: 128 rows of V (32 KiB at dv = 64) stay in L1 across the row blocks; O is read and written once per chunk.</summary>
     private const int ValueChunk = 128;
 
-    /// <summary>Query rows per micro-tile (4 rows x 4 vectors = 16 independent FMA chains).</summary>
-    private const int Rows = MicroKernel<TS, TV>.Rows;
+    /// <summary>Query rows per micro-tile of both products (6 rows x 4 vectors = 24 independent FMA chains).</summary>
+    private const int Rows = MicroKernel<TS, TV>.TallRows;
+
+    /// <summary>Padded rows are a multiple of this (6-row, 8-row and 4-row tiles all divide it; so does <see cref="QueryTile"/>).</summary>
+    private const int RowAlign = 24;
 
     private static int Width => TS.Count;
 
@@ -99,7 +102,7 @@ internal static unsafe class TiledAttention<TS, TV>
     {
         int d = a.HeadDim;
         int rows = Math.Min(QueryTile, a.QueryCount - i0);
-        int paddedRows = RoundUp(rows, Rows);
+        int paddedRows = Math.Min(QueryTile, RoundUp(rows, RowAlign));
         long bh = ((long)b * a.Heads) + h;
         float* query = a.Query + (((bh * a.QueryCount) + i0) * d);
         float* output = a.Output + (((bh * a.QueryCount) + i0) * a.ValueDim);
@@ -138,7 +141,7 @@ internal static unsafe class TiledAttention<TS, TV>
                 float* panel = keys + ((long)(j0 + c) * d);
                 for (int r = 0; r < paddedRows; r += Rows)
                 {
-                    MicroKernel<TS, TV>.Run(d, q + (r * d), d, 1, panel, Strip, s + (r * ScoreStride) + c, ScoreStride, null);
+                    MicroKernel<TS, TV>.Run6(d, q + (r * d), d, 1, panel, Strip, s + (r * ScoreStride) + c, ScoreStride, null);
                 }
             }
 
@@ -153,7 +156,7 @@ internal static unsafe class TiledAttention<TS, TV>
 
             // 4. O = alpha O + P V, in chunks of keys so each chunk of V stays in L1 while every row
             //    block uses it; alpha rescales O on the first chunk only.
-            //    Value columns go four vectors at a time (4-row tiles); a remaining pair of vectors (dv = 32 with
+            //    Value columns go four vectors at a time (6-row tiles); a remaining pair of vectors (dv = 32 with
             //    512-bit vectors) in 8-row tiles, as RunNarrow's 4 FMAs per 5 loads would starve the FMA pipes;
             //    a last single vector in RunNarrow.
             int wide = paddedValueDim / (4 * Width) * (4 * Width);
@@ -163,34 +166,24 @@ internal static unsafe class TiledAttention<TS, TV>
                 int chunk = Math.Min(ValueChunk, cols - k0);
                 float* v = values + ((long)(j0 + k0) * paddedValueDim);
                 float* alpha = k0 == 0 ? scratch.Alpha : scratch.Ones;
-                for (int r = 0; r < paddedRows; r += Rows)
+                for (int c = 0; c < wide; c += 4 * Width)
                 {
-                    float* p = s + (r * ScoreStride) + k0;
-                    for (int c = 0; c < wide; c += 4 * Width)
+                    for (int r = 0; r < paddedRows; r += Rows)
                     {
-                        MicroKernel<TS, TV>.Run(chunk, p, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
+                        MicroKernel<TS, TV>.Run6(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
                     }
+                }
 
-                    if (pair > 0 && r % MicroKernel<TS, TV>.TwoRows == 0)
-                    {
-                        // This block and the next (a block at r % 8 == 4 was done here); a last lone block of 4 rows
-                        // takes its pair one vector at a time.
-                        if (r + MicroKernel<TS, TV>.TwoRows <= paddedRows)
-                        {
-                            MicroKernel<TS, TV>.RunTwo(chunk, p, ScoreStride, 1, v + wide, paddedValueDim, o + (r * paddedValueDim) + wide, paddedValueDim, alpha + r);
-                        }
-                        else
-                        {
-                            for (int c = wide; c < wide + pair; c += Width)
-                            {
-                                MicroKernel<TS, TV>.RunNarrow(chunk, p, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
-                            }
-                        }
-                    }
+                for (int r = 0; pair > 0 && r < paddedRows; r += MicroKernel<TS, TV>.TwoRows)
+                {
+                    MicroKernel<TS, TV>.RunTwo(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + wide, paddedValueDim, o + (r * paddedValueDim) + wide, paddedValueDim, alpha + r);
+                }
 
-                    for (int c = wide + pair; c < paddedValueDim; c += Width)
+                for (int c = wide + pair; c < paddedValueDim; c += Width)
+                {
+                    for (int r = 0; r < paddedRows; r += MicroKernel<TS, TV>.Rows)
                     {
-                        MicroKernel<TS, TV>.RunNarrow(chunk, p, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
+                        MicroKernel<TS, TV>.RunNarrow(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
                     }
                 }
             }
