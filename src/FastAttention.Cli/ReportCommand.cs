@@ -23,6 +23,8 @@ internal static class ReportCommand
 
     private const int BenchN = 4096, BenchD = 64;
 
+    private static readonly string BenchmarksHeading = string.Create(CultureInfo.InvariantCulture, $"Benchmarks: exact attention, n = {BenchN}, d = {BenchD}, one head, fp32");
+
     /// <summary>Runs of the peer harness with --peers (the verdict uses each thread count's median ratio).</summary>
     private const int PeerRuns = 3;
 
@@ -87,6 +89,9 @@ internal static class ReportCommand
         md.AppendLine();
         md.AppendLine("Each verdict is computed from the measurement by the code that made it: **holds** when the measurement agrees with the claim, **partly** when it agrees for some settings or sizes only, **does not hold** when it contradicts it, **not measured** when the data or tools were missing. Quick sizes are far below the papers' asymptotic regimes; `--full` runs the paper-scale sizes.");
         md.AppendLine();
+        md.AppendLine("Contents: [Summary](#summary) · [Benchmarks](#" + MarkdownHtml.Slug(BenchmarksHeading) + ") · "
+            + string.Join(" · ", Papers.Select(p => $"[{p.Title}](#{MarkdownHtml.Slug(p.Title)})")));
+        md.AppendLine();
         md.AppendLine("## Summary");
         md.AppendLine();
         md.AppendLine(string.Create(inv, $"{claims.Count(c => c.Verdict == Verdict.Holds)} of {claims.Count} claims hold, {claims.Count(c => c.Verdict == Verdict.Partly)} partly, {claims.Count(c => c.Verdict == Verdict.DoesNotHold)} do not hold, {claims.Count(c => c.Verdict == Verdict.NotMeasured)} not measured."));
@@ -136,7 +141,7 @@ internal static class ReportCommand
     {
         var inv = CultureInfo.InvariantCulture;
         var md = new StringBuilder();
-        md.AppendLine(string.Create(inv, $"## Benchmarks: exact attention, n = {BenchN}, d = {BenchD}, one head, fp32"));
+        md.AppendLine("## " + BenchmarksHeading);
         md.AppendLine();
         md.AppendLine("### FastAttention's exact kernel, this run");
         md.AppendLine();

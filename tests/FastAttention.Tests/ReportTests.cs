@@ -14,7 +14,7 @@ public class MarkdownHtmlTests
     {
         string md = "# Title\n\nSome `code` and **holds** and [a link](docs/x.md).\nSame paragraph.\n\n- one\n- two <b>\n\n| a | b \\| c |\n|---|---|\n| 1 | 2 |\n\n![plot one](one.svg)\n\n![absent](gone.svg)\n";
         string html = MarkdownHtml.Page("t", md, name => name == "one.svg" ? Svg : null);
-        Assert.Contains("<h1>Title</h1>", html);
+        Assert.Contains("<h1 id=\"title\">Title</h1>", html);
         Assert.Contains("<p>Some <code>code</code> and <strong class=\"v-holds\">holds</strong> and <a href=\"docs/x.md\">a link</a>. Same paragraph.</p>", html);
         Assert.Contains("<li>two &lt;b&gt;</li>", html);
         Assert.Contains("<th>b | c</th>", html);
@@ -23,6 +23,17 @@ public class MarkdownHtmlTests
         Assert.Contains("<figure role=\"img\" aria-label=\"plot one\"><svg", html);
         Assert.DoesNotContain("<?xml", html);
         Assert.Contains("missing figure: absent", html);
+    }
+
+    [Fact]
+    public void Headings_get_githubs_anchors_so_contents_links_work_in_both_renderings()
+    {
+        Assert.Equal("1-fast-attention-requires-bounded-entries-alman--song", MarkdownHtml.Slug("1. Fast Attention Requires Bounded Entries (Alman & Song)"));
+        string html = MarkdownHtml.Page("t", "## Verdicts\n\n## Verdicts\n\n## `code` and **bold**\n\n[Go](#verdicts-1)", _ => null);
+        Assert.Contains("<h2 id=\"verdicts\">", html);
+        Assert.Contains("<h2 id=\"verdicts-1\">", html);
+        Assert.Contains("<h2 id=\"code-and-bold\">", html);
+        Assert.Contains("<a href=\"#verdicts-1\">Go</a>", html);
     }
 
     [Fact]
@@ -84,6 +95,10 @@ public partial class ReportTests(ReportFixture report) : IClassFixture<ReportFix
         }
 
         Assert.Equal(figures.Length, Regex.Matches(html, "<figure").Count);
+        string[] ids = [.. Regex.Matches(html, "<h[1-6] id=\"([^\"]+)\"").Select(m => m.Groups[1].Value)];
+        string[] links = [.. Regex.Matches(html, "<a href=\"#([^\"]+)\"").Select(m => m.Groups[1].Value)];
+        Assert.True(links.Length >= 5, "the contents line is missing");
+        Assert.All(links, link => Assert.Contains(link, ids));
         Assert.DoesNotContain("missing figure", html);
         Assert.DoesNotMatch("<(img|link|script)[^>]+(src|href)=", html);
         Assert.DoesNotContain(".tmp", string.Join(",", System.IO.Directory.GetFiles(report.Directory)));

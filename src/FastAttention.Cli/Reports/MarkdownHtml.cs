@@ -46,9 +46,28 @@ internal static partial class MarkdownHtml
         return html.ToString();
     }
 
+    /// <summary>
+    /// The anchor GitHub gives a heading: lower case, every character but letters, digits, spaces, '-' and '_'
+    /// dropped, spaces as '-'; a repeated anchor gets "-1", "-2", ... So a report's contents links work both on
+    /// GitHub's rendering of the markdown and in this page.
+    /// </summary>
+    public static string Slug(string heading, Dictionary<string, int>? seen = null)
+    {
+        string slug = new([.. heading.ToLowerInvariant().Where(c => char.IsLetterOrDigit(c) || c is ' ' or '-' or '_').Select(c => c == ' ' ? '-' : c)]);
+        if (seen is null)
+        {
+            return slug;
+        }
+
+        int count = seen.GetValueOrDefault(slug);
+        seen[slug] = count + 1;
+        return count == 0 ? slug : $"{slug}-{count}";
+    }
+
     private static void Body(string markdown, Func<string, string?> svg, StringBuilder html)
     {
         string[] lines = markdown.ReplaceLineEndings("\n").Split('\n');
+        var anchors = new Dictionary<string, int>(StringComparer.Ordinal);
         var paragraph = new List<string>();
         void FlushParagraph()
         {
@@ -72,7 +91,7 @@ internal static partial class MarkdownHtml
                 int level = line.TakeWhile(c => c == '#').Count();
                 string text = line[level..].Trim();
                 level = Math.Clamp(level, 1, 6);
-                html.AppendLine($"<h{level}>{Inlines(text)}</h{level}>");
+                html.AppendLine($"<h{level} id=\"{WebUtility.HtmlEncode(Slug(PlainText(text), anchors))}\">{Inlines(text)}</h{level}>");
             }
             else if (Image().Match(line) is { Success: true } image)
             {
@@ -202,6 +221,10 @@ internal static partial class MarkdownHtml
         html.Append(WebUtility.HtmlEncode(text[at..]));
         return html.ToString();
     }
+
+    /// <summary>A heading's text as GitHub slugs it: inline code and bold markers removed, link text kept.</summary>
+    private static string PlainText(string markdown) => Inline().Replace(markdown, m =>
+        m.Groups["code"].Success ? m.Groups["code"].Value : m.Groups["bold"].Success ? m.Groups["bold"].Value : m.Groups["text"].Value);
 
     private static string StripProlog(string svg)
     {
