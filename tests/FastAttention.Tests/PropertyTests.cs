@@ -140,6 +140,43 @@ public class PropertyTests
         Assert.Contains(output, float.IsNaN);
     }
 
+    public static TheoryData<string, bool, string, float, int> DecodingNonFiniteCases()
+    {
+        var data = new TheoryData<string, bool, string, float, int>();
+        foreach (FastAttention.Kernels.AttentionKernel kernel in KernelsFor.Shape(3, 2500).Where(k => k.Name.StartsWith("splitkey", StringComparison.Ordinal)))
+        {
+            foreach (bool causal in new[] { false, true })
+            {
+                foreach ((string which, float bad, int index) in new[] { ("key", float.NaN, 0), ("key", float.NegativeInfinity, 1100 * 64 + 7), ("key", float.PositiveInfinity, (2 * 2500 * 64) - 1), ("value", float.NegativeInfinity, 5), ("value", float.NaN, 2047 * 64), ("value", float.PositiveInfinity, (2 * 2500 * 64) - 1) })
+                {
+                    data.Add(kernel.Name, causal, which, bad, index);
+                }
+            }
+        }
+
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(DecodingNonFiniteCases))]
+    public void Decoding_kernels_find_every_non_finite_key_or_value_without_scanning_clean_chunks(string kernel, bool causal, string which, float bad, int index)
+    {
+        // Grouped-query heads (2 kv heads for 4 query heads), 3 queries, keys in three chunks (the last partial):
+        // -inf keys give -inf scores that look masked, NaN and inf values hide in the sums; all must be found.
+        var s = new AttentionShape(1, 4, 3, 2500, 64, 64, KeyValueHeadCount: 2);
+        (float[] q, float[] k, float[] v) = Data.Inputs(s, 9);
+        (which == "key" ? k : v)[index] = bad;
+        var options = new ExactAttentionOptions { Kernel = kernel, Causal = causal };
+        var ex = Assert.Throws<ArgumentException>(() => ExactAttention.Compute(q, k, v, s, new float[s.OutputLength], options));
+        Assert.Equal(which, ex.ParamName);
+        Assert.Contains($"index {index}", ex.Message);
+
+        // Finite values whose scores overflow are not an error (the scan that the overflow triggers finds nothing).
+        (which == "key" ? k : v)[index] = 0.5f;
+        k[64] = 3e38f;
+        ExactAttention.Compute(q, k, v, s, new float[s.OutputLength], options);
+    }
+
     [Fact]
     public void Bad_arguments_name_the_input_and_both_sizes()
     {
