@@ -73,6 +73,15 @@ internal sealed class Progress
     public void Step(string status, double? fraction = null)
     {
         Cancellation.ThrowIfCancellationRequested();
+        Show(status, fraction);
+    }
+
+    /// <summary>
+    /// Shows <paramref name="status"/> without being a cancellation point: for the writing of outputs, which,
+    /// once started, finishes (a command leaves all its files or none, unless the grace period runs out).
+    /// </summary>
+    public void Show(string status, double? fraction = null)
+    {
         if (_task is null)
         {
             return;

@@ -65,7 +65,7 @@ internal static class TensorFiles
     /// <summary>Writes via a temp file in the same folder, then renames over the target.</summary>
     public static void WriteAtomically(string path, bool force, Action<string> write)
     {
-        Progress.Current.Step("writing " + Path.GetFileName(path));
+        Progress.Current.Show("writing " + Path.GetFileName(path));
         string full = Path.GetFullPath(path);
         string temp = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
         InFlight[temp] = 0;
