@@ -43,14 +43,7 @@ internal static partial class ExperimentCommand
         bool force = o.Flag("force");
 
         // The output folder and the report's name are checked before minutes of computing, not after.
-        try
-        {
-            Directory.CreateDirectory(dir);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or ArgumentException)
-        {
-            throw new UsageException($"experiment: --out {dir}: cannot create the folder ({ex.Message})");
-        }
+        TensorFiles.CreateFolder("experiment", dir);
 
         TensorFiles.CheckWritable("out", Path.Combine(dir, name + ".md"), force);
         var settings = new Settings(o.Flag("full"), o.Int("seed", 0, int.MaxValue) ?? 1, o.Int("threads", 1, 1024) ?? 0, new ProgressLog(stdout));
@@ -393,9 +386,7 @@ internal static partial class ExperimentCommand
             plot.References.Add(new PlotReference(uniform, $"uniform weights, d = {d}"));
 
             // Least-squares slope of log error against log m: the measured rate.
-            double[] lx = [.. results.Select(r => Math.Log(r.M))], ly = [.. results.Select(r => Math.Log(r.Mean))];
-            double mx = lx.Average(), my = ly.Average();
-            double slope = lx.Zip(ly, (x, y) => (x - mx) * (y - my)).Sum() / lx.Sum(x => (x - mx) * (x - mx));
+            double slope = LogLogSlope(results.Select(r => ((double)r.M, r.Mean)));
             slopes.Add((d, slope, results[0].Mean, results[^1].Mean, uniform));
             summary.AppendLine(string.Create(inv,
                 $"- d = {d}: mean error {results[0].Mean:E2} at m = {results[0].M} and {results[^1].Mean:E2} at m = {results[^1].M}, i.e. about m^{slope:F2} (uniform weights: {uniform:E2})."));
@@ -623,6 +614,14 @@ internal static partial class ExperimentCommand
         }
 
         return x;
+    }
+
+    /// <summary>The least-squares slope of log y against log x (a measured growth rate or exponent).</summary>
+    private static double LogLogSlope(IEnumerable<(double X, double Y)> points)
+    {
+        double[] lx = [.. points.Select(p => Math.Log(p.X))], ly = [.. points.Select(p => Math.Log(p.Y))];
+        double mx = lx.Average(), my = ly.Average();
+        return lx.Zip(ly, (x, y) => (x - mx) * (y - my)).Sum() / lx.Sum(x => (x - mx) * (x - mx));
     }
 
     private static double Median(Action run, int repeat) => Timing.Median(Timing.Repeat(run, repeat));

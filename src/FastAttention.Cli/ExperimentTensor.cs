@@ -95,14 +95,6 @@ internal static partial class ExperimentCommand
             Claim.Of(exactSlope >= 2.5, polySlope <= 1.3)));
     }
 
-    /// <summary>The least-squares slope of log y against log x.</summary>
-    private static double LogLogSlope(IEnumerable<(double X, double Y)> points)
-    {
-        double[] lx = [.. points.Select(p => Math.Log(p.X))], ly = [.. points.Select(p => Math.Log(p.Y))];
-        double mx = lx.Average(), my = ly.Average();
-        return lx.Zip(ly, (x, y) => (x - mx) * (y - my)).Sum() / lx.Sum(x => (x - mx) * (x - mx));
-    }
-
     private static void TensorBudget(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims)
     {
         var inv = CultureInfo.InvariantCulture;

@@ -50,14 +50,7 @@ internal static class ReportCommand
         bool force = o.Flag("force"), full = o.Flag("full");
         int threads = o.Int("threads", 1, 1024) ?? 0;
         int seed = o.Int("seed", 0, int.MaxValue) ?? 1;
-        try
-        {
-            Directory.CreateDirectory(dir);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or ArgumentException)
-        {
-            throw new UsageException($"report: --out {dir}: cannot create the folder ({ex.Message})");
-        }
+        TensorFiles.CreateFolder("report", dir);
 
         string html = Path.Combine(dir, "report.html"), markdown = Path.Combine(dir, "report.md");
         TensorFiles.CheckWritable("out", html, force);
@@ -214,7 +207,7 @@ internal static class ReportCommand
         md.AppendLine();
         md.AppendLine("| implementation | threads | median ms | GFLOP/s | speed vs ONNX Runtime | max rel. error |");
         md.AppendLine("|---|---|---|---|---|---|");
-        double flops = 4.0 * BenchN * BenchN * BenchD;
+        double flops = FastAttention.Kernels.FlopCount.ExactAttention(1, 1, BenchN, BenchN, BenchD, BenchD, causal: false);
         foreach (PeerRow r in runs[^1])
         {
             double? ratio = Ratio(runs[^1], r);

@@ -28,6 +28,19 @@ internal static class TensorFiles
         };
     }
 
+    /// <summary>Creates output folder <paramref name="dir"/> (given as <c>--out</c> to <paramref name="command"/>) if missing; a failure is a usage error naming it.</summary>
+    public static void CreateFolder(string command, string dir)
+    {
+        try
+        {
+            Directory.CreateDirectory(dir);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            throw new UsageException($"{command}: --out {dir}: cannot create the folder ({ex.Message})");
+        }
+    }
+
     /// <summary>Refuses up front to clobber an existing output unless <paramref name="force"/> is set.</summary>
     public static void CheckWritable(string option, string path, bool force)
     {

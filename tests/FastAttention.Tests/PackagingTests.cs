@@ -11,8 +11,6 @@ public class PackagingTests
 {
     private static readonly TimeSpan Limit = TimeSpan.FromMinutes(3);
 
-    private static string Configuration => AppContext.BaseDirectory.Replace('\\', '/').Contains("/release/", StringComparison.OrdinalIgnoreCase) ? "Release" : "Debug";
-
     [Fact]
     public void Pack_builds_the_library_and_the_tool_and_the_tool_installs_and_runs()
     {
@@ -20,7 +18,7 @@ public class PackagingTests
         string packages = Path.Combine(dir, "packages");
         foreach (string project in new[] { "src/FastAttention/FastAttention.csproj", "src/FastAttention.Cli/FastAttention.Cli.csproj" })
         {
-            (int code, string output) = Processes.Run("dotnet", ["pack", project, "--no-build", "-c", Configuration, "-o", packages, "--nologo"], Data.RepoRoot, Limit);
+            (int code, string output) = Processes.Run("dotnet", ["pack", project, "--no-build", "-c", Data.Configuration, "-o", packages, "--nologo"], Data.RepoRoot, Limit);
             Assert.True(code == 0, $"dotnet pack {project} failed:\n{output}");
         }
 

@@ -85,7 +85,7 @@ public class ProgressTests
             return; // SIGINT is a POSIX signal; Ctrl-C on Windows goes through the same CancelKeyPress handler.
         }
 
-        string tool = Path.Combine(Data.RepoRoot, "artifacts", "bin", "FastAttention.Cli", AppContext.BaseDirectory.Contains("/release/", StringComparison.OrdinalIgnoreCase) ? "release" : "debug", "fastattn");
+        string tool = Path.Combine(Data.RepoRoot, "artifacts", "bin", "FastAttention.Cli", Data.Configuration.ToLowerInvariant(), "fastattn");
         Assert.True(File.Exists(tool), "the CLI is built next to the tests: " + tool);
         string dir = Data.TempDir();
         var info = new ProcessStartInfo(tool) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };

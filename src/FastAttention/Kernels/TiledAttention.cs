@@ -124,6 +124,10 @@ internal static unsafe class TiledAttention<TS, TV>
 
         NativeMemory.Clear(o, (nuint)(paddedRows * paddedValueDim * sizeof(float)));
 
+        // How step 4 splits the value columns: four-vector groups, then a pair, then single vectors.
+        int wide = paddedValueDim / (4 * Width) * (4 * Width);
+        int pair = paddedValueDim - wide >= 2 * Width ? 2 * Width : 0;
+
         // Causal, bottom-right aligned: query i sees keys j <= i + (nk - nq). Key tiles past the
         // last row's limit are skipped entirely.
         long causalOffset = (long)a.KeyCount - a.QueryCount;
@@ -159,8 +163,6 @@ internal static unsafe class TiledAttention<TS, TV>
             //    Value columns go four vectors at a time (6-row tiles); a remaining pair of vectors (dv = 32 with
             //    512-bit vectors) in 8-row tiles, as RunNarrow's 4 FMAs per 5 loads would starve the FMA pipes;
             //    a last single vector in RunNarrow.
-            int wide = paddedValueDim / (4 * Width) * (4 * Width);
-            int pair = paddedValueDim - wide >= 2 * Width ? 2 * Width : 0;
             for (int k0 = 0; k0 < cols; k0 += ValueChunk)
             {
                 int chunk = Math.Min(ValueChunk, cols - k0);

@@ -43,6 +43,9 @@ internal static class Data
         }
     }
 
+    /// <summary>The build configuration these tests run from ("Release" or "Debug"), read from their output folder.</summary>
+    public static string Configuration => AppContext.BaseDirectory.Replace('\\', '/').Contains("/release/", StringComparison.OrdinalIgnoreCase) ? "Release" : "Debug";
+
     public static string Fixture(params string[] parts) => Path.Combine([RepoRoot, "data", .. parts]);
 
     public static string TempDir()
