@@ -48,11 +48,18 @@ internal static class AttendCommand
         float? scale = o.Float("scale");
         int threads = o.Int("threads", 1, 1024) ?? 0;
         bool force = o.Flag("force");
-        TensorFiles.CheckWritable("out", outPath, force);
+        TensorFiles.CheckTensorOutput("out", outPath, force);
 
-        TensorData<float> q = TensorFiles.Load("q", qPath);
-        TensorData<float> k = TensorFiles.Load("k", kPath);
-        TensorData<float> v = TensorFiles.Load("v", vPath);
+        bool allowNonFinite = o.Flag("allow-nonfinite");
+        if (allowNonFinite && method != "exact")
+        {
+            throw new UsageException($"attend: --allow-nonfinite is for --method exact only; the {method} method needs finite inputs");
+        }
+
+        string? nonFinite = allowNonFinite ? null : "Pass --allow-nonfinite to let non-finite values propagate through exact attention.";
+        TensorData<float> q = TensorFiles.Load("q", qPath, nonFinite);
+        TensorData<float> k = TensorFiles.Load("k", kPath, nonFinite);
+        TensorData<float> v = TensorFiles.Load("v", vPath, nonFinite);
         Progress.Current.Step("computing attention");
         AttentionShape shape = AttentionInputs.Shape(q, k, v);
         var output = new float[shape.OutputLength];
@@ -62,7 +69,7 @@ internal static class AttendCommand
             Causal = o.Flag("causal"),
             MaxDegreeOfParallelism = threads,
             Kernel = o.Get("kernel"),
-            AllowNonFinite = o.Flag("allow-nonfinite"),
+            AllowNonFinite = allowNonFinite,
         };
 
         double eps = o.Double("eps", positive: true) ?? 1e-3;

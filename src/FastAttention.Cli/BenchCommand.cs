@@ -64,7 +64,7 @@ internal static class BenchCommand
         bool force = o.Flag("force");
         if (outPath is not null)
         {
-            TensorFiles.CheckWritable("out", outPath, force);
+            TensorFiles.CheckTensorOutput("out", outPath, force);
         }
 
         (AttentionShape shape, float[] q, float[] k, float[] v, int[] outShape) = Inputs(o);

@@ -89,6 +89,12 @@ internal static class Cli
             stderr.WriteLine("fastattn: " + OneLine(ex.Message));
             return ExitCode.Usage;
         }
+        catch (OverflowException ex)
+        {
+            // Finite inputs whose scores or sums left float's range: no output is written.
+            stderr.WriteLine("fastattn: bad input: " + OneLine(ex.Message));
+            return ExitCode.BadInput;
+        }
         catch (ArgumentException ex)
         {
             // The library's validation (non-finite values, shapes) names the input and the problem.

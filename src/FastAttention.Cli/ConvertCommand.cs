@@ -24,7 +24,6 @@ internal static class ConvertCommand
         Positional = "in",
     };
 
-    private static readonly string[] Formats = [".npy", ".npz", ".safetensors"];
 
     private static int Run(ParsedOptions o, TextWriter stdout)
     {
@@ -32,12 +31,7 @@ internal static class ConvertCommand
         string output = o.Required("convert", "out");
         bool force = o.Flag("force");
         string outFormat = Path.GetExtension(output).ToLowerInvariant();
-        if (!Formats.Contains(outFormat))
-        {
-            throw new UsageException($"convert: --out {output}: the extension must be one of {string.Join(", ", Formats)} (it picks the format)");
-        }
-
-        TensorFiles.CheckWritable("out", output, force);
+        TensorFiles.CheckTensorOutput("out", output, force);
         (string path, string? only) = TensorFiles.Split(input);
         if (!File.Exists(path))
         {

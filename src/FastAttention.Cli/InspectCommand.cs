@@ -23,8 +23,9 @@ internal static class InspectCommand
 
     private static int Run(ParsedOptions o, TextWriter stdout)
     {
-        TensorData<float> q = TensorFiles.Load("q", o.Required("inspect", "q"));
-        TensorData<float> k = TensorFiles.Load("k", o.Required("inspect", "k"));
+        const string Undefined = "The entry bound, the score range and the plan are undefined for non-finite inputs.";
+        TensorData<float> q = TensorFiles.Load("q", o.Required("inspect", "q"), Undefined);
+        TensorData<float> k = TensorFiles.Load("k", o.Required("inspect", "k"), Undefined);
         Progress.Current.Step("analysing Q and K");
         float? scale = o.Float("scale");
 

@@ -30,10 +30,10 @@ internal static class LeverageCommand
         string outPath = o.Required("leverage", "out");
         string? scoresPath = o.Get("scores");
         bool force = o.Flag("force");
-        TensorFiles.CheckWritable("out", outPath, force);
+        TensorFiles.CheckTensorOutput("out", outPath, force, ".npy", ".npz");
         if (scoresPath is not null)
         {
-            TensorFiles.CheckWritable("scores", scoresPath, force);
+            TensorFiles.CheckTensorOutput("scores", scoresPath, force, ".npy");
         }
 
         double? eps = o.Double("eps", positive: true);
@@ -84,6 +84,11 @@ internal static class LeverageCommand
         // Every leading (batch, head) pair is its own key matrix.
         int[] lead = [.. k.Shape.Take(k.Rank - 2)];
         int heads = lead.Aggregate(1, (a, x) => a * x), n = k.Shape[^2], d = k.Shape[^1];
+        if (heads > 1 && outPath.EndsWith(".npy", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new UsageException($"--out {outPath}: --k has {heads} heads ({k.ShapeText}), one index set each, of different lengths; write an .npz");
+        }
+
         string HeadName(int h) => k.Rank == 4 ? $"batch{h / lead[1]}_head{h % lead[1]}" : $"head{h}";
         var sets = new List<long[]>();
         var certificates = new List<UniversalSetCertificate?>();
@@ -135,7 +140,7 @@ internal static class LeverageCommand
 
         TensorFiles.WriteAtomically(outPath, force, temp =>
         {
-            if (heads == 1 && !outPath.EndsWith(".npz", StringComparison.OrdinalIgnoreCase))
+            if (outPath.EndsWith(".npy", StringComparison.OrdinalIgnoreCase))
             {
                 NumpyFile.Write(temp, new TensorData<long>(sets[0], sets[0].Length));
             }
@@ -188,7 +193,7 @@ internal static class LeverageCommand
                 string what = certificates[h] is UniversalSetCertificate c
                     ? string.Create(inv, $"|U| = {c.Size} keys of {n} with sensitivity bound >= eps = {c.Eps:G3} (p = {c.P:G3}); size bound {c.SizeBound:G4}, score sum {c.ScoreSum:G6}, rank {c.Rank}")
                     : string.Create(inv, $"top {sets[h].Length} keys of {n} by score");
-                stdout.WriteLine((heads > 1 ? $"head {h}: " : string.Empty) + what);
+                stdout.WriteLine((heads > 1 ? $"{HeadName(h)}: " : string.Empty) + what);
             }
 
             stdout.WriteLine($"wrote {outPath}" + (scoresPath is null ? string.Empty : $" and {scoresPath}"));

@@ -40,7 +40,7 @@ internal static class TensorCommand
 
         string outPath = o.Required("tensor", "out");
         bool force = o.Flag("force");
-        TensorFiles.CheckWritable("out", outPath, force);
+        TensorFiles.CheckTensorOutput("out", outPath, force);
         int threads = o.Int("threads", 1, 1024) ?? 0;
         int[]? windows = Windows(o.Get("window"));
         if (windows is not null && method == "poly")

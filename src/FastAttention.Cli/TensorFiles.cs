@@ -9,7 +9,23 @@ namespace FastAttention.Cli;
 /// </summary>
 internal static class TensorFiles
 {
-    public static TensorData<float> Load(string option, string spec)
+    /// <summary>
+    /// Reads tensor <paramref name="spec"/> given as <c>--option</c>. Unless <paramref name="nonFinite"/> says how
+    /// the command treats NaN and infinities (null: it accepts them), a non-finite value is a bad-input error naming the
+    /// option, the file, the value and its row and column, followed by <paramref name="nonFinite"/>.
+    /// </summary>
+    public static TensorData<float> Load(string option, string spec, string? nonFinite = "Every input must be finite.")
+    {
+        TensorData<float> tensor = LoadAny(option, spec);
+        if (nonFinite is not null && FiniteCheck.Describe(tensor.Data, $"--{option} ({spec})", tensor.Shape) is string problem)
+        {
+            throw new BadInputException($"{problem}. {nonFinite}");
+        }
+
+        return tensor;
+    }
+
+    private static TensorData<float> LoadAny(string option, string spec)
     {
         Progress.Current.Step($"reading --{option} {spec}");
         (string path, string? name) = Split(spec);
@@ -39,6 +55,21 @@ internal static class TensorFiles
         {
             throw new UsageException($"{command}: --out {dir}: cannot create the folder ({ex.Message})");
         }
+    }
+
+    /// <summary>The tensor file formats, picked by extension.</summary>
+    public static readonly string[] Formats = [".npy", ".npz", ".safetensors"];
+
+    /// <summary><see cref="CheckWritable"/> for a tensor output, whose extension must name one of <paramref name="formats"/> (default: all <see cref="Formats"/>).</summary>
+    public static void CheckTensorOutput(string option, string path, bool force, params string[] formats)
+    {
+        formats = formats.Length > 0 ? formats : Formats;
+        if (!formats.Contains(Path.GetExtension(path).ToLowerInvariant()))
+        {
+            throw new UsageException($"--{option} {path}: the extension must be {(formats.Length == 1 ? formats[0] : "one of " + string.Join(", ", formats))} (it picks the format)");
+        }
+
+        CheckWritable(option, path, force);
     }
 
     /// <summary>Refuses up front to clobber an existing output unless <paramref name="force"/> is set.</summary>

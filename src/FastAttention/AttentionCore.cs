@@ -45,7 +45,7 @@ internal static unsafe class AttentionCore
         if (!settings.AllowNonFinite)
         {
             // K and V are checked here unless the kernel checks them in cache (decoding reads them once).
-            CheckFinite(query, nameof(query));
+            CheckFinite(query, nameof(query), shape.HeadDim);
             if (TensorPrimitives.IsNaNAny(settings.Bias.Span))
             {
                 throw new ArgumentException($"Bias contains NaN at index {settings.Bias.Span.IndexOf(float.NaN)}; use -infinity to mask, or set AllowNonFinite to propagate.", "options");
@@ -85,8 +85,8 @@ internal static unsafe class AttentionCore
                 }
                 else
                 {
-                    CheckFinite(key, nameof(key));
-                    CheckFinite(value, nameof(value));
+                    CheckFinite(key, nameof(key), shape.HeadDim);
+                    CheckFinite(value, nameof(value), shape.ValueDim);
                 }
             }
 
@@ -96,12 +96,17 @@ internal static unsafe class AttentionCore
         // A kernel that checked in cache reports the first offending element; the destination is then undefined.
         if (firstNonFinite[0] != long.MaxValue)
         {
-            CheckFinite(key, nameof(key));
+            CheckFinite(key, nameof(key), shape.HeadDim);
         }
 
         if (firstNonFinite[1] != long.MaxValue)
         {
-            CheckFinite(value, nameof(value));
+            CheckFinite(value, nameof(value), shape.ValueDim);
+        }
+
+        if (!settings.AllowNonFinite)
+        {
+            FiniteCheck.RequireFiniteResult(destination, shape.ValueDim, scale);
         }
 
         return new AttentionRun(kernel.Name, FlopCount.ExactAttention(
@@ -251,20 +256,6 @@ internal static unsafe class AttentionCore
             "options");
     }
 
-    private static void CheckFinite(ReadOnlySpan<float> values, string name)
-    {
-        if (TensorPrimitives.IsFiniteAll(values))
-        {
-            return;
-        }
-
-        int at = 0;
-        while (float.IsFinite(values[at]))
-        {
-            at++;
-        }
-
-        throw new ArgumentException(
-            $"{name} contains {values[at]} at flat index {at}. Non-finite inputs are rejected by default; set AllowNonFinite to let them propagate.", name);
-    }
+    private static void CheckFinite(ReadOnlySpan<float> values, string name, int rowLength) =>
+        FiniteCheck.Require(values, name, rowLength, "Non-finite inputs are rejected by default; set AllowNonFinite to let them propagate.");
 }

@@ -50,6 +50,8 @@ public static class ExactAttention
     /// <exception cref="ArgumentException">A length, shape, option or (by default) a non-finite input is invalid; the message names it.
     /// Shapes and options are checked before any work; a non-finite key or value may be detected while the kernel runs
     /// (the decoding kernel checks them in cache), in which case <paramref name="destination"/> is left undefined.</exception>
+    /// <exception cref="OverflowException">The inputs are finite but the result is not: the scaled scores or the weighted value sums
+    /// left float's range (a huge scale or huge entries). Not thrown with <see cref="ExactAttentionOptions.AllowNonFinite"/>.</exception>
     public static AttentionRun Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, ExactAttentionOptions options = default) =>
         AttentionCore.Run(query, key, value, shape, destination, Settings(options));
 

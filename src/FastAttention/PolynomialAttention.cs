@@ -227,9 +227,9 @@ public static class PolynomialAttention
                 throw new ArgumentException($"Span lengths (query {query.Length}, key {key.Length}, value {value.Length}, destination {destination.Length}) do not match ({shape}).", nameof(shape));
             }
 
-            if (!System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(query) || !System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(key) || !System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(value))
-            {
-                throw new ArgumentException("Query, key and value must be finite for the polynomial method (its bound R would be infinite).", nameof(query));
-            }
+            const string Why = "The approximate methods need finite inputs (their score bound R would be infinite); only exact attention can let non-finite values propagate.";
+            FiniteCheck.Require(query, nameof(query), shape.HeadDim, Why);
+            FiniteCheck.Require(key, nameof(key), shape.HeadDim, Why);
+            FiniteCheck.Require(value, nameof(value), shape.ValueDim, Why);
     }
 }

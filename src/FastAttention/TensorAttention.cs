@@ -122,6 +122,8 @@ public static class TensorAttention
                 visible += options.Causal || options.Windows is not null ? problem.RunPerQuery(h) : problem.RunShared(h);
             }
 
+            FiniteCheck.RequireFiniteResult(destination, shape.ValueDim, scale);
+
             return new AttentionRun("tensor-" + kernel.Name, 2.0 * visible * (shape.HeadDim + shape.ValueDim));
         }
     }
@@ -210,6 +212,8 @@ public static class TensorAttention
         return ((int)Math.Max(lo, 0), (int)hi);
     }
 
+    private const string TensorWhy = "Tensor attention needs finite inputs.";
+
     internal static void Validate(ReadOnlySpan<float> query, IReadOnlyList<ReadOnlyMemory<float>> keys, IReadOnlyList<ReadOnlyMemory<float>> values,
         TensorAttentionShape shape, long destinationLength, TensorAttentionOptions options)
     {
@@ -237,16 +241,11 @@ public static class TensorAttention
                 throw new ArgumentException($"Key {t + 1} ({keys[t].Length}) or value {t + 1} ({values[t].Length}) length does not match {shape}.", nameof(keys));
             }
 
-            if (!TensorPrimitives.IsFiniteAll(keys[t].Span) || !TensorPrimitives.IsFiniteAll(values[t].Span))
-            {
-                throw new ArgumentException($"Key {t + 1} or value {t + 1} holds NaN or infinity.", nameof(keys));
-            }
+            FiniteCheck.Require(keys[t].Span, $"key {t + 1}", shape.HeadDim, TensorWhy);
+            FiniteCheck.Require(values[t].Span, $"value {t + 1}", shape.ValueDim, TensorWhy);
         }
 
-        if (!TensorPrimitives.IsFiniteAll(query))
-        {
-            throw new ArgumentException("The query holds NaN or infinity.", nameof(query));
-        }
+        FiniteCheck.Require(query, nameof(query), shape.HeadDim, TensorWhy);
 
         if (options.Windows is { } windows && (windows.Count != shape.KeyMatrices || windows.Any(w => w < 1)))
         {
@@ -430,7 +429,7 @@ public static class TensorAttention
                     float* target = Output(h, i0 + x);
                     for (int c = 0; c < Dv; c++)
                     {
-                        target[c] = total > 0 ? (float)(acc[c] / total) : 0f;
+                        target[c] = total != 0 ? (float)(acc[c] / total) : 0f; // a row that saw no tuple is 0; a NaN total (overflowed scores) stays NaN
                     }
                 });
             }

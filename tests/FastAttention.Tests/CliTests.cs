@@ -83,9 +83,18 @@ public class CliTests
 
         (int code, _, string err) = Run("attend", "--q", nanQ, "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", outPath);
         Assert.Equal(3, code);
-        Assert.Contains("NaN", err);
-        Assert.Contains("query", err);
+        Assert.Contains($"--q ({nanQ}) contains NaN at [0, 6, 10] (flat index 100)", err); // shape [8, 42, 15]
+        Assert.Contains("--allow-nonfinite", err);
         Assert.Single(err.Trim().Split('\n'));
+        Assert.Equal([nanQ], Directory.GetFiles(dir));
+
+        // The approximate methods and inspect need finite inputs whatever the flags say.
+        (code, _, err) = Run("attend", "--q", nanQ, "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", outPath, "--method", "poly", "--allow-nonfinite");
+        Assert.Equal(2, code);
+        Assert.Contains("--allow-nonfinite is for --method exact only", err);
+        (code, _, err) = Run("inspect", "--q", nanQ, "--k", Ocr("k.npy"));
+        Assert.Equal(3, code);
+        Assert.Contains("contains NaN at [0, 6, 10]", err);
         Assert.Equal([nanQ], Directory.GetFiles(dir));
 
         Assert.Equal(0, Run("attend", "--q", nanQ, "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", outPath, "--allow-nonfinite").Code);
@@ -122,6 +131,28 @@ public class CliTests
         (code, _, err) = Run("attend", "--q", empty, "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "o.npy"));
         Assert.Equal(3, code);
         Assert.Contains("empty", err);
+    }
+
+    [Fact]
+    public void Outputs_whose_extension_names_no_format_they_can_hold_are_refused_before_any_work()
+    {
+        string dir = Data.TempDir();
+        string[] qkv = ["--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy")];
+        (int code, _, string err) = Run(["attend", .. qkv, "--out", Path.Combine(dir, "o.txt")]);
+        Assert.Equal(2, code);
+        Assert.Contains("o.txt: the extension must be one of .npy, .npz, .safetensors", err);
+
+        // The OCR keys have 8 heads: eight index sets of different lengths fit an .npz, not an .npy or a safetensors file.
+        (code, _, err) = Run("leverage", "--k", Ocr("k.npy"), "--out", Path.Combine(dir, "u.npy"), "--top", "5");
+        Assert.Equal(2, code);
+        Assert.Contains("8 heads", err);
+        (code, _, err) = Run("leverage", "--k", Ocr("k.npy"), "--out", Path.Combine(dir, "u.safetensors"), "--top", "5");
+        Assert.Equal(2, code);
+        Assert.Contains("must be one of .npy, .npz", err);
+        (code, _, err) = Run("leverage", "--k", Ocr("k.npy"), "--out", Path.Combine(dir, "u.npz"), "--scores", Path.Combine(dir, "s.npz"), "--top", "5");
+        Assert.Equal(2, code);
+        Assert.Contains("--scores", err);
+        Assert.Empty(Directory.GetFiles(dir));
     }
 
     [Theory]

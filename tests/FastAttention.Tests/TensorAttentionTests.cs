@@ -139,7 +139,7 @@ public class TensorAttentionTests
         Assert.Contains("Windows", Assert.Throws<ArgumentException>(() => TensorAttention.Compute(q, k, v, shape, output, new TensorAttentionOptions { Windows = [0, 2] })).Message);
         float[] bad = [.. k[1].ToArray()];
         bad[3] = float.NaN;
-        Assert.Contains("Key 2", Assert.Throws<ArgumentException>(() => TensorAttention.Compute(q, [k[0], bad], v, shape, output)).Message);
+        Assert.Contains("key 2 contains NaN at [1, 1] (flat index 3)", Assert.Throws<ArgumentException>(() => TensorAttention.Compute(q, [k[0], bad], v, shape, output)).Message);
         Assert.Throws<ArgumentException>(() => TensorAttention.Compute(q, k, v, shape with { Order = 1 }, output));
     }
 }

@@ -285,10 +285,7 @@ public static class LeverageScores
             throw new ArgumentException($"The keys' length {keys.Length} is not a multiple of d = {dimension}.", name);
         }
 
-        if (!TensorPrimitives.IsFiniteAll(keys))
-        {
-            throw new ArgumentException("The keys hold NaN or infinity.", name);
-        }
+        FiniteCheck.Require(keys, name, dimension, "Leverage scores need finite keys.");
     }
 
     private static ParallelOptions Options(int maxDegreeOfParallelism) => new() { MaxDegreeOfParallelism = maxDegreeOfParallelism > 0 ? maxDegreeOfParallelism : -1 };
