@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace FastAttention.Kernels;
 
@@ -36,21 +37,11 @@ internal interface ISimd<TV>
     /// <summary>Lane-wise max; NaN handling follows the hardware instruction (not IEEE maximum).</summary>
     static abstract TV Max(TV a, TV b);
 
-    static abstract TV Min(TV a, TV b);
-
     static abstract TV RoundToNearest(TV x);
 
-    /// <summary><c>2^n</c> for lanes holding integers in [-126, 127].</summary>
-    static abstract TV Pow2(TV n);
-
-    /// <summary>The float whose bits are <paramref name="x"/>'s bits shifted left by 23: turns <c>shifter + 127 + n</c> into <c>2^n</c>.</summary>
-    static abstract TV ShiftBitsLeft23(TV x);
-
-    /// <summary><paramref name="value"/> where <paramref name="x"/> &gt;= <paramref name="threshold"/>, else <paramref name="below"/>.</summary>
-    static abstract TV SelectBelow(TV x, TV threshold, TV below, TV value);
-
-    /// <summary><paramref name="value"/>, except NaN where <paramref name="x"/> is NaN.</summary>
-    static abstract TV PropagateNaN(TV x, TV value);
+    /// <summary><c>p * 2^n</c> for lanes where <paramref name="n"/> holds an integer &lt;= 127, rounded once: 0 (or a
+    /// subnormal) when it underflows. AVX-512's <c>vscalefps</c> where the CPU has it.</summary>
+    static abstract TV ScaleByPow2(TV p, TV n);
 
     static abstract float MaxAcross(TV v);
 
@@ -89,25 +80,11 @@ internal readonly struct Simd512 : ISimd<Vector512<float>>
     public static Vector512<float> Max(Vector512<float> a, Vector512<float> b) => Vector512.MaxNative(a, b);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> Min(Vector512<float> a, Vector512<float> b) => Vector512.MinNative(a, b);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> RoundToNearest(Vector512<float> x) => Vector512.Round(x);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> Pow2(Vector512<float> n) =>
-        Vector512.ShiftLeft(Vector512.ConvertToInt32(n) + Vector512.Create(127), 23).AsSingle();
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> ShiftBitsLeft23(Vector512<float> x) => Vector512.ShiftLeft(x.AsInt32(), 23).AsSingle();
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> SelectBelow(Vector512<float> x, Vector512<float> threshold, Vector512<float> below, Vector512<float> value) =>
-        Vector512.ConditionalSelect(Vector512.LessThan(x, threshold), below, value);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> PropagateNaN(Vector512<float> x, Vector512<float> value) =>
-        Vector512.ConditionalSelect(Vector512.Equals(x, x), value, x);
+    public static Vector512<float> ScaleByPow2(Vector512<float> p, Vector512<float> n) =>
+        Avx512F.IsSupported ? Avx512F.Scale(p, n) : Vector512.Create(Simd256.ScaleByPow2(p.GetLower(), n.GetLower()), Simd256.ScaleByPow2(p.GetUpper(), n.GetUpper()));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float MaxAcross(Vector512<float> v) => Simd256.MaxAcross(Vector256.MaxNative(v.GetLower(), v.GetUpper()));
@@ -148,25 +125,26 @@ internal readonly struct Simd256 : ISimd<Vector256<float>>
     public static Vector256<float> Max(Vector256<float> a, Vector256<float> b) => Vector256.MaxNative(a, b);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Min(Vector256<float> a, Vector256<float> b) => Vector256.MinNative(a, b);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> RoundToNearest(Vector256<float> x) => Vector256.Round(x);
 
+    /// <summary><c>2^n</c> for lanes holding integers in [-126, 127].</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Pow2(Vector256<float> n) =>
+    private static Vector256<float> Pow2(Vector256<float> n) =>
         Vector256.ShiftLeft(Vector256.ConvertToInt32(n) + Vector256.Create(127), 23).AsSingle();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> ShiftBitsLeft23(Vector256<float> x) => Vector256.ShiftLeft(x.AsInt32(), 23).AsSingle();
+    public static Vector256<float> ScaleByPow2(Vector256<float> p, Vector256<float> n) =>
+        Avx512F.VL.IsSupported ? Avx512F.VL.Scale(p, n) : ScaleByPow2Portable(p, n);
 
+    /// <summary><see cref="ScaleByPow2"/> without AVX-512 (for n &gt;= -252): 2^n by exponent bits in two factors
+    /// 2^floor(n/2) and 2^(n - floor(n/2)), each normal, so the product rounds once.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> SelectBelow(Vector256<float> x, Vector256<float> threshold, Vector256<float> below, Vector256<float> value) =>
-        Vector256.ConditionalSelect(Vector256.LessThan(x, threshold), below, value);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> PropagateNaN(Vector256<float> x, Vector256<float> value) =>
-        Vector256.ConditionalSelect(Vector256.Equals(x, x), value, x);
+    public static Vector256<float> ScaleByPow2Portable(Vector256<float> p, Vector256<float> n)
+    {
+        Vector256<float> half = Vector256.Floor(n * Vector256.Create(0.5f));
+        Vector256<float> low = Vector256.Max(half, Vector256.Create(-126f)), high = Vector256.Max(n - half, Vector256.Create(-126f));
+        return p * Pow2(low) * Pow2(high);
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float MaxAcross(Vector256<float> v)
@@ -213,22 +191,10 @@ internal readonly struct SimdScalar : ISimd<float>
     public static float Max(float a, float b) => a > b ? a : b;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Min(float a, float b) => a < b ? a : b;
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float RoundToNearest(float x) => MathF.Round(x, MidpointRounding.ToEven);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Pow2(float n) => BitConverter.Int32BitsToSingle(((int)n + 127) << 23);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float ShiftBitsLeft23(float x) => BitConverter.Int32BitsToSingle(BitConverter.SingleToInt32Bits(x) << 23);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float SelectBelow(float x, float threshold, float below, float value) => x < threshold ? below : value;
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float PropagateNaN(float x, float value) => float.IsNaN(x) ? x : value;
+    public static float ScaleByPow2(float p, float n) => float.IsNaN(n) ? float.NaN : MathF.ScaleB(p, (int)Math.Max(n, -1000f));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float MaxAcross(float v) => v;
@@ -240,77 +206,40 @@ internal readonly struct SimdScalar : ISimd<float>
 /// <summary>Elementary functions written once over <see cref="ISimd{TV}"/>.</summary>
 internal static class VectorMath
 {
-    /// <summary>Below this, <c>e^x</c> is under float's smallest normal number and is returned as 0.</summary>
-    public const float ExpUnderflow = -87.33654f;
+    /// <summary>log2 e: the softmax kernels keep scores in base 2 (<c>e^x = 2^(x log2 e)</c>).</summary>
+    public const float Log2E = 1.44269504f;
 
-    /// <summary>Above this (ln of float's largest value), <c>e^x</c> is +inf.</summary>
-    public const float ExpOverflow = 88.7228394f;
+    /// <summary>ln 2, to turn a base-2 score back into the natural log.</summary>
+    public const float Ln2 = 0.693147181f;
+
+    /// <summary>Below this, <c>2^x</c> rounds to 0 however the polynomial lands (<c>1.5 * 2^-160</c> is far under float's smallest subnormal).</summary>
+    public const float Exp2Underflow = -160f;
 
     /// <summary>
-    /// <c>e^x</c> by Cody–Waite range reduction <c>x = n ln2 + r</c>, <c>|r| &lt;= ln2/2</c>, and a degree-7
-    /// minimax polynomial for <c>e^r</c> (Cephes <c>expf</c>). Relative error at most about 2 ulp
-    /// (measured by the tests over [-87.3, 88.3]; between 88.38 and 88.72 the result is capped at e^88.38); 0 below <see cref="ExpUnderflow"/> (so <c>exp(-inf) = 0</c>,
-    /// which masking relies on); NaN in, NaN out. Softmax only evaluates it on (-inf, 0].
+    /// <c>2^x</c> for <c>x &lt;= 0</c>: the exact kernel's softmax works in base 2 (the scores carry a factor log2 e,
+    /// folded into the query scale), which makes the reduction exact and short: <c>n = round(x)</c>, <c>f = x - n</c>
+    /// (exact) in [-1/2, 1/2], a degree-6 minimax polynomial for <c>2^f</c> (relative error 1.9e-9 in exact
+    /// arithmetic, under 1e-7 evaluated in float by Horner with FMA), and <c>2^f * 2^n</c> by one
+    /// <c>vscalefps</c>. Measured max relative error: see the tests (held to 2e-7 wherever the result is a normal
+    /// float, x &gt;= -126). Below -126 the result is subnormal, then 0 (so <c>2^-inf = 0</c>, which masking relies
+    /// on); NaN in, NaN out (the clamp returns its second operand, <paramref name="x"/>, when either is NaN).
+    /// Positive inputs are outside the contract.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static TV Exp<TS, TV>(TV x)
+    public static TV Exp2NonPositive<TS, TV>(TV x)
         where TS : struct, ISimd<TV>
         where TV : struct
     {
-        TV clamped = TS.Min(TS.Max(x, TS.Broadcast(ExpUnderflow)), TS.Broadcast(88.3762626647949f));
-        TV n = TS.RoundToNearest(TS.Multiply(clamped, TS.Broadcast(1.44269504088896341f)));
-
-        TV p = ExpOfReduced<TS, TV>(clamped, n);
-
-        TV result = TS.Multiply(p, TS.Pow2(n));
-        result = TS.SelectBelow(x, TS.Broadcast(ExpUnderflow), TS.Broadcast(0f), result);
-        result = TS.SelectBelow(x, TS.Broadcast(ExpOverflow), result, TS.Broadcast(float.PositiveInfinity));
-        return TS.PropagateNaN(x, result);
-    }
-
-    /// <summary>
-    /// <c>e^x</c> for <c>x &lt;= 0</c>, the only range softmax evaluates after subtracting the row max:
-    /// the same reduction and polynomial as <see cref="Exp{TS, TV}"/> in fewer instructions; measured
-    /// max relative error 1.18e-7 over [-87.3, 0] (tests hold it to 2e-7). The round-to-nearest and the float-to-int conversion are one FMA against a
-    /// shifter constant <c>1.5 * 2^23 + 127</c>: afterwards the low mantissa bits hold <c>n + 127</c>,
-    /// which a shift turns into the bits of <c>2^n</c>. Below <see cref="ExpUnderflow"/> (including
-    /// -inf, a masked score) the result is 0; NaN propagates through the arithmetic because the clamp
-    /// returns its second operand, <paramref name="x"/>, when either is NaN. Positive inputs are
-    /// outside the contract.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static TV ExpNonPositive<TS, TV>(TV x)
-        where TS : struct, ISimd<TV>
-        where TV : struct
-    {
-        TV clamped = TS.Max(TS.Broadcast(ExpUnderflow), x);
-        TV shifter = TS.Broadcast(12583039f); // 1.5 * 2^23 + 127
-        TV t = TS.MultiplyAdd(clamped, TS.Broadcast(1.44269504088896341f), shifter);
-        TV n = TS.Subtract(t, shifter);
-        TV p = ExpOfReduced<TS, TV>(clamped, n);
-
-        TV result = TS.Multiply(p, TS.ShiftBitsLeft23(t));
-        return TS.SelectBelow(x, TS.Broadcast(ExpUnderflow), TS.Broadcast(0f), result);
-    }
-
-    /// <summary>
-    /// <c>e^(x - n ln2)</c> for <c>|x - n ln2| &lt;= ln2/2</c>: Cody–Waite reduction (ln2 split in two so
-    /// that <c>n ln2_hi</c> is exact) and the degree-7 Cephes polynomial shared by both exps.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static TV ExpOfReduced<TS, TV>(TV x, TV n)
-        where TS : struct, ISimd<TV>
-        where TV : struct
-    {
-        TV r = TS.MultiplyAdd(n, TS.Broadcast(-0.693359375f), x);
-        r = TS.MultiplyAdd(n, TS.Broadcast(2.12194440e-4f), r);
-        TV p = TS.Broadcast(1.9875691500e-4f);
-        p = TS.MultiplyAdd(p, r, TS.Broadcast(1.3981999507e-3f));
-        p = TS.MultiplyAdd(p, r, TS.Broadcast(8.3334519073e-3f));
-        p = TS.MultiplyAdd(p, r, TS.Broadcast(4.1665795894e-2f));
-        p = TS.MultiplyAdd(p, r, TS.Broadcast(1.6666665459e-1f));
-        p = TS.MultiplyAdd(p, r, TS.Broadcast(5.0000001201e-1f));
-        p = TS.MultiplyAdd(p, TS.Multiply(r, r), TS.Add(r, TS.Broadcast(1f)));
-        return p;
+        TV clamped = TS.Max(TS.Broadcast(Exp2Underflow), x);
+        TV n = TS.RoundToNearest(clamped);
+        TV f = TS.Subtract(clamped, n);
+        TV p = TS.Broadcast(1.5345812e-4f);
+        p = TS.MultiplyAdd(p, f, TS.Broadcast(1.3399931e-3f));
+        p = TS.MultiplyAdd(p, f, TS.Broadcast(9.618489e-3f));
+        p = TS.MultiplyAdd(p, f, TS.Broadcast(5.5503286e-2f));
+        p = TS.MultiplyAdd(p, f, TS.Broadcast(0.24022646f));
+        p = TS.MultiplyAdd(p, f, TS.Broadcast(0.6931472f));
+        p = TS.MultiplyAdd(p, f, TS.Broadcast(1f));
+        return TS.ScaleByPow2(p, n);
     }
 }

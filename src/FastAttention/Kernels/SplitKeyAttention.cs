@@ -7,10 +7,10 @@ namespace FastAttention.Kernels;
 /// tile, and the kernel is bound by reading K and V, so it reads them once, in place (no packing), and
 /// splits the keys into fixed chunks that run in parallel:
 /// <list type="number">
-/// <item>per (batch, head, key chunk) and query: scores, chunk max <c>m_c</c>, <c>p = e^(s - m_c)</c>,
+/// <item>per (batch, head, key chunk) and query: scores (in base 2: times log2 e), chunk max <c>m_c</c>, <c>p = 2^(s - m_c)</c>,
 /// <c>l_c = sum p</c>, <c>o_c = sum p v</c>;</item>
 /// <item>per (batch, head) and query, merge in chunk order: <c>m = max m_c</c>,
-/// <c>l = sum l_c e^(m_c - m)</c>, <c>out = sum o_c e^(m_c - m) / l</c>.</item>
+/// <c>l = sum l_c 2^(m_c - m)</c>, <c>out = sum o_c 2^(m_c - m) / l</c>.</item>
 /// </list>
 /// The chunk size is fixed, not derived from the thread count, and the merge order is fixed, so the
 /// output bits are the same for every thread count.
@@ -82,9 +82,9 @@ internal static unsafe class SplitKeyAttention<TS, TV>
             float max = float.NegativeInfinity;
             if (a.Power == 0f && a.Bias == null && a.Mask == null)
             {
-                // Plain scores (the decoding case): scale, hide the keys past the causal limit and take
+                // Plain scores (the decoding case): scale (times log2 e: the softmax works in base 2), hide the keys past the causal limit and take
                 // the max with vectors; NaN scores still reach the max below through the scalar check.
-                System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(s, visible), a.Scale, new Span<float>(s, visible));
+                System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(s, visible), a.Scale * VectorMath.Log2E, new Span<float>(s, visible));
                 new Span<float>(s + visible, count - visible).Fill(float.NegativeInfinity);
                 max = System.Numerics.Tensors.TensorPrimitives.Max(new ReadOnlySpan<float>(s, count));
             }
@@ -92,16 +92,16 @@ internal static unsafe class SplitKeyAttention<TS, TV>
             {
                 for (int j = 0; j < count; j++)
                 {
-                    float score = j < visible ? a.Scale * s[j] : float.NegativeInfinity;
+                    float score = j < visible ? a.Scale * VectorMath.Log2E * s[j] : float.NegativeInfinity; // base 2, as above
                     long at = ((long)i * a.KeyCount) + j0 + j;
                     if (a.Power > 0f && j < visible)
                     {
-                        score = a.PowerScore(score);
+                        score = a.PowerScore(a.Scale * s[j]) * VectorMath.Log2E;
                     }
 
                     if (a.Bias != null)
                     {
-                        score += a.Bias[(b * a.BiasBatchStride) + (h * a.BiasHeadStride) + at];
+                        score = MathF.FusedMultiplyAdd(a.Bias[(b * a.BiasBatchStride) + (h * a.BiasHeadStride) + at], VectorMath.Log2E, score);
                     }
 
                     if (a.Mask != null && !a.Mask[(b * a.MaskBatchStride) + (h * a.MaskHeadStride) + at])
@@ -123,7 +123,7 @@ internal static unsafe class SplitKeyAttention<TS, TV>
                 continue;
             }
 
-            // p_j = e^(s_j - m_c), vectorised over the chunk (scores padded with -inf to whole vectors).
+            // p_j = 2^(s_j - m_c), vectorised over the chunk (scores padded with -inf to whole vectors).
             int padded = (count + w - 1) / w * w;
             for (int j = count; j < padded; j++)
             {
@@ -134,7 +134,7 @@ internal static unsafe class SplitKeyAttention<TS, TV>
             TV total = TS.Broadcast(0f);
             for (int j = 0; j < padded; j += w)
             {
-                TV p = VectorMath.ExpNonPositive<TS, TV>(TS.Subtract(TS.Load(ref s[j]), shift));
+                TV p = VectorMath.Exp2NonPositive<TS, TV>(TS.Subtract(TS.Load(ref s[j]), shift));
                 TS.Store(p, ref s[j]);
                 total = TS.Add(total, p);
             }
@@ -291,7 +291,7 @@ internal static unsafe class SplitKeyAttention<TS, TV>
                     continue;
                 }
 
-                float scale = VectorMath.ExpNonPositive<SimdScalar, float>(part[0] - max);
+                float scale = VectorMath.Exp2NonPositive<SimdScalar, float>(part[0] - max);
                 sum = MathF.FusedMultiplyAdd(part[1], scale, sum);
                 for (int k = 0; k < dv; k++)
                 {

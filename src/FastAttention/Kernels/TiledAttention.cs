@@ -10,7 +10,7 @@ namespace FastAttention.Kernels;
 /// <list type="number">
 /// <item>S = (s Q_tile) K_tile^T by the shared 6-row x 4-vector micro-kernel (<see cref="MicroKernel{TS, TV}.Run6"/>) over packed key panels;</item>
 /// <item>bias, mask, causal limit and key padding applied to S (masked scores become -inf);</item>
-/// <item>per row: m' = max(m, rowmax S), alpha = e^(m - m'), P = e^(S - m'), l = alpha l + sum P;</item>
+/// <item>per row: m' = max(m, rowmax S), alpha = 2^(m - m'), P = 2^(S - m'), l = alpha l + sum P (S carries a factor log2 e, so 2^S = e^(s q.k));</item>
 /// <item>O = alpha O + P V_tile by the same micro-kernel, accumulating each chunk from zero (blocked summation);</item>
 /// <item>after the last key tile, out = O / l (a row that saw no key outputs zeros).</item>
 /// </list>
@@ -110,12 +110,14 @@ internal static unsafe class TiledAttention<TS, TV>
         float* s = scratch.Scores;
         float* o = scratch.Output;
 
-        // The scale is folded into the query tile once; padded rows are zero.
+        // The scale is folded into the query tile once (times log2 e: the softmax works in base 2, see
+        // VectorMath.Exp2NonPositive; power scores get the factor after their transform); padded rows are zero.
+        float scale = a.Power > 0f ? a.Scale : a.Scale * VectorMath.Log2E;
         for (int r = 0; r < paddedRows; r++)
         {
             for (int t = 0; t < d; t++)
             {
-                q[(r * d) + t] = r < rows ? query[(r * d) + t] * a.Scale : 0f;
+                q[(r * d) + t] = r < rows ? query[(r * d) + t] * scale : 0f;
             }
 
             scratch.Max[r] = float.NegativeInfinity;
@@ -198,7 +200,7 @@ internal static unsafe class TiledAttention<TS, TV>
             float* stats = a.RowStats + (2 * ((bh * a.QueryCount) + i0));
             for (int r = 0; r < rows; r++)
             {
-                stats[2 * r] = scratch.Max[r];
+                stats[2 * r] = scratch.Max[r] * VectorMath.Ln2; // the natural-log max of the row's scores (the sum needs no change)
                 stats[(2 * r) + 1] = scratch.Sum[r];
             }
         }
@@ -225,7 +227,7 @@ internal static unsafe class TiledAttention<TS, TV>
                 float* row = s + (r * ScoreStride);
                 for (int c = 0; c < cols; c++)
                 {
-                    row[c] = a.PowerScore(row[c]);
+                    row[c] = a.PowerScore(row[c]) * VectorMath.Log2E;
                 }
             }
         }
@@ -239,7 +241,7 @@ internal static unsafe class TiledAttention<TS, TV>
                 float* add = bias + ((long)r * a.KeyCount);
                 for (int c = 0; c < cols; c++)
                 {
-                    row[c] += add[c];
+                    row[c] = MathF.FusedMultiplyAdd(add[c], VectorMath.Log2E, row[c]);
                 }
             }
         }
@@ -303,12 +305,12 @@ internal static unsafe class TiledAttention<TS, TV>
             return;
         }
 
-        alpha = VectorMath.Exp<SimdScalar, float>(max - newMax);
+        alpha = VectorMath.Exp2NonPositive<SimdScalar, float>(max - newMax);
         TV shift = TS.Broadcast(newMax);
         TV total = TS.Broadcast(0f);
         for (int c = 0; c < paddedCols; c += w)
         {
-            TV p = VectorMath.ExpNonPositive<TS, TV>(TS.Subtract(TS.Load(ref s[c]), shift));
+            TV p = VectorMath.Exp2NonPositive<TS, TV>(TS.Subtract(TS.Load(ref s[c]), shift));
             TS.Store(p, ref s[c]);
             total = TS.Add(total, p);
         }
