@@ -54,25 +54,32 @@ internal static unsafe class TiledAttention<TS, TV>
         int paddedValueDim = RoundUp(a.ValueDim, Width);
         int groups = a.Batch * a.KvHeads;
         long keyPanelSize = (long)paddedKeys * a.HeadDim;
-        long valueBlockSize = (long)paddedKeys * paddedValueDim;
+
+        // V is read in place when its rows are whole vectors (the P V product reads only real keys, never the
+        // padding of the last key panel); otherwise it is copied into zero-padded rows.
+        bool copyValues = paddedValueDim != a.ValueDim;
+        long valueBlockSize = copyValues ? (long)paddedKeys * paddedValueDim : (long)a.KeyCount * a.ValueDim;
 
         using NativeBufferPool.Buffer keyBuffer = NativeBufferPool.Rent(groups * keyPanelSize);
-        using NativeBufferPool.Buffer valueBuffer = NativeBufferPool.Rent(groups * valueBlockSize);
+        using NativeBufferPool.Buffer valueBuffer = NativeBufferPool.Rent(copyValues ? groups * valueBlockSize : 0);
         float* keys = keyBuffer.Pointer;
-        float* values = valueBuffer.Pointer;
+        float* values = copyValues ? valueBuffer.Pointer : a.Value;
 
         var options = new ParallelOptions { MaxDegreeOfParallelism = a.MaxDegreeOfParallelism > 0 ? a.MaxDegreeOfParallelism : -1 };
 
         // Pass 0: pack each (batch, kv head) once, in parallel chunks of keys (one head's packing
         // done serially was ~5% of a 4096-token call and capped the two-thread speed-up):
-        // K into [nk/strip][d][strip] panels, V into [nk][dv rounded up to a vector].
+        // K into [nk/strip][d][strip] panels, V (if copied) into [nk][dv rounded up to a vector].
         int packChunks = (paddedKeys + PackChunk - 1) / PackChunk;
         Parallel.For(0, groups * packChunks, options, item =>
         {
             int g = item / packChunks;
             int j0 = item % packChunks * PackChunk, j1 = Math.Min(paddedKeys, j0 + PackChunk);
             PackKeys(a.Key + ((long)g * a.KeyCount * a.HeadDim), a.KeyCount, a.HeadDim, keys + (g * keyPanelSize), j0, j1);
-            PackValues(a.Value + ((long)g * a.KeyCount * a.ValueDim), a.KeyCount, a.ValueDim, values + (g * valueBlockSize), paddedValueDim, j0, j1);
+            if (copyValues)
+            {
+                PackValues(a.Value + ((long)g * a.KeyCount * a.ValueDim), a.KeyCount, a.ValueDim, values + (g * valueBlockSize), paddedValueDim, j0, j1);
+            }
         });
 
         int queryTiles = (a.QueryCount + QueryTile - 1) / QueryTile;
