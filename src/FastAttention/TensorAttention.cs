@@ -378,7 +378,7 @@ public static class TensorAttention
                     kernel.Run(args);
                 }
 
-                // Merge: out_i = sum_tuple w (v1_j1 o ...) o o_tuple / sum_tuple w, w = l e^(m - max m); vectorised
+                // Merge: out_i = sum_tuple w (v1_j1 o ...) o o_tuple / sum_tuple w, w = l 2^(m - max m) (base-2 maxes); vectorised
                 // along dv, queries in parallel. Products are summed in float in blocks of MergeBlock tuples, the
                 // blocks in double (error ~ (MergeBlock + tuples / MergeBlock) ulp instead of tuples ulp).
                 float[] partials = partial, statistics = stats;
@@ -398,7 +398,7 @@ public static class TensorAttention
                     for (int tuple = 0; tuple < tuples && !float.IsNegativeInfinity(max); tuple++)
                     {
                         int r = (x * tuples) + tuple;
-                        double w = statistics[(2 * r) + 1] * Math.Exp(statistics[2 * r] - (double)max);
+                        double w = statistics[(2 * r) + 1] * double.Exp2(statistics[2 * r] - (double)max); // the kernel's maxes are base 2
                         if (w == 0)
                         {
                             continue;

@@ -209,9 +209,6 @@ internal static class VectorMath
     /// <summary>log2 e: the softmax kernels keep scores in base 2 (<c>e^x = 2^(x log2 e)</c>).</summary>
     public const float Log2E = 1.44269504f;
 
-    /// <summary>ln 2, to turn a base-2 score back into the natural log.</summary>
-    public const float Ln2 = 0.693147181f;
-
     /// <summary>Below this, <c>2^x</c> rounds to 0 however the polynomial lands (<c>1.5 * 2^-160</c> is far under float's smallest subnormal).</summary>
     public const float Exp2Underflow = -160f;
 

@@ -207,7 +207,7 @@ internal static unsafe class TiledAttention<TS, TV>
             float* stats = a.RowStats + (2 * ((bh * a.QueryCount) + i0));
             for (int r = 0; r < rows; r++)
             {
-                stats[2 * r] = scratch.Max[r] * VectorMath.Ln2; // the natural-log max of the row's scores (the sum needs no change)
+                stats[2 * r] = scratch.Max[r]; // base 2, as computed: converting it would round it
                 stats[(2 * r) + 1] = scratch.Sum[r];
             }
         }
