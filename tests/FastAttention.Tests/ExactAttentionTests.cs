@@ -65,6 +65,26 @@ public class ExactAttentionTests
         Tolerance.AssertExact(output, Reference.Attention(q, k, v, shape, new Reference.Options(Scale: 0.3f)), kernel);
     }
 
+    /// <summary>Causal shapes whose diagonal crosses several query tiles (120 rows) and key tiles (512 keys) at every
+    /// offset, with value widths that use each P V tile (4-wide, pair, single): the kernels skip the all-masked micro-tiles.</summary>
+    [Theory]
+    [InlineData(1500, 2100, 64, 64)]
+    [InlineData(1300, 700, 32, 32)]
+    [InlineData(1100, 1100, 24, 20)]
+    [InlineData(130, 1200, 16, 48)]
+    public void Causal_diagonals_across_many_tiles_match_float64(int nq, int nk, int d, int dv)
+    {
+        var shape = new AttentionShape(1, 2, nq, nk, d, dv);
+        (float[] q, float[] k, float[] v) = Data.Inputs(shape, 21);
+        double[] expected = Reference.Attention(q, k, v, shape, new Reference.Options(Causal: true));
+        foreach (AttentionKernel kernel in KernelsFor.Shape(nq, nk))
+        {
+            var output = new float[shape.OutputLength];
+            ExactAttention.Compute(q, k, v, shape, output, new ExactAttentionOptions { Kernel = kernel.Name, Causal = true });
+            Tolerance.AssertExact(output, expected, $"{kernel.Name} nq={nq} nk={nk} d={d} dv={dv}");
+        }
+    }
+
     [Theory]
     [MemberData(nameof(KernelNames))]
     public void Grouped_query_heads_share_key_value_heads(string kernel)

@@ -147,12 +147,18 @@ internal static unsafe class TiledAttention<TS, TV>
             int cols = Math.Min(KeyTile, keyEnd - j0);
             int paddedCols = RoundUp(cols, Strip);
 
+            // Causal: the last key of this tile that row r sees (relative to j0). A micro-tile whose first key lies
+            // past its last row's limit is all masked and is skipped by both products: step 2 writes its scores
+            // as -inf, and its weights are 0 (its rows' rescale factors are 1 unless a key of this tile, hence
+            // key j0 and the first chunk, is visible to them).
+            long lastVisible = a.Causal ? i0 + causalOffset - j0 : long.MaxValue - QueryTile;
+
             // 1. Scores, panel by panel: each key panel (strip x d floats) stays in L1 while every
             //    row block of the query tile is multiplied against it.
             for (int c = 0; c < paddedCols; c += Strip)
             {
                 float* panel = keys + ((long)(j0 + c) * d);
-                for (int r = 0; r < paddedRows; r += Rows)
+                for (int r = FirstUnmasked(c, lastVisible, Rows); r < paddedRows; r += Rows)
                 {
                     MicroKernel<TS, TV>.Run6(d, q + (r * d), d, 1, panel, Strip, s + (r * ScoreStride) + c, ScoreStride, null);
                 }
@@ -179,20 +185,20 @@ internal static unsafe class TiledAttention<TS, TV>
                 float* alpha = k0 == 0 ? scratch.Alpha : scratch.Ones;
                 for (int c = 0; c < wide; c += 4 * Width)
                 {
-                    for (int r = 0; r < paddedRows; r += Rows)
+                    for (int r = FirstUnmasked(k0, lastVisible, Rows); r < paddedRows; r += Rows)
                     {
                         MicroKernel<TS, TV>.Run6(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
                     }
                 }
 
-                for (int r = 0; pair > 0 && r < paddedRows; r += MicroKernel<TS, TV>.TwoRows)
+                for (int r = FirstUnmasked(k0, lastVisible, MicroKernel<TS, TV>.TwoRows); pair > 0 && r < paddedRows; r += MicroKernel<TS, TV>.TwoRows)
                 {
                     MicroKernel<TS, TV>.RunTwo(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + wide, paddedValueDim, o + (r * paddedValueDim) + wide, paddedValueDim, alpha + r);
                 }
 
                 for (int c = wide + pair; c < paddedValueDim; c += Width)
                 {
-                    for (int r = 0; r < paddedRows; r += MicroKernel<TS, TV>.Rows)
+                    for (int r = FirstUnmasked(k0, lastVisible, MicroKernel<TS, TV>.Rows); r < paddedRows; r += MicroKernel<TS, TV>.Rows)
                     {
                         MicroKernel<TS, TV>.RunNarrow(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
                     }
@@ -356,6 +362,17 @@ internal static unsafe class TiledAttention<TS, TV>
     }
 
     private static int RoundUp(int x, int multiple) => (x + multiple - 1) / multiple * multiple;
+
+    /// <summary>
+    /// The first block of <paramref name="step"/> rows (a multiple of it) that sees key <paramref name="firstKey"/> or a
+    /// later one of its micro-tile, when row r's last visible key is <paramref name="lastVisible"/> + r: the blocks above
+    /// are all masked. 0 when nothing is masked.
+    /// </summary>
+    private static int FirstUnmasked(int firstKey, long lastVisible, int step)
+    {
+        long rows = firstKey - lastVisible - (step - 1); // the block starting at r is needed when r >= rows
+        return rows <= 0 ? 0 : (int)Math.Min(QueryTile, (rows + step - 1) / step * step);
+    }
 
     /// <summary>One worker's tile buffers, carved 64-byte aligned out of one pooled buffer, reused across its work items.</summary>
     private sealed class Scratch : IDisposable
