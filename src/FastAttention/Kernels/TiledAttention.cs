@@ -296,14 +296,19 @@ internal static unsafe class TiledAttention<TS, TV>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void SoftmaxRow(float* s, int paddedCols, ref float max, ref float sum, out float alpha)
     {
+        // Four independent chains in both passes (paddedCols is a multiple of four vectors): one chain of
+        // dependent max or add instructions would make each pass wait on their latency, not their throughput.
         int w = Width;
-        TV m = TS.Broadcast(float.NegativeInfinity);
-        for (int c = 0; c < paddedCols; c += w)
+        TV m0 = TS.Broadcast(float.NegativeInfinity), m1 = m0, m2 = m0, m3 = m0;
+        for (int c = 0; c < paddedCols; c += 4 * w)
         {
-            m = TS.Max(m, TS.Load(ref s[c]));
+            m0 = TS.Max(m0, TS.Load(ref s[c]));
+            m1 = TS.Max(m1, TS.Load(ref s[c + w]));
+            m2 = TS.Max(m2, TS.Load(ref s[c + (2 * w)]));
+            m3 = TS.Max(m3, TS.Load(ref s[c + (3 * w)]));
         }
 
-        float newMax = MathF.Max(max, TS.MaxAcross(m));
+        float newMax = MathF.Max(max, TS.MaxAcross(TS.Max(TS.Max(m0, m1), TS.Max(m2, m3))));
         if (float.IsNegativeInfinity(newMax))
         {
             // Nothing visible yet: P = 0, state unchanged. The hardware max drops NaN, so a row of
@@ -320,15 +325,24 @@ internal static unsafe class TiledAttention<TS, TV>
 
         alpha = VectorMath.Exp2NonPositive<SimdScalar, float>(max - newMax);
         TV shift = TS.Broadcast(newMax);
-        TV total = TS.Broadcast(0f);
-        for (int c = 0; c < paddedCols; c += w)
+        TV t0 = TS.Broadcast(0f), t1 = t0, t2 = t0, t3 = t0;
+        for (int c = 0; c < paddedCols; c += 4 * w)
         {
-            TV p = VectorMath.Exp2NonPositive<TS, TV>(TS.Subtract(TS.Load(ref s[c]), shift));
-            TS.Store(p, ref s[c]);
-            total = TS.Add(total, p);
+            TV p0 = VectorMath.Exp2NonPositive<TS, TV>(TS.Subtract(TS.Load(ref s[c]), shift));
+            TV p1 = VectorMath.Exp2NonPositive<TS, TV>(TS.Subtract(TS.Load(ref s[c + w]), shift));
+            TV p2 = VectorMath.Exp2NonPositive<TS, TV>(TS.Subtract(TS.Load(ref s[c + (2 * w)]), shift));
+            TV p3 = VectorMath.Exp2NonPositive<TS, TV>(TS.Subtract(TS.Load(ref s[c + (3 * w)]), shift));
+            TS.Store(p0, ref s[c]);
+            TS.Store(p1, ref s[c + w]);
+            TS.Store(p2, ref s[c + (2 * w)]);
+            TS.Store(p3, ref s[c + (3 * w)]);
+            t0 = TS.Add(t0, p0);
+            t1 = TS.Add(t1, p1);
+            t2 = TS.Add(t2, p2);
+            t3 = TS.Add(t3, p3);
         }
 
-        sum = (sum * alpha) + TS.SumAcross(total);
+        sum = (sum * alpha) + TS.SumAcross(TS.Add(TS.Add(t0, t1), TS.Add(t2, t3)));
         max = newMax;
     }
 
