@@ -107,7 +107,7 @@ internal static class InspectCommand
         stdout.WriteLine($"query  {q.ShapeText}   key {k.ShapeText}   n = {bounds.TokenCount}, d = {shape.HeadDim}, heads = {shape.HeadCount} (kv {shape.EffectiveKeyValueHeads})");
         stdout.WriteLine(string.Create(inv, $"entry bound B = max|entry| = {bounds.EntryBound:G5}   (Q {bounds.QueryEntryBound:G5}, K {bounds.KeyEntryBound:G5})"));
         stdout.WriteLine(string.Create(inv, $"row norms     max||q|| = {bounds.MaxQueryNorm:G5}, max||k|| = {bounds.MaxKeyNorm:G5}"));
-        stdout.WriteLine(string.Create(inv, $"scale s = {bounds.Scale:G5}: max|s q.k| = {(bounds.MaxAbsScaledScore is double x ? x.ToString("G5", inv) : "(skipped: too large to scan)")}, bound s max||q|| max||k|| = {bounds.ScoreNormBound:G5}"));
+        stdout.WriteLine(string.Create(inv, $"scale s = {bounds.Scale:G5}: max|s q.k| = {(bounds.MaxAbsScaledScore is double x ? x.ToString("G5", inv) : $"(not computed: nq nk (d + 16) over heads exceeds {InputAnalysis.ExactScoreBudget:G2})")}, bound s max||q|| max||k|| = {bounds.ScoreNormBound:G5}"));
         stdout.WriteLine(string.Create(inv, $"threshold sqrt(ln n) = {bounds.Threshold:G4};  B / sqrt(ln n) = {bounds.EntryBound / bounds.Threshold:G4}"));
         stdout.WriteLine("regime: " + regime);
         stdout.WriteLine("polynomial method at eps " + eps.ToString("G3", inv) + ": " + poly.Note);
