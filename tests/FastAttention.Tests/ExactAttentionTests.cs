@@ -154,6 +154,22 @@ public class ExactAttentionTests
         Assert.Equal(output, one);
     }
 
+    /// <summary>dv = 245 is, with 512-bit vectors, one block each of 8, 4, 2 and 1 vectors and 5 scalars (with 256-bit vectors:
+    /// three 8-vector blocks, one of 4, one of 2, 5 scalars): every register block of the decoding kernel's weighted sum.</summary>
+    [Theory]
+    [MemberData(nameof(DecodeKernels))]
+    public void Decoding_value_widths_use_every_register_block(string kernel)
+    {
+        foreach (bool causal in new[] { false, true })
+        {
+            var shape = new AttentionShape(1, 2, 5, 1500, 37, 245);
+            (float[] q, float[] k, float[] v) = Data.Inputs(shape, 23);
+            var output = new float[shape.OutputLength];
+            ExactAttention.Compute(q, k, v, shape, output, new ExactAttentionOptions { Kernel = kernel, Causal = causal });
+            Tolerance.AssertExact(output, Reference.Attention(q, k, v, shape, new Reference.Options(Causal: causal)), $"{kernel} causal={causal}");
+        }
+    }
+
     [Fact]
     public void Causal_with_more_queries_than_keys_gives_zero_rows_for_queries_that_see_nothing()
     {

@@ -177,6 +177,34 @@ public class PropertyTests
         ExactAttention.Compute(q, k, v, s, new float[s.OutputLength], options);
     }
 
+    [Theory]
+    [MemberData(nameof(DecodingKernelNames))]
+    public void Decoding_kernels_find_a_non_finite_value_that_no_query_weights(string kernel)
+    {
+        // The decoding kernels clear K and V from their results; a chunk of keys the mask hides from every query
+        // is never weighted, so its values must still be scanned (and its keys, dotted before masking, are).
+        var s = new AttentionShape(1, 2, 2, 2500, 16, 16);
+        (float[] q, float[] k, float[] v) = Data.Inputs(s, 10);
+        bool[] mask = [.. Enumerable.Range(0, 2 * 2 * 2500).Select(i => i % 2500 < 1024 || i % 2500 >= 2048)];
+        var options = new ExactAttentionOptions { Kernel = kernel, Mask = mask };
+        ExactAttention.Compute(q, k, v, s, new float[s.OutputLength], options);
+
+        int index = (1500 * 16) + 3; // head 0, key 1500: in the hidden chunk (keys 1024..2047)
+        v[index] = float.NaN;
+        var ex = Assert.Throws<ArgumentException>(() => ExactAttention.Compute(q, k, v, s, new float[s.OutputLength], options));
+        Assert.Equal("value", ex.ParamName);
+        Assert.Contains($"index {index}", ex.Message);
+
+        v[index] = 0.5f;
+        k[index] = float.NegativeInfinity;
+        ex = Assert.Throws<ArgumentException>(() => ExactAttention.Compute(q, k, v, s, new float[s.OutputLength], options));
+        Assert.Equal("key", ex.ParamName);
+        Assert.Contains($"index {index}", ex.Message);
+    }
+
+    public static TheoryData<string> DecodingKernelNames() =>
+        [.. KernelsFor.Shape(2, 2500).Where(k => k.Name.StartsWith("splitkey", StringComparison.Ordinal)).Select(k => k.Name)];
+
     [Fact]
     public void Bad_arguments_name_the_input_and_both_sizes()
     {

@@ -61,23 +61,23 @@ internal static unsafe class SplitKeyAttention<TS, TV>
         float* keys = a.Key + (((kv * a.KeyCount) + j0) * d);
         float* values = a.Value + (((kv * a.KeyCount) + j0) * dv);
         long causalOffset = (long)a.KeyCount - a.QueryCount;
+
+        // Finiteness of this chunk of K and V is read off the results instead of a second pass over them: a NaN or
+        // infinite element makes the dot products of its key (0 * inf is NaN too) or the weighted sum of its value
+        // (p is finite) non-finite. Only what the results do not clear is scanned, and the scan finds the index:
+        // a chunk with a non-finite result (finite inputs that overflow also give one), keys past every query's
+        // causal limit, values no query weighted.
+        bool suspect = false, valuesWeighted = false;
+        int keysDotted = 0;
         for (int i = 0; i < a.QueryCount; i++)
         {
             float* q = a.Query + ((((long)bh * a.QueryCount) + i) * d);
             float* result = partial + ((long)i * (dv + 2));
             int visible = a.Causal ? (int)Math.Clamp(i + causalOffset + 1 - j0, 0, count) : count;
 
-            // Scores s_j = s q.k_j, four keys at a time so four independent FMA chains overlap.
-            int j4 = 0;
-            for (; j4 + 4 <= visible; j4 += 4)
-            {
-                Dot4(q, keys + ((long)j4 * d), d, s + j4);
-            }
-
-            for (int j = j4; j < visible; j++)
-            {
-                s[j] = Dot(q, keys + ((long)j * d), d);
-            }
+            Scores(q, keys, d, visible, s);
+            suspect |= !AllFinite(new ReadOnlySpan<float>(s, visible));
+            keysDotted = Math.Max(keysDotted, visible);
 
             float max = float.NegativeInfinity;
             if (a.Power == 0f && a.Bias == null && a.Mask == null)
@@ -141,38 +141,141 @@ internal static unsafe class SplitKeyAttention<TS, TV>
 
             float sum = TS.SumAcross(total);
 
-            // o_c = sum p_j v_j, vectorised over the value dimension.
-            for (int j = 0; j < count; j++)
-            {
-                float p = s[j];
-                float* v = values + ((long)j * dv);
-                TV pv = TS.Broadcast(p);
-                int c = 0;
-                for (; c + w <= dv; c += w)
-                {
-                    TS.Store(TS.MultiplyAdd(pv, TS.Load(ref v[c]), TS.Load(ref o[c])), ref o[c]);
-                }
-
-                for (; c < dv; c++)
-                {
-                    o[c] = MathF.FusedMultiplyAdd(p, v[c], o[c]);
-                }
-            }
-
+            WeightedSum(s, values, count, dv, o);
+            suspect |= !AllFinite(new ReadOnlySpan<float>(o, dv));
+            valuesWeighted = true;
             result[1] = sum;
         }
 
-        // Non-finite inputs: check this chunk of K and V now that it is in cache, once per kv head.
+        // Non-finite inputs: scan what the results did not clear, once per kv head.
         if (a.FirstNonFinite != null && h % a.GroupSize == 0)
         {
-            ReportNonFinite(new ReadOnlySpan<float>(keys, count * d), (((kv * a.KeyCount) + j0) * d), a.FirstNonFinite);
-            ReportNonFinite(new ReadOnlySpan<float>(values, count * dv), (((kv * a.KeyCount) + j0) * dv), a.FirstNonFinite + 1);
+            int keysFrom = suspect ? 0 : keysDotted;
+            ReportNonFinite(new ReadOnlySpan<float>(keys + ((long)keysFrom * d), (count - keysFrom) * d), ((kv * a.KeyCount) + j0 + keysFrom) * d, a.FirstNonFinite);
+            if (suspect || !valuesWeighted)
+            {
+                ReportNonFinite(new ReadOnlySpan<float>(values, count * dv), ((kv * a.KeyCount) + j0) * dv, a.FirstNonFinite + 1);
+            }
         }
     }
 
+    /// <summary>s_j = q . k_j for the first <paramref name="visible"/> keys of the chunk, four keys at a time so four independent FMA chains overlap.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private static void Scores(float* q, float* keys, int d, int visible, float* s)
+    {
+        // A method of its own (as is WeightedSum): inside Chunk, the JIT spilled these loops' pointers to the stack.
+        int j = 0;
+        for (; j + 4 <= visible; j += 4)
+        {
+            Dot4(q, keys + ((long)j * d), d, s + j);
+        }
+
+        for (; j < visible; j++)
+        {
+            s[j] = Dot(q, keys + ((long)j * d), d);
+        }
+    }
+
+    /// <summary>
+    /// o = sum_j p_j v_j over the chunk's keys, with blocks of eight, four, two or one vectors of o held in registers across
+    /// all keys (dv = 64 or 128 with 512-bit vectors is one pass over V); each element is summed in key order, one FMA per key.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private static void WeightedSum(float* p, float* values, int count, int dv, float* o)
+    {
+        int w = TS.Count, c = 0;
+        for (; c + (8 * w) <= dv; c += 8 * w)
+        {
+            TV z = TS.Broadcast(0f), o0 = z, o1 = z, o2 = z, o3 = z, o4 = z, o5 = z, o6 = z, o7 = z;
+            float* v = values + c;
+            for (int j = 0; j < count; j++, v += dv)
+            {
+                TV pj = TS.Broadcast(p[j]);
+                o0 = TS.MultiplyAdd(pj, TS.Load(ref v[0]), o0);
+                o1 = TS.MultiplyAdd(pj, TS.Load(ref v[w]), o1);
+                o2 = TS.MultiplyAdd(pj, TS.Load(ref v[2 * w]), o2);
+                o3 = TS.MultiplyAdd(pj, TS.Load(ref v[3 * w]), o3);
+                o4 = TS.MultiplyAdd(pj, TS.Load(ref v[4 * w]), o4);
+                o5 = TS.MultiplyAdd(pj, TS.Load(ref v[5 * w]), o5);
+                o6 = TS.MultiplyAdd(pj, TS.Load(ref v[6 * w]), o6);
+                o7 = TS.MultiplyAdd(pj, TS.Load(ref v[7 * w]), o7);
+            }
+
+            TS.Store(o0, ref o[c]);
+            TS.Store(o1, ref o[c + w]);
+            TS.Store(o2, ref o[c + (2 * w)]);
+            TS.Store(o3, ref o[c + (3 * w)]);
+            TS.Store(o4, ref o[c + (4 * w)]);
+            TS.Store(o5, ref o[c + (5 * w)]);
+            TS.Store(o6, ref o[c + (6 * w)]);
+            TS.Store(o7, ref o[c + (7 * w)]);
+        }
+
+        for (; c + (4 * w) <= dv; c += 4 * w)
+        {
+            TV o0 = TS.Broadcast(0f), o1 = o0, o2 = o0, o3 = o0;
+            float* v = values + c;
+            for (int j = 0; j < count; j++, v += dv)
+            {
+                TV pj = TS.Broadcast(p[j]);
+                o0 = TS.MultiplyAdd(pj, TS.Load(ref v[0]), o0);
+                o1 = TS.MultiplyAdd(pj, TS.Load(ref v[w]), o1);
+                o2 = TS.MultiplyAdd(pj, TS.Load(ref v[2 * w]), o2);
+                o3 = TS.MultiplyAdd(pj, TS.Load(ref v[3 * w]), o3);
+            }
+
+            TS.Store(o0, ref o[c]);
+            TS.Store(o1, ref o[c + w]);
+            TS.Store(o2, ref o[c + (2 * w)]);
+            TS.Store(o3, ref o[c + (3 * w)]);
+        }
+
+        for (; c + (2 * w) <= dv; c += 2 * w)
+        {
+            TV o0 = TS.Broadcast(0f), o1 = o0;
+            float* v = values + c;
+            for (int j = 0; j < count; j++, v += dv)
+            {
+                TV pj = TS.Broadcast(p[j]);
+                o0 = TS.MultiplyAdd(pj, TS.Load(ref v[0]), o0);
+                o1 = TS.MultiplyAdd(pj, TS.Load(ref v[w]), o1);
+            }
+
+            TS.Store(o0, ref o[c]);
+            TS.Store(o1, ref o[c + w]);
+        }
+
+        for (; c + w <= dv; c += w)
+        {
+            TV o0 = TS.Broadcast(0f);
+            float* v = values + c;
+            for (int j = 0; j < count; j++, v += dv)
+            {
+                o0 = TS.MultiplyAdd(TS.Broadcast(p[j]), TS.Load(ref v[0]), o0);
+            }
+
+            TS.Store(o0, ref o[c]);
+        }
+
+        for (; c < dv; c++)
+        {
+            float total = 0f;
+            for (int j = 0; j < count; j++)
+            {
+                total = MathF.FusedMultiplyAdd(p[j], values[((long)j * dv) + c], total);
+            }
+
+            o[c] = total;
+        }
+    }
+
+
+    /// <summary>TensorPrimitives.IsFiniteAll, true for an empty span (for which it returns false).</summary>
+    private static bool AllFinite(ReadOnlySpan<float> values) => values.IsEmpty || System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(values);
+
     private static void ReportNonFinite(ReadOnlySpan<float> chunk, long offset, long* first)
     {
-        if (System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(chunk))
+        if (AllFinite(chunk))
         {
             return;
         }
