@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics.X86;
 
 namespace FastAttention.Kernels;
 
@@ -24,6 +25,10 @@ internal static unsafe class SplitKeyAttention<TS, TV>
 
     /// <summary>Keys per chunk: a chunk of K and V (1024 x d floats each) stays in L2 while each query uses it.</summary>
     private const int KeyChunk = 1024;
+
+    /// <summary>How far ahead of the scores' reads of K the cache lines are prefetched, in bytes (2, 4 and 8 KiB measured at
+    /// d = 64 and 128: 4 KiB as fast as the best at both).</summary>
+    private const int PrefetchDistance = 4096;
 
     public static string? Rejects(in AttentionArgs a) =>
         a.QueryCount > MaxQueries ? $"{a.QueryCount} queries per head; the split-key decoding kernel takes at most {MaxQueries}"
@@ -164,10 +169,23 @@ internal static unsafe class SplitKeyAttention<TS, TV>
     private static void Scores(float* q, float* keys, int d, int visible, float* s)
     {
         // A method of its own (as is WeightedSum): inside Chunk, the JIT spilled these loops' pointers to the stack.
+        // Each block of four keys is read one vector of each row at a time, which the hardware prefetchers follow
+        // poorly: the lines PrefetchDistance bytes ahead are requested explicitly (1.3-1.4x at d = 64 and 128).
         int j = 0;
+        int blockBytes = 4 * d * sizeof(float);
         for (; j + 4 <= visible; j += 4)
         {
-            Dot4(q, keys + ((long)j * d), d, s + j);
+            float* block = keys + ((long)j * d);
+            if (Sse.IsSupported)
+            {
+                byte* ahead = (byte*)block + PrefetchDistance;
+                for (int offset = 0; offset < blockBytes; offset += 64)
+                {
+                    Sse.Prefetch0(ahead + offset); // a hint: never faults, even past the end of K
+                }
+            }
+
+            Dot4(q, block, d, s + j);
         }
 
         for (; j < visible; j++)
