@@ -35,6 +35,20 @@ internal static class AttendCommand
         ],
         Run);
 
+    /// <summary>The options that belong to some methods only, and those methods.</summary>
+    private static readonly (string Option, string[] Methods)[] MethodOptions =
+    [
+        ("eps", ["poly", "auto", "lev"]),
+        ("degree", ["poly"]),
+        ("sketch", ["sketch"]),
+        ("seed", ["sketch"]),
+        ("top", ["lev"]),
+        ("keep-first", ["lev"]),
+        ("keep-last", ["lev"]),
+        ("kernel", ["exact", "auto"]),
+        ("allow-nonfinite", ["exact"]),
+    ];
+
     private static int Run(ParsedOptions o, TextWriter stdout)
     {
         string qPath = o.Required("attend", "q"), kPath = o.Required("attend", "k"), vPath = o.Required("attend", "v");
@@ -45,16 +59,23 @@ internal static class AttendCommand
             throw new UsageException($"attend: unknown --method '{method}' (available: {string.Join(", ", Methods)})");
         }
 
+        // An option of another method would be ignored without a word: a usage error says so instead.
+        foreach ((string option, string[] methods) in MethodOptions)
+        {
+            if ((o.Get(option) is not null || o.Flag(option)) && !methods.Contains(method))
+            {
+                throw new UsageException(option == "allow-nonfinite"
+                    ? $"attend: --allow-nonfinite is for --method exact only; the {method} method needs finite inputs"
+                    : $"attend: --{option} applies to --method {string.Join(" or ", methods)}, not {method}");
+            }
+        }
+
         float? scale = o.Float("scale");
         int threads = o.Int("threads", 1, 1024) ?? 0;
         bool force = o.Flag("force");
         TensorFiles.CheckTensorOutput("out", outPath, force);
 
         bool allowNonFinite = o.Flag("allow-nonfinite");
-        if (allowNonFinite && method != "exact")
-        {
-            throw new UsageException($"attend: --allow-nonfinite is for --method exact only; the {method} method needs finite inputs");
-        }
 
         string? nonFinite = allowNonFinite ? null : "Pass --allow-nonfinite to let non-finite values propagate through exact attention.";
         TensorData<float> q = TensorFiles.Load("q", qPath, nonFinite);

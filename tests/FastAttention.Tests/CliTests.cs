@@ -11,6 +11,22 @@ public class CliTests
 
     private static string Ocr(string file) => Data.Fixture("ocr", "line40", "block2", file);
 
+    [Theory]
+    [InlineData("exact", "--top", "5", "--top applies to --method lev, not exact")]
+    [InlineData("exact", "--eps", "0.01", "--eps applies to --method poly or auto or lev, not exact")]
+    [InlineData("poly", "--seed", "3", "--seed applies to --method sketch, not poly")]
+    [InlineData("lev", "--degree", "3", "--degree applies to --method poly, not lev")]
+    [InlineData("sketch", "--kernel", "tiled-v256", "--kernel applies to --method exact or auto, not sketch")]
+    public void Attend_rejects_an_option_of_another_method_instead_of_ignoring_it(string method, string option, string value, string message)
+    {
+        string dir = Data.TempDir();
+        string outPath = Path.Combine(dir, "o.npy");
+        (int code, _, string err) = Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", outPath, "--method", method, option, value);
+        Assert.Equal(2, code);
+        Assert.Contains(message, err);
+        Assert.False(File.Exists(outPath));
+    }
+
     [Fact]
     public void Attend_writes_the_same_output_as_the_library_and_prints_json()
     {
