@@ -59,16 +59,7 @@ internal static class AttendCommand
             throw new UsageException($"attend: unknown --method '{method}' (available: {string.Join(", ", Methods)})");
         }
 
-        // An option of another method would be ignored without a word: a usage error says so instead.
-        foreach ((string option, string[] methods) in MethodOptions)
-        {
-            if ((o.Get(option) is not null || o.Flag(option)) && !methods.Contains(method))
-            {
-                throw new UsageException(option == "allow-nonfinite"
-                    ? $"attend: --allow-nonfinite is for --method exact only; the {method} method needs finite inputs"
-                    : $"attend: --{option} applies to --method {string.Join(" or ", methods)}, not {method}");
-            }
-        }
+        o.RejectOptionsOfOtherMethods("attend", method, MethodOptions);
 
         float? scale = o.Float("scale");
         int threads = o.Int("threads", 1, 1024) ?? 0;

@@ -40,9 +40,28 @@ internal static class BenchCommand
         ],
         Run);
 
+    private static readonly string[] AttentionMethods = ["exact", "poly", "sketch", "tensor", "tensor-poly"];
+
+    /// <summary>The options that belong to some methods only, and those methods (gemm takes --n; leverage --n and --d).</summary>
+    private static readonly (string Option, string[] Methods)[] MethodOptions =
+    [
+        ("kernel", ["exact"]),
+        ("eps", ["poly", "tensor-poly"]),
+        ("sketch", ["sketch"]),
+        ("d", [.. AttentionMethods, "leverage"]),
+        .. new[] { "nk", "dv", "heads", "kv-heads", "batch", "causal", "scale", "q", "k", "v", "out", "force", "bandwidth" }
+            .Select(option => (option, AttentionMethods)),
+    ];
+
     private static int Run(ParsedOptions o, TextWriter stdout)
     {
         string method = o.Get("method") ?? "exact";
+        if (method is not ("exact" or "poly" or "sketch" or "tensor" or "tensor-poly" or "gemm" or "leverage"))
+        {
+            throw new UsageException($"bench: unknown --method '{method}' (available: exact, poly, sketch, tensor, tensor-poly, gemm, leverage)");
+        }
+
+        o.RejectOptionsOfOtherMethods("bench", method, MethodOptions);
         if (method == "gemm")
         {
             return RunGemm(o, stdout);
@@ -51,11 +70,6 @@ internal static class BenchCommand
         if (method == "leverage")
         {
             return RunLeverage(o, stdout);
-        }
-
-        if (method is not ("exact" or "poly" or "sketch" or "tensor" or "tensor-poly"))
-        {
-            throw new UsageException($"bench: unknown --method '{method}' (available: exact, poly, sketch, tensor, tensor-poly, gemm)");
         }
 
         int threads = o.Int("threads", 1, 1024) ?? Environment.ProcessorCount;

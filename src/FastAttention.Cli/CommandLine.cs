@@ -95,6 +95,21 @@ internal sealed class ParsedOptions
 
     public bool Flag(string name) => _flags.Contains(name);
 
+    /// <summary>
+    /// A usage error for an option given with a method it does not apply to, which would otherwise be ignored
+    /// without a word. <paramref name="table"/> lists the options that belong to some methods only, and those methods.
+    /// </summary>
+    public void RejectOptionsOfOtherMethods(string command, string method, IEnumerable<(string Option, string[] Methods)> table)
+    {
+        foreach ((string option, string[] methods) in table)
+        {
+            if ((_values.ContainsKey(option) || _flags.Contains(option)) && !methods.Contains(method))
+            {
+                throw new UsageException($"{command}: --{option} applies to --method {string.Join(" or ", methods)}, not {method}");
+            }
+        }
+    }
+
     public string? Get(string name) => _values.TryGetValue(name, out string? v) ? v : null;
 
     public string Required(string command, string name) =>

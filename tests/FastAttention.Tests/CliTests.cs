@@ -27,6 +27,21 @@ public class CliTests
         Assert.False(File.Exists(outPath));
     }
 
+
+    [Theory]
+    [InlineData("poly", "--kernel", "tiled-v256", "--kernel applies to --method exact, not poly")]
+    [InlineData("exact", "--eps", "0.01", "--eps applies to --method poly or tensor-poly, not exact")]
+    [InlineData("gemm", "--causal", null, "--causal applies to --method exact or poly or sketch or tensor or tensor-poly, not gemm")]
+    [InlineData("leverage", "--heads", "4", "--heads applies to --method exact or poly or sketch or tensor or tensor-poly, not leverage")]
+    [InlineData("gemm", "--d", "8", "--d applies to --method exact or poly or sketch or tensor or tensor-poly or leverage, not gemm")]
+    public void Bench_rejects_an_option_of_another_method_instead_of_ignoring_it(string method, string option, string? value, string message)
+    {
+        string[] args = ["bench", "--method", method, "--n", "64", "--repeat", "1", option, .. value is null ? Array.Empty<string>() : [value]];
+        (int code, _, string err) = Run(args);
+        Assert.Equal(2, code);
+        Assert.Contains(message, err);
+    }
+
     [Fact]
     public void Attend_writes_the_same_output_as_the_library_and_prints_json()
     {
@@ -107,7 +122,7 @@ public class CliTests
         // The approximate methods and inspect need finite inputs whatever the flags say.
         (code, _, err) = Run("attend", "--q", nanQ, "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", outPath, "--method", "poly", "--allow-nonfinite");
         Assert.Equal(2, code);
-        Assert.Contains("--allow-nonfinite is for --method exact only", err);
+        Assert.Contains("--allow-nonfinite applies to --method exact, not poly", err);
         (code, _, err) = Run("inspect", "--q", nanQ, "--k", Ocr("k.npy"));
         Assert.Equal(3, code);
         Assert.Contains("contains NaN at [0, 6, 10]", err);
