@@ -38,6 +38,7 @@ internal static class TensorCommand
             throw new UsageException($"tensor: unknown --method '{method}' (available: {string.Join(", ", Methods)})");
         }
 
+        o.RejectOptionsOfOtherMethods("tensor", method, [("eps", ["poly", "auto"]), ("degree", ["poly"])]);
         string outPath = o.Required("tensor", "out");
         bool force = o.Flag("force");
         TensorFiles.CheckTensorOutput("out", outPath, force);

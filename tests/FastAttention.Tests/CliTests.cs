@@ -43,6 +43,17 @@ public class CliTests
     }
 
     [Fact]
+    public void Tensor_rejects_polynomial_options_with_the_exact_method()
+    {
+        string dir = Data.TempDir();
+        string outPath = Path.Combine(dir, "t.npy");
+        (int code, _, string err) = Run("tensor", "--q", Ocr("q.npy"), "--k1", Ocr("k.npy"), "--k2", Ocr("k.npy"), "--v1", Ocr("v.npy"), "--v2", Ocr("v.npy"), "--out", outPath, "--degree", "3");
+        Assert.Equal(2, code);
+        Assert.Contains("--degree applies to --method poly, not exact", err);
+        Assert.False(File.Exists(outPath));
+    }
+
+    [Fact]
     public void Attend_writes_the_same_output_as_the_library_and_prints_json()
     {
         string dir = Data.TempDir();
