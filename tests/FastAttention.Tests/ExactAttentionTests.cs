@@ -154,6 +154,26 @@ public class ExactAttentionTests
         Assert.Equal(output, one);
     }
 
+    /// <summary>Grouped-query decoding with several rows per kv head runs in chunks of 256 keys at d = dv = 128 (12 chunks here,
+    /// the last partial): every head of a group against the same chunk, merged per head.</summary>
+    [Theory]
+    [MemberData(nameof(DecodeKernels))]
+    public void Grouped_query_decoding_over_many_shared_chunks_matches_the_reference(string kernel)
+    {
+        foreach (bool causal in new[] { false, true })
+        {
+            var shape = new AttentionShape(2, 8, 2, 3000, 128, 128, KeyValueHeadCount: 2);
+            (float[] q, float[] k, float[] v) = Data.Inputs(shape, 29);
+            var output = new float[shape.OutputLength];
+            ExactAttention.Compute(q, k, v, shape, output, new ExactAttentionOptions { Kernel = kernel, Causal = causal });
+            Tolerance.AssertExact(output, Reference.Attention(q, k, v, shape, new Reference.Options(Causal: causal)), $"{kernel} causal={causal}");
+
+            var one = new float[shape.OutputLength];
+            ExactAttention.Compute(q, k, v, shape, one, new ExactAttentionOptions { Kernel = kernel, Causal = causal, MaxDegreeOfParallelism = 1 });
+            Assert.Equal(output, one);
+        }
+    }
+
     /// <summary>dv = 245 is, with 512-bit vectors, one block each of 8, 4, 2 and 1 vectors and 5 scalars (with 256-bit vectors:
     /// three 8-vector blocks, one of 4, one of 2, 5 scalars): every register block of the decoding kernel's weighted sum.</summary>
     [Theory]

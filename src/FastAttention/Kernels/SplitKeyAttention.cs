@@ -23,8 +23,11 @@ internal static unsafe class SplitKeyAttention<TS, TV>
     /// <summary>The most queries per head this kernel takes; more is the tiled kernels' work.</summary>
     public const int MaxQueries = 16;
 
-    /// <summary>Keys per chunk: a chunk of K and V (1024 x d floats each) stays in L2 while each query uses it.</summary>
+    /// <summary>Keys per chunk for one query row per kv head (the chunk is read once).</summary>
     private const int KeyChunk = 1024;
+
+    /// <summary>K and V bytes per chunk when several query rows share a kv head (128, 256 and 512 KiB measured: 256 KiB).</summary>
+    private const int SharedChunkBytes = 256 << 10;
 
     /// <summary>How far ahead of the scores' reads of K the cache lines are prefetched, in bytes (2, 4 and 8 KiB measured at
     /// d = 64 and 128: 4 KiB as fast as the best at both).</summary>
@@ -36,7 +39,12 @@ internal static unsafe class SplitKeyAttention<TS, TV>
 
     public static void Run(AttentionArgs a)
     {
-        int chunks = (a.KeyCount + KeyChunk - 1) / KeyChunk;
+        // Several query rows per kv head (grouped-query heads, or several queries) read each chunk once per row: smaller
+        // chunks keep K and V in L2 for the rows after the first.
+        int keyChunk = a.GroupSize * a.QueryCount > 1
+            ? Math.Clamp(SharedChunkBytes / ((a.HeadDim + a.ValueDim) * sizeof(float)) / 16 * 16, 64, KeyChunk)
+            : KeyChunk;
+        int chunks = (a.KeyCount + keyChunk - 1) / keyChunk;
         int heads = a.Batch * a.Heads;
         int partialSize = a.ValueDim + 2; // [max, sum, o...]
         long perHead = (long)chunks * a.QueryCount * partialSize;
@@ -44,25 +52,30 @@ internal static unsafe class SplitKeyAttention<TS, TV>
         float* partials = partialBuffer.Pointer;
         var options = new ParallelOptions { MaxDegreeOfParallelism = a.MaxDegreeOfParallelism > 0 ? a.MaxDegreeOfParallelism : -1 };
 
-        // Pass 1: every (batch, head, chunk) independently.
-        Parallel.For(0, heads * chunks, options, item =>
+        // Pass 1: every (batch, kv head, chunk) independently, for all the query heads that share the kv head (grouped-query
+        // attention): their reads of the chunk after the first hit the cache instead of memory.
+        int kvGroups = a.Batch * a.KvHeads;
+        Parallel.For(0, kvGroups * chunks, options, item =>
         {
-            int bh = item / chunks, c = item % chunks;
+            int g = item / chunks, c = item % chunks;
             float* scores = stackalloc float[KeyChunk + 16];
-            Chunk(in a, bh, c * KeyChunk, Math.Min(KeyChunk, a.KeyCount - (c * KeyChunk)), scores,
-                partials + (bh * perHead) + ((long)c * a.QueryCount * partialSize));
+            Chunk(in a, g / a.KvHeads, g % a.KvHeads, c * keyChunk, Math.Min(keyChunk, a.KeyCount - (c * keyChunk)), scores,
+                partials + ((long)c * a.QueryCount * partialSize), perHead);
         });
 
         // Pass 2: merge the chunks of each (batch, head) in order.
         Parallel.For(0, heads, options, bh => Merge(in a, chunks, partials + (bh * perHead), a.Output + ((long)bh * a.QueryCount * a.ValueDim)));
     }
 
+    /// <summary>
+    /// Keys j0 .. j0 + count of kv head <paramref name="kvHead"/> of batch <paramref name="b"/> against every query of the
+    /// query heads that share it; query head bh's partials start at <paramref name="partials"/> + bh <paramref name="perHead"/>.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Chunk(in AttentionArgs a, int bh, int j0, int count, float* s, float* partial)
+    private static void Chunk(in AttentionArgs a, int b, int kvHead, int j0, int count, float* s, float* partials, long perHead)
     {
         int d = a.HeadDim, dv = a.ValueDim, w = TS.Count;
-        int b = bh / a.Heads, h = bh % a.Heads;
-        long kv = ((long)b * a.KvHeads) + (h / a.GroupSize);
+        long kv = ((long)b * a.KvHeads) + kvHead;
         float* keys = a.Key + (((kv * a.KeyCount) + j0) * d);
         float* values = a.Value + (((kv * a.KeyCount) + j0) * dv);
         long causalOffset = (long)a.KeyCount - a.QueryCount;
@@ -74,10 +87,12 @@ internal static unsafe class SplitKeyAttention<TS, TV>
         // causal limit, values no query weighted.
         bool suspect = false, valuesWeighted = false;
         int keysDotted = 0;
-        for (int i = 0; i < a.QueryCount; i++)
+        for (int row = 0; row < a.GroupSize * a.QueryCount; row++)
         {
-            float* q = a.Query + ((((long)bh * a.QueryCount) + i) * d);
-            float* result = partial + ((long)i * (dv + 2));
+            int h = (kvHead * a.GroupSize) + (row / a.QueryCount), i = row % a.QueryCount;
+            long bh = ((long)b * a.Heads) + h;
+            float* q = a.Query + (((bh * a.QueryCount) + i) * d);
+            float* result = partials + (bh * perHead) + ((long)i * (dv + 2));
             int visible = a.Causal ? (int)Math.Clamp(i + causalOffset + 1 - j0, 0, count) : count;
 
             Scores(q, keys, d, visible, s);
@@ -152,8 +167,8 @@ internal static unsafe class SplitKeyAttention<TS, TV>
             result[1] = sum;
         }
 
-        // Non-finite inputs: scan what the results did not clear, once per kv head.
-        if (a.FirstNonFinite != null && h % a.GroupSize == 0)
+        // Non-finite inputs: scan what the results did not clear.
+        if (a.FirstNonFinite != null)
         {
             int keysFrom = suspect ? 0 : keysDotted;
             ReportNonFinite(new ReadOnlySpan<float>(keys + ((long)keysFrom * d), (count - keysFrom) * d), ((kv * a.KeyCount) + j0 + keysFrom) * d, a.FirstNonFinite);
