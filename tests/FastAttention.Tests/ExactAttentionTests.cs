@@ -154,6 +154,41 @@ public class ExactAttentionTests
         Assert.Equal(output, one);
     }
 
+    /// <summary>
+    /// The tiled kernels pack and run kv heads in batches that fit a budget of packed floats; a budget of one float forces a
+    /// batch per kv head. Grouped heads (2 query heads per kv head), two batch entries, value widths copied (20) and read in
+    /// place (32): the same bits as one batch, and the float64 result.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(KernelNames))]
+    public unsafe void Tiled_kernels_running_kv_heads_in_batches_give_the_same_bits(string kernel)
+    {
+        AttentionKernel run = KernelRegistry.Attention.Single(k => k.Name == kernel); // the tiled ones: they take 17+ queries
+        foreach ((int dv, bool causal) in new[] { (20, false), (32, true) })
+        {
+            var shape = new AttentionShape(2, 6, 40, 300, 20, dv, KeyValueHeadCount: 3);
+            (float[] q, float[] k, float[] v) = Data.Inputs(shape, 31 + dv);
+            float[] batched = new float[shape.OutputLength], whole = new float[shape.OutputLength];
+            fixed (float* qp = q, kp = k, vp = v, bp = batched, wp = whole)
+            {
+                AttentionArgs args = AttentionArgs.FromShape(shape);
+                args.Query = qp;
+                args.Key = kp;
+                args.Value = vp;
+                args.Scale = 1f / MathF.Sqrt(20);
+                args.Causal = causal;
+                args.Output = wp;
+                run.Run(args);
+                args.Output = bp;
+                args.PackBudgetFloats = 1;
+                run.Run(args);
+            }
+
+            Assert.Equal(whole, batched);
+            Tolerance.AssertExact(batched, Reference.Attention(q, k, v, shape, new Reference.Options(Causal: causal)), $"{kernel} dv={dv}");
+        }
+    }
+
     /// <summary>Grouped-query decoding with several rows per kv head runs in chunks of 256 keys at d = dv = 128 (12 chunks here,
     /// the last partial): every head of a group against the same chunk, merged per head.</summary>
     [Theory]

@@ -53,6 +53,12 @@ internal unsafe struct AttentionArgs
     /// </summary>
     public float* RowStats;
 
+    /// <summary>
+    /// Tiled kernels: the most floats of packed keys (and copied values) held at once; kv heads are packed and run in
+    /// batches that fit. 0 means the default (<c>TiledAttention.DefaultPackBudgetFloats</c>); tests set it low to force batches.
+    /// </summary>
+    public long PackBudgetFloats;
+
     public readonly int GroupSize => Heads / KvHeads;
 
     /// <summary>

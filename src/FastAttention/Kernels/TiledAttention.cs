@@ -20,6 +20,9 @@ internal static unsafe class TiledAttention<TS, TV>
     where TS : struct, ISimd<TV>
     where TV : struct
 {
+    /// <summary>Floats of packed keys (and copied values) held at once by default: 64 MiB, within the buffer pool's limit.</summary>
+    public const long DefaultPackBudgetFloats = 16L << 20;
+
     /// <summary>Keys per parallel packing work item (a multiple of every strip width).</summary>
     private const int PackChunk = 1024;
 
@@ -60,46 +63,54 @@ internal static unsafe class TiledAttention<TS, TV>
         bool copyValues = paddedValueDim != a.ValueDim;
         long valueBlockSize = copyValues ? (long)paddedKeys * paddedValueDim : (long)a.KeyCount * a.ValueDim;
 
-        using NativeBufferPool.Buffer keyBuffer = NativeBufferPool.Rent(groups * keyPanelSize);
-        using NativeBufferPool.Buffer valueBuffer = NativeBufferPool.Rent(copyValues ? groups * valueBlockSize : 0);
+        // Kv heads are packed and run in batches whose packed keys (and copied values) fit the budget: one pooled buffer
+        // however many heads there are, extra memory O(n d) per batch (a whole 32-head, 32768-key, d = 128 cache packed
+        // at once was 512 MiB, past the pool's limit: allocated and page-faulted on every call, ~1 s on this machine).
+        long perGroup = keyPanelSize + (copyValues ? valueBlockSize : 0);
+        long budget = a.PackBudgetFloats > 0 ? a.PackBudgetFloats : DefaultPackBudgetFloats;
+        int groupsPerBatch = (int)Math.Clamp(budget / perGroup, 1, groups);
+        using NativeBufferPool.Buffer keyBuffer = NativeBufferPool.Rent(groupsPerBatch * keyPanelSize);
+        using NativeBufferPool.Buffer valueBuffer = NativeBufferPool.Rent(copyValues ? groupsPerBatch * valueBlockSize : 0);
         float* keys = keyBuffer.Pointer;
-        float* values = copyValues ? valueBuffer.Pointer : a.Value;
+        float* copied = valueBuffer.Pointer;
 
         var options = new ParallelOptions { MaxDegreeOfParallelism = a.MaxDegreeOfParallelism > 0 ? a.MaxDegreeOfParallelism : -1 };
-
-        // Pass 0: pack each (batch, kv head) once, in parallel chunks of keys (one head's packing
-        // done serially was ~5% of a 4096-token call and capped the two-thread speed-up):
-        // K into [nk/strip][d][strip] panels, V (if copied) into [nk][dv rounded up to a vector].
         int packChunks = (paddedKeys + PackChunk - 1) / PackChunk;
-        Parallel.For(0, groups * packChunks, options, item =>
-        {
-            int g = item / packChunks;
-            int j0 = item % packChunks * PackChunk, j1 = Math.Min(paddedKeys, j0 + PackChunk);
-            PackKeys(a.Key + ((long)g * a.KeyCount * a.HeadDim), a.KeyCount, a.HeadDim, keys + (g * keyPanelSize), j0, j1);
-            if (copyValues)
-            {
-                PackValues(a.Value + ((long)g * a.KeyCount * a.ValueDim), a.KeyCount, a.ValueDim, values + (g * valueBlockSize), paddedValueDim, j0, j1);
-            }
-        });
-
         int queryTiles = (a.QueryCount + QueryTile - 1) / QueryTile;
-        int heads = a.Batch * a.Heads;
-        int items = heads * queryTiles;
-
-        // Pass 1: the (batch, head, query tile) items, handed out one at a time from a shared
-        // counter so the threads finish together. Non-causal items go head by head (a head's
-        // packed K/V stays in cache); causal items go heaviest first (the last query tiles see
-        // the most keys). The order changes no bits: items are independent.
-        ParallelWork.Run(items, a.MaxDegreeOfParallelism, () => new Scratch(a.HeadDim, paddedValueDim), (item, scratch) =>
+        for (int g0 = 0; g0 < groups; g0 += groupsPerBatch)
         {
-            (int bh, int tile) = a.Causal
-                ? (item % heads, queryTiles - 1 - (item / heads))
-                : (item / queryTiles, item % queryTiles);
-            int b = bh / a.Heads;
-            int h = bh % a.Heads;
-            long g = ((long)b * a.KvHeads) + (h / a.GroupSize);
-            RunTile(in a, b, h, tile * QueryTile, keys + (g * keyPanelSize), values + (g * valueBlockSize), paddedValueDim, scratch);
-        });
+            int batch = Math.Min(groupsPerBatch, groups - g0);
+
+            // Pass 0: pack each (batch, kv head) of this batch once, in parallel chunks of keys (one head's packing
+            // done serially was ~5% of a 4096-token call and capped the two-thread speed-up):
+            // K into [nk/strip][d][strip] panels, V (if copied) into [nk][dv rounded up to a vector].
+            Parallel.For(0, batch * packChunks, options, item =>
+            {
+                int slot = item / packChunks, g = g0 + slot;
+                int j0 = item % packChunks * PackChunk, j1 = Math.Min(paddedKeys, j0 + PackChunk);
+                PackKeys(a.Key + ((long)g * a.KeyCount * a.HeadDim), a.KeyCount, a.HeadDim, keys + (slot * keyPanelSize), j0, j1);
+                if (copyValues)
+                {
+                    PackValues(a.Value + ((long)g * a.KeyCount * a.ValueDim), a.KeyCount, a.ValueDim, copied + (slot * valueBlockSize), paddedValueDim, j0, j1);
+                }
+            });
+
+            // Pass 1: the (head, query tile) items of this batch's query heads (those of kv groups g0 .. g0 + batch: heads
+            // g0 G .. (g0 + batch) G in (batch, head) order), handed out one at a time from a shared counter so the threads
+            // finish together. Non-causal items go head by head (a head's packed K/V stays in cache); causal items go
+            // heaviest first (the last query tiles see the most keys). The order changes no bits: items are independent.
+            int heads = batch * a.GroupSize;
+            ParallelWork.Run(heads * queryTiles, a.MaxDegreeOfParallelism, () => new Scratch(a.HeadDim, paddedValueDim), (item, scratch) =>
+            {
+                (int local, int tile) = a.Causal
+                    ? (item % heads, queryTiles - 1 - (item / heads))
+                    : (item / queryTiles, item % queryTiles);
+                int bh = (g0 * a.GroupSize) + local;
+                int slot = local / a.GroupSize;
+                float* values = copyValues ? copied + (slot * valueBlockSize) : a.Value + ((g0 + slot) * valueBlockSize);
+                RunTile(in a, bh / a.Heads, bh % a.Heads, tile * QueryTile, keys + (slot * keyPanelSize), values, paddedValueDim, scratch);
+            });
+        }
     }
 
     // Kernels are compiled fully optimised at once: tiering's instrumented and OSR versions run the
