@@ -8,12 +8,12 @@ namespace FastAttention.Kernels;
 /// tile, and the kernel is bound by reading K and V, so it reads them once, in place (no packing), and
 /// splits the keys into fixed chunks that run in parallel:
 /// <list type="number">
-/// <item>per (batch, head, key chunk) and query: scores (in base 2: times log2 e), chunk max <c>m_c</c>, <c>p = 2^(s - m_c)</c>,
-/// <c>l_c = sum p</c>, <c>o_c = sum p v</c>;</item>
+/// <item>per (batch, kv head, key chunk), for each query of each query head sharing that kv head: scores (in base 2: times
+/// log2 e), chunk max <c>m_c</c>, <c>p = 2^(s - m_c)</c>, <c>l_c = sum p</c>, <c>o_c = sum p v</c>;</item>
 /// <item>per (batch, head) and query, merge in chunk order: <c>m = max m_c</c>,
 /// <c>l = sum l_c 2^(m_c - m)</c>, <c>out = sum o_c 2^(m_c - m) / l</c>.</item>
 /// </list>
-/// The chunk size is fixed, not derived from the thread count, and the merge order is fixed, so the
+/// The chunk size depends on the shape only, not on the thread count, and the merge order is fixed, so the
 /// output bits are the same for every thread count.
 /// </summary>
 internal static unsafe class SplitKeyAttention<TS, TV>

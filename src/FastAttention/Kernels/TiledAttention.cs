@@ -63,8 +63,8 @@ internal static unsafe class TiledAttention<TS, TV>
         bool copyValues = paddedValueDim != a.ValueDim;
         long valueBlockSize = copyValues ? (long)paddedKeys * paddedValueDim : (long)a.KeyCount * a.ValueDim;
 
-        // Kv heads are packed and run in batches whose packed keys (and copied values) fit the budget: one pooled buffer
-        // however many heads there are, extra memory O(n d) per batch (a whole 32-head, 32768-key, d = 128 cache packed
+        // Kv heads are packed and run in passes whose packed keys (and copied values) fit the budget: one pooled buffer
+        // however many heads there are, extra memory O(n d) per pass (a whole 32-head, 32768-key, d = 128 cache packed
         // at once was 512 MiB, past the pool's limit: allocated and page-faulted on every call, ~1 s on this machine).
         long perGroup = keyPanelSize + (copyValues ? valueBlockSize : 0);
         long budget = a.PackBudgetFloats > 0 ? a.PackBudgetFloats : DefaultPackBudgetFloats;
@@ -79,12 +79,12 @@ internal static unsafe class TiledAttention<TS, TV>
         int queryTiles = (a.QueryCount + QueryTile - 1) / QueryTile;
         for (int g0 = 0; g0 < groups; g0 += groupsPerBatch)
         {
-            int batch = Math.Min(groupsPerBatch, groups - g0);
+            int passGroups = Math.Min(groupsPerBatch, groups - g0);
 
-            // Pass 0: pack each (batch, kv head) of this batch once, in parallel chunks of keys (one head's packing
+            // Pass 0: pack each (batch, kv head) of this pass once, in parallel chunks of keys (one head's packing
             // done serially was ~5% of a 4096-token call and capped the two-thread speed-up):
             // K into [nk/strip][d][strip] panels, V (if copied) into [nk][dv rounded up to a vector].
-            Parallel.For(0, batch * packChunks, options, item =>
+            Parallel.For(0, passGroups * packChunks, options, item =>
             {
                 int slot = item / packChunks, g = g0 + slot;
                 int j0 = item % packChunks * PackChunk, j1 = Math.Min(paddedKeys, j0 + PackChunk);
@@ -95,11 +95,11 @@ internal static unsafe class TiledAttention<TS, TV>
                 }
             });
 
-            // Pass 1: the (head, query tile) items of this batch's query heads (those of kv groups g0 .. g0 + batch: heads
-            // g0 G .. (g0 + batch) G in (batch, head) order), handed out one at a time from a shared counter so the threads
+            // Pass 1: the (head, query tile) items of this pass's query heads (those of kv groups g0 .. g0 + passGroups:
+            // heads g0 G .. (g0 + passGroups) G in (batch, head) order), handed out one at a time from a shared counter so the threads
             // finish together. Non-causal items go head by head (a head's packed K/V stays in cache); causal items go
             // heaviest first (the last query tiles see the most keys). The order changes no bits: items are independent.
-            int heads = batch * a.GroupSize;
+            int heads = passGroups * a.GroupSize;
             ParallelWork.Run(heads * queryTiles, a.MaxDegreeOfParallelism, () => new Scratch(a.HeadDim, paddedValueDim), (item, scratch) =>
             {
                 (int local, int tile) = a.Causal
