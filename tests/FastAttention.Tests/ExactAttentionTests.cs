@@ -155,13 +155,13 @@ public class ExactAttentionTests
     }
 
     /// <summary>
-    /// The tiled kernels pack and run kv heads in batches that fit a budget of packed floats; a budget of one float forces a
-    /// batch per kv head. Grouped heads (2 query heads per kv head), two batch entries, value widths copied (20) and read in
-    /// place (32): the same bits as one batch, and the float64 result.
+    /// The tiled kernels pack and run kv heads in passes that fit a budget of packed floats; a budget of one float forces a
+    /// pass per kv head. Grouped heads (2 query heads per kv head), two batch entries, value widths copied (20) and read in
+    /// place (32): the same bits as one pass, and the float64 result.
     /// </summary>
     [Theory]
     [MemberData(nameof(KernelNames))]
-    public unsafe void Tiled_kernels_running_kv_heads_in_batches_give_the_same_bits(string kernel)
+    public unsafe void Tiled_kernels_running_kv_heads_in_passes_give_the_same_bits(string kernel)
     {
         AttentionKernel run = KernelRegistry.Attention.Single(k => k.Name == kernel); // the tiled ones: they take 17+ queries
         foreach ((int dv, bool causal) in new[] { (20, false), (32, true) })

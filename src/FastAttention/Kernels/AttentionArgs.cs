@@ -55,7 +55,7 @@ internal unsafe struct AttentionArgs
 
     /// <summary>
     /// Tiled kernels: the most floats of packed keys (and copied values) held at once; kv heads are packed and run in
-    /// batches that fit. 0 means the default (<c>TiledAttention.DefaultPackBudgetFloats</c>); tests set it low to force batches.
+    /// passes that fit. 0 means the default (<c>TiledAttention.DefaultPackBudgetFloats</c>); tests set it low to force several passes.
     /// </summary>
     public long PackBudgetFloats;
 
