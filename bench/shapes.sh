@@ -23,6 +23,7 @@ row "n=4096, d=32" --n 4096 --d 32 --threads 2
 row "b=4, h=8, n=1024, d=64" --batch 4 --heads 8 --n 1024 --d 64 --threads 2
 row "b=1, h=1, n=1024, d=64" --n 1024 --d 64 --threads 2
 for t in 1 2; do row "decode: 1 query, 32768 keys, 32 heads, d=128" --n 1 --nk 32768 --heads 32 --d 128 --threads "$t" --repeat 10 --bandwidth; done
+for t in 1 2; do row "decode, grouped: 32 query heads on 8 kv heads, 32768 keys, d=128" --n 1 --nk 32768 --heads 32 --kv-heads 8 --d 128 --threads "$t" --repeat 10 --bandwidth; done
 for t in 1 2; do row "GEMM 4096^3" --method gemm --n 4096 --threads "$t" --repeat 3; done
 if [[ "$quick" != "--quick" ]]; then
     row "n=131072, d=64 (long context)" --n 131072 --d 64 --threads 2 --repeat 1
