@@ -42,6 +42,8 @@ internal static class BenchCommand
 
     private static readonly string[] AttentionMethods = ["exact", "poly", "sketch", "tensor", "tensor-poly"];
 
+    private static readonly string[] Methods = [.. AttentionMethods, "gemm", "leverage"];
+
     /// <summary>The options that belong to some methods only, and those methods (gemm takes --n; leverage --n and --d).</summary>
     private static readonly (string Option, string[] Methods)[] MethodOptions =
     [
@@ -56,9 +58,9 @@ internal static class BenchCommand
     private static int Run(ParsedOptions o, TextWriter stdout)
     {
         string method = o.Get("method") ?? "exact";
-        if (method is not ("exact" or "poly" or "sketch" or "tensor" or "tensor-poly" or "gemm" or "leverage"))
+        if (!Methods.Contains(method))
         {
-            throw new UsageException($"bench: unknown --method '{method}' (available: exact, poly, sketch, tensor, tensor-poly, gemm, leverage)");
+            throw new UsageException($"bench: unknown --method '{method}' (available: {string.Join(", ", Methods)})");
         }
 
         o.RejectOptionsOfOtherMethods("bench", method, MethodOptions);

@@ -26,15 +26,10 @@ internal static class FiniteCheck
     /// tensor of shape <paramref name="shape"/>, or null when every value is finite.</summary>
     public static string? Describe(ReadOnlySpan<float> values, string name, IReadOnlyList<int> shape)
     {
-        if (values.IsEmpty || TensorPrimitives.IsFiniteAll(values))
+        int at = FirstNonFinite(values);
+        if (at < 0)
         {
-            return null; // (IsFiniteAll of an empty span is false)
-        }
-
-        int at = 0;
-        while (at < values.Length && float.IsFinite(values[at]))
-        {
-            at++;
+            return null;
         }
 
         var index = new long[shape.Count];
@@ -46,6 +41,26 @@ internal static class FiniteCheck
         }
 
         return $"{name} contains {values[at]} at [{string.Join(", ", index)}] (flat index {at})";
+    }
+
+    /// <summary>Whether every value is finite: <see cref="TensorPrimitives.IsFiniteAll{T}"/>, except true for an empty span (for which it returns false).</summary>
+    public static bool AllFinite(ReadOnlySpan<float> values) => values.IsEmpty || TensorPrimitives.IsFiniteAll(values);
+
+    /// <summary>The index of the first NaN or infinity, or -1 when every value is finite.</summary>
+    public static int FirstNonFinite(ReadOnlySpan<float> values)
+    {
+        if (AllFinite(values))
+        {
+            return -1;
+        }
+
+        int at = 0;
+        while (float.IsFinite(values[at]))
+        {
+            at++;
+        }
+
+        return at;
     }
 
     /// <summary>

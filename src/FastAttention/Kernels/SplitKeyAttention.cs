@@ -96,7 +96,7 @@ internal static unsafe class SplitKeyAttention<TS, TV>
             int visible = a.Causal ? (int)Math.Clamp(i + causalOffset + 1 - j0, 0, count) : count;
 
             Scores(q, keys, d, visible, s);
-            suspect |= !AllFinite(new ReadOnlySpan<float>(s, visible));
+            suspect |= !FiniteCheck.AllFinite(new ReadOnlySpan<float>(s, visible));
             keysDotted = Math.Max(keysDotted, visible);
 
             float max = float.NegativeInfinity;
@@ -162,7 +162,7 @@ internal static unsafe class SplitKeyAttention<TS, TV>
             float sum = TS.SumAcross(total);
 
             WeightedSum(s, values, count, dv, o);
-            suspect |= !AllFinite(new ReadOnlySpan<float>(o, dv));
+            suspect |= !FiniteCheck.AllFinite(new ReadOnlySpan<float>(o, dv));
             valuesWeighted = true;
             result[1] = sum;
         }
@@ -302,27 +302,15 @@ internal static unsafe class SplitKeyAttention<TS, TV>
         }
     }
 
-
-    /// <summary>TensorPrimitives.IsFiniteAll, true for an empty span (for which it returns false).</summary>
-    private static bool AllFinite(ReadOnlySpan<float> values) => values.IsEmpty || System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(values);
-
     private static void ReportNonFinite(ReadOnlySpan<float> chunk, long offset, long* first)
     {
-        if (AllFinite(chunk))
+        int bad = FiniteCheck.FirstNonFinite(chunk);
+        if (bad < 0)
         {
             return;
         }
 
-        long at = offset;
-        foreach (float x in chunk)
-        {
-            if (!float.IsFinite(x))
-            {
-                break;
-            }
-
-            at++;
-        }
+        long at = offset + bad;
 
         // Lower *first to at (several chunks may race).
         long seen = Volatile.Read(ref *first);
