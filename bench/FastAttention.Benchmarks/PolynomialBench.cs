@@ -1,5 +1,4 @@
 using BenchmarkDotNet.Attributes;
-using FastAttention.Kernels;
 
 namespace FastAttention.Benchmarks;
 

@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using FastAttention.Kernels;
 
 namespace FastAttention.Cli;
 
@@ -28,7 +27,7 @@ internal static class AttendCommand
             new("scale", "S", "score scale s (default 1/sqrt(d); the papers use 1/d)"),
             new("causal", null, "causal mask, bottom-right aligned when nq != nk"),
             new("threads", "T", "worker threads (default: all cores); output bits do not depend on it"),
-            new("kernel", "NAME", "force a kernel: " + string.Join(", ", KernelRegistry.Attention.Select(k => k.Name))),
+            new("kernel", "NAME", "force a kernel: " + string.Join(", ", AttentionKernels.Names)),
             new("allow-nonfinite", null, "let NaN/Inf in the inputs propagate instead of rejecting them"),
             new("force", null, "overwrite --out if it exists"),
             new("json", null, "print a one-object JSON summary"),

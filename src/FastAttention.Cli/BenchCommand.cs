@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using FastAttention.Kernels;
 
 namespace FastAttention.Cli;
 
@@ -25,7 +24,7 @@ internal static class BenchCommand
             new("causal", null, "causal mask (flops count only the visible pairs)"),
             new("scale", "S", "score scale (default 1/sqrt(d))"),
             new("threads", "T", "worker threads (default: all cores)"),
-            new("kernel", "NAME", "force a kernel: " + string.Join(", ", KernelRegistry.Attention.Select(k => k.Name))),
+            new("kernel", "NAME", "force a kernel: " + string.Join(", ", AttentionKernels.Names)),
             new("repeat", "R", "timed runs (default: as many as fit in about 2 s, at least 3, at most 50)"),
             new("seed", "S", "random seed (default 1)"),
             new("q", "Q.npy", "use these queries instead of random ones (with --k and --v)"),

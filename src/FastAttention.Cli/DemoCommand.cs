@@ -2,7 +2,6 @@ using System.Globalization;
 using System.Reflection;
 using System.Runtime.Intrinsics;
 using FastAttention.IO;
-using FastAttention.Kernels;
 
 namespace FastAttention.Cli;
 
@@ -172,8 +171,8 @@ internal static class DemoCommand
         var reference = new double[shape.OutputLength];
         ReferenceAttention.Compute(q.Data, k.Data, v.Data, shape, reference);
         var output = new float[shape.OutputLength];
-        IEnumerable<AttentionKernel> kernels = onlyBest ? KernelRegistry.For(shape).Take(1) : KernelRegistry.For(shape);
-        foreach (AttentionKernel kernel in kernels)
+        IEnumerable<KernelInfo> kernels = onlyBest ? AttentionKernels.For(shape).Take(1) : AttentionKernels.For(shape);
+        foreach (KernelInfo kernel in kernels)
         {
             var options = new ExactAttentionOptions { Kernel = kernel.Name };
             AttentionRun run = ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, options); // warm-up

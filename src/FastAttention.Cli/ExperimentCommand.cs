@@ -146,7 +146,7 @@ internal static partial class ExperimentCommand
                 try
                 {
                     degree = ExpPolynomial.Fit(range, eps).Degree;
-                    rank = MonomialFeatures.Rank(d, degree.Value);
+                    rank = PolynomialAttention.FeatureCount(d, degree.Value);
                     double predicted = Predict(machine, shape, rank);
                     if (rank > PolynomialAttention.DefaultMaxRank || predicted > 10 * exactSeconds)
                     {
@@ -171,7 +171,7 @@ internal static partial class ExperimentCommand
                 double? budgetSeconds = null, budgetError = null;
                 for (int g = ExpPolynomial.MaxDegree; g >= 1; g--)
                 {
-                    long r = MonomialFeatures.Rank(d, g);
+                    long r = PolynomialAttention.FeatureCount(d, g);
                     if (r <= PolynomialAttention.DefaultMaxRank && Predict(machine, shape, r) <= exactSeconds)
                     {
                         try

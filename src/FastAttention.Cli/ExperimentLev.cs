@@ -245,7 +245,7 @@ internal static partial class ExperimentCommand
                     {
                         var members = new HashSet<int>(sets[method]);
                         heavyFound[method] += heavy.Count(e => members.Contains(e.J));
-                        float[] ks = LevAttention.Gather(kh, sets[method], d), vs = LevAttention.Gather(vh, sets[method], d);
+                        float[] ks = GatherRows(kh, sets[method], d), vs = GatherRows(vh, sets[method], d);
                         var o = new float[n * d];
                         ExactAttention.Compute(qh, ks, vs, new AttentionShape(1, 1, n, sets[method].Length, d, d), o, new ExactAttentionOptions { Scale = scale });
                         rowErrors[method].Add(o.Select((x, i) => (double)Math.Abs(x - full[(h * n * d) + i])).Average());
@@ -327,5 +327,17 @@ internal static partial class ExperimentCommand
         md.AppendLine("![error](levattention-error.svg)");
         md.AppendLine();
         md.Append(rows);
+    }
+
+    /// <summary>The rows <paramref name="indices"/> of a row-major matrix of rows of <paramref name="width"/>, in that order.</summary>
+    private static float[] GatherRows(ReadOnlySpan<float> rows, int[] indices, int width)
+    {
+        var gathered = new float[indices.Length * width];
+        for (int r = 0; r < indices.Length; r++)
+        {
+            rows.Slice(indices[r] * width, width).CopyTo(gathered.AsSpan(r * width, width));
+        }
+
+        return gathered;
     }
 }

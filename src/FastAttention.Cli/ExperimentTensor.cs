@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Text;
 using FastAttention.Cli.Reports;
-using FastAttention.Polynomial;
 
 namespace FastAttention.Cli;
 
@@ -138,7 +137,7 @@ internal static partial class ExperimentCommand
                 }
 
                 points.Add((ratio, error ?? double.NaN));
-                rows.AppendLine(string.Create(inv, $"| {order} | {n} | {b:F3} | {ratio} | {range:F3} | {degree} | {MonomialFeatures.Rank(D, degree)} | {(error is double e ? e.ToString("0.00E+0", inv) : "no approximation (P's error >= 1)")} | {Sci(bound)} |"));
+                rows.AppendLine(string.Create(inv, $"| {order} | {n} | {b:F3} | {ratio} | {range:F3} | {degree} | {PolynomialAttention.FeatureCount(D, degree)} | {(error is double e ? e.ToString("0.00E+0", inv) : "no approximation (P's error >= 1)")} | {Sci(bound)} |"));
                 s.Log.WriteLine(string.Create(inv, $"tensor budget order={order} n={n} B={b:F3} ({ratio}): R={range:F3}, degree {degree}, error {(error is double x ? x.ToString("E2", inv) : "-")}"));
             }
 

@@ -207,7 +207,7 @@ internal static class ReportCommand
         md.AppendLine();
         md.AppendLine("| implementation | threads | median ms | GFLOP/s | speed vs ONNX Runtime | max rel. error |");
         md.AppendLine("|---|---|---|---|---|---|");
-        double flops = FastAttention.Kernels.FlopCount.ExactAttention(1, 1, BenchN, BenchN, BenchD, BenchD, causal: false);
+        double flops = FlopCount.ExactAttention(1, 1, BenchN, BenchN, BenchD, BenchD, causal: false);
         foreach (PeerRow r in runs[^1])
         {
             double? ratio = Ratio(runs[^1], r);

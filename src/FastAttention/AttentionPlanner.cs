@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using FastAttention.Kernels;
 using FastAttention.Polynomial;
 
 namespace FastAttention;

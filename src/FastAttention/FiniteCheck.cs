@@ -3,7 +3,7 @@ using System.Numerics.Tensors;
 namespace FastAttention;
 
 /// <summary>The one finiteness check every entry point runs on its inputs: it names the input, the first bad value and where it is.</summary>
-internal static class FiniteCheck
+public static class FiniteCheck
 {
     /// <summary>
     /// Throws <see cref="ArgumentException"/> (parameter <paramref name="name"/>) if <paramref name="values"/>
@@ -13,7 +13,7 @@ internal static class FiniteCheck
     /// <param name="name">The input's name, as the caller knows it.</param>
     /// <param name="rowLength">Elements per row (the last dimension); the position is given as [row, column].</param>
     /// <param name="consequence">Why it matters or what to do, appended as a sentence.</param>
-    public static void Require(ReadOnlySpan<float> values, string name, int rowLength, string consequence)
+    internal static void Require(ReadOnlySpan<float> values, string name, int rowLength, string consequence)
     {
         int[] shape = rowLength > 0 ? [values.Length / rowLength, rowLength] : [values.Length];
         if (Describe(values, name, shape) is string problem)
@@ -44,10 +44,10 @@ internal static class FiniteCheck
     }
 
     /// <summary>Whether every value is finite: <see cref="TensorPrimitives.IsFiniteAll{T}"/>, except true for an empty span (for which it returns false).</summary>
-    public static bool AllFinite(ReadOnlySpan<float> values) => values.IsEmpty || TensorPrimitives.IsFiniteAll(values);
+    internal static bool AllFinite(ReadOnlySpan<float> values) => values.IsEmpty || TensorPrimitives.IsFiniteAll(values);
 
     /// <summary>The index of the first NaN or infinity, or -1 when every value is finite.</summary>
-    public static int FirstNonFinite(ReadOnlySpan<float> values)
+    internal static int FirstNonFinite(ReadOnlySpan<float> values)
     {
         if (AllFinite(values))
         {
@@ -67,7 +67,7 @@ internal static class FiniteCheck
     /// Throws <see cref="OverflowException"/> if a computation on finite inputs produced a non-finite output: the
     /// scaled scores or the weighted value sums left float's range, and the numbers must not be returned as a result.
     /// </summary>
-    public static void RequireFiniteResult(ReadOnlySpan<float> output, int rowLength, double scale)
+    internal static void RequireFiniteResult(ReadOnlySpan<float> output, int rowLength, double scale)
     {
         int[] shape = rowLength > 0 ? [output.Length / rowLength, rowLength] : [output.Length];
         if (Describe(output, "the output", shape) is string problem)

@@ -120,7 +120,7 @@ public static class InputAnalysis
                 for (int j0 = 0; j0 < nk; j0 += KeyBlock)
                 {
                     int width = Math.Min(KeyBlock, nk - j0);
-                    Kernels.Gemm.Multiply(m, width, d, q, false, key.Slice((int)(kv + ((long)j0 * d)), width * d), true, scores.AsSpan(0, m * width), 0f, 0);
+                    Gemm.Multiply(m, width, d, q, false, key.Slice((int)(kv + ((long)j0 * d)), width * d), true, scores.AsSpan(0, m * width), 0f, 0);
                     for (int r = 0; r < m; r++)
                     {
                         int row = (bh * nq) + i0 + r;

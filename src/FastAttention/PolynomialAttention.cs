@@ -113,13 +113,23 @@ public static class PolynomialAttention
     public static double RangeBound(ReadOnlySpan<float> query, ReadOnlySpan<float> key, int headDim, double scale) =>
         Math.Max(Math.Abs(scale) * InputAnalysis.MaxRowNorm(query, headDim) * InputAnalysis.MaxRowNorm(key, headDim) * (1 + 1e-12), 1e-12);
 
+    /// <summary>The feature count <c>r = C(d + g, g)</c> of the monomials of degree at most <paramref name="degree"/> in <paramref name="headDim"/> variables (saturates at <see cref="long.MaxValue"/>).</summary>
+    /// <param name="headDim">d.</param>
+    /// <param name="degree">g, at least 0.</param>
+    /// <returns>r.</returns>
+    public static long FeatureCount(int headDim, int degree) => MonomialFeatures.Rank(headDim, degree);
+
     /// <summary>
     /// The smallest polynomial degree reaching relative error <paramref name="relativeError"/> for e^x on [-R, R]
     /// (R = <paramref name="range"/>, at least 1e-12) and its feature count <c>r = C(d + g, g)</c>; null when no
     /// polynomial of degree at most <see cref="ExpPolynomial.MaxDegree"/> reaches it. What the method would need,
     /// before any budget: the planner, <c>fastattn inspect</c> and <c>fastattn tensor</c> all ask this one question.
     /// </summary>
-    internal static (int Degree, long Rank)? Size(double range, int headDim, double relativeError)
+    /// <param name="range">R, the bound on every |s q.k| (see <see cref="RangeBound"/>).</param>
+    /// <param name="headDim">d.</param>
+    /// <param name="relativeError">The target relative error of the polynomial on [-R, R].</param>
+    /// <returns>The degree and feature count, or null when no polynomial reaches the error.</returns>
+    public static (int Degree, long Rank)? Size(double range, int headDim, double relativeError)
     {
         try
         {

@@ -5,7 +5,7 @@ namespace FastAttention;
 /// (<c>u1 = 1 - U, u2 = U'</c>; <c>r cos(2 pi u2)</c> then <c>r sin(2 pi u2)</c>): the same values for the same seed on
 /// every machine. Sketch matrices and benchmark/experiment inputs draw from it.
 /// </summary>
-internal static class SeededGaussian
+public static class SeededGaussian
 {
     /// <summary>Fills <paramref name="target"/> with N(0, 1) values.</summary>
     public static void Fill(Random random, Span<double> target)

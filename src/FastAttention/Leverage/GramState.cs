@@ -1,5 +1,4 @@
 using System.Numerics.Tensors;
-using FastAttention.Kernels;
 
 namespace FastAttention.Leverage;
 

@@ -1,7 +1,7 @@
-namespace FastAttention.Kernels;
+namespace FastAttention;
 
 /// <summary>The one flop-count convention every GFLOP/s figure (CLI, benchmarks, docs) uses.</summary>
-internal static class FlopCount
+public static class FlopCount
 {
     /// <summary>
     /// Exact attention: <c>2 d</c> flops per score (<c>q.k</c>) plus <c>2 dv</c> per score (<c>P V</c>),

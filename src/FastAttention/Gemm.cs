@@ -1,6 +1,8 @@
 using System.Runtime.Intrinsics;
 
-namespace FastAttention.Kernels;
+using FastAttention.Kernels;
+
+namespace FastAttention;
 
 /// <summary>
 /// Single-precision GEMM on the shared micro-kernel family (<see cref="MicroKernel{TS, TV}"/>):
@@ -18,21 +20,32 @@ namespace FastAttention.Kernels;
 /// Every element of C is computed by the same sequence of operations whatever the thread count, so
 /// the result bits do not depend on it.
 /// </summary>
-internal static unsafe class Gemm
+public static unsafe class Gemm
 {
     /// <summary>Depth (k) per block: C is read and written once per depth block, so deeper blocks save C traffic.</summary>
-    public const int BlockDepth = 512;
+    internal const int BlockDepth = 512;
 
     /// <summary>Columns (n) per packed block of B: 512 x 4096 floats = 8 MiB, in L3.</summary>
-    public const int BlockColumns = 4096;
+    internal const int BlockColumns = 4096;
 
     /// <summary>
     /// Rows of C per parallel work item, at most: the packed A block is 252 x 512 floats (about 512 KiB,
     /// half of L2), and every B panel streamed from L3 is used by up to 252 rows.
     /// </summary>
-    public const int BlockRows = 252;
+    internal const int BlockRows = 252;
 
-    /// <summary>C[m x n] = op(A)[m x k] op(B)[k x n] + beta C on spans (lengths checked).</summary>
+    /// <summary>C[m x n] = op(A)[m x k] op(B)[k x n] + beta C on dense row-major spans (lengths checked).</summary>
+    /// <param name="m">Rows of C and of op(A).</param>
+    /// <param name="n">Columns of C and of op(B).</param>
+    /// <param name="k">Columns of op(A), rows of op(B).</param>
+    /// <param name="a">A, stored [m x k], or [k x m] when <paramref name="transposeA"/>.</param>
+    /// <param name="transposeA">Whether op(A) is the transpose of the stored A.</param>
+    /// <param name="b">B, stored [k x n], or [n x k] when <paramref name="transposeB"/>.</param>
+    /// <param name="transposeB">Whether op(B) is the transpose of the stored B.</param>
+    /// <param name="c">C [m x n], read when <paramref name="beta"/> is not 0, written.</param>
+    /// <param name="beta">The weight of C's previous contents.</param>
+    /// <param name="maxDegreeOfParallelism">Worker threads; 0 or less means all cores. The result bits do not depend on it.</param>
+    /// <exception cref="ArgumentException">A size is negative or a span's length does not match.</exception>
     public static void Multiply(int m, int n, int k, ReadOnlySpan<float> a, bool transposeA, ReadOnlySpan<float> b, bool transposeB, Span<float> c, float beta, int maxDegreeOfParallelism)
     {
         if (m < 0 || n < 0 || k < 0 || a.Length != (long)m * k || b.Length != (long)k * n || c.Length != (long)m * n)
@@ -47,7 +60,7 @@ internal static unsafe class Gemm
     }
 
     /// <summary>C[m x n] = op(A)[m x k] op(B)[k x n] + beta C; pointers to dense row-major storage.</summary>
-    public static void Multiply(int m, int n, int k, float* a, bool transposeA, float* b, bool transposeB, float* c, float beta, int maxDegreeOfParallelism)
+    internal static void Multiply(int m, int n, int k, float* a, bool transposeA, float* b, bool transposeB, float* c, float beta, int maxDegreeOfParallelism)
     {
         if (Vector512.IsHardwareAccelerated)
         {

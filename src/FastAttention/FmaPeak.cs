@@ -3,14 +3,16 @@ using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
-namespace FastAttention.Kernels;
+using FastAttention.Kernels;
+
+namespace FastAttention;
 
 /// <summary>
 /// Measures this machine's fp32 FMA peak (the denominator of every %-of-peak figure): 12
 /// independent chains of the widest accelerated vector FMA per thread, enough to hide the FMA
 /// latency on two pipes, all threads at once.
 /// </summary>
-internal static class FmaPeak
+public static class FmaPeak
 {
     private static readonly Dictionary<int, double> Cache = [];
 
