@@ -1,3 +1,5 @@
+using System.CommandLine;
+using System.CommandLine.Help;
 using System.Text;
 using FastAttention.IO;
 using Spectre.Console;
@@ -33,34 +35,36 @@ internal static class Cli
     /// <summary>Runs one command line. <paramref name="terminal"/>, when given, shows progress (not with <c>--json</c>); <paramref name="cancellation"/> is Ctrl-C.</summary>
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr, IAnsiConsole? terminal = null, CancellationToken cancellation = default)
     {
-        if (args.Length == 0 || args[0] is "--help" or "-h" or "help")
+        if (args.Length == 0)
         {
             stdout.Write(Usage());
-            return args.Length == 0 ? ExitCode.Usage : ExitCode.Ok;
-        }
-
-        if (args[0] == "--version")
-        {
-            stdout.WriteLine(typeof(Cli).Assembly.GetName().Version);
-            return ExitCode.Ok;
-        }
-
-        Command? command = Commands.FirstOrDefault(c => c.Name == args[0]);
-        if (command is null)
-        {
-            stderr.WriteLine($"fastattn: unknown command '{args[0]}' (commands: {string.Join(", ", Commands.Select(c => c.Name))})");
             return ExitCode.Usage;
         }
 
-        if (args.Skip(1).Any(a => a is "--help" or "-h"))
+        // Parsing (System.CommandLine) comes before anything else: a usage mistake exits 2 before any file is read or written.
+        CommandLineSyntax syntax = CommandLineSyntax.Build(Commands);
+        ParseResult parse = syntax.Parse(args);
+        if (parse.Action is HelpAction || syntax.AsksForVersion(parse))
         {
-            stdout.Write(Help(command));
+            parse.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr });
+            if (parse.CommandResult.Command is RootCommand && parse.Action is HelpAction)
+            {
+                stdout.Write(UsageFooter());
+            }
+
             return ExitCode.Ok;
         }
 
+        if (parse.Errors.Count > 0)
+        {
+            stderr.WriteLine("fastattn: " + syntax.DescribeError(parse));
+            return ExitCode.Usage;
+        }
+
+        Command command = syntax.CommandOf(parse);
         try
         {
-            ParsedOptions options = ParsedOptions.Parse(command.Name, args[1..], command.Options, command.Positional);
+            ParsedOptions options = syntax.Options(parse, command);
             return Progress.Run(command.Name, options.Flag("json") ? null : terminal, stdout, cancellation, output => command.Run(options, output));
         }
         catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
@@ -116,6 +120,7 @@ internal static class Cli
         _ => "exact",
     };
 
+    /// <summary>What <c>fastattn</c> alone prints: the commands, tensor syntax and exit codes.</summary>
     public static string Usage()
     {
         var text = new StringBuilder();
@@ -129,24 +134,13 @@ internal static class Cli
         }
 
         text.AppendLine();
-        text.AppendLine("Tensors: FILE.npy, or FILE.npz:NAME / FILE.safetensors:NAME for one tensor of a multi-tensor file.");
-        text.AppendLine("Exit codes: 0 ok, 1 unexpected failure, 2 usage error (including a forced kernel that cannot take the input), 3 bad input file or data, 130 cancelled (Ctrl-C).");
+        text.Append(UsageFooter());
         return text.ToString();
     }
 
-    public static string Help(Command command)
-    {
-        var text = new StringBuilder();
-        text.AppendLine($"fastattn {command.Name}: {command.Summary}");
-        text.AppendLine();
-        foreach (OptionSpec option in command.Options)
-        {
-            string left = option.IsFlag ? "--" + option.Name : $"--{option.Name} {option.ValueName}";
-            text.AppendLine($"  {left,-22} {option.Help}");
-        }
-
-        return text.ToString();
-    }
+    private static string UsageFooter() =>
+        "Tensors: FILE.npy, or FILE.npz:NAME / FILE.safetensors:NAME for one tensor of a multi-tensor file." + Environment.NewLine +
+        "Exit codes: 0 ok, 1 unexpected failure, 2 usage error (including a forced kernel that cannot take the input), 3 bad input file or data, 130 cancelled (Ctrl-C)." + Environment.NewLine;
 
     private static string OneLine(string message)
     {

@@ -1,3 +1,5 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
 using System.Globalization;
 
 namespace FastAttention.Cli;
@@ -24,73 +26,139 @@ internal sealed record OptionSpec(string Name, string? ValueName, string Help)
     public bool IsFlag => ValueName is null;
 }
 
-/// <summary>The parsed options of one command: <c>--name value</c>, <c>--name=value</c> and <c>--flag</c>.</summary>
-internal sealed class ParsedOptions
+/// <summary>
+/// The command line's grammar, built with System.CommandLine from the <see cref="Command"/> records: one subcommand
+/// each, an option per <see cref="OptionSpec"/> (flags take no value), and the positional word where a command has one.
+/// Response files and POSIX bundling are off: every token means what it says.
+/// </summary>
+internal sealed class CommandLineSyntax
 {
-    private readonly Dictionary<string, string> _values = new(StringComparer.Ordinal);
-    private readonly HashSet<string> _flags = new(StringComparer.Ordinal);
+    private readonly RootCommand _root;
+    private readonly Dictionary<System.CommandLine.Command, (Command Spec, Dictionary<string, Option> Options, Argument<string>? Positional)> _commands = [];
+    private readonly ParserConfiguration _configuration = new() { ResponseFileTokenReplacer = null, EnablePosixBundling = false };
 
-    private ParsedOptions()
+    private CommandLineSyntax(IReadOnlyList<Command> commands)
     {
+        _root = new RootCommand("fastattn: fast exact and approximate transformer attention on the CPU");
+        foreach (Command spec in commands)
+        {
+            var command = new System.CommandLine.Command(spec.Name, spec.Summary);
+            var options = new Dictionary<string, Option>(StringComparer.Ordinal);
+            Argument<string>? positional = null;
+            if (spec.Positional is string slot)
+            {
+                OptionSpec? described = spec.Options.FirstOrDefault(o => o.Name == slot);
+                positional = new Argument<string>(slot) { Arity = ArgumentArity.ZeroOrOne, Description = described?.Help };
+                command.Add(positional);
+            }
+
+            foreach (OptionSpec option in spec.Options)
+            {
+                Option symbol = option.IsFlag
+                    ? new Option<bool>("--" + option.Name) { Description = option.Help, Arity = ArgumentArity.Zero }
+                    : new Option<string>("--" + option.Name) { Description = option.Help, HelpName = option.ValueName };
+                command.Add(symbol);
+                options[option.Name] = symbol;
+            }
+
+            _root.Add(command);
+            _commands[command] = (spec, options, positional);
+        }
     }
 
-    /// <summary>Parses options; a command with a <paramref name="positional"/> slot takes one bare word as that option's value.</summary>
-    public static ParsedOptions Parse(string command, IReadOnlyList<string> args, IReadOnlyList<OptionSpec> specs, string? positional = null)
+    /// <summary>The grammar of these commands.</summary>
+    public static CommandLineSyntax Build(IReadOnlyList<Command> commands) => new(commands);
+
+    /// <summary>Parses one command line (no work is done: the caller checks <see cref="ParseResult.Errors"/>).</summary>
+    public ParseResult Parse(IReadOnlyList<string> args) => _root.Parse(args, _configuration);
+
+    /// <summary>Whether the line is <c>fastattn --version</c>.</summary>
+    public bool AsksForVersion(ParseResult parse) =>
+        parse.CommandResult.Command == _root && _root.Options.OfType<VersionOption>().Any(v => parse.GetResult(v) is not null);
+
+    /// <summary>The command a parse without errors names.</summary>
+    public Command CommandOf(ParseResult parse) =>
+        _commands.TryGetValue(parse.CommandResult.Command, out var entry) ? entry.Spec : throw new UsageException("a command is required (see 'fastattn --help')");
+
+    /// <summary>The first error as one line, naming the command, with System.CommandLine's typo correction when it has one.</summary>
+    public string DescribeError(ParseResult parse)
     {
-        var parsed = new ParsedOptions();
-        for (int i = 0; i < args.Count; i++)
+        string where = _commands.TryGetValue(parse.CommandResult.Command, out var entry) ? entry.Spec.Name + ": " : string.Empty;
+        // An unrecognised token says more than the "required command" error System.CommandLine adds beside it.
+        ParseError first = parse.Errors.FirstOrDefault(e => e.Message.StartsWith("Unrecognized", StringComparison.Ordinal)) ?? parse.Errors[0];
+        string message = first.Message.TrimEnd('.');
+
+        // The library's typo correction, captured instead of printed (it would add lines, and the help text).
+        string suggestion = string.Empty;
+        if (parse.Action is System.CommandLine.Invocation.ParseErrorAction errorAction)
         {
-            string token = args[i];
-            if (positional is not null && !token.StartsWith('-') && parsed._values.TryAdd(positional, token))
+            errorAction.ShowHelp = false;
+            errorAction.ShowTypoCorrections = true;
+            var captured = new StringWriter();
+            parse.Invoke(new InvocationConfiguration { Output = captured, Error = captured });
+            // "'--thread' was not matched. Did you mean one of the following?" then one candidate a line.
+            string[] lines = captured.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            string? token = parse.UnmatchedTokens.FirstOrDefault();
+            int asked = Array.FindIndex(lines, l => token is not null && l.StartsWith($"'{token}' was not matched", StringComparison.Ordinal));
+            if (asked >= 0)
             {
-                continue;
-            }
-
-            if (!token.StartsWith("--", StringComparison.Ordinal) || token.Length == 2)
-            {
-                throw new UsageException($"{command}: unexpected argument '{token}' (options start with --; see 'fastattn {command} --help')");
-            }
-
-            string name = token[2..];
-            string? inline = null;
-            int equals = name.IndexOf('=', StringComparison.Ordinal);
-            if (equals >= 0)
-            {
-                inline = name[(equals + 1)..];
-                name = name[..equals];
-            }
-
-            OptionSpec spec = specs.FirstOrDefault(s => s.Name == name)
-                ?? throw new UsageException($"{command}: unknown option --{name} (known: {string.Join(", ", specs.Select(s => "--" + s.Name))})");
-            if (spec.IsFlag)
-            {
-                if (inline is not null)
+                string[] candidates = lines.Skip(asked + 1).TakeWhile(l => !l.Contains(' ', StringComparison.Ordinal) && !l.Contains('\'', StringComparison.Ordinal)).ToArray();
+                if (candidates.Length > 0)
                 {
-                    throw new UsageException($"{command}: --{name} is a flag and takes no value");
+                    suggestion = $"; did you mean {string.Join(" or ", candidates)}?";
                 }
-
-                parsed._flags.Add(name);
-                continue;
-            }
-
-            string? value = inline;
-            if (value is null)
-            {
-                if (i + 1 >= args.Count)
-                {
-                    throw new UsageException($"{command}: --{name} needs a value ({spec.ValueName})");
-                }
-
-                value = args[++i];
-            }
-
-            if (!parsed._values.TryAdd(name, value))
-            {
-                throw new UsageException($"{command}: --{name} is given twice");
             }
         }
 
-        return parsed;
+        string hint = entry.Spec is null ? "see 'fastattn --help'" : $"see 'fastattn {entry.Spec.Name} --help'";
+        return $"{where}{message}{suggestion} ({hint})";
+    }
+
+    /// <summary>The values of a parse without errors, by option name.</summary>
+    public ParsedOptions Options(ParseResult parse, Command spec)
+    {
+        var (_, options, positional) = _commands[parse.CommandResult.Command];
+        var values = new Dictionary<string, string>(StringComparer.Ordinal);
+        var flags = new HashSet<string>(StringComparer.Ordinal);
+        foreach ((string name, Option option) in options)
+        {
+            if (parse.GetResult(option) is not { Implicit: false })
+            {
+                continue;
+            }
+
+            if (option is Option<bool>)
+            {
+                flags.Add(name);
+            }
+            else if (parse.GetValue((Option<string>)option) is string value)
+            {
+                values[name] = value;
+            }
+        }
+
+        if (positional is not null && parse.GetValue(positional) is string word)
+        {
+            if (!values.TryAdd(spec.Positional!, word))
+            {
+                throw new UsageException($"{spec.Name}: --{spec.Positional} is given twice (once as a bare word)");
+            }
+        }
+
+        return new ParsedOptions(values, flags);
+    }
+}
+
+/// <summary>The parsed options of one command: values by option name, and the flags given.</summary>
+internal sealed class ParsedOptions
+{
+    private readonly Dictionary<string, string> _values;
+    private readonly HashSet<string> _flags;
+
+    public ParsedOptions(Dictionary<string, string> values, HashSet<string> flags)
+    {
+        _values = values;
+        _flags = flags;
     }
 
     public bool Flag(string name) => _flags.Contains(name);
