@@ -60,12 +60,47 @@ internal static class AttendCommand
 
         o.RejectOptionsOfOtherMethods("attend", method, MethodOptions);
 
+        // Every option is checked before any file is read or written.
         float? scale = o.Float("scale");
-        int threads = o.Int("threads", 1, 1024) ?? 0;
-        bool force = o.Flag("force");
-        TensorFiles.CheckTensorOutput("out", outPath, force);
-
+        int threads = o.Threads() ?? 0;
+        bool causal = o.Flag("causal");
+        string? kernel = o.Kernel("attend");
         bool allowNonFinite = o.Flag("allow-nonfinite");
+        double eps = o.Double("eps", positive: true) ?? 1e-3;
+        if (eps >= 1 && method is "poly" or "auto")
+        {
+            throw new UsageException($"attend: --eps is the polynomial's relative error and must be below 1; got {eps}");
+        }
+
+        if (eps > 1 && method == "lev")
+        {
+            throw new UsageException($"attend: --eps for --method lev is an attention weight and must lie in (0, 1]; got {eps}");
+        }
+
+        int? degree = o.Int("degree", 0, FastAttention.Polynomial.ExpPolynomial.MaxDegree);
+        int sketchSize = o.Int("sketch", 1, SketchedAttention.MaxSketchSize) ?? 0;
+        int seed = o.Int("seed", 0, int.MaxValue) ?? 0;
+        var levOptions = new LevAttentionOptions
+        {
+            Eps = o.Double("eps", positive: true),
+            Top = o.Int("top", 1, int.MaxValue),
+            Scale = scale,
+            KeepFirst = o.Int("keep-first", 0, int.MaxValue) ?? 0,
+            KeepLast = o.Int("keep-last", 0, int.MaxValue) ?? 0,
+            MaxDegreeOfParallelism = threads,
+        };
+        if (method == "lev" && causal)
+        {
+            throw new UsageException("attend: --method lev selects keys for every query at once; --causal is not supported (decoding uses the LevKvCache API)");
+        }
+
+        if (method == "lev" && levOptions.Eps.HasValue == levOptions.Top.HasValue)
+        {
+            throw new UsageException("attend: --method lev needs exactly one of --eps E (universal set) and --top N");
+        }
+
+        TensorFiles.CheckTensorOutput(o, "out");
+        bool force = o.Flag("force");
 
         string? nonFinite = allowNonFinite ? null : "Pass --allow-nonfinite to let non-finite values propagate through exact attention.";
         TensorData<float> q = TensorFiles.Load("q", qPath, nonFinite);
@@ -77,22 +112,12 @@ internal static class AttendCommand
         var options = new ExactAttentionOptions
         {
             Scale = scale,
-            Causal = o.Flag("causal"),
+            Causal = causal,
             MaxDegreeOfParallelism = threads,
-            Kernel = o.Get("kernel"),
+            Kernel = kernel,
             AllowNonFinite = allowNonFinite,
         };
 
-        double eps = o.Double("eps", positive: true) ?? 1e-3;
-        if (eps >= 1 && method is "poly" or "auto")
-        {
-            throw new UsageException($"attend: --eps is the polynomial's relative error and must be below 1; got {eps}");
-        }
-
-        if (eps > 1 && method == "lev")
-        {
-            throw new UsageException($"attend: --eps for --method lev is an attention weight and must lie in (0, 1]; got {eps}");
-        }
         AttentionPlan? plan = null;
         if (method == "auto")
         {
@@ -112,7 +137,7 @@ internal static class AttendCommand
             {
                 Scale = scale,
                 RelativeError = eps,
-                Degree = o.Int("degree", 0, FastAttention.Polynomial.ExpPolynomial.MaxDegree),
+                Degree = degree,
                 Causal = options.Causal,
                 MaxDegreeOfParallelism = threads,
             };
@@ -121,25 +146,6 @@ internal static class AttendCommand
         }
         else if (method == "lev")
         {
-            if (options.Causal)
-            {
-                throw new UsageException("attend: --method lev selects keys for every query at once; --causal is not supported (decoding uses the LevKvCache API)");
-            }
-
-            var levOptions = new LevAttentionOptions
-            {
-                Eps = o.Double("eps", positive: true),
-                Top = o.Int("top", 1, int.MaxValue),
-                Scale = scale,
-                KeepFirst = o.Int("keep-first", 0, int.MaxValue) ?? 0,
-                KeepLast = o.Int("keep-last", 0, int.MaxValue) ?? 0,
-                MaxDegreeOfParallelism = threads,
-            };
-            if (levOptions.Eps.HasValue == levOptions.Top.HasValue)
-            {
-                throw new UsageException("attend: --method lev needs exactly one of --eps E (universal set) and --top N");
-            }
-
             selections = LevAttention.Compute(q.Data, k.Data, v.Data, shape, output, levOptions);
             double kept = selections.Sum(x => (double)x.Keys.Length) / selections.Count;
             run = new AttentionRun("lev-softmax", 4.0 * shape.BatchSize * shape.HeadCount * shape.QueryCount * kept * shape.HeadDim);
@@ -149,8 +155,8 @@ internal static class AttendCommand
             var sketchOptions = new SketchedAttentionOptions
             {
                 Scale = scale,
-                SketchSize = o.Int("sketch", 1, SketchedAttention.MaxSketchSize) ?? 0,
-                Seed = o.Int("seed", 0, int.MaxValue) ?? 0,
+                SketchSize = sketchSize,
+                Seed = seed,
                 Causal = options.Causal,
                 MaxDegreeOfParallelism = threads,
             };
@@ -159,10 +165,14 @@ internal static class AttendCommand
         }
         else
         {
-            // Warm-up on a one-token problem of the same kernel, so `seconds` measures the computation
-            // and not the JIT compiling it (the CLI compiles loop methods fully optimised at once).
-            ExactAttention.Compute(new float[shape.HeadDim], new float[shape.HeadDim], new float[shape.ValueDim],
-                new AttentionShape(1, 1, 1, 1, shape.HeadDim, shape.ValueDim), new float[shape.ValueDim], options with { Causal = false, AllowNonFinite = true });
+            // Warm-up on a small problem that takes the same kernel (up to 16 queries a head pick the decoding kernel,
+            // more the tiled one: a one-token warm-up compiled the wrong one), heads per kv head, dimensions, mask and
+            // thread count, so `seconds` measures the computation and not the JIT compiling it or the threads starting.
+            int group = shape.HeadCount / shape.EffectiveKeyValueHeads;
+            int warmQueries = Math.Min(shape.QueryCount, 64), warmKeys = Math.Min(shape.KeyCount, 512);
+            var warm = new AttentionShape(1, group, warmQueries, warmKeys, shape.HeadDim, shape.ValueDim, 1);
+            ExactAttention.Compute(new float[warm.QueryLength], new float[warm.KeyLength], new float[warm.ValueLength], warm,
+                new float[warm.OutputLength], options with { Causal = options.Causal && warmQueries <= warmKeys, AllowNonFinite = true });
             timer.Restart();
             run = ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, options);
         }

@@ -79,7 +79,7 @@ internal static class BenchCommand
         bool force = o.Flag("force");
         if (outPath is not null)
         {
-            TensorFiles.CheckTensorOutput("out", outPath, force);
+            TensorFiles.CheckTensorOutput(o, "out");
         }
 
         (AttentionShape shape, float[] q, float[] k, float[] v, int[] outShape) = Inputs(o);

@@ -115,7 +115,7 @@ internal sealed class CommandLineSyntax
     }
 
     /// <summary>The values of a parse without errors, by option name.</summary>
-    public ParsedOptions Options(ParseResult parse, Command spec)
+    public ParsedOptions Options(ParseResult parse, Command spec, TextWriter notices)
     {
         var (_, options, positional) = _commands[parse.CommandResult.Command];
         var values = new Dictionary<string, string>(StringComparer.Ordinal);
@@ -145,7 +145,7 @@ internal sealed class CommandLineSyntax
             }
         }
 
-        return new ParsedOptions(values, flags);
+        return new ParsedOptions(values, flags) { Notices = notices };
     }
 }
 
@@ -162,6 +162,49 @@ internal sealed class ParsedOptions
     }
 
     public bool Flag(string name) => _flags.Contains(name);
+
+    /// <summary>Where notices go (stderr): a capped thread count, for one.</summary>
+    public TextWriter Notices { get; init; } = TextWriter.Null;
+
+    /// <summary>Every option given with a value, by name (the positional word under its option's name).</summary>
+    public IReadOnlyDictionary<string, string> Values => _values;
+
+    /// <summary>
+    /// <c>--threads</c>: at least 1; above this machine's core count it is capped to it, with a notice (more threads
+    /// than cores only take turns). Null when not given.
+    /// </summary>
+    public int? Threads()
+    {
+        int? threads = Int("threads", 1, 1 << 16);
+        if (threads > Environment.ProcessorCount)
+        {
+            Notices.WriteLine($"fastattn: --threads {threads} is more than this machine's {Environment.ProcessorCount} cores; using {Environment.ProcessorCount}");
+            return Environment.ProcessorCount;
+        }
+
+        return threads;
+    }
+
+    /// <summary>
+    /// <c>--kernel</c>, checked against the kernel registry (a name it does not know is a usage error listing the
+    /// kernels). A known kernel this CPU or input cannot take is reported by the library, with its reasons.
+    /// </summary>
+    public string? Kernel(string command)
+    {
+        string? name = Get("kernel");
+        if (name is not null && !AttentionKernels.Names.Contains(name.Trim(), StringComparer.OrdinalIgnoreCase))
+        {
+            throw new UsageException($"{command}: --kernel '{name}' is not a kernel (kernels: {string.Join(", ", AttentionKernels.Names)})");
+        }
+
+        string? environment = Environment.GetEnvironmentVariable(AttentionKernels.EnvironmentVariable);
+        if (name is null && !string.IsNullOrWhiteSpace(environment) && !AttentionKernels.Names.Contains(environment.Trim(), StringComparer.OrdinalIgnoreCase))
+        {
+            throw new UsageException($"{command}: {AttentionKernels.EnvironmentVariable}='{environment}' is not a kernel (kernels: {string.Join(", ", AttentionKernels.Names)})");
+        }
+
+        return name;
+    }
 
     /// <summary>
     /// A usage error for an option given with a method it does not apply to, which would otherwise be ignored

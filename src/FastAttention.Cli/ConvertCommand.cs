@@ -31,7 +31,7 @@ internal static class ConvertCommand
         string output = o.Required("convert", "out");
         bool force = o.Flag("force");
         string outFormat = Path.GetExtension(output).ToLowerInvariant();
-        TensorFiles.CheckTensorOutput("out", output, force);
+        TensorFiles.CheckTensorOutput(o, "out");
         (string path, string? only) = TensorFiles.Split(input);
         if (!File.Exists(path))
         {

@@ -24,25 +24,28 @@ internal static class InspectCommand
     private static int Run(ParsedOptions o, TextWriter stdout)
     {
         const string Undefined = "The entry bound, the score range and the plan are undefined for non-finite inputs.";
-        TensorData<float> q = TensorFiles.Load("q", o.Required("inspect", "q"), Undefined);
-        TensorData<float> k = TensorFiles.Load("k", o.Required("inspect", "k"), Undefined);
-        Progress.Current.Step("analysing Q and K");
+        string qPath = o.Required("inspect", "q"), kPath = o.Required("inspect", "k");
         float? scale = o.Float("scale");
-
-        // K doubles as V here: only Q and K matter.
-        AttentionShape shape = AttentionInputs.Shape(q, k, k);
-        InputBounds bounds = InputAnalysis.Analyze(q.Data, k.Data, shape, scale);
         double eps = o.Double("eps", positive: true) ?? 1e-3;
         if (eps >= 1)
         {
             throw new UsageException($"inspect: --eps is a relative error and must be below 1; got {eps}");
         }
+
+        int? dvOption = o.Int("dv", 1, 1 << 20);
+        int threads = o.Threads() ?? 0;
+        TensorData<float> q = TensorFiles.Load("q", qPath, Undefined);
+        TensorData<float> k = TensorFiles.Load("k", kPath, Undefined);
+        Progress.Current.Step("analysing Q and K");
+
+        // K doubles as V here: only Q and K matter.
+        AttentionShape shape = AttentionInputs.Shape(q, k, k);
+        InputBounds bounds = InputAnalysis.Analyze(q.Data, k.Data, shape, scale);
         PolynomialEstimate poly = EstimatePolynomial(bounds.ScoreNormBound, shape.HeadDim, eps);
         AttentionPlan? plan = null;
         if (!o.Flag("no-plan"))
         {
-            int dv = o.Int("dv", 1, 1 << 20) ?? shape.HeadDim;
-            int threads = o.Int("threads", 1, 1024) ?? 0;
+            int dv = dvOption ?? shape.HeadDim;
             AttentionShape planShape = shape with { ValueDim = dv };
             plan = AttentionPlanner.Plan(new PlanRequest(planShape, bounds.ScoreNormBound, eps, o.Flag("causal")), AttentionPlanner.Calibrate(threads));
         }

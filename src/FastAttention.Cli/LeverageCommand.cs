@@ -30,12 +30,6 @@ internal static class LeverageCommand
         string outPath = o.Required("leverage", "out");
         string? scoresPath = o.Get("scores");
         bool force = o.Flag("force");
-        TensorFiles.CheckTensorOutput("out", outPath, force, ".npy", ".npz");
-        if (scoresPath is not null)
-        {
-            TensorFiles.CheckTensorOutput("scores", scoresPath, force, ".npy");
-        }
-
         double? eps = o.Double("eps", positive: true);
         int? top = o.Int("top", 1, int.MaxValue);
         if (eps.HasValue == top.HasValue)
@@ -73,8 +67,17 @@ internal static class LeverageCommand
             throw new UsageException("leverage: --method fast|sketched computes p = 2 leverage scores; drop --p");
         }
 
-        int threads = o.Int("threads", 1, 1024) ?? 0;
-        TensorData<float> k = TensorFiles.Load("k", o.Required("leverage", "k"));
+        int threads = o.Threads() ?? 0;
+        string keyPath = o.Required("leverage", "k");
+
+        // Every option checked: now the outputs, before any file is read.
+        TensorFiles.CheckTensorOutput(o, "out", ".npy", ".npz");
+        if (scoresPath is not null)
+        {
+            TensorFiles.CheckTensorOutput(o, "scores", ".npy");
+        }
+
+        TensorData<float> k = TensorFiles.Load("k", keyPath);
         Progress.Current.Step("computing leverage scores");
         if (k.Rank is not (2 or 3 or 4) || k.ElementCount == 0)
         {

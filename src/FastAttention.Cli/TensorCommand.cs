@@ -41,22 +41,26 @@ internal static class TensorCommand
         o.RejectOptionsOfOtherMethods("tensor", method, [("eps", ["poly", "auto"]), ("degree", ["poly"])]);
         string outPath = o.Required("tensor", "out");
         bool force = o.Flag("force");
-        TensorFiles.CheckTensorOutput("out", outPath, force);
-        int threads = o.Int("threads", 1, 1024) ?? 0;
+        int threads = o.Threads() ?? 0;
         int[]? windows = Windows(o.Get("window"));
         if (windows is not null && method == "poly")
         {
             throw new UsageException("tensor: --window works with --method exact only (the polynomial method's running states cover whole prefixes)");
         }
 
-        TensorData<float> q = TensorFiles.Load("q", o.Required("tensor", "q"));
-        TensorData<float>[] k = [TensorFiles.Load("k1", o.Required("tensor", "k1")), TensorFiles.Load("k2", o.Required("tensor", "k2"))];
-        TensorData<float>[] v = [TensorFiles.Load("v1", o.Required("tensor", "v1")), TensorFiles.Load("v2", o.Required("tensor", "v2"))];
+        float? givenScale = o.Float("scale");
+        double eps = o.Double("eps", positive: true) ?? 1e-3;
+        int? degree = o.Int("degree", 0, FastAttention.Polynomial.ExpPolynomial.MaxDegree);
+        string[] inputs = [o.Required("tensor", "q"), o.Required("tensor", "k1"), o.Required("tensor", "k2"), o.Required("tensor", "v1"), o.Required("tensor", "v2")];
+        TensorFiles.CheckTensorOutput(o, "out");
+
+        TensorData<float> q = TensorFiles.Load("q", inputs[0]);
+        TensorData<float>[] k = [TensorFiles.Load("k1", inputs[1]), TensorFiles.Load("k2", inputs[2])];
+        TensorData<float>[] v = [TensorFiles.Load("v1", inputs[3]), TensorFiles.Load("v2", inputs[4])];
         Progress.Current.Step("computing tensor attention");
         TensorAttentionShape shape = Shape(q, k, v);
-        float scale = o.Float("scale") ?? 1f / shape.HeadDim;
+        float scale = givenScale ?? 1f / shape.HeadDim;
         bool causal = o.Flag("causal") || windows is not null;
-        double eps = o.Double("eps", positive: true) ?? 1e-3;
         ReadOnlyMemory<float>[] keys = [k[0].Data, k[1].Data], values = [v[0].Data, v[1].Data];
         var output = new float[shape.OutputLength];
 
@@ -71,7 +75,7 @@ internal static class TensorCommand
         var timer = Stopwatch.StartNew();
         if (method == "poly")
         {
-            var options = new PolynomialAttentionOptions { Scale = scale, RelativeError = eps, Degree = o.Int("degree", 0, FastAttention.Polynomial.ExpPolynomial.MaxDegree), Causal = causal, MaxDegreeOfParallelism = threads };
+            var options = new PolynomialAttentionOptions { Scale = scale, RelativeError = eps, Degree = degree, Causal = causal, MaxDegreeOfParallelism = threads };
             certificate = TensorAttention.ComputePolynomial(q.Data, keys, values, shape, output, options);
             run = new AttentionRun("tensor-polynomial-double", certificate.PredictedFlops);
         }

@@ -60,21 +60,79 @@ internal static class TensorFiles
     /// <summary>The tensor file formats, picked by extension.</summary>
     public static readonly string[] Formats = [".npy", ".npz", ".safetensors"];
 
-    /// <summary><see cref="CheckWritable"/> for a tensor output, whose extension must name one of <paramref name="formats"/> (default: all <see cref="Formats"/>).</summary>
-    public static void CheckTensorOutput(string option, string path, bool force, params string[] formats)
+    /// <summary>
+    /// The checks on a tensor output named by option <paramref name="option"/> of <paramref name="o"/>, before any file
+    /// is read: its extension names one of <paramref name="formats"/> (default: all <see cref="Formats"/>), it is no
+    /// input of the same command (<see cref="RefuseInputs"/>), and <see cref="CheckWritable(string, string, bool)"/>.
+    /// </summary>
+    public static void CheckTensorOutput(ParsedOptions o, string option, params string[] formats)
     {
+        string path = o.Get(option) ?? throw new UsageException($"--{option} is required");
         formats = formats.Length > 0 ? formats : Formats;
-        if (!formats.Contains(Path.GetExtension(path).ToLowerInvariant()))
+        if (!Directory.Exists(path) && !formats.Contains(Path.GetExtension(path).ToLowerInvariant()))
         {
             throw new UsageException($"--{option} {path}: the extension must be {(formats.Length == 1 ? formats[0] : "one of " + string.Join(", ", formats))} (it picks the format)");
         }
 
-        CheckWritable(option, path, force);
+        RefuseInputs(o, option, path);
+        CheckWritable(option, path, o.Flag("force"));
     }
 
-    /// <summary>Refuses up front to clobber an existing output unless <paramref name="force"/> is set.</summary>
+    /// <summary>
+    /// An output never replaces an input, not even with <c>--force</c>: a usage error when <paramref name="path"/> is
+    /// the file another option of the command names (the same path, or the same file through a symbolic link in any
+    /// part of either path). Writes go through a temp file and a rename, so a hard link to an input keeps the input.
+    /// </summary>
+    public static void RefuseInputs(ParsedOptions o, string option, string path)
+    {
+        string target = Canonical(path);
+        foreach ((string name, string value) in o.Values)
+        {
+            string other = Split(value).Path;
+            if (name != option && File.Exists(other) && string.Equals(Canonical(other), target, StringComparison.Ordinal))
+            {
+                throw new UsageException($"--{option} {path} is the file given as --{name}: an output never replaces an input (name another file)");
+            }
+        }
+    }
+
+    /// <summary>The absolute path with every symbolic link along it resolved (the parts that exist).</summary>
+    private static string Canonical(string path)
+    {
+        string full = Path.GetFullPath(path);
+        string root = Path.GetPathRoot(full) ?? string.Empty;
+        string resolved = root;
+        foreach (string part in full[root.Length..].Split(Path.DirectorySeparatorChar, StringSplitOptions.RemoveEmptyEntries))
+        {
+            string next = Path.Combine(resolved, part);
+            for (int hops = 0; hops < 40; hops++)
+            {
+                FileSystemInfo info = Directory.Exists(next) ? new DirectoryInfo(next) : new FileInfo(next);
+                if (info.LinkTarget is not string link)
+                {
+                    break;
+                }
+
+                next = Path.GetFullPath(link, Path.GetDirectoryName(next) ?? root);
+            }
+
+            resolved = next;
+        }
+
+        return resolved;
+    }
+
+    /// <summary>
+    /// Refuses up front a folder as the output, and an existing output unless <paramref name="force"/> is set; the
+    /// output's folder must exist.
+    /// </summary>
     public static void CheckWritable(string option, string path, bool force)
     {
+        if (Directory.Exists(path))
+        {
+            throw new UsageException($"--{option} {path} is a folder; name a file (inside it, for instance)");
+        }
+
         if (File.Exists(path) && !force)
         {
             throw new UsageException($"--{option} {path} already exists; pass --force to overwrite it");
