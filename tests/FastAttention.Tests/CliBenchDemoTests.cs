@@ -5,6 +5,7 @@ using FastAttention.Tests.Support;
 namespace FastAttention.Tests;
 
 /// <summary>`fastattn demo` and `fastattn bench`.</summary>
+[Trait("Category", "Slow")]
 public class CliBenchDemoTests
 {
     private static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Run(args);

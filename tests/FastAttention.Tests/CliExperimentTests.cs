@@ -3,6 +3,7 @@ using FastAttention.Tests.Support;
 namespace FastAttention.Tests;
 
 /// <summary>`fastattn experiment`: reports written, never overwritten without --force.</summary>
+[Trait("Category", "Slow")]
 public class CliExperimentTests
 {
     private static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Run(args);

@@ -5,6 +5,7 @@ using FastAttention.Tests.Support;
 namespace FastAttention.Tests;
 
 /// <summary>`fastattn inspect`: bounds, regime and plan.</summary>
+[Trait("Category", "Slow")]
 public class CliInspectTests
 {
     private static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Run(args);

@@ -6,6 +6,7 @@ using FastAttention.Tests.Support;
 namespace FastAttention.Tests;
 
 /// <summary>`fastattn tensor` and `fastattn leverage`.</summary>
+[Trait("Category", "Slow")]
 public class CliTensorLeverageTests
 {
     private static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Run(args);
