@@ -206,6 +206,9 @@ public sealed class LevKvCache
     /// <summary>Candidates held (the cache's size beyond the always-kept keys).</summary>
     public int CandidateCount => _candidates.Count;
 
+    /// <summary>The stream positions of the candidates held, in the order they joined (for tests).</summary>
+    internal long[] CandidateIndices => [.. _candidates.Select(c => c.Index)];
+
     /// <summary>Appends one key and its value.</summary>
     /// <param name="key">k, length d.</param>
     /// <param name="value">v, length dv.</param>
