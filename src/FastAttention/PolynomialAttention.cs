@@ -199,15 +199,15 @@ public static class PolynomialAttention
         return monomials.Count;
     }
 
-    /// <summary>Runs the factorised engine on spans; returns max |V|.</summary>
+    /// <summary>Runs the factorised engine on spans (products of the given width, or the widest this CPU accelerates); returns max |V|.</summary>
     internal static unsafe double RunFactorised(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination,
-        FeatureMap map, double[] weight, bool causal, int maxDegree)
+        FeatureMap map, double[] weight, bool causal, int maxDegree, FactorisedKernel? products = null)
     {
         fixed (float* q = query, k = key, v = value, o = destination)
         {
             FactorisedAttention.Run(new FactorisedAttention.Problem
             {
-                Query = q, Key = k, Value = v, Output = o, Shape = shape, Map = map, Weight = weight, Causal = causal, MaxDegreeOfParallelism = maxDegree,
+                Query = q, Key = k, Value = v, Output = o, Shape = shape, Map = map, Weight = weight, Causal = causal, MaxDegreeOfParallelism = maxDegree, Products = products,
             });
         }
 
