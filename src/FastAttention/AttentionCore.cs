@@ -131,22 +131,24 @@ internal static unsafe class AttentionCore
         int[] o = Dims(destination.Lengths, nameof(destination));
         if (k[0] != q[0] || v[0] != q[0] || o[0] != q[0])
         {
-            throw new ArgumentException($"Batch sizes differ: query {Show(q)}, key {Show(k)}, value {Show(v)}, destination {Show(o)}.", nameof(key));
+            Validate.Fail(nameof(key), "batch sizes differ", $"query {Show(q)}, key {Show(k)}, value {Show(v)}, destination {Show(o)}", $"batch {q[0]} everywhere",
+                "every tensor is [batch, heads, n, d] with the same batch");
         }
 
         if (v[1] != k[1] || v[2] != k[2])
         {
-            throw new ArgumentException($"Value shape {Show(v)} does not match key shape {Show(k)} in heads and keys.", nameof(value));
+            Validate.Fail(nameof(value), "the value shape does not match the key shape in heads and keys", $"value {Show(v)}, key {Show(k)}",
+                $"[{k[0]}, {k[1]}, {k[2]}, dv]", "keys and values come in pairs: one value row per key row");
         }
 
         if (o[1] != q[1] || o[2] != q[2] || o[3] != v[3])
         {
-            throw new ArgumentException($"Destination shape {Show(o)} must be {Show([q[0], q[1], q[2], v[3]])}.", nameof(destination));
+            Validate.Fail(nameof(destination), "the destination shape does not match", Show(o), Show([q[0], q[1], q[2], v[3]]), "the output has the query's shape with the value's last dimension");
         }
 
         if (k[3] != q[3])
         {
-            throw new ArgumentException($"Query shape {Show(q)} and key shape {Show(k)} differ in head dimension.", nameof(key));
+            Validate.Fail(nameof(key), "the query and key shapes differ in head dimension", $"query {Show(q)}, key {Show(k)}", $"d = {q[3]} in both", "queries and keys are dotted: their last dimensions must agree");
         }
 
         var shape = new AttentionShape(q[0], q[1], q[2], k[2], q[3], v[3], k[1]);
@@ -197,7 +199,7 @@ internal static unsafe class AttentionCore
     {
         if (lengths.Length is < 2 or > 4)
         {
-            throw new ArgumentException($"{name} has rank {lengths.Length}; expected [n, d], [heads, n, d] or [batch, heads, n, d].", name);
+            Validate.Fail(name, "unsupported rank", $"rank {lengths.Length}", "rank 2, 3 or 4", "pass [n, d], [heads, n, d] or [batch, heads, n, d]");
         }
 
         int[] dims = [1, 1, 1, 1];
