@@ -19,18 +19,19 @@ internal static unsafe class AttentionCore
         string? Kernel,
         float Power);
 
-    public static AttentionRun Run(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, in Settings settings)
+    public static AttentionRun Run(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, in Settings settings) =>
+        Run(query, key, value, shape, destination, default, false, settings);
+
+    /// <summary>Runs attention; with <paramref name="withLogSumExp"/>, <paramref name="logSumExp"/> receives each row's log-sum-exp in base e, <c>[batch, heads, nq]</c>.</summary>
+    public static AttentionRun Run(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, Span<float> logSumExp, bool withLogSumExp, in Settings settings)
     {
         // Validation order: shape, input lengths, destination, overlap, options, values.
-        ValidateShape(shape);
-        CheckLength(query.Length, shape.QueryLength, nameof(query), "[batch, heads, nq, d]", shape);
-        CheckLength(key.Length, shape.KeyLength, nameof(key), "[batch, kvHeads, nk, d]", shape);
-        CheckLength(value.Length, shape.ValueLength, nameof(value), "[batch, kvHeads, nk, dv]", shape);
-        CheckLength(destination.Length, shape.OutputLength, nameof(destination), "[batch, heads, nq, dv]", shape);
-        if (destination.Overlaps(query) || destination.Overlaps(key) || destination.Overlaps(value))
+        Validate.Attention(query, key, value, shape, destination);
+        if (withLogSumExp)
         {
-            throw new ArgumentException("The destination overlaps an input; attention cannot run in place. Pass a separate output buffer.", nameof(destination));
+            LogSumExp.Check(logSumExp, query, key, value, destination, shape);
         }
+
 
         float scale = settings.Scale ?? MathF.Pow(shape.HeadDim, settings.DefaultScaleExponent);
         if (!float.IsFinite(scale))
@@ -53,6 +54,7 @@ internal static unsafe class AttentionCore
         }
 
         AttentionKernel kernel;
+        float[]? statistics = withLogSumExp ? new float[2 * logSumExp.Length] : null;
         long* firstNonFinite = stackalloc long[2] { long.MaxValue, long.MaxValue };
         fixed (float* q = query)
         fixed (float* k = key)
@@ -60,6 +62,7 @@ internal static unsafe class AttentionCore
         fixed (float* o = destination)
         fixed (float* bias = settings.Bias.Span)
         fixed (bool* mask = settings.Mask.Span)
+        fixed (float* stats = statistics)
         {
             AttentionArgs args = AttentionArgs.FromShape(shape);
             args.Query = q;
@@ -76,6 +79,7 @@ internal static unsafe class AttentionCore
             args.Causal = settings.Causal;
             args.Power = settings.Power;
             args.MaxDegreeOfParallelism = settings.MaxDegreeOfParallelism;
+            args.RowStats = stats;
             kernel = KernelRegistry.Select(settings.Kernel, in args);
             if (!settings.AllowNonFinite)
             {
@@ -109,6 +113,11 @@ internal static unsafe class AttentionCore
             FiniteCheck.RequireFiniteResult(destination, shape.ValueDim, scale);
         }
 
+        if (statistics is not null)
+        {
+            LogSumExp.FromRowStatistics(statistics, logSumExp);
+        }
+
         return new AttentionRun(kernel.Name, FlopCount.ExactAttention(
             shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, settings.Causal));
     }
@@ -122,22 +131,24 @@ internal static unsafe class AttentionCore
         int[] o = Dims(destination.Lengths, nameof(destination));
         if (k[0] != q[0] || v[0] != q[0] || o[0] != q[0])
         {
-            throw new ArgumentException($"Batch sizes differ: query {Show(q)}, key {Show(k)}, value {Show(v)}, destination {Show(o)}.", nameof(key));
+            Validate.Fail(nameof(key), "batch sizes differ", $"query {Show(q)}, key {Show(k)}, value {Show(v)}, destination {Show(o)}", $"batch {q[0]} everywhere",
+                "every tensor is [batch, heads, n, d] with the same batch");
         }
 
         if (v[1] != k[1] || v[2] != k[2])
         {
-            throw new ArgumentException($"Value shape {Show(v)} does not match key shape {Show(k)} in heads and keys.", nameof(value));
+            Validate.Fail(nameof(value), "the value shape does not match the key shape in heads and keys", $"value {Show(v)}, key {Show(k)}",
+                $"[{k[0]}, {k[1]}, {k[2]}, dv]", "keys and values come in pairs: one value row per key row");
         }
 
         if (o[1] != q[1] || o[2] != q[2] || o[3] != v[3])
         {
-            throw new ArgumentException($"Destination shape {Show(o)} must be {Show([q[0], q[1], q[2], v[3]])}.", nameof(destination));
+            Validate.Fail(nameof(destination), "the destination shape does not match", Show(o), Show([q[0], q[1], q[2], v[3]]), "the output has the query's shape with the value's last dimension");
         }
 
         if (k[3] != q[3])
         {
-            throw new ArgumentException($"Query shape {Show(q)} and key shape {Show(k)} differ in head dimension.", nameof(key));
+            Validate.Fail(nameof(key), "the query and key shapes differ in head dimension", $"query {Show(q)}, key {Show(k)}", $"d = {q[3]} in both", "queries and keys are dotted: their last dimensions must agree");
         }
 
         var shape = new AttentionShape(q[0], q[1], q[2], k[2], q[3], v[3], k[1]);
@@ -188,7 +199,7 @@ internal static unsafe class AttentionCore
     {
         if (lengths.Length is < 2 or > 4)
         {
-            throw new ArgumentException($"{name} has rank {lengths.Length}; expected [n, d], [heads, n, d] or [batch, heads, n, d].", name);
+            Validate.Fail(name, "unsupported rank", $"rank {lengths.Length}", "rank 2, 3 or 4", "pass [n, d], [heads, n, d] or [batch, heads, n, d]");
         }
 
         int[] dims = [1, 1, 1, 1];
@@ -201,33 +212,6 @@ internal static unsafe class AttentionCore
     }
 
     private static string Show(int[] dims) => TensorData.FormatShape(dims);
-
-    private static void ValidateShape(AttentionShape shape)
-    {
-        if (shape.BatchSize < 1 || shape.HeadCount < 1 || shape.QueryCount < 1 || shape.KeyCount < 1 || shape.HeadDim < 1 || shape.ValueDim < 1 || shape.KeyValueHeadCount < 0)
-        {
-            throw new ArgumentException($"Every dimension must be at least 1 (empty tensors are an error); got {shape}.", nameof(shape));
-        }
-
-        if (shape.HeadCount % shape.EffectiveKeyValueHeads != 0)
-        {
-            throw new ArgumentException(
-                $"Key/value heads ({shape.EffectiveKeyValueHeads}) must divide query heads ({shape.HeadCount}) for grouped-query attention.", nameof(shape));
-        }
-
-        if (shape.QueryLength > Array.MaxLength || shape.KeyLength > Array.MaxLength || shape.ValueLength > Array.MaxLength || shape.OutputLength > Array.MaxLength)
-        {
-            throw new ArgumentException($"A tensor of shape ({shape}) has more elements than one span can hold.", nameof(shape));
-        }
-    }
-
-    private static void CheckLength(int actual, long expected, string name, string layout, AttentionShape shape)
-    {
-        if (actual != expected)
-        {
-            throw new ArgumentException($"{name} has {actual} elements but {layout} with ({shape}) needs {expected}.", name);
-        }
-    }
 
     private static (long Batch, long Head) BroadcastStrides(int length, long block, AttentionShape shape, string name)
     {

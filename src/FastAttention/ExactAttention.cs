@@ -55,6 +55,27 @@ public static class ExactAttention
     public static AttentionRun Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, ExactAttentionOptions options = default) =>
         AttentionCore.Run(query, key, value, shape, destination, Settings(options));
 
+    /// <summary>
+    /// Computes attention into <paramref name="destination"/> and each row's log-sum-exp into <paramref name="logSumExp"/>:
+    /// <c>lse[b, h, i] = max_j s_ij + ln sum_j e^(s_ij - max_j s_ij)</c> in base e over the visible keys, <c>s_ij</c> the scaled
+    /// (biased) scores, what a backward pass or a merge of partials over key sets (<see cref="AttentionPartial"/>) needs.
+    /// A row that sees no key (causal with nq &gt; nk, or fully masked) outputs zeros and has log-sum-exp -infinity.
+    /// Every kernel returns it, with the same bits for every thread count.
+    /// </summary>
+    /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>.</param>
+    /// <param name="key">Keys, <c>[batch, kvHeads, nk, d]</c>.</param>
+    /// <param name="value">Values, <c>[batch, kvHeads, nk, dv]</c>.</param>
+    /// <param name="shape">The dimensions.</param>
+    /// <param name="destination">Output, <c>[batch, heads, nq, dv]</c>; must not overlap the inputs.</param>
+    /// <param name="logSumExp">Log-sum-exp per row, <c>[batch, heads, nq]</c>; must not overlap the inputs or the destination.</param>
+    /// <param name="options">Scale, masking, threads, kernel.</param>
+    /// <returns>The kernel that ran and the flops counted.</returns>
+    /// <exception cref="ArgumentException">As for the overload without <paramref name="logSumExp"/>, or its length is not <c>batch heads nq</c>.</exception>
+    /// <exception cref="OverflowException">As for the overload without <paramref name="logSumExp"/>.</exception>
+    public static AttentionRun Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, Span<float> logSumExp,
+        ExactAttentionOptions options = default)
+        => AttentionCore.Run(query, key, value, shape, destination, logSumExp, true, Settings(options));
+
     /// <summary>Computes attention on .NET tensor spans of rank 2 (<c>[n, d]</c>), 3 (<c>[heads, n, d]</c>) or 4 (<c>[batch, heads, n, d]</c>).</summary>
     /// <param name="query">Queries.</param>
     /// <param name="key">Keys (fewer heads than the query for grouped-query attention).</param>

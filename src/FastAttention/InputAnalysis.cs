@@ -52,10 +52,9 @@ public static class InputAnalysis
     /// <returns>The bounds and the regime.</returns>
     public static InputBounds Analyze(ReadOnlySpan<float> query, ReadOnlySpan<float> key, AttentionShape shape, float? scale = null)
     {
-        if (query.Length != shape.QueryLength || key.Length != shape.KeyLength || query.IsEmpty || key.IsEmpty)
-        {
-            throw new ArgumentException($"Query ({query.Length}) and key ({key.Length}) lengths must match ({shape}) and be non-empty.", nameof(shape));
-        }
+        Validate.Shape(shape, needsValues: false);
+        Validate.Length(query.Length, shape.QueryLength, nameof(query), Validate.QueryLayout, shape);
+        Validate.Length(key.Length, shape.KeyLength, nameof(key), Validate.KeyLayout, shape);
 
         int d = shape.HeadDim;
         double s = scale ?? (1.0 / Math.Sqrt(d));

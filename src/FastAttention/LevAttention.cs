@@ -56,11 +56,8 @@ public static class LevAttention
     /// <exception cref="ArgumentException">Invalid shapes, both or neither of eps and top, or a bad eps, top or power.</exception>
     public static IReadOnlyList<LevSelection> Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, LevAttentionOptions options)
     {
+        Validate.Attention(query, key, value, shape, destination);
         CheckOptions(options);
-        if (query.Length != shape.QueryLength || key.Length != shape.KeyLength || value.Length != shape.ValueLength || destination.Length != shape.OutputLength)
-        {
-            throw new ArgumentException($"Span lengths do not match ({shape}).", nameof(shape));
-        }
 
         int d = shape.HeadDim, dv = shape.ValueDim, nk = shape.KeyCount, nq = shape.QueryCount;
         int kvHeads = shape.EffectiveKeyValueHeads, group = shape.HeadCount / kvHeads;
@@ -192,8 +189,9 @@ public sealed class LevKvCache
     /// <param name="options">Eps or top, scale, always-kept keys.</param>
     public LevKvCache(int dimension, int valueDimension, LevAttentionOptions options)
     {
+        Validate.Positive(dimension, "the key dimension d", $"d {dimension}, dv {valueDimension}", nameof(dimension));
+        Validate.Positive(valueDimension, "the value dimension dv", $"d {dimension}, dv {valueDimension}", nameof(valueDimension));
         LevAttention.CheckOptions(options);
-        ArgumentOutOfRangeException.ThrowIfLessThan(valueDimension, 1);
         _options = options;
         _valueDim = valueDimension;
         _stream = new LeverageStream(dimension, options.Eps ?? 1.0);
@@ -202,18 +200,22 @@ public sealed class LevKvCache
     /// <summary>Keys appended so far.</summary>
     public long Count => _stream.Count;
 
+    /// <summary>The cache's sizes as the messages show them.</summary>
+    private string Dimensions => $"d {_stream.Gram.Dimension}, dv {_valueDim}";
+
     /// <summary>Candidates held (the cache's size beyond the always-kept keys).</summary>
     public int CandidateCount => _candidates.Count;
+
+    /// <summary>The stream positions of the candidates held, in the order they joined (for tests).</summary>
+    internal long[] CandidateIndices => [.. _candidates.Select(c => c.Index)];
 
     /// <summary>Appends one key and its value.</summary>
     /// <param name="key">k, length d.</param>
     /// <param name="value">v, length dv.</param>
     public void Append(ReadOnlySpan<float> key, ReadOnlySpan<float> value)
     {
-        if (value.Length != _valueDim)
-        {
-            throw new ArgumentException($"The value has {value.Length} entries; the cache holds dv = {_valueDim}.", nameof(value));
-        }
+        Validate.Length(key.Length, _stream.Gram.Dimension, nameof(key), "[d]", Dimensions);
+        Validate.Length(value.Length, _valueDim, nameof(value), "[dv]", Dimensions);
 
         long index = _stream.Count;
         _stream.Append(key);
@@ -260,6 +262,9 @@ public sealed class LevKvCache
     /// <param name="output">Output, length dv.</param>
     public void Attend(ReadOnlySpan<float> query, Span<float> output)
     {
+        Validate.Length(query.Length, _stream.Gram.Dimension, nameof(query), "[d]", Dimensions);
+        Validate.Length(output.Length, _valueDim, nameof(output), "[dv]", Dimensions);
+        Validate.NoOverlap(output, query, nameof(query), nameof(output));
         var kept = Selection();
         int d = _stream.Gram.Dimension;
         float[] keys = new float[kept.Count * d], values = new float[kept.Count * _valueDim];

@@ -195,12 +195,12 @@ public static class PolynomialAttention
     public static long ComputeEvenPower(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination,
         int power, float scale = 1f, bool causal = false, long maxRank = 0)
     {
+        CheckInputs(query, key, value, shape, destination);
         if (power < 2 || power % 2 != 0)
         {
             throw new ArgumentOutOfRangeException(nameof(power), power, "The exponent must be an even integer >= 2 (odd or fractional powers of |q.k| have no finite exact factorisation).");
         }
 
-        CheckInputs(query, key, value, shape, destination);
         var monomials = new MonomialFeatures(shape.HeadDim, power, maxRank > 0 ? maxRank : DefaultMaxRank);
         double[] polynomial = new double[power + 1];
         polynomial[power] = 1; // (s q.k)^p: only the monomials of degree exactly p carry weight
@@ -209,15 +209,15 @@ public static class PolynomialAttention
         return monomials.Count;
     }
 
-    /// <summary>Runs the factorised engine on spans; returns max |V|.</summary>
+    /// <summary>Runs the factorised engine on spans (products of the given width, or the widest this CPU accelerates); returns max |V|.</summary>
     internal static unsafe double RunFactorised(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination,
-        FeatureMap map, double[] weight, bool causal, int maxDegree)
+        FeatureMap map, double[] weight, bool causal, int maxDegree, FactorisedKernel? products = null)
     {
         fixed (float* q = query, k = key, v = value, o = destination)
         {
             FactorisedAttention.Run(new FactorisedAttention.Problem
             {
-                Query = q, Key = k, Value = v, Output = o, Shape = shape, Map = map, Weight = weight, Causal = causal, MaxDegreeOfParallelism = maxDegree,
+                Query = q, Key = k, Value = v, Output = o, Shape = shape, Map = map, Weight = weight, Causal = causal, MaxDegreeOfParallelism = maxDegree, Products = products,
             });
         }
 
@@ -226,17 +226,7 @@ public static class PolynomialAttention
 
     internal static void CheckInputs(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination)
     {
-            if (shape.BatchSize < 1 || shape.HeadCount < 1 || shape.QueryCount < 1 || shape.KeyCount < 1 || shape.HeadDim < 1 || shape.ValueDim < 1
-                || shape.HeadCount % shape.EffectiveKeyValueHeads != 0)
-            {
-                throw new ArgumentException($"Every dimension must be at least 1 and kv heads must divide heads; got ({shape}).", nameof(shape));
-            }
-
-            if (query.Length != shape.QueryLength || key.Length != shape.KeyLength || value.Length != shape.ValueLength || destination.Length != shape.OutputLength)
-            {
-                throw new ArgumentException($"Span lengths (query {query.Length}, key {key.Length}, value {value.Length}, destination {destination.Length}) do not match ({shape}).", nameof(shape));
-            }
-
+            Validate.Attention(query, key, value, shape, destination);
             const string Why = "The approximate methods need finite inputs (their score bound R would be infinite); only exact attention can let non-finite values propagate.";
             FiniteCheck.Require(query, nameof(query), shape.HeadDim, Why);
             FiniteCheck.Require(key, nameof(key), shape.HeadDim, Why);

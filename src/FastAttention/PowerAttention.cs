@@ -42,6 +42,7 @@ public static class PowerAttention
     /// <returns>The kernel that ran and the flops counted.</returns>
     public static AttentionRun Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, PowerAttentionOptions options = default)
     {
+        Validate.Attention(query, key, value, shape, destination);
         float power = options.Power ?? 2f;
         if (!(power > 0f) || !float.IsFinite(power))
         {

@@ -17,16 +17,7 @@ public static class ReferenceAttention
     /// <param name="causal">Bottom-right aligned causal mask.</param>
     public static void Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<double> destination, double? scale = null, bool causal = false)
     {
-        if (shape.BatchSize < 1 || shape.HeadCount < 1 || shape.QueryCount < 1 || shape.KeyCount < 1 || shape.HeadDim < 1 || shape.ValueDim < 1
-            || shape.HeadCount % shape.EffectiveKeyValueHeads != 0)
-        {
-            throw new ArgumentException($"Invalid shape ({shape}).", nameof(shape));
-        }
-
-        if (query.Length != shape.QueryLength || key.Length != shape.KeyLength || value.Length != shape.ValueLength || destination.Length != shape.OutputLength)
-        {
-            throw new ArgumentException($"Span lengths ({query.Length}, {key.Length}, {value.Length}, {destination.Length}) do not match ({shape}).", nameof(shape));
-        }
+        Validate.Attention(query, key, value, shape, destination);
 
         double s = scale ?? (1.0 / Math.Sqrt(shape.HeadDim));
         int n = shape.KeyCount, d = shape.HeadDim, dv = shape.ValueDim;

@@ -60,13 +60,13 @@ public static class SketchedAttention
     /// <exception cref="ArgumentOutOfRangeException">The sketch size is outside 1 .. <see cref="MaxSketchSize"/>.</exception>
     public static SketchReport Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, SketchedAttentionOptions options = default)
     {
+        PolynomialAttention.CheckInputs(query, key, value, shape, destination);
         int m = options.SketchSize == 0 ? DefaultSketchSize : options.SketchSize;
         if (m < 1 || m > MaxSketchSize)
         {
             throw new ArgumentOutOfRangeException(nameof(options), options.SketchSize, $"The sketch size must lie in 1 .. {MaxSketchSize} (it carries m (m + 1) / 2 features).");
         }
 
-        PolynomialAttention.CheckInputs(query, key, value, shape, destination);
         double s = options.Scale ?? (1.0 / Math.Sqrt(shape.HeadDim));
         var map = new SketchFeatureMap(shape.HeadDim, m, options.Seed, s);
         PolynomialAttention.RunFactorised(query, key, value, shape, destination, map, map.Weights(), options.Causal, options.MaxDegreeOfParallelism);

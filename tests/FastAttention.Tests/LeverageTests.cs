@@ -344,3 +344,34 @@ public class LeverageTests
         Assert.Matches(eps is <= 0 or > 1 ? "eps" : "p", ex.ParamName!);
     }
 }
+
+/// <summary>Defect: an all-zero key left the previous call's online score in <see cref="FastAttention.Leverage.LeverageStream.LastOnlineScores"/>.</summary>
+public class ZeroKeyTests
+{
+    [Fact]
+    public void An_all_zero_key_has_online_score_zero_not_the_previous_keys()
+    {
+        var stream = new FastAttention.Leverage.LeverageStream(2, 0.5);
+        stream.Append([1f, 0f]);
+        Assert.Equal(1.0, stream.LastOnlineScores[0]);
+        stream.Append([0f, 0f]);
+        Assert.Equal(0.0, stream.LastOnlineScores[0]);
+        Assert.Equal(1, stream.CandidateCount);
+    }
+
+    [Fact]
+    public void LevKvCache_in_top_k_mode_does_not_evict_a_real_key_for_an_all_zero_key()
+    {
+        // Top 1 keeps a pool of 4: online scores 1, 1/2, 1/3 (the same direction) and 1 (a new one) fill it.
+        var cache = new LevKvCache(2, 1, new LevAttentionOptions { Top = 1 });
+        cache.Append([1f, 0f], [1f]);
+        cache.Append([1f, 0f], [2f]);
+        cache.Append([1f, 0f], [3f]);
+        cache.Append([0f, 1f], [4f]);
+        Assert.Equal([0L, 1, 2, 3], cache.CandidateIndices);
+
+        // The zero key scores 0: it must not displace key 2 (which the stale score 1 of key 3 did).
+        cache.Append([0f, 0f], [5f]);
+        Assert.Equal([0L, 1, 2, 3], cache.CandidateIndices);
+    }
+}

@@ -45,11 +45,11 @@ internal unsafe struct AttentionArgs
     public long* FirstNonFinite;
 
     /// <summary>
-    /// When not null (tiled kernels only), the kernel also writes each output row's softmax statistics:
+    /// When not null, the kernel also writes each output row's softmax statistics:
     /// <c>[2 row]</c> = the row max m of the scaled scores in base 2 (score times log2 e, as the kernel computes them),
     /// <c>[2 row + 1]</c> = the sum l of 2^(score log2 e - m), i.e. of e^(score - m ln 2)
     /// (m = -inf, l = 0 for a row that saw no key), row = (b heads + h) nq + i. Tensor attention merges
-    /// rows with them.
+    /// rows with them; <c>ExactAttention</c> turns them into log-sum-exp.
     /// </summary>
     public float* RowStats;
 

@@ -37,9 +37,6 @@ internal static class KernelRegistry
         new("tiled-scalar", "tiled online softmax, scalar (any CPU)", () => SimdScalar.IsSupported, TiledAttention<SimdScalar, float>.Run),
     ];
 
-    /// <summary>The kernels this CPU can run.</summary>
-    public static IEnumerable<AttentionKernel> Supported => Attention.Where(k => k.IsSupported());
-
     /// <summary>The kernels that run on this CPU and take inputs of this shape (ignoring masks and values).</summary>
     public static IEnumerable<AttentionKernel> For(AttentionShape shape)
     {

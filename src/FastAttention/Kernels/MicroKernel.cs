@@ -5,10 +5,9 @@ namespace FastAttention.Kernels;
 /// <summary>
 /// The register-blocked micro-kernel every dense product in the library runs on: the GEMM, and both
 /// products of the attention kernel (<c>Q K^T</c> and <c>P V</c>), in a 6-row (<see cref="Run6"/>), 8-row
-/// two-vector (<see cref="RunTwo"/>) or one-vector (<see cref="RunNarrow"/>) form. The base form computes a 4-row by 4-vector tile
-/// <c>C = AB</c> or <c>C = diag(scale) C + AB</c> with 16 independent FMA chains (two FMA pipes of
-/// latency 4 need at least 8; 16 accumulators plus 4 B vectors and a broadcast fit the 32 AVX-512
-/// registers). A is read in place through strides (row-major, column-major or packed); B is a panel
+/// two-vector (<see cref="RunTwo"/>) or one-vector (<see cref="RunNarrow"/>) form, each computing
+/// <c>C = AB</c> or <c>C = diag(scale) C + AB</c> with many independent FMA chains (two FMA pipes of
+/// latency 4 need at least 8). A is read in place through strides (row-major, column-major or packed); B is a panel
 /// of 4 vectors per row with row stride <c>ldb</c>.
 /// </summary>
 internal static unsafe class MicroKernel<TS, TV>
@@ -21,67 +20,16 @@ internal static unsafe class MicroKernel<TS, TV>
     /// <summary>Columns of B and C per tile: four vectors.</summary>
     public static int Columns => 4 * TS.Count;
 
-    /// <summary>
-    /// C[4 x 4 vectors] = A[4 x k] B[k x 4 vectors] when <paramref name="scale"/> is null, else
-    /// C = scale[r] C + AB. A's element (r, t) is <c>a[r * aRow + t * aCol]</c>; B's row t starts at
-    /// <c>b + t * ldb</c>; C's row r at <c>c + r * ldc</c>. The product is accumulated from zero and
-    /// added to C once, which keeps long sums blocked.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Run(int k, float* a, nint aRow, nint aCol, float* b, nint ldb, float* c, nint ldc, float* scale)
-    {
-        int w = TS.Count;
-        TV zero = TS.Broadcast(0f);
-        TV c00 = zero, c01 = zero, c02 = zero, c03 = zero;
-        TV c10 = zero, c11 = zero, c12 = zero, c13 = zero;
-        TV c20 = zero, c21 = zero, c22 = zero, c23 = zero;
-        TV c30 = zero, c31 = zero, c32 = zero, c33 = zero;
-        float* a0 = a, a1 = a + aRow, a2 = a1 + aRow, a3 = a2 + aRow;
-        for (int t = 0; t < k; t++)
-        {
-            TV b0 = TS.Load(ref b[0]);
-            TV b1 = TS.Load(ref b[w]);
-            TV b2 = TS.Load(ref b[2 * w]);
-            TV b3 = TS.Load(ref b[3 * w]);
-            TV x = TS.Broadcast(*a0);
-            c00 = TS.MultiplyAdd(x, b0, c00);
-            c01 = TS.MultiplyAdd(x, b1, c01);
-            c02 = TS.MultiplyAdd(x, b2, c02);
-            c03 = TS.MultiplyAdd(x, b3, c03);
-            x = TS.Broadcast(*a1);
-            c10 = TS.MultiplyAdd(x, b0, c10);
-            c11 = TS.MultiplyAdd(x, b1, c11);
-            c12 = TS.MultiplyAdd(x, b2, c12);
-            c13 = TS.MultiplyAdd(x, b3, c13);
-            x = TS.Broadcast(*a2);
-            c20 = TS.MultiplyAdd(x, b0, c20);
-            c21 = TS.MultiplyAdd(x, b1, c21);
-            c22 = TS.MultiplyAdd(x, b2, c22);
-            c23 = TS.MultiplyAdd(x, b3, c23);
-            x = TS.Broadcast(*a3);
-            c30 = TS.MultiplyAdd(x, b0, c30);
-            c31 = TS.MultiplyAdd(x, b1, c31);
-            c32 = TS.MultiplyAdd(x, b2, c32);
-            c33 = TS.MultiplyAdd(x, b3, c33);
-            a0 += aCol;
-            a1 += aCol;
-            a2 += aCol;
-            a3 += aCol;
-            b += ldb;
-        }
-
-        Write(c, scale, 0, c00, c01, c02, c03);
-        Write(c + ldc, scale, 1, c10, c11, c12, c13);
-        Write(c + (2 * ldc), scale, 2, c20, c21, c22, c23);
-        Write(c + (3 * ldc), scale, 3, c30, c31, c32, c33);
-    }
+    // Every form computes a tile C = AB when scale is null, else C = scale[r] C + AB. A's element (r, t) is
+    // a[r * aRow + t * aCol]; B's row t starts at b + t * ldb; C's row r at c + r * ldc. The product is accumulated
+    // from zero and added to C once, which keeps long sums blocked.
 
     /// <summary>Rows of the taller tile (<see cref="Run6"/>).</summary>
     public const int TallRows = 6;
 
     /// <summary>
-    /// The 6-row form of <see cref="Run"/>: 24 accumulators, so each step issues 10 loads (4 B vectors,
-    /// 6 broadcasts) per 24 FMAs instead of 8 per 16. The GEMM runs on it, and so do both products of the
+    /// 6 rows by 4 vectors: 24 accumulators, so each step issues 10 loads (4 B vectors,
+    /// 6 broadcasts) per 24 FMAs instead of a 4-row tile's 8 per 16. The GEMM runs on it, and so do both products of the
     /// tiled attention kernel (its query tiles are padded to a multiple of 24 rows).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -147,7 +95,7 @@ internal static unsafe class MicroKernel<TS, TV>
     public const int TwoRows = 8;
 
     /// <summary>
-    /// The two-vector-wide form of <see cref="Run"/>, for 8 rows: 16 accumulators again, so each step issues 10
+    /// The two-vector-wide form, for 8 rows: 16 accumulators again, so each step issues 10
     /// loads (2 B vectors, 8 broadcasts) per 16 FMAs, where two calls of <see cref="RunNarrow"/> would issue 10 per
     /// 8. Attention with a 32-wide value head (dv = 2 vectors) runs its whole P V product on it.
     /// </summary>
@@ -200,7 +148,7 @@ internal static unsafe class MicroKernel<TS, TV>
         WriteTwo(c + (7 * ldc), scale, 7, c70, c71);
     }
 
-    /// <summary>The one-vector-wide form of <see cref="Run"/>, for the last columns of a width that is not a multiple of four vectors.</summary>
+    /// <summary>The one-vector-wide form, for 4 rows (<see cref="Rows"/>) and the last columns of a width that is not a multiple of four vectors.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RunNarrow(int k, float* a, nint aRow, nint aCol, float* b, nint ldb, float* c, nint ldc, float* scale)
     {

@@ -34,8 +34,7 @@ internal static unsafe class SplitKeyAttention<TS, TV>
     private const int PrefetchDistance = 4096;
 
     public static string? Rejects(in AttentionArgs a) =>
-        a.QueryCount > MaxQueries ? $"{a.QueryCount} queries per head; the split-key decoding kernel takes at most {MaxQueries}"
-        : a.RowStats != null ? "it does not export row statistics (tensor attention uses the tiled kernels)" : null;
+        a.QueryCount > MaxQueries ? $"{a.QueryCount} queries per head; the split-key decoding kernel takes at most {MaxQueries}" : null;
 
     public static void Run(AttentionArgs a)
     {
@@ -64,7 +63,7 @@ internal static unsafe class SplitKeyAttention<TS, TV>
         });
 
         // Pass 2: merge the chunks of each (batch, head) in order.
-        Parallel.For(0, heads, options, bh => Merge(in a, chunks, partials + (bh * perHead), a.Output + ((long)bh * a.QueryCount * a.ValueDim)));
+        Parallel.For(0, heads, options, bh => Merge(in a, chunks, partials + (bh * perHead), bh));
     }
 
     /// <summary>
@@ -378,54 +377,31 @@ internal static unsafe class SplitKeyAttention<TS, TV>
         return total;
     }
 
-    private static void Merge(in AttentionArgs a, int chunks, float* partials, float* output)
+    /// <summary>
+    /// Pass 2 for one (batch, head): each query's chunk partials folded in chunk order by <see cref="AttentionPartial.Merge{TBase}"/>
+    /// (base 2, as the scores), then normalised; the statistics go to <see cref="AttentionArgs.RowStats"/> when asked.
+    /// </summary>
+    private static void Merge(in AttentionArgs a, int chunks, float* partials, int bh)
     {
         int dv = a.ValueDim;
         int stride = a.QueryCount * (dv + 2);
         for (int i = 0; i < a.QueryCount; i++)
         {
-            float* row = output + ((long)i * dv);
-            float max = float.NegativeInfinity;
-            bool nan = false;
-            for (int c = 0; c < chunks; c++)
-            {
-                float m = partials[((long)c * stride) + (i * (dv + 2))];
-                nan |= float.IsNaN(m);
-                max = MathF.Max(max, m);
-            }
-
-            new Span<float>(row, dv).Clear();
-            if (nan)
-            {
-                new Span<float>(row, dv).Fill(float.NaN);
-                continue;
-            }
-
-            if (float.IsNegativeInfinity(max))
-            {
-                continue; // no visible key: zeros
-            }
-
-            float sum = 0f;
+            long r = ((long)bh * a.QueryCount) + i;
+            var row = new Span<float>(a.Output + (r * dv), dv);
+            row.Clear();
+            AttentionPartial merged = AttentionPartial.Empty;
             for (int c = 0; c < chunks; c++)
             {
                 float* part = partials + ((long)c * stride) + (i * (dv + 2));
-                if (part[1] == 0f)
-                {
-                    continue;
-                }
-
-                float scale = VectorMath.Exp2NonPositive<SimdScalar, float>(part[0] - max);
-                sum = MathF.FusedMultiplyAdd(part[1], scale, sum);
-                for (int k = 0; k < dv; k++)
-                {
-                    row[k] = MathF.FusedMultiplyAdd(part[2 + k], scale, row[k]);
-                }
+                merged = AttentionPartial.Merge<BinaryBase>(merged, row, new AttentionPartial(part[0], part[1]), new ReadOnlySpan<float>(part + 2, dv), row);
             }
 
-            for (int k = 0; k < dv; k++)
+            AttentionPartial.Normalize(merged, row, row); // no visible key: zeros; a NaN statistic propagates
+            if (a.RowStats != null)
             {
-                row[k] = sum != 0f ? row[k] / sum : 0f;
+                a.RowStats[2 * r] = merged.Max;
+                a.RowStats[(2 * r) + 1] = merged.Sum;
             }
         }
     }

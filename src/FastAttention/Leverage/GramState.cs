@@ -127,14 +127,19 @@ public sealed class GramState
         Rows += count;
     }
 
-    /// <summary>Adds another state's Gram matrix (a disjoint shard of rows).</summary>
+    /// <summary>
+    /// Adds another state's Gram matrix (a disjoint shard of rows): the merged state is the state of both shards' rows,
+    /// so the leverage scores from its <see cref="Factor"/> are those of the whole key stream (up to the rounding of the
+    /// order of the additions; merging in a fixed order gives the same bits).
+    /// </summary>
     /// <param name="other">The shard's state.</param>
+    /// <exception cref="ArgumentException">The states differ in dimension.</exception>
     public void Merge(GramState other)
     {
         ArgumentNullException.ThrowIfNull(other);
         if (other.Dimension != Dimension)
         {
-            throw new ArgumentException($"Cannot merge a d = {other.Dimension} state into a d = {Dimension} one.", nameof(other));
+            Validate.Fail(nameof(other), "the states differ in dimension", $"d = {other.Dimension}", $"d = {Dimension}", "only states of keys of the same dimension merge");
         }
 
         TensorPrimitives.Add(_gram, other._gram, _gram);

@@ -80,8 +80,9 @@ public sealed class LeverageStream
 
             if (norm == 0)
             {
+                online[j] = 0; // a zero key scores 0 and changes nothing (the buffer holds the previous call's scores)
                 Count++;
-                continue; // a zero key scores 0 and changes nothing
+                continue;
             }
 
             if (_delta == 0 || norm * Regularisation > _delta * 16)
@@ -122,7 +123,6 @@ public sealed class LeverageStream
 
             Count++;
         }
-
     }
 
     /// <summary>The universal set at eps: the candidates whose final leverage score reaches eps, sorted, with the certificate.</summary>

@@ -1,5 +1,3 @@
-using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
 using FastAttention.Kernels;
 
 namespace FastAttention.Polynomial;
@@ -10,9 +8,9 @@ namespace FastAttention.Polynomial;
 /// (ALGORITHMS.md §2, step 3), in O(n r dv), in double, shaped as two thin GEMMs:
 /// <list type="number">
 /// <item>keys in blocks of <see cref="Block"/>: the block's features <c>F [r][Block]</c> (one vector op per
-/// feature per 8 rows), then <c>M += F [V | 1]</c> by a 4-feature x 3-column register tile of dot products
+/// feature per vector of rows), then <c>M += F [V | 1]</c> by a 4-feature x 3-column register tile of dot products
 /// along the block;</item>
-/// <item>queries in blocks of <see cref="Block"/>: <c>O^T = (diag(W) M)^T F</c> by a 32-row x 3-column register
+/// <item>queries in blocks of <see cref="Block"/>: <c>O^T = (diag(W) M)^T F</c> by a 4-vector-row x 3-column register
 /// tile (broadcast M, FMA into the rows), then each row is divided by its normaliser column.</item>
 /// </list>
 /// Non-causal: per-chunk partial states of <see cref="NonCausalChunk"/> keys are computed in parallel and
@@ -20,9 +18,10 @@ namespace FastAttention.Polynomial;
 /// in order; query i, whose visible keys end inside key block c, takes the prefix state of the blocks
 /// before c from the factorised product and the visible keys of block c directly from
 /// <see cref="FeatureMap.PairWeight"/>. Every sum runs in an order fixed by the input, so the output bits
-/// do not depend on the thread count.
+/// do not depend on the thread count. The products run at the widest vector width the CPU accelerates
+/// (<see cref="FactorisedKernel"/>: Vector512, Vector256 or scalar, as the other kernels choose).
 /// </summary>
-internal static unsafe class FactorisedAttention
+internal static unsafe partial class FactorisedAttention
 {
     /// <summary>Rows per feature block (and keys per causal state block).</summary>
     public const int Block = 128;
@@ -31,10 +30,10 @@ internal static unsafe class FactorisedAttention
     public const int NonCausalChunk = 1024;
 
     /// <summary>Features per pass of the query product.</summary>
-    private const int FeatureChunk = 256;
+    internal const int FeatureChunk = 256;
 
     /// <summary>Columns of the register tiles; [V | 1] is padded to a multiple of it.</summary>
-    private const int ColumnTile = 3;
+    internal const int ColumnTile = 3;
 
     /// <summary>The whole problem, for every (batch, kv head).</summary>
     public readonly struct Problem
@@ -57,6 +56,9 @@ internal static unsafe class FactorisedAttention
         public bool Causal { get; init; }
 
         public int MaxDegreeOfParallelism { get; init; }
+
+        /// <summary>The width of the products; null means <see cref="FactorisedKernel.Default"/> (tests force each).</summary>
+        public FactorisedKernel? Products { get; init; }
     }
 
     /// <summary>The longest chain of additions any output's rounding passes through (for the certificate's rounding term).</summary>
@@ -144,145 +146,6 @@ internal static unsafe class FactorisedAttention
         });
     }
 
-    /// <summary>
-    /// Tensor attention of order k (ALGORITHMS.md §3) with the same features: the Khatri–Rao identity turns
-    /// <c>(U2 (.) U3)^T ([V1 | 1] (.) [V2 | 1])</c> into the Hadamard product of the per-matrix states
-    /// <c>U_t^T [V_t | 1]</c>, so <c>out = diag(w)^-1 U1 (o_t U_t^T [V_t | 1])</c> costs O(n r dv) per key
-    /// matrix and never n^2. The last column of the product is the normaliser
-    /// <c>U1 (o_t U_t^T 1)</c>. Causal (every <c>j_t &lt;= i + nk - nq</c>) keeps a running state per key
-    /// matrix, updated key by key and multiplied per query (sequential within a head; heads in parallel).
-    /// </summary>
-    /// <param name="query">Q, [h, nq, d].</param>
-    /// <param name="keys">K_t, each [h, nk, d].</param>
-    /// <param name="values">V_t, each [h, nk, dv].</param>
-    /// <param name="output">Output, [h, nq, dv].</param>
-    /// <param name="shape">h as heads, nq, nk, d, dv.</param>
-    /// <param name="map">The features; its degrees count the total degree in q (and in each k_t).</param>
-    /// <param name="weightOfFeature">W_a for unscaled inputs.</param>
-    /// <param name="causal">Causal.</param>
-    /// <param name="maxDegree">Threads.</param>
-    public static void RunTensor(float* query, nint[] keys, nint[] values, float* output, AttentionShape shape, FeatureMap map, double[] weightOfFeature, bool causal, int maxDegree)
-    {
-        int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount;
-        int rPad = map.PaddedCount, cPad = RoundUp(dv + 1, ColumnTile);
-        double qScale = InverseMaxAbs(query, shape.QueryLength);
-        double[] kScale = [.. keys.Select(k => InverseMaxAbs((float*)k, shape.KeyLength))];
-        double combined = qScale * kScale.Aggregate(1.0, (x, y) => x * y);
-        double[] weight = new double[rPad];
-        for (int a = 0; a < map.Count; a++)
-        {
-            weight[a] = weightOfFeature[a] / Math.Pow(combined, map.Degree[a]);
-        }
-
-        int threads = maxDegree > 0 ? maxDegree : Environment.ProcessorCount;
-        long stateDoubles = (long)rPad * cPad;
-        int wave = (int)Math.Clamp((64L << 20) / (stateDoubles * sizeof(double)), 1, 4 * threads);
-        Func<Scratch> scratch = () => new Scratch(map, cPad);
-        var problem = new Problem { Query = query, Output = output, Shape = shape, Map = map, Weight = weight, MaxDegreeOfParallelism = maxDegree };
-        Head Stream(int t, int h) => new(problem, map, weight, qScale, kScale[t], cPad,
-            (float*)keys[t] + ((long)h * nk * d), (float*)values[t] + ((long)h * nk * dv), h, 1);
-
-        if (causal)
-        {
-            ParallelWork.Run(shape.HeadCount, maxDegree, () => new TensorScratch(map, cPad, keys.Length), (h, s) =>
-                RunTensorCausal([.. Enumerable.Range(0, keys.Length).Select(t => Stream(t, h))], weight, s));
-            return;
-        }
-
-        using var product = new DoubleBuffer(stateDoubles);
-        using var state = new DoubleBuffer(stateDoubles);
-        for (int h = 0; h < shape.HeadCount; h++)
-        {
-            for (int t = 0; t < keys.Length; t++)
-            {
-                KeyState(Stream(t, h), wave, scratch, t == 0 ? product.Pointer : state.Pointer);
-                if (t > 0)
-                {
-                    Multiply(product.Pointer, state.Pointer, stateDoubles);
-                }
-            }
-
-            Head first = Stream(0, h);
-            first.ApplyWeight(product.Pointer);
-            QueryPass(first, product.Pointer, scratch);
-        }
-    }
-
-    /// <summary>One head of causal tensor attention: keys join every stream's state in order; each query multiplies the states.</summary>
-    private static void RunTensorCausal(Head[] streams, double[] weight, TensorScratch s)
-    {
-        Head first = streams[0];
-        FeatureMap map = first.Map;
-        int nq = first.QueryCount, nk = first.KeyCount, dv = first.ValueDim, cPad = first.Columns, rPad = map.PaddedCount;
-        long offset = (long)nk - nq;
-        foreach (double[] state in s.States)
-        {
-            Array.Clear(state);
-        }
-
-        int joined = 0, keyBlock = -1;
-        double[] acc = new double[dv + 1];
-        for (int i0 = 0; i0 < nq; i0 += Block)
-        {
-            int count = Math.Min(Block, nq - i0);
-            first.QueryFeatures(first.FirstHead, i0, count, s.Query);
-            for (int x = 0; x < count; x++)
-            {
-                int visible = (int)Math.Clamp(i0 + x + offset + 1, 0, nk);
-                for (; joined < visible; joined++)
-                {
-                    if (joined / Block != keyBlock)
-                    {
-                        keyBlock = joined / Block;
-                        for (int t = 0; t < streams.Length; t++)
-                        {
-                            streams[t].KeyFeatures(keyBlock * Block, Math.Min(Block, nk - (keyBlock * Block)), s.Keys[t]);
-                        }
-                    }
-
-                    for (int t = 0; t < streams.Length; t++)
-                    {
-                        streams[t].AddKey(joined, joined - (keyBlock * Block), s.Keys[t].Features, s.States[t]);
-                    }
-                }
-
-                float* row = first.Output(first.FirstHead, i0 + x);
-                if (visible == 0)
-                {
-                    new Span<float>(row, dv).Clear();
-                    continue;
-                }
-
-                Array.Clear(acc);
-                double* f = s.Query.Features + x;
-                for (int a = 0; a < rPad; a++)
-                {
-                    double coefficient = weight[a] * f[(long)a * Block];
-                    if (coefficient == 0)
-                    {
-                        continue;
-                    }
-
-                    for (int c = 0; c <= dv; c++)
-                    {
-                        double product = coefficient;
-                        foreach (double[] state in s.States)
-                        {
-                            product *= state[((long)a * cPad) + c];
-                        }
-
-                        acc[c] += product;
-                    }
-                }
-
-                for (int c = 0; c < dv; c++)
-                {
-                    row[c] = acc[dv] == 0 ? 0f : (float)(acc[c] / acc[dv]);
-                }
-            }
-        }
-    }
-
     private static void RunCausal(Head h, int wave, Func<Scratch> scratch)
     {
         int nk = h.KeyCount, nq = h.QueryCount;
@@ -340,296 +203,6 @@ internal static unsafe class FactorisedAttention
         });
     }
 
-    /// <summary>One kv head's keys and values and the query heads that share them.</summary>
-    private readonly struct Head(in Problem p, FeatureMap map, double[] weight, double qScale, double kScale, int columns, float* key, float* value, long firstHead, int group)
-    {
-        private readonly float* _query = p.Query;
-        private readonly float* _output = p.Output;
-        private readonly double[] _weight = weight;
-        private readonly double _qScale = qScale;
-        private readonly double _kScale = kScale;
-
-        public FeatureMap Map { get; } = map;
-
-        public int Columns { get; } = columns;
-
-        public int KeyCount { get; } = p.Shape.KeyCount;
-
-        public int QueryCount { get; } = p.Shape.QueryCount;
-
-        public int ValueDim { get; } = p.Shape.ValueDim;
-
-        public int MaxDegree { get; } = p.MaxDegreeOfParallelism;
-
-        public long FirstHead { get; } = firstHead;
-
-        public int Group { get; } = group;
-
-        private float* Key { get; } = key;
-
-        private float* Value { get; } = value;
-
-        public float* Output(long head, int i) => _output + (((head * QueryCount) + i) * ValueDim);
-
-        /// <summary>state[a][c] += sum over keys j0 .. j1 of f_a(k_j) [v_j | 1]_c (unweighted).</summary>
-        public void AccumulateKeys(int j0, int j1, double* state, Scratch s)
-        {
-            int d = Map.Dimension, dv = ValueDim;
-            for (int jb = j0; jb < j1; jb += Block)
-            {
-                int count = Math.Min(Block, j1 - jb);
-                s.Evaluate(Key + ((long)jb * d), count, _kScale);
-                double* vt = s.Values;
-                for (int c = 0; c < Columns; c++)
-                {
-                    double* line = vt + ((long)c * Block);
-                    for (int j = 0; j < count; j++)
-                    {
-                        line[j] = c < dv ? Value[((long)(jb + j) * dv) + c] : c == dv ? 1 : 0;
-                    }
-
-                    new Span<double>(line + count, Block - count).Clear();
-                }
-
-                KeyProduct(s.Features, Map.PaddedCount, vt, Columns, state);
-            }
-        }
-
-        /// <summary>Features of query rows i0 .. i0+count of a head into the scratch's feature block.</summary>
-        public void QueryFeatures(long head, int i0, int count, Scratch s) =>
-            s.Evaluate(_query + (((head * QueryCount) + i0) * Map.Dimension), count, _qScale);
-
-        /// <summary>Features of key rows j0 .. j0+count into the scratch's feature block.</summary>
-        public void KeyFeatures(int j0, int count, Scratch s) => s.Evaluate(Key + ((long)j0 * Map.Dimension), count, _kScale);
-
-        /// <summary>state[a][c] += f_a(k_j) [v_j | 1]_c for one key whose features are column <paramref name="column"/> of a key block.</summary>
-        public void AddKey(int j, int column, double* features, double[] state)
-        {
-            float* v = Value + ((long)j * ValueDim);
-            for (int a = 0; a < Map.Count; a++)
-            {
-                double f = features[((long)a * Block) + column];
-                long at = (long)a * Columns;
-                for (int c = 0; c < ValueDim; c++)
-                {
-                    state[at + c] += f * v[c];
-                }
-
-                state[at + ValueDim] += f;
-            }
-        }
-
-        public void ApplyWeight(double* state)
-        {
-            for (int a = 0; a < Map.PaddedCount; a++)
-            {
-                for (int c = 0; c < Columns; c++)
-                {
-                    state[((long)a * Columns) + c] *= _weight[a];
-                }
-            }
-        }
-
-        /// <summary>
-        /// Output rows i0 .. i0+count of one head from a weighted state; with <paramref name="diagonal"/> &gt;= 0
-        /// (causal), also the visible keys of key block <paramref name="diagonal"/>, weighted directly.
-        /// </summary>
-        public void Queries(long head, int i0, int count, double* weighted, int diagonal, Scratch s)
-        {
-            int d = Map.Dimension, dv = ValueDim;
-            float* query = _query + (((head * QueryCount) + i0) * d);
-            s.Evaluate(query, count, _qScale);
-            double* ot = s.Values;
-            QueryProduct(s.Features, Map.PaddedCount, weighted, Columns, ot);
-
-            if (diagonal >= 0)
-            {
-                // The visible keys of the diagonal block, weighted directly and vectorised along the keys:
-                // embeddings and values transposed to [e][Block] and [dv][Block], dots by axpy, weights in place.
-                int e = Map.EmbeddingSize;
-                int j0 = diagonal * Block, j1 = Math.Min(KeyCount, j0 + Block), keys = j1 - j0;
-                double* keyT = s.KeyEmbedding, valueT = s.DiagonalValues, dots = s.Dots;
-                for (int j = 0; j < keys; j++)
-                {
-                    Map.Embed(Key + ((long)(j0 + j) * d), s.QueryEmbedding);
-                    for (int l = 0; l < e; l++)
-                    {
-                        keyT[((long)l * Block) + j] = s.QueryEmbedding[l];
-                    }
-
-                    float* v = Value + ((long)(j0 + j) * dv);
-                    for (int c = 0; c < dv; c++)
-                    {
-                        valueT[((long)c * Block) + j] = v[c];
-                    }
-                }
-
-                long offset = (long)KeyCount - QueryCount;
-                for (int x = 0; x < count; x++)
-                {
-                    int visible = (int)Math.Min(i0 + x + offset + 1 - j0, keys);
-                    if (visible <= 0)
-                    {
-                        continue;
-                    }
-
-                    Map.Embed(query + ((long)x * d), s.QueryEmbedding);
-                    var w = new Span<double>(dots, visible);
-                    w.Clear();
-                    for (int l = 0; l < e; l++)
-                    {
-                        var line = new ReadOnlySpan<double>(keyT + ((long)l * Block), visible);
-                        System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(line, s.QueryEmbedding[l], w, w);
-                    }
-
-                    Map.WeightsOfDots(w);
-                    for (int c = 0; c < dv; c++)
-                    {
-                        ot[((long)c * Block) + x] += System.Numerics.Tensors.TensorPrimitives.Dot(w, new ReadOnlySpan<double>(valueT + ((long)c * Block), visible));
-                    }
-
-                    ot[((long)dv * Block) + x] += System.Numerics.Tensors.TensorPrimitives.Sum<double>(w);
-                }
-            }
-
-            for (int x = 0; x < count; x++)
-            {
-                // A zero normaliser (even powers with every q.k = 0) outputs zeros, as PowerAttention does.
-                double l = ot[((long)dv * Block) + x];
-                float* row = Output(head, i0 + x);
-                for (int c = 0; c < dv; c++)
-                {
-                    row[c] = l == 0 ? 0f : (float)(ot[((long)c * Block) + x] / l);
-                }
-            }
-        }
-    }
-
-    /// <summary>state[a][c] += sum_j F[a][j] VT[c][j]: 4 features x 3 columns of dot products along the block.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void KeyProduct(double* f, int rPad, double* vt, int cPad, double* state)
-    {
-        for (int a = 0; a < rPad; a += 4)
-        {
-            double* f0 = f + ((long)a * Block), f1 = f0 + Block, f2 = f1 + Block, f3 = f2 + Block;
-            for (int c = 0; c < cPad; c += ColumnTile)
-            {
-                double* v0 = vt + ((long)c * Block), v1 = v0 + Block, v2 = v1 + Block;
-                Vector512<double> a00 = default, a01 = default, a02 = default, a10 = default, a11 = default, a12 = default;
-                Vector512<double> a20 = default, a21 = default, a22 = default, a30 = default, a31 = default, a32 = default;
-                for (int j = 0; j < Block; j += 8)
-                {
-                    Vector512<double> x0 = Vector512.Load(v0 + j), x1 = Vector512.Load(v1 + j), x2 = Vector512.Load(v2 + j);
-                    Vector512<double> y = Vector512.Load(f0 + j);
-                    a00 = Vector512.FusedMultiplyAdd(y, x0, a00);
-                    a01 = Vector512.FusedMultiplyAdd(y, x1, a01);
-                    a02 = Vector512.FusedMultiplyAdd(y, x2, a02);
-                    y = Vector512.Load(f1 + j);
-                    a10 = Vector512.FusedMultiplyAdd(y, x0, a10);
-                    a11 = Vector512.FusedMultiplyAdd(y, x1, a11);
-                    a12 = Vector512.FusedMultiplyAdd(y, x2, a12);
-                    y = Vector512.Load(f2 + j);
-                    a20 = Vector512.FusedMultiplyAdd(y, x0, a20);
-                    a21 = Vector512.FusedMultiplyAdd(y, x1, a21);
-                    a22 = Vector512.FusedMultiplyAdd(y, x2, a22);
-                    y = Vector512.Load(f3 + j);
-                    a30 = Vector512.FusedMultiplyAdd(y, x0, a30);
-                    a31 = Vector512.FusedMultiplyAdd(y, x1, a31);
-                    a32 = Vector512.FusedMultiplyAdd(y, x2, a32);
-                }
-
-                double* s = state + ((long)a * cPad) + c;
-                s[0] += Vector512.Sum(a00);
-                s[1] += Vector512.Sum(a01);
-                s[2] += Vector512.Sum(a02);
-                s += cPad;
-                s[0] += Vector512.Sum(a10);
-                s[1] += Vector512.Sum(a11);
-                s[2] += Vector512.Sum(a12);
-                s += cPad;
-                s[0] += Vector512.Sum(a20);
-                s[1] += Vector512.Sum(a21);
-                s[2] += Vector512.Sum(a22);
-                s += cPad;
-                s[0] += Vector512.Sum(a30);
-                s[1] += Vector512.Sum(a31);
-                s[2] += Vector512.Sum(a32);
-            }
-        }
-    }
-
-    /// <summary>
-    /// OT[c][i] = sum_a F[a][i] M[a][c]: 32 rows (4 vectors) x 3 columns, broadcasting M. The features go in
-    /// chunks of <see cref="FeatureChunk"/> (256 KiB of F, in L2) so large r streams F from memory once,
-    /// not once per column tile.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void QueryProduct(double* f, int rPad, double* m, int cPad, double* ot)
-    {
-        for (int a0 = 0; a0 < rPad; a0 += FeatureChunk)
-        {
-            int a1 = Math.Min(rPad, a0 + FeatureChunk);
-            for (int i = 0; i < Block; i += 32)
-            {
-                for (int c = 0; c < cPad; c += ColumnTile)
-                {
-                    double* o0 = ot + ((long)c * Block) + i, o1 = o0 + Block, o2 = o1 + Block;
-                    Vector512<double> a00 = default, a01 = default, a02 = default, a10 = default, a11 = default, a12 = default;
-                    Vector512<double> a20 = default, a21 = default, a22 = default, a30 = default, a31 = default, a32 = default;
-                    if (a0 > 0)
-                    {
-                        a00 = Vector512.Load(o0);
-                        a01 = Vector512.Load(o1);
-                        a02 = Vector512.Load(o2);
-                        a10 = Vector512.Load(o0 + 8);
-                        a11 = Vector512.Load(o1 + 8);
-                        a12 = Vector512.Load(o2 + 8);
-                        a20 = Vector512.Load(o0 + 16);
-                        a21 = Vector512.Load(o1 + 16);
-                        a22 = Vector512.Load(o2 + 16);
-                        a30 = Vector512.Load(o0 + 24);
-                        a31 = Vector512.Load(o1 + 24);
-                        a32 = Vector512.Load(o2 + 24);
-                    }
-
-                    double* fa = f + ((long)a0 * Block) + i, ma = m + ((long)a0 * cPad) + c;
-                    for (int a = a0; a < a1; a++, fa += Block, ma += cPad)
-                    {
-                        Vector512<double> m0 = Vector512.Create(ma[0]), m1 = Vector512.Create(ma[1]), m2 = Vector512.Create(ma[2]);
-                        Vector512<double> y = Vector512.Load(fa);
-                        a00 = Vector512.FusedMultiplyAdd(y, m0, a00);
-                        a01 = Vector512.FusedMultiplyAdd(y, m1, a01);
-                        a02 = Vector512.FusedMultiplyAdd(y, m2, a02);
-                        y = Vector512.Load(fa + 8);
-                        a10 = Vector512.FusedMultiplyAdd(y, m0, a10);
-                        a11 = Vector512.FusedMultiplyAdd(y, m1, a11);
-                        a12 = Vector512.FusedMultiplyAdd(y, m2, a12);
-                        y = Vector512.Load(fa + 16);
-                        a20 = Vector512.FusedMultiplyAdd(y, m0, a20);
-                        a21 = Vector512.FusedMultiplyAdd(y, m1, a21);
-                        a22 = Vector512.FusedMultiplyAdd(y, m2, a22);
-                        y = Vector512.Load(fa + 24);
-                        a30 = Vector512.FusedMultiplyAdd(y, m0, a30);
-                        a31 = Vector512.FusedMultiplyAdd(y, m1, a31);
-                        a32 = Vector512.FusedMultiplyAdd(y, m2, a32);
-                    }
-
-                    Vector512.Store(a00, o0);
-                    Vector512.Store(a01, o1);
-                    Vector512.Store(a02, o2);
-                    Vector512.Store(a10, o0 + 8);
-                    Vector512.Store(a11, o1 + 8);
-                    Vector512.Store(a12, o2 + 8);
-                    Vector512.Store(a20, o0 + 16);
-                    Vector512.Store(a21, o1 + 16);
-                    Vector512.Store(a22, o2 + 16);
-                    Vector512.Store(a30, o0 + 24);
-                    Vector512.Store(a31, o1 + 24);
-                    Vector512.Store(a32, o2 + 24);
-                }
-            }
-        }
-    }
 
     private static void Multiply(double* target, double* source, long count)
     {
@@ -655,86 +228,4 @@ internal static unsafe class FactorisedAttention
 
     private static int RoundUp(int x, int multiple) => (x + multiple - 1) / multiple * multiple;
 
-    /// <summary>Native doubles from the shared pool (64-byte aligned).</summary>
-    private readonly struct DoubleBuffer(long doubles) : IDisposable
-    {
-        private readonly NativeBufferPool.Buffer _buffer = NativeBufferPool.Rent(2 * Math.Max(doubles, 8));
-
-        public double* Pointer => (double*)_buffer.Pointer;
-
-        public void Clear() => new Span<double>(Pointer, (int)doubles).Clear();
-
-        public void Dispose() => _buffer.Dispose();
-    }
-
-    /// <summary>A causal tensor worker's buffers: query features, one key-feature block and one running state per key matrix.</summary>
-    private sealed class TensorScratch : IDisposable
-    {
-        public TensorScratch(FeatureMap map, int columns, int streams)
-        {
-            Query = new Scratch(map, columns);
-            Keys = [.. Enumerable.Range(0, streams).Select(_ => new Scratch(map, columns))];
-            States = [.. Enumerable.Range(0, streams).Select(_ => new double[(long)map.PaddedCount * columns])];
-        }
-
-        public Scratch Query { get; }
-
-        public Scratch[] Keys { get; }
-
-        public double[][] States { get; }
-
-        public void Dispose()
-        {
-            Query.Dispose();
-            foreach (Scratch key in Keys)
-            {
-                key.Dispose();
-            }
-        }
-    }
-
-    /// <summary>One worker's buffers: features, [V | 1] (or the output) transposed, the map's scratch, embeddings.</summary>
-    private sealed class Scratch : IDisposable
-    {
-        private readonly DoubleBuffer _buffer;
-        private readonly FeatureMap _map;
-
-        public Scratch(FeatureMap map, int columns)
-        {
-            _map = map;
-            long features = (long)map.PaddedCount * Block, values = (long)columns * Block, embeddings = (long)(Block + 1) * map.EmbeddingSize;
-            _buffer = new DoubleBuffer(features + (2 * values) + map.ScratchDoubles + embeddings + Block + 16);
-            Features = _buffer.Pointer;
-            Values = Features + features;
-            DiagonalValues = Values + values;
-            MapScratch = DiagonalValues + values;
-            KeyEmbedding = MapScratch + map.ScratchDoubles;
-            QueryEmbedding = KeyEmbedding + ((long)Block * map.EmbeddingSize);
-            Dots = QueryEmbedding + map.EmbeddingSize;
-
-            // The padding features (past r) stay zero.
-            new Span<double>(Features + ((long)map.Count * Block), (map.PaddedCount - map.Count) * Block).Clear();
-        }
-
-        public double* Features { get; }
-
-        public double* Values { get; }
-
-        public double* MapScratch { get; }
-
-        /// <summary>Key embeddings of a diagonal block, transposed: [e][Block].</summary>
-        public double* KeyEmbedding { get; }
-
-        /// <summary>Values of a diagonal block, transposed: [dv][Block].</summary>
-        public double* DiagonalValues { get; }
-
-        /// <summary>One query's dots, then weights, against a diagonal block.</summary>
-        public double* Dots { get; }
-
-        public double* QueryEmbedding { get; }
-
-        public void Evaluate(float* rows, int count, double inputScale) => _map.Evaluate(rows, count, inputScale, Features, MapScratch);
-
-        public void Dispose() => _buffer.Dispose();
-    }
 }
