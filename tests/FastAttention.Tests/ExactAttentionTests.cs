@@ -8,7 +8,7 @@ public class ExactAttentionTests
     /// <summary>Kernels that take the tests' multi-query shapes (more than 16 queries per head).</summary>
     public static TheoryData<string> KernelNames() => KernelsFor.Names(queryCount: 17);
 
-    /// <summary>The awkward-size grid of STYLE.md: every n against a few d, every d against a few n, causal on and off
+    /// <summary>The awkward-size grid (1, primes, tile and vector widths plus or minus one): every n against a few d, every d against a few n, causal on and off
     /// (all but n = 1023, which <see cref="LargeGrid"/> holds).</summary>
     public static TheoryData<string, int, int, int, bool> Grid() => GridCases(large: false);
 
