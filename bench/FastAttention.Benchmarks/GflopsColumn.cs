@@ -13,7 +13,8 @@ public interface IFlopCounted
 /// <summary>GFLOP/s and %-of-peak columns: the case's flop count over its mean time.</summary>
 public sealed class GflopsColumn(bool percentOfPeak) : IColumn
 {
-    /// <summary>fp32 FMA peak of this machine per thread (PERFORMANCE.md: ~270 GFLOP/s, 512-bit, one core).</summary>
+    /// <summary>Nominal fp32 FMA peak per thread of the AMD EPYC Zen 5 VM the committed reports were measured on (~270 GFLOP/s,
+    /// 512-bit FMA); other CPUs differ (a Zen 3 core with AVX2 measures 95-100), and <c>fastattn bench</c> measures the peak on the spot.</summary>
     public const double PeakPerThread = 270;
 
     public string Id => percentOfPeak ? "PercentOfPeak" : "GFLOPs";

@@ -19,7 +19,8 @@ echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'),
 printf '%-28s %4s %11s %9s %9s\n' implementation thr "median ms" GFLOP/s "vs BLAS"
 for t in $threads; do
     ours=$("${cli[@]}" bench --method gemm --n "$n" --threads "$t" --repeat "$repeat" --json | "$py" -c "import json,sys; print(json.load(sys.stdin)['medianSeconds'])")
-    # OpenBLAS presets on this machine halve its speed: unset them for this command only (PERFORMANCE.md).
+    # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE presets halved OpenBLAS's speed on the Zen 5 VM of the committed results
+    # (2026-11): unset them for this command only.
     blas=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS="$t" "$py" "$here/peers.py" sgemm "$n" "$t" "$repeat" | "$py" -c "import json,sys; print(json.load(sys.stdin)['medianSeconds'])")
     "$py" - "$n" "$t" "$ours" "$blas" <<'PY'
 import sys

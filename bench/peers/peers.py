@@ -87,7 +87,7 @@ def check(folder, file):
 def summary(folder, n, d, h):
     rows = [json.loads(line) for line in open(f"{folder}/results.jsonl")]
     flops = 4.0 * h * n * n * d
-    peak_per_thread = 270.0  # PERFORMANCE.md: fp32 FMA peak of one core, 512-bit
+    peak_per_thread = 270.0  # nominal fp32 FMA peak of one Zen 5 core with 512-bit FMA (the committed results' VM); a Zen 3 core with AVX2 measures 95-100
     ort = {r["threads"]: r["medianSeconds"] for r in rows if r["impl"] == "onnxruntime"}
     print(f"exact attention, h={h} n={n} d={d}, fp32, non-causal; flops 4 h n^2 d = {flops:.3e}")
     print(f"{'implementation':<34} {'thr':>3} {'median ms':>10} {'GFLOP/s':>8} {'%peak':>6} {'vs ORT':>7} {'max rel err':>12}")

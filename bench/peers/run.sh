@@ -55,7 +55,8 @@ for t in $threads; do
     median=$("$py" -c "import json,sys; print(json.loads(sys.stdin.read())['medianSeconds'])" <<<"$json")
     record "onnxruntime" "$t" "$median" "$work/ort_out.npy"
 
-    # OpenBLAS presets on this machine halve its speed: unset them for this command only (PERFORMANCE.md).
+    # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE presets halved OpenBLAS's speed on the Zen 5 VM of the committed results
+    # (2026-11): unset them for this command only.
     json=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS="$t" "$py" "$here/peers.py" numpy "$work" "$t" "$repeat")
     median=$("$py" -c "import json,sys; print(json.loads(sys.stdin.read())['medianSeconds'])" <<<"$json")
     record "numpy (OpenBLAS, naive)" "$t" "$median" "$work/numpy_out.npy"

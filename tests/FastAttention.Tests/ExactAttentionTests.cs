@@ -8,8 +8,14 @@ public class ExactAttentionTests
     /// <summary>Kernels that take the tests' multi-query shapes (more than 16 queries per head).</summary>
     public static TheoryData<string> KernelNames() => KernelsFor.Names(queryCount: 17);
 
-    /// <summary>The awkward-size grid of STYLE.md: every n against a few d, every d against a few n, causal on and off.</summary>
-    public static TheoryData<string, int, int, int, bool> Grid()
+    /// <summary>The awkward-size grid (1, primes, tile and vector widths plus or minus one): every n against a few d, every d against a few n, causal on and off
+    /// (all but n = 1023, which <see cref="LargeGrid"/> holds).</summary>
+    public static TheoryData<string, int, int, int, bool> Grid() => GridCases(large: false);
+
+    /// <summary>The grid's n = 1023 cases (seconds each against the float64 reference): in the Slow category.</summary>
+    public static TheoryData<string, int, int, int, bool> LargeGrid() => GridCases(large: true);
+
+    private static TheoryData<string, int, int, int, bool> GridCases(bool large)
     {
         var data = new TheoryData<string, int, int, int, bool>();
         int[] ns = [1, 2, 7, 31, 33, 113, 257, 1023];
@@ -22,7 +28,7 @@ public class ExactAttentionTests
 
             // nq != nk in both directions (decoding-like and prefix-like).
             shapes.AddRange([(1, 257, 64), (33, 300, 8), (300, 33, 8), (16, 1000, 128), (3, 5000, 32)]);
-            foreach ((int nq, int nk, int d) in shapes)
+            foreach ((int nq, int nk, int d) in shapes.Where(x => (x.Nq == 1023) == large))
             {
                 foreach (AttentionKernel kernel in KernelsFor.Shape(nq, nk))
                 {
@@ -36,7 +42,16 @@ public class ExactAttentionTests
 
     [Theory]
     [MemberData(nameof(Grid))]
-    public void Matches_float64_reference_over_awkward_sizes(string kernel, int nq, int nk, int d, bool causal)
+    public void Matches_float64_reference_over_awkward_sizes(string kernel, int nq, int nk, int d, bool causal) =>
+        MatchesReference(kernel, nq, nk, d, causal);
+
+    [Theory]
+    [Trait("Category", "Slow")]
+    [MemberData(nameof(LargeGrid))]
+    public void Matches_float64_reference_at_n_1023(string kernel, int nq, int nk, int d, bool causal) =>
+        MatchesReference(kernel, nq, nk, d, causal);
+
+    private static void MatchesReference(string kernel, int nq, int nk, int d, bool causal)
     {
         var shape = new AttentionShape(1, 2, nq, nk, d, d);
         (float[] q, float[] k, float[] v) = Data.Inputs(shape, seed: (nq * 31) + (nk * 7) + d);
@@ -68,6 +83,7 @@ public class ExactAttentionTests
     /// <summary>Causal shapes whose diagonal crosses several query tiles (120 rows) and key tiles (512 keys) at every
     /// offset, with value widths that use each P V tile (4-wide, pair, single): the kernels skip the all-masked micro-tiles.</summary>
     [Theory]
+    [Trait("Category", "Slow")]
     [InlineData(1500, 2100, 64, 64)]
     [InlineData(1300, 700, 32, 32)]
     [InlineData(1100, 1100, 24, 20)]
@@ -192,6 +208,7 @@ public class ExactAttentionTests
     /// <summary>Grouped-query decoding with several rows per kv head runs in chunks of 256 keys at d = dv = 128 (12 chunks here,
     /// the last partial): every head of a group against the same chunk, merged per head.</summary>
     [Theory]
+    [Trait("Category", "Slow")]
     [MemberData(nameof(DecodeKernels))]
     public void Grouped_query_decoding_over_many_shared_chunks_matches_the_reference(string kernel)
     {

@@ -5,7 +5,7 @@ namespace FastAttention.Tests;
 /// <summary>Issue 4, deliverable 1: polynomial approximations of e^x with measured relative error.</summary>
 public class ExpPolynomialTests
 {
-    /// <summary>The minimal degrees of ALGORITHMS.md §2 (checked there numerically, independently of this code).</summary>
+    /// <summary>The minimal degrees tabulated in docs/algorithms.md §2.2 (found numerically, independently of this code).</summary>
     [Theory]
     [InlineData(0.25, 1e-3, 3, 2)]
     [InlineData(0.25, 1e-6, 5, 4)]

@@ -4,8 +4,8 @@ using FastAttention.Tests.Support;
 namespace FastAttention.Tests;
 
 /// <summary>
-/// Issue 4, deliverable 7: the certificate holds on real keys. Queries, keys and values are GloVe word
-/// vectors (data/glove, a subset of ../shared/data/glove), their coordinates taken as they are, and the
+/// The certificate holds on real keys. Queries, keys and values are GloVe word vectors (data/glove: the
+/// 2,000 most frequent words of GloVe 6B 100-d, see its README), their coordinates taken as they are, and the
 /// scale chosen to put R = s max||q|| max||k|| into the regime under test.
 /// </summary>
 public class GloveCertificateTests

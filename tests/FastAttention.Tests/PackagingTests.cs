@@ -7,6 +7,7 @@ namespace FastAttention.Tests;
 /// <c>dotnet pack</c> builds the library package (with XML docs, README, license and symbols) and the CLI as
 /// a .NET tool that installs from a local folder and runs. Packs the binaries this test run was built from.
 /// </summary>
+[Trait("Category", "Slow")]
 public class PackagingTests
 {
     private static readonly TimeSpan Limit = TimeSpan.FromMinutes(3);

@@ -72,6 +72,7 @@ public class PlannerTests
     }
 
     [Fact]
+    [Trait("Category", "Slow")]
     public void Calibration_measures_positive_finite_costs_once_per_thread_count()
     {
         MethodThroughput measured = AttentionPlanner.Calibrate(1);

@@ -52,6 +52,7 @@ public class ProgressTests
     }
 
     [Fact]
+    [Trait("Category", "Slow")]
     public void Cancelling_mid_experiment_exits_130_and_writes_no_file()
     {
         string dir = Data.TempDir();
@@ -78,6 +79,7 @@ public class ProgressTests
     }
 
     [Fact]
+    [Trait("Category", "Slow")]
     public async Task Sigint_stops_the_real_tool_promptly_with_no_partial_output()
     {
         if (OperatingSystem.IsWindows())

@@ -7,7 +7,8 @@ namespace FastAttention.Tests;
 /// <summary>
 /// Keeps the public surface deliberate: a reflection dump of the library's public API must equal the
 /// committed <c>PublicApi.txt</c>. After an intended change, regenerate it with
-/// <c>UPDATE_API_SNAPSHOT=1 dotnet test -c Release --filter PublicApi</c> and review the diff.
+/// <c>UPDATE_API_SNAPSHOT=1 dotnet test -c Release --filter PublicApi</c>: that run rewrites the file and
+/// still fails, showing what changed; review the diff, commit the file, and the next run passes.
 /// </summary>
 public class PublicApiTests
 {
@@ -38,18 +39,49 @@ public class PublicApiTests
     {
         string path = Path.Combine(Data.RepoRoot, "tests", "FastAttention.Tests", "PublicApi.txt");
         string actual = Dump();
-        if (Environment.GetEnvironmentVariable("UPDATE_API_SNAPSHOT") == "1")
+
+        // Read the committed snapshot before update mode may overwrite it, so the comparison is always
+        // between the reflection dump and what was committed, never between the file and itself.
+        string? committed = File.Exists(path) ? File.ReadAllText(path).ReplaceLineEndings("\n") : null;
+        bool update = Environment.GetEnvironmentVariable("UPDATE_API_SNAPSHOT") == "1";
+        if (update && committed != actual)
         {
             File.WriteAllText(path, actual);
         }
 
-        string expected = File.Exists(path) ? File.ReadAllText(path).ReplaceLineEndings("\n") : "(missing)";
-        if (expected != actual)
+        if (committed == actual)
         {
-            string[] e = expected.Split('\n'), a = actual.Split('\n');
-            string added = string.Join("\n", a.Except(e).Take(10));
-            string removed = string.Join("\n", e.Except(a).Take(10));
-            Assert.Fail($"The public API changed. Added:\n{added}\nRemoved:\n{removed}\nIf intended: UPDATE_API_SNAPSHOT=1 dotnet test -c Release --filter PublicApi");
+            return;
         }
+
+        string next = update
+            ? $"{path} has been rewritten from the reflection dump: review `git diff` and commit it; the next run passes."
+            : "If intended: UPDATE_API_SNAPSHOT=1 dotnet test -c Release --filter PublicApi, then review `git diff` and commit the file.";
+        Assert.Fail(committed is null ? $"{path} is missing. {next}" : $"The public API differs from {path}.\n{Difference(committed, actual)}\n{next}");
+    }
+
+    /// <summary>The lines the dump has more often than the snapshot (added) and the other way round (removed),
+    /// counting repeats, since overloads can print alike; or, when the counts agree, that the order differs.</summary>
+    private static string Difference(string committed, string actual)
+    {
+        Dictionary<string, int> count = [];
+        foreach (string line in actual.Split('\n'))
+        {
+            count[line] = count.GetValueOrDefault(line) + 1;
+        }
+
+        foreach (string line in committed.Split('\n'))
+        {
+            count[line] = count.GetValueOrDefault(line) - 1;
+        }
+
+        string[] added = [.. count.Where(c => c.Value > 0).SelectMany(c => Enumerable.Repeat(c.Key, c.Value))];
+        string[] removed = [.. count.Where(c => c.Value < 0).SelectMany(c => Enumerable.Repeat(c.Key, -c.Value))];
+        if (added.Length == 0 && removed.Length == 0)
+        {
+            return "The same lines in a different order.";
+        }
+
+        return $"Added ({added.Length}):\n{string.Join("\n", added.Take(20))}\nRemoved ({removed.Length}):\n{string.Join("\n", removed.Take(20))}";
     }
 }

@@ -9,6 +9,7 @@ namespace FastAttention.Tests;
 /// hold exactly that code in a csharp block; the tests run it and check its results against the float64
 /// reference and the brute-force checker.
 /// </summary>
+[Trait("Category", "Slow")]
 public partial class ReadmeExampleTests
 {
     [GeneratedRegex(@"// begin README example (?<n>\d)\n(?<code>.*?)\n\s*// end README example \k<n>", RegexOptions.Singleline)]

@@ -4,6 +4,7 @@ using FastAttention.Tests.Support;
 namespace FastAttention.Tests;
 
 /// <summary>Runs every <c>fastattn</c> example of the README's console blocks, in process, from the repository root.</summary>
+[Trait("Category", "Slow")]
 public partial class ReadmeTests
 {
     [GeneratedRegex("```console\\n(.*?)```", RegexOptions.Singleline)]
@@ -12,12 +13,13 @@ public partial class ReadmeTests
     public static TheoryData<string> Examples()
     {
         var data = new TheoryData<string>();
+        var seen = new HashSet<string>(StringComparer.Ordinal); // a command shown twice (tour and reference) runs once
         string readme = File.ReadAllText(Path.Combine(Data.RepoRoot, "README.md"));
         foreach (Match block in ConsoleBlock().Matches(readme))
         {
             foreach (string line in block.Groups[1].Value.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
             {
-                if (line.StartsWith("fastattn ", StringComparison.Ordinal))
+                if (line.StartsWith("fastattn ", StringComparison.Ordinal) && seen.Add(line))
                 {
                     data.Add(line);
                 }
