@@ -3,7 +3,7 @@ using FastAttention.Kernels;
 namespace FastAttention;
 
 /// <summary>
-/// One query row's attention over a subset of the keys, as online softmax keeps it (ALGORITHMS.md §1): the softmax
+/// One query row's attention over a subset of the keys, as online softmax keeps it (docs/algorithms.md §1): the softmax
 /// statistics <c>Max = m = max_j s_j</c> and <c>Sum = l = sum_j e^(s_j - m)</c> over the subset (base e), with the
 /// unnormalised output row <c>o = sum_j e^(s_j - m) v_j</c> (dv floats) carried alongside as a span. Attention over
 /// the subset is <c>o / l</c> (<see cref="Normalize"/>) and its log-sum-exp is <c>m + ln l</c>. An empty subset (no

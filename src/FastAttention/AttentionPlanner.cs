@@ -74,7 +74,7 @@ public sealed record PlanCandidate(AttentionMethod Method, bool Feasible, double
 public sealed record AttentionPlan(AttentionMethod Method, string Explanation, int? Degree, long? Rank, IReadOnlyList<PlanCandidate> Candidates);
 
 /// <summary>
-/// Chooses exact, polynomial or sketched attention by predicted time (ALGORITHMS.md §5: "plan the
+/// Chooses exact, polynomial or sketched attention by predicted time (docs/algorithms.md §5: "plan the
 /// dispatcher from measurements"): predicted flops of each method divided by that method's throughput,
 /// measured on this machine by <see cref="Calibrate"/>. The polynomial method is refused when R needs a
 /// degree whose feature count r exceeds the rank or memory budget, or when no degree reaches eps; the

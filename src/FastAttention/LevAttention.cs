@@ -37,7 +37,7 @@ public readonly record struct LevAttentionOptions
 public sealed record LevSelection(int Batch, int KvHead, int[] Keys, UniversalSetCertificate? Certificate);
 
 /// <summary>
-/// LevAttention (Kannan, Bhattacharyya, Kacham, Woodruff; ALGORITHMS.md §4): per (batch, kv head), select keys by
+/// LevAttention (Kannan, Bhattacharyya, Kacham, Woodruff; docs/algorithms.md §4): per (batch, kv head), select keys by
 /// leverage scores (or p-sensitivity bounds) — the universal set at eps, or the top k — plus optional always-kept
 /// first/last keys, then ordinary softmax (or power) attention over the kept keys only. With power attention and a
 /// threshold, every entry of at least eps is kept for every query (the certificate); with softmax the selection is the
@@ -167,7 +167,7 @@ public static class LevAttention
 }
 
 /// <summary>
-/// A leverage-score KV-cache policy for decoding (ALGORITHMS.md §4, "related practice"): keys arrive one at a time
+/// A leverage-score KV-cache policy for decoding (docs/algorithms.md §4, "related practice"): keys arrive one at a time
 /// (<see cref="Append"/>); a <see cref="LeverageStream"/> keeps the running Gram state and only the candidate keys whose
 /// online leverage score reached the threshold (online scores only fall, so an evicted key could never re-enter the
 /// universal set). <see cref="Attend"/> rescores the candidates against the current Gram matrix — O(|candidates| d^2),

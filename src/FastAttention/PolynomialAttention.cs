@@ -39,7 +39,7 @@ public readonly record struct PolynomialAttentionOptions
 public sealed record PolynomialCertificate(double Range, int Degree, long Rank, double PredictedFlops, double PolynomialRelativeError, double OutputBound, double RoundingBound);
 
 /// <summary>
-/// Polynomial-method attention (Alman and Song, "Fast Attention Requires Bounded Entries"; ALGORITHMS.md
+/// Polynomial-method attention (Alman and Song, "Fast Attention Requires Bounded Entries"; docs/algorithms.md
 /// §2): e^x is replaced by a polynomial P with relative error eps on [-R, R], P(s q.k) is factorised as
 /// U1(q) . U2(k) with r = C(d + g, g) monomial features, and
 /// <c>out = diag(U1 (U2^T 1))^-1 U1 (U2^T V)</c> costs O(n r dv) instead of O(n^2 d).
@@ -177,7 +177,7 @@ public static class PolynomialAttention
     /// <summary>
     /// Power attention with an even integer exponent p, exactly and in linear time: <c>(s q.k)^p =
     /// sum over |alpha| = p of (p!/alpha!) (s q)^alpha (s k)^alpha</c>, so the symmetric tensor features of
-    /// degree p factorise the weights with no approximation (ALGORITHMS.md §2, "exact special case").
+    /// degree p factorise the weights with no approximation (docs/algorithms.md §2, "exact special case").
     /// Same result as <see cref="PowerAttention"/> with <c>Power = p</c>, in O(n r dv) instead of
     /// O(n^2 d); this version carries r = C(d + p, p) features, of which the C(d + p - 1, p) of degree
     /// exactly p have non-zero weight.

@@ -26,7 +26,7 @@ public readonly record struct PowerAttentionOptions
 }
 
 /// <summary>
-/// Power attention (ALGORITHMS.md §1, used by LevAttention): weights <c>A_ij = |s q_i.k_j|^p</c>
+/// Power attention (docs/algorithms.md §1, used by LevAttention): weights <c>A_ij = |s q_i.k_j|^p</c>
 /// normalised per row to sum to 1. Computed as softmax of <c>p ln|s q.k|</c> by the exact kernel, so
 /// huge scores do not overflow. A row whose visible scores are all zero outputs zeros.
 /// </summary>

@@ -29,7 +29,7 @@ public readonly record struct SketchedAttentionOptions
 public sealed record SketchReport(int SketchSize, long Rank, long Seed, double PredictedFlops);
 
 /// <summary>
-/// Sketched polynomial attention for transformer-sized heads (PolySketchFormer, ALGORITHMS.md §2): approximates
+/// Sketched polynomial attention for transformer-sized heads (PolySketchFormer, docs/algorithms.md §2): approximates
 /// degree-4 polynomial attention <c>out_i = sum_j (s q_i.k_j)^4 v_j / sum_j (s q_i.k_j)^4</c> (computed exactly
 /// by <see cref="PowerAttention"/> with <c>Power = 4</c>) in time linear in n. The sketch
 /// <c>phi(x) = (x S1) o (x S2) / sqrt(m)</c> (Gaussian S1, S2 of d x m) has <c>E[phi(q).phi(k)] = (q.k)^2</c>;

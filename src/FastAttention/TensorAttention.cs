@@ -4,7 +4,7 @@ using FastAttention.Kernels;
 namespace FastAttention;
 
 /// <summary>
-/// Exact tensor attention (ALGORITHMS.md §3): <c>out_i = sum over tuples softmax_i(s &lt;q_i, k1_j1 o ... o k(k-1)_j(k-1)&gt;)
+/// Exact tensor attention (docs/algorithms.md §3): <c>out_i = sum over tuples softmax_i(s &lt;q_i, k1_j1 o ... o k(k-1)_j(k-1)&gt;)
 /// (v1_j1 o ... o v(k-1)_j(k-1))</c>, never forming the <c>nq x nk^(k-1)</c> matrix. For each query and each tuple
 /// of the first k - 2 key indices, the "virtual query" <c>q_i o k1_j1 o ...</c> is formed once and attends to the last
 /// key matrix with the tiled exact kernel (the 2-simplicial kernel's <c>q o k1</c>-then-GEMM shape: 128 virtual
@@ -78,7 +78,7 @@ public static partial class TensorAttention
     }
 
     /// <summary>
-    /// Tensor attention of order k by the polynomial method (ALGORITHMS.md §3): e^x is replaced by a polynomial P
+    /// Tensor attention of order k by the polynomial method (docs/algorithms.md §3): e^x is replaced by a polynomial P
     /// with relative error eps on [-R, R], R a proven bound on <c>|s &lt;q, k1 o ... o k(k-1)&gt;|</c>, and the
     /// Khatri–Rao identity <c>(U2 (.) U3)^T (V1 (.) V2) = (U2^T V1) o (U3^T V2)</c> gives the output in
     /// O(n r dv (k - 1)) with r = C(d + g, g), never n^2. Causal (every <c>j_t &lt;= i + nk - nq</c>) keeps a

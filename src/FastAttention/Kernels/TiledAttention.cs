@@ -4,7 +4,7 @@ using System.Runtime.InteropServices;
 namespace FastAttention.Kernels;
 
 /// <summary>
-/// Exact softmax attention by tiled online softmax (FlashAttention's algorithm, ALGORITHMS.md §1),
+/// Exact softmax attention by tiled online softmax (FlashAttention's algorithm, docs/algorithms.md §1),
 /// written once over a vector width <typeparamref name="TS"/>. The <c>nq x nk</c> score matrix is never
 /// formed: each worker owns one (batch, head, query tile) and streams key tiles through it:
 /// <list type="number">

@@ -17,7 +17,7 @@ public enum LeverageMethod
 
 /// <summary>
 /// Leverage scores <c>tau_j = k_j^T (K^T K)^+ k_j</c> of the rows of K (<c>[n, d]</c>): in [0, 1], summing to rank K
-/// (ALGORITHMS.md §4). For p = 2 attention <c>A_ij = (q_i.k_j)^2 / sum_l (q_i.k_l)^2</c>, <c>A_ij &lt;= tau_j</c> for every
+/// (docs/algorithms.md §4). For p = 2 attention <c>A_ij = (q_i.k_j)^2 / sum_l (q_i.k_l)^2</c>, <c>A_ij &lt;= tau_j</c> for every
 /// query, which makes <c>{j : tau_j &gt;= eps}</c> a universal set (<see cref="Leverage.UniversalSet"/>).
 /// </summary>
 public static class LeverageScores

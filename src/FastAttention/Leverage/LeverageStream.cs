@@ -1,7 +1,7 @@
 namespace FastAttention.Leverage;
 
 /// <summary>
-/// One streaming pass over keys with workspace independent of n (ALGORITHMS.md §4): a running Gram matrix and the
+/// One streaming pass over keys with workspace independent of n (docs/algorithms.md §4): a running Gram matrix and the
 /// inverse of <c>G + delta I</c> (Sherman–Morrison per key, rebuilt from G every <see cref="RefreshInterval"/> keys), and
 /// the online score <c>k_j^T (G_&lt;=j)^+ k_j</c> of each key as it arrives. Online scores only fall as keys arrive, so
 /// they bound the final leverage scores from above: a key whose online score is below eps can never be in the

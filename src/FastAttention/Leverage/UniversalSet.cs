@@ -12,7 +12,7 @@ namespace FastAttention.Leverage;
 public sealed record UniversalSetCertificate(double Eps, double P, int Size, double SizeBound, double ScoreSum, int Rank);
 
 /// <summary>
-/// Universal sets (ALGORITHMS.md §4): <c>U = {j : sigma_j &gt;= eps}</c> where <c>sigma_j</c> bounds key j's sensitivity,
+/// Universal sets (docs/algorithms.md §4): <c>U = {j : sigma_j &gt;= eps}</c> where <c>sigma_j</c> bounds key j's sensitivity,
 /// <c>sup_y |k_j.y|^p / sum_l |k_l.y|^p</c>. For p = 2 that bound is the leverage score; otherwise it comes from the
 /// l_p Lewis weights w: <c>sigma_j &lt;= w_j</c> for p &lt;= 2 and <c>&lt;= rank^(p/2 - 1) w_j</c> for p &gt; 2. Since every
 /// attention entry <c>A_ij &lt;= sigma_j</c>, U holds every heavy entry of every query, and <c>|U| &lt;= sum sigma / eps</c>

@@ -14,7 +14,7 @@ public enum ExpFitMethod
 
 /// <summary>
 /// A polynomial <c>P(x) = sum_t c_t x^t</c> approximating <c>e^x</c> on <c>[-Range, Range]</c> with
-/// <b>relative</b> error <see cref="RelativeError"/>, measured, not assumed (ALGORITHMS.md §2, step 1;
+/// <b>relative</b> error <see cref="RelativeError"/>, measured, not assumed (docs/algorithms.md §2, step 1;
 /// relative error keeps every approximate attention weight positive). The coefficients are monomial in
 /// <c>x</c>, as the polynomial method's feature maps need them.
 /// </summary>

@@ -2,11 +2,11 @@ using FastAttention.Kernels;
 
 namespace FastAttention.Polynomial;
 
-/// <summary>Tensor attention of order k on the factorised engine (ALGORITHMS.md §3): the per-key-matrix states multiplied together.</summary>
+/// <summary>Tensor attention of order k on the factorised engine (docs/algorithms.md §3): the per-key-matrix states multiplied together.</summary>
 internal static unsafe partial class FactorisedAttention
 {
     /// <summary>
-    /// Tensor attention of order k (ALGORITHMS.md §3) with the same features: the Khatri–Rao identity turns
+    /// Tensor attention of order k (docs/algorithms.md §3) with the same features: the Khatri–Rao identity turns
     /// <c>(U2 (.) U3)^T ([V1 | 1] (.) [V2 | 1])</c> into the Hadamard product of the per-matrix states
     /// <c>U_t^T [V_t | 1]</c>, so <c>out = diag(w)^-1 U1 (o_t U_t^T [V_t | 1])</c> costs O(n r dv) per key
     /// matrix and never n^2. The last column of the product is the normaliser

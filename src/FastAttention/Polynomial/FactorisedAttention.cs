@@ -5,7 +5,7 @@ namespace FastAttention.Polynomial;
 /// <summary>
 /// Attention with factorised weights <c>w(q, k) = sum_a W_a f_a(q) f_a(k)</c> (<see cref="FeatureMap"/>):
 /// <c>out_i = (f(q_i)^T M)[0..dv) / (f(q_i)^T M)[dv]</c>, <c>M = diag(W) sum_j f(k_j) [v_j | 1]^T</c>
-/// (ALGORITHMS.md §2, step 3), in O(n r dv), in double, shaped as two thin GEMMs:
+/// (docs/algorithms.md §2, step 3), in O(n r dv), in double, shaped as two thin GEMMs:
 /// <list type="number">
 /// <item>keys in blocks of <see cref="Block"/>: the block's features <c>F [r][Block]</c> (one vector op per
 /// feature per vector of rows), then <c>M += F [V | 1]</c> by a 4-feature x 3-column register tile of dot products

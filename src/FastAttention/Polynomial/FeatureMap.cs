@@ -99,7 +99,7 @@ internal abstract unsafe class FeatureMap(int dimension, int count, int embeddin
 }
 
 /// <summary>
-/// The monomial features of ALGORITHMS.md §2 for a polynomial <c>P(s q.k) = sum_t c_t (s q.k)^t</c>:
+/// The monomial features of docs/algorithms.md §2 for a polynomial <c>P(s q.k) = sum_t c_t (s q.k)^t</c>:
 /// <c>f_alpha(x) = x^alpha</c>, each the product of its parent and one coordinate (one vector multiply
 /// per feature per 8 rows). The weight of alpha is <c>c_|alpha| (|alpha|!/alpha!) s^|alpha|</c> (see
 /// <see cref="Weights"/>); an even power <c>(s q.k)^p</c> is the polynomial <c>x^p</c>.
@@ -176,7 +176,7 @@ internal sealed unsafe class MonomialFeatureMap : FeatureMap
 }
 
 /// <summary>
-/// PolySketchFormer's non-negative sketch of degree-4 polynomial attention (ALGORITHMS.md §2, "reality
+/// PolySketchFormer's non-negative sketch of degree-4 polynomial attention (docs/algorithms.md §2, "reality
 /// check"): <c>phi(x) = (x S1) o (x S2) / sqrt(m)</c> with Gaussian <c>S1, S2</c> (d x m, seeded) is an
 /// unbiased sketch of degree 2, <c>E[phi(q).phi(k)] = (q.k)^2</c>; its square
 /// <c>(phi(q).phi(k))^2 = sum_{a &lt;= b} (2 - [a = b]) phi_a phi_b (q) phi_a phi_b (k)</c> is never

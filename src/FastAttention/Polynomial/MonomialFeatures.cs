@@ -1,7 +1,7 @@
 namespace FastAttention.Polynomial;
 
 /// <summary>
-/// The monomials q^alpha, alpha in N^d with |alpha| &lt;= g, in graded order (ALGORITHMS.md §2, step 2).
+/// The monomials q^alpha, alpha in N^d with |alpha| &lt;= g, in graded order (docs/algorithms.md §2, step 2).
 /// Each monomial of degree t is its parent of degree t - 1 times one coordinate l at least the
 /// parent's last coordinate (nondecreasing index sequences, so every alpha appears once), which makes
 /// a whole feature row O(r) multiplications. Alongside, the multinomial coefficient |alpha|! / alpha!
