@@ -24,6 +24,9 @@ internal sealed class BadInputException(string message) : Exception(message);
 internal sealed record OptionSpec(string Name, string? ValueName, string Help)
 {
     public bool IsFlag => ValueName is null;
+
+    /// <summary>The only values the option takes, when it has a fixed list (help shows them; another value is a usage error naming them).</summary>
+    public IReadOnlyList<string>? Values { get; init; }
 }
 
 /// <summary>
@@ -56,7 +59,12 @@ internal sealed class CommandLineSyntax
             {
                 Option symbol = option.IsFlag
                     ? new Option<bool>("--" + option.Name) { Description = option.Help, Arity = ArgumentArity.Zero }
-                    : new Option<string>("--" + option.Name) { Description = option.Help, HelpName = option.ValueName };
+                    : new Option<string>("--" + option.Name) { Description = option.Help, HelpName = option.Values is null ? option.ValueName : string.Join('|', option.Values) };
+                if (option.Values is not null)
+                {
+                    ((Option<string>)symbol).AcceptOnlyFromAmong([.. option.Values]);
+                }
+
                 command.Add(symbol);
                 options[option.Name] = symbol;
             }
@@ -86,7 +94,9 @@ internal sealed class CommandLineSyntax
         string where = _commands.TryGetValue(parse.CommandResult.Command, out var entry) ? entry.Spec.Name + ": " : string.Empty;
         // An unrecognised token says more than the "required command" error System.CommandLine adds beside it.
         ParseError first = parse.Errors.FirstOrDefault(e => e.Message.StartsWith("Unrecognized", StringComparison.Ordinal)) ?? parse.Errors[0];
-        string message = first.Message.TrimEnd('.');
+        // One line: the list of allowed values comes one a line.
+        string message = string.Join(' ', first.Message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            .Replace("' '", "', '", StringComparison.Ordinal).TrimEnd('.');
 
         // The library's typo correction, captured instead of printed (it would add lines, and the help text).
         string suggestion = string.Empty;

@@ -16,7 +16,7 @@ internal static class LeverageCommand
             new("eps", "E", "universal set: every key whose sensitivity bound reaches eps (every entry A_ij >= eps of |x|^p attention is kept)"),
             new("top", "N", "instead of --eps: the N keys with the largest scores"),
             new("p", "P", "p of f(x) = |x|^p, in (0, 4) (default 2: leverage scores; otherwise Lewis-weight bounds)"),
-            new("method", "M", "p = 2 scores: exact (default, double), fast (float GEMM) or sketched (CountSketch + JL)"),
+            new("method", "M", "p = 2 scores: exact (default, double), fast (float GEMM) or sketched (CountSketch + JL)") { Values = ["exact", "fast", "sketched"] },
             new("stream", null, "one streaming pass with workspace independent of n (p = 2, --eps): online scores, candidates rescored at the end"),
             new("scores", "S.npy", "also write every key's score (float64 [n] or [h, n])"),
             new("threads", "T", "worker threads (default: all cores)"),
