@@ -1,5 +1,5 @@
 using System.Text.RegularExpressions;
-using FastAttention.Cli.Reports;
+using FastAttention.Lab.Reports;
 using FastAttention.Tests.Support;
 
 namespace FastAttention.Tests;
@@ -51,7 +51,7 @@ public sealed class ReportFixture
     public ReportFixture()
     {
         Directory = Data.TempDir();
-        (Code, Output, Errors) = CliRun.Run("report", "--out", Directory, "--repo", Data.RepoRoot, "--shared", Path.Combine(Directory, "no-shared-data"));
+        (Code, Output, Errors) = CliRun.Run("report", "--out", Directory, "--repo", Data.RepoRoot);
     }
 
     public string Directory { get; }

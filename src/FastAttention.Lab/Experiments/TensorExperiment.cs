@@ -1,11 +1,11 @@
 using System.Globalization;
 using System.Text;
-using FastAttention.Cli.Reports;
+using FastAttention.Lab.Reports;
 
-namespace FastAttention.Cli;
+namespace FastAttention.Lab;
 
 /// <summary><c>fastattn experiment tensor</c>: Alman–Song's higher-order attention claims.</summary>
-internal static partial class ExperimentCommand
+public static partial class Experiments
 {
     /// <summary>
     /// (a) Exact tensor attention's n^3 time against the polynomial method's near-linear time (d = 4, entries in
@@ -14,7 +14,7 @@ internal static partial class ExperimentCommand
     /// attention with hand-built Fourier features decides, for every position, whether some pair sums with it
     /// to 0 mod M.
     /// </summary>
-    private static Report Tensor(Settings s)
+    private static ExperimentReport Tensor(Context s)
     {
         var inv = CultureInfo.InvariantCulture;
         var md = new StringBuilder();
@@ -26,17 +26,17 @@ internal static partial class ExperimentCommand
         md.AppendLine("threshold (log n)^(1/k), so higher orders admit smaller entries. And it captures triple-wise correlations that pairwise");
         md.AppendLine("attention cannot express in one head, such as Match3.");
         md.AppendLine();
-        md.AppendLine(string.Create(inv, $"Machine: {Environment.ProcessorCount} cores, {(s.Threads > 0 ? s.Threads : Environment.ProcessorCount)} thread(s). Date: {DateTime.UtcNow:yyyy-MM-dd}. Rerun: `fastattn experiment tensor{(s.Full ? " --full" : string.Empty)} --out DIR`."));
+        md.AppendLine(string.Create(inv, $"{s.MachineLine} Rerun: `fastattn experiment tensor{(s.Full ? " --full" : string.Empty)} --out DIR`."));
         md.AppendLine();
         var plots = new Dictionary<string, SvgPlot>();
         var claims = new List<Claim>();
         TensorTiming(s, md, plots, claims);
         TensorBudget(s, md, plots, claims);
         TensorMatch3(s, md, plots, claims);
-        return new Report(md.ToString(), plots, claims);
+        return new ExperimentReport("tensor", md.ToString(), plots, claims);
     }
 
-    private static void TensorTiming(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims)
+    private static void TensorTiming(Context s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims)
     {
         var inv = CultureInfo.InvariantCulture;
         const int D = 4;
@@ -57,12 +57,12 @@ internal static partial class ExperimentCommand
             var output = new float[shape.OutputLength];
             PolynomialCertificate? certificate = null;
             var options = new PolynomialAttentionOptions { RelativeError = 1e-3, MaxDegreeOfParallelism = s.Threads };
-            double poly = Median(() => certificate = TensorAttention.ComputePolynomial(q, k, v, shape, output, options), 3);
+            double poly = s.Median(() => certificate = TensorAttention.ComputePolynomial(q, k, v, shape, output, options), 3);
             polyPoints.Add((n, poly));
             double? exact = null;
             if (n <= exactLargest)
             {
-                exact = Median(() => TensorAttention.Compute(q, k, v, shape, output, new TensorAttentionOptions { MaxDegreeOfParallelism = s.Threads }), n <= 1024 ? 3 : 1);
+                exact = s.Median(() => TensorAttention.Compute(q, k, v, shape, output, new TensorAttentionOptions { MaxDegreeOfParallelism = s.Threads }), n <= 1024 ? 3 : 1);
                 exactPoints.Add((n, exact.Value));
                 crossover = exact > poly ? crossover ?? n : null;
             }
@@ -94,7 +94,7 @@ internal static partial class ExperimentCommand
             Claim.Of(exactSlope >= 2.5, polySlope <= 1.3)));
     }
 
-    private static void TensorBudget(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims)
+    private static void TensorBudget(Context s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims)
     {
         var inv = CultureInfo.InvariantCulture;
         const int D = 4;
@@ -167,7 +167,7 @@ internal static partial class ExperimentCommand
         md.AppendLine();
     }
 
-    private static void TensorMatch3(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims)
+    private static void TensorMatch3(Context s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims)
     {
         var inv = CultureInfo.InvariantCulture;
         const int M = 32;
