@@ -95,12 +95,14 @@ public static partial class Experiments
         md.AppendLine();
         md.Append(table);
         md.AppendLine();
-        md.AppendLine("Why the error falls slowly: the square of an unbiased sketch is biased upwards by the sketch's variance,");
+        md.AppendLine(slopes.All(x => x.Slope > -0.5)
+            ? string.Create(inv, $"Why the error falls slowly here (measured rates m^{string.Join(", m^", slopes.Select(x => x.Slope.ToString("F2", inv)))}, slower than the m^-0.5 of an unbiased average): the square of an unbiased sketch is biased upwards by the sketch's variance,")
+            : "Why the error can fall slowly: the square of an unbiased sketch is biased upwards by the sketch's variance,");
         md.AppendLine("E[(phi(q).phi(k))^2] = (q.k)^4 + Var(phi(q).phi(k)), and that variance is of order |q|^4 |k|^4 / m. For the many keys a");
         md.AppendLine("query barely attends to, (q.k)^4 is far smaller than |q|^4 |k|^4 / m unless m is of order d^2, so their summed weight is");
         md.AppendLine("overestimated; the wider the head, the worse. PolySketchFormer trains its model with the sketch in place, where this bias");
         md.AppendLine("is learned around; approximating a fixed attention, as here, it stays. The exact polynomial method at d = 64 would need");
-        md.AppendLine("C(64 + g, g) features (over 47,000 at g = 3); the planner never picks the sketch for softmax requests.");
+        md.AppendLine(string.Create(inv, $"C(64 + g, g) features ({PolynomialAttention.FeatureCount(64, 3):N0} at g = 3); the planner never picks the sketch for softmax requests."));
         var claim = new Claim(Sources.PolySketch,
             "The sketch's error falls steadily as the sketch size m grows (at least like m^-0.3), toward exact degree-4 attention.",
             string.Join("; ", slopes.Select(x => string.Create(inv, $"d = {x.D}: error ~ m^{x.Slope:F2} ({x.First:E2} to {x.Last:E2}; uniform weights {x.Uniform:E2})"))) + ".",
