@@ -72,7 +72,7 @@ public static class LabReport
         List<Claim> claims = [.. names.SelectMany(n => reports[n].Claims), benchClaim];
         var inv = CultureInfo.InvariantCulture;
         var md = new StringBuilder();
-        md.AppendLine("# FastAttention: every claim, measured on this machine");
+        md.AppendLine("# FastAttention: every claim and what this run measured of it");
         md.AppendLine();
         md.AppendLine(string.Create(inv, $"Machine: {started.CpuModel}, {started.Cores} cores, .NET {Environment.Version}, {(settings.Threads > 0 ? settings.Threads : Environment.ProcessorCount)} worker thread(s). Run: {started.UtcTime:yyyy-MM-dd HH:mm} to {DateTime.UtcNow:HH:mm} UTC. Sizes: {(settings.Full ? "paper scale (--full)" : "quick")}; seed {settings.Seed}. Rerun: `fastattn report --out DIR{(settings.Full ? " --full" : string.Empty)}{(settings.RunPeers ? " --peers" : string.Empty)}`."));
         md.AppendLine();
