@@ -1,4 +1,5 @@
 using System.Text;
+using FastAttention.Lab;
 using Spectre.Console;
 
 namespace FastAttention.Cli;
@@ -98,10 +99,19 @@ internal sealed class Progress
     /// <summary>Throws <see cref="OperationCanceledException"/> if Ctrl-C was pressed.</summary>
     public void ThrowIfCancelled() => Cancellation.ThrowIfCancellationRequested();
 
+    /// <summary>This run's progress as the lab takes it: its statuses shown here, cancelled by Ctrl-C.</summary>
+    public LabProgress ForLab() => new(new LabDisplay(this), Cancellation);
+
     private static string Shorten(string status)
     {
         string line = status.ReplaceLineEndings(" ");
         return line.Length <= 70 ? line : line[..67] + "...";
+    }
+
+    /// <summary>Shows the lab's statuses on this run's display.</summary>
+    private sealed class LabDisplay(Progress progress) : IProgress<LabStatus>
+    {
+        public void Report(LabStatus value) => progress.Show(value.Text, value.Fraction);
     }
 
     /// <summary>A writer that prints whole lines through the terminal, so they appear above the live display.</summary>
@@ -135,31 +145,4 @@ internal sealed class Progress
             base.Dispose(disposing);
         }
     }
-}
-
-/// <summary>
-/// A writer for an experiment's log lines: each complete line is also the progress display's status (and so a
-/// cancellation point).
-/// </summary>
-internal sealed class ProgressLog(TextWriter inner) : TextWriter
-{
-    private readonly StringBuilder _line = new();
-
-    public override Encoding Encoding => inner.Encoding;
-
-    public override void Write(char value)
-    {
-        inner.Write(value);
-        if (value == '\n')
-        {
-            Progress.Current.Step(_line.ToString().TrimEnd('\r'));
-            _line.Clear();
-        }
-        else
-        {
-            _line.Append(value);
-        }
-    }
-
-    public override void Flush() => inner.Flush();
 }

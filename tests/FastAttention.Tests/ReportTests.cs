@@ -1,5 +1,5 @@
 using System.Text.RegularExpressions;
-using FastAttention.Cli.Reports;
+using FastAttention.Lab.Reports;
 using FastAttention.Tests.Support;
 
 namespace FastAttention.Tests;
@@ -51,7 +51,7 @@ public sealed class ReportFixture
     public ReportFixture()
     {
         Directory = Data.TempDir();
-        (Code, Output, Errors) = CliRun.Run("report", "--out", Directory, "--repo", Data.RepoRoot, "--shared", Path.Combine(Directory, "no-shared-data"));
+        (Code, Output, Errors) = CliRun.Run("report", "--out", Directory, "--repo", Data.RepoRoot);
     }
 
     public string Directory { get; }
@@ -86,6 +86,25 @@ public partial class ReportTests(ReportFixture report) : IClassFixture<ReportFix
         Assert.Contains("FastAttention's exact kernel, this run", md);
         int verdicts = Regex.Matches(md, @"\*\*(holds|partly|does not hold|not measured)\*\* \|").Count;
         Assert.True(verdicts >= 2 * 14, $"each claim in the summary and in its experiment's section: {verdicts} verdict cells");
+
+        // Every verdict cell of every claims table holds one of the four verdicts, and nothing else.
+        string[] lines = md.ReplaceLineEndings("\n").Split('\n');
+        string[] claimRows = [.. lines.Where(l => l.StartsWith("| ", StringComparison.Ordinal) && Regex.IsMatch(l, @"\| \*\*[^*]*\*\* \|$"))];
+        Assert.Equal(verdicts, claimRows.Length);
+        Assert.All(claimRows, row => Assert.Contains(Regex.Match(row, @"\*\*(?<v>[^*]*)\*\* \|$").Groups["v"].Value, Claim.Texts));
+
+        // The summary's counts are those of its table, and each of its rows is the claim's row in its experiment's section.
+        string[] summary = [.. lines.SkipWhile(l => l != "## Summary").Skip(1).SkipWhile(l => !l.StartsWith('|')).Skip(2).TakeWhile(l => l.StartsWith('|'))];
+        Assert.True(summary.Length >= 14, $"{summary.Length} claims in the summary");
+        int Count(string verdict) => summary.Count(l => l.EndsWith($"**{verdict}** |", StringComparison.Ordinal));
+        string counts = $"{Count("holds")} of {summary.Length} claims hold, {Count("partly")} partly, {Count("does not hold")} do not hold, {Count("not measured")} not measured.";
+        Assert.Contains(counts, md);
+        Assert.Contains(counts, report.Output);
+        string[] sections = [.. lines.SkipWhile(l => l != "## Summary").Skip(1).SkipWhile(l => !l.StartsWith('|')).SkipWhile(l => l.StartsWith('|'))];
+        string[] benchmark = [.. summary.Where(l => l.Contains("ONNX Runtime", StringComparison.Ordinal))];
+        Assert.Single(benchmark);
+        Assert.All(summary.Except(benchmark), row => Assert.Contains(row, sections));
+        Assert.Equal(summary.Length - 1, sections.Count(l => claimRows.Contains(l)));
 
         string[] figures = [.. Figure().Matches(md).Select(m => m.Groups["file"].Value).Distinct()];
         Assert.True(figures.Length >= 10, $"{figures.Length} figures");

@@ -1,5 +1,5 @@
 using System.Xml.Linq;
-using FastAttention.Cli.Reports;
+using FastAttention.Lab.Reports;
 
 namespace FastAttention.Tests;
 

@@ -2,7 +2,7 @@ using System.Globalization;
 using System.Security;
 using System.Text;
 
-namespace FastAttention.Cli.Reports;
+namespace FastAttention.Lab.Reports;
 
 /// <summary>One line of a plot: points (x, y), and optionally a band [low, high] around it.</summary>
 /// <param name="Name">Legend text.</param>

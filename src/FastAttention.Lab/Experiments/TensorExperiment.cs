@@ -1,11 +1,11 @@
 using System.Globalization;
 using System.Text;
-using FastAttention.Cli.Reports;
+using FastAttention.Lab.Reports;
 
-namespace FastAttention.Cli;
+namespace FastAttention.Lab;
 
 /// <summary><c>fastattn experiment tensor</c>: Alman–Song's higher-order attention claims.</summary>
-internal static partial class ExperimentCommand
+public static partial class Experiments
 {
     /// <summary>
     /// (a) Exact tensor attention's n^3 time against the polynomial method's near-linear time (d = 4, entries in
@@ -14,7 +14,7 @@ internal static partial class ExperimentCommand
     /// attention with hand-built Fourier features decides, for every position, whether some pair sums with it
     /// to 0 mod M.
     /// </summary>
-    private static Report Tensor(Settings s)
+    private static ExperimentReport Tensor(Context s)
     {
         var inv = CultureInfo.InvariantCulture;
         var md = new StringBuilder();
@@ -26,17 +26,17 @@ internal static partial class ExperimentCommand
         md.AppendLine("threshold (log n)^(1/k), so higher orders admit smaller entries. And it captures triple-wise correlations that pairwise");
         md.AppendLine("attention cannot express in one head, such as Match3.");
         md.AppendLine();
-        md.AppendLine(string.Create(inv, $"Machine: {Environment.ProcessorCount} cores, {(s.Threads > 0 ? s.Threads : Environment.ProcessorCount)} thread(s). Date: {DateTime.UtcNow:yyyy-MM-dd}. Rerun: `fastattn experiment tensor{(s.Full ? " --full" : string.Empty)} --out DIR`."));
+        md.AppendLine(string.Create(inv, $"{s.MachineLine} Rerun: `fastattn experiment tensor{(s.Full ? " --full" : string.Empty)} --out DIR`."));
         md.AppendLine();
         var plots = new Dictionary<string, SvgPlot>();
         var claims = new List<Claim>();
         TensorTiming(s, md, plots, claims);
         TensorBudget(s, md, plots, claims);
         TensorMatch3(s, md, plots, claims);
-        return new Report(md.ToString(), plots, claims);
+        return new ExperimentReport("tensor", md.ToString(), plots, claims);
     }
 
-    private static void TensorTiming(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims)
+    private static void TensorTiming(Context s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims)
     {
         var inv = CultureInfo.InvariantCulture;
         const int D = 4;
@@ -57,12 +57,12 @@ internal static partial class ExperimentCommand
             var output = new float[shape.OutputLength];
             PolynomialCertificate? certificate = null;
             var options = new PolynomialAttentionOptions { RelativeError = 1e-3, MaxDegreeOfParallelism = s.Threads };
-            double poly = Median(() => certificate = TensorAttention.ComputePolynomial(q, k, v, shape, output, options), 3);
+            double poly = s.Median(() => certificate = TensorAttention.ComputePolynomial(q, k, v, shape, output, options), 3);
             polyPoints.Add((n, poly));
             double? exact = null;
             if (n <= exactLargest)
             {
-                exact = Median(() => TensorAttention.Compute(q, k, v, shape, output, new TensorAttentionOptions { MaxDegreeOfParallelism = s.Threads }), n <= 1024 ? 3 : 1);
+                exact = s.Median(() => TensorAttention.Compute(q, k, v, shape, output, new TensorAttentionOptions { MaxDegreeOfParallelism = s.Threads }), n <= 1024 ? 3 : 1);
                 exactPoints.Add((n, exact.Value));
                 crossover = exact > poly ? crossover ?? n : null;
             }
@@ -79,7 +79,7 @@ internal static partial class ExperimentCommand
         double polyAtLast = polyPoints.First(p => p.N == last.N).Seconds;
         md.AppendLine("## (a) Exact n^3 against the near-linear polynomial method");
         md.AppendLine();
-        md.AppendLine(string.Create(inv, $"Order 3, d = {D}, Q, K1, K2, V1, V2 uniform in [-1, 1], scale 1/d, eps = 1e-3; median of 3 runs (1 for the largest exact runs). The exact kernel is run up to n = {exactLargest}; the polynomial method up to n = {polyLargest}. **Crossover**: the polynomial method is faster from n = {(crossover is int c ? c.ToString(inv) : "beyond the sweep")} on; at n = {last.N} it is **{last.Seconds / polyAtLast:F0}x** faster ({last.Seconds * 1e3:F0} ms against {polyAtLast * 1e3:F2} ms)."));
+        md.AppendLine(string.Create(inv, $"Order 3, d = {D}, Q, K1, K2, V1, V2 uniform in [-1, 1], scale 1/d, eps = 1e-3; median of 3 runs (1 for the largest exact runs). The exact kernel is run up to n = {exactLargest}; the polynomial method up to n = {polyLargest}. **Crossover**: the polynomial method is faster from n = {(crossover is int c ? c.ToString(inv) : "beyond the sweep")} on; at n = {last.N} it is **{Faster(last.Seconds, polyAtLast)}** ({last.Seconds * 1e3:F0} ms against {polyAtLast * 1e3:F2} ms)."));
         md.AppendLine();
         md.AppendLine("![time against n](tensor-time.svg)");
         md.AppendLine();
@@ -90,11 +90,11 @@ internal static partial class ExperimentCommand
         double exactSlope = LogLogSlope(exactPoints.TakeLast(3)), polySlope = LogLogSlope(polyPoints.TakeLast(4));
         claims.Add(new(Sources.Tensor,
             "Exact tensor attention costs n^3, while with bounded entries the polynomial method runs in near-linear time.",
-            string.Create(inv, $"exact time grows like n^{exactSlope:F2} (n = {exactPoints[^3].N}..{last.N}), the polynomial method's like n^{polySlope:F2} (n = {polyPoints[^4].N}..{polyPoints[^1].N}); {last.Seconds / polyAtLast:F0}x faster at n = {last.N}."),
+            string.Create(inv, $"exact time grows like n^{exactSlope:F2} (n = {exactPoints[^3].N}..{last.N}), the polynomial method's like n^{polySlope:F2} (n = {polyPoints[^4].N}..{polyPoints[^1].N}); {Faster(last.Seconds, polyAtLast)} at n = {last.N}."),
             Claim.Of(exactSlope >= 2.5, polySlope <= 1.3)));
     }
 
-    private static void TensorBudget(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims)
+    private static void TensorBudget(Context s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims)
     {
         var inv = CultureInfo.InvariantCulture;
         const int D = 4;
@@ -109,7 +109,7 @@ internal static partial class ExperimentCommand
         {
             double threshold = Math.Pow(Math.Log(n), 1.0 / order);
             var shape = new TensorAttentionShape(1, n, n, D, D, order);
-            const int Budget = 6; // degree 6: r = C(10, 6) = 210 features, a fixed cost per row
+            const int Budget = BudgetDegree; // r = C(d + g, g) features whatever B is: a fixed cost per row
             var points = new List<(double X, double Y)>();
             foreach (double ratio in ratios)
             {
@@ -155,11 +155,12 @@ internal static partial class ExperimentCommand
         plots["tensor-budget.svg"] = plot;
         md.AppendLine("## (b) Error within a fixed compute budget as the entries grow");
         md.AppendLine();
-        md.AppendLine("d = 4, scale 1/d, Q and K_t uniform in [-B, B], V_t in [-1, 1]; B is swept across the order-k threshold (ln n)^(1/k)");
-        md.AppendLine("(cbrt(ln n) for order 3, (ln n)^(1/4) for order 4). The polynomial method gets a fixed compute budget: degree 6, i.e.");
-        md.AppendLine("r = C(10, 6) = 210 features, O(n r d) work whatever B is; the error is measured against the exact kernel on every row.");
-        md.AppendLine("R <= B^k grows with the order, so at the same B / threshold the fixed degree covers less of the range: the error climbs");
-        md.AppendLine("steeply through the threshold, and the same absolute B is harder for the higher order.");
+        md.AppendLine(string.Create(inv, $"d = {D}, scale 1/d, Q and K_t uniform in [-B, B], V_t in [-1, 1]; B is swept across the order-k threshold (ln n)^(1/k)"));
+        md.AppendLine(string.Create(inv, $"(cbrt(ln n) for order 3, (ln n)^(1/4) for order 4). The polynomial method gets a fixed compute budget: degree {BudgetDegree}, i.e."));
+        md.AppendLine(string.Create(inv, $"r = C({D + BudgetDegree}, {BudgetDegree}) = {PolynomialAttention.FeatureCount(D, BudgetDegree)} features, O(n r d) work whatever B is; the error is measured against the exact kernel on every row."));
+        md.AppendLine("R <= B^k grows with the order, so at the same B / threshold the fixed degree covers less of the range. Measured here:");
+        md.AppendLine(string.Join("; ", outcomes.Select(x => string.Create(inv,
+            $"order {x.Order}: error {x.Below:E2} at B/threshold = {ratios[0]}, {(double.IsNaN(x.At) ? "no approximation" : x.At.ToString("E2", inv))} at the threshold ({(x.Steep ? "a steep climb" : "not the steep climb the claim expects")})"))) + ".");
         md.AppendLine();
         md.AppendLine("![error within a fixed budget](tensor-budget.svg)");
         md.AppendLine();
@@ -167,7 +168,7 @@ internal static partial class ExperimentCommand
         md.AppendLine();
     }
 
-    private static void TensorMatch3(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims)
+    private static void TensorMatch3(Context s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims)
     {
         var inv = CultureInfo.InvariantCulture;
         const int M = 32;
@@ -214,7 +215,7 @@ internal static partial class ExperimentCommand
 
         plot.References.Add(new PlotReference(1, "perfect"));
         plots["tensor-match3.svg"] = plot;
-        md.AppendLine("## (c) Match3: a triple-wise task one head of tensor attention solves");
+        md.AppendLine("## (c) Match3: a triple-wise task for one head of tensor attention");
         md.AppendLine();
         md.AppendLine(string.Create(inv, $"Tokens x_i in Z_{M}, drawn from a random alphabet of 4 residues (redrawn until both answers occur; with uniform tokens nearly every position matches); the question at every position i: is there a pair (j1, j2) with x_i + x_j1 + x_j2 = 0 (mod {M})?"));
         md.AppendLine("Pairwise attention scores one key at a time, so one head cannot express this; a tensor head can, with hand-built Fourier");
@@ -231,6 +232,14 @@ internal static partial class ExperimentCommand
         md.AppendLine();
         md.Append(rows);
     }
+
+    /// <summary>The fixed polynomial degree of part (b)'s compute budget.</summary>
+    private const int BudgetDegree = 6;
+
+    /// <summary>"12x faster" or "1.5x slower": the polynomial method against the exact kernel, stated as measured.</summary>
+    private static string Faster(double exactSeconds, double polySeconds) => exactSeconds >= polySeconds
+        ? string.Create(CultureInfo.InvariantCulture, $"{exactSeconds / polySeconds:F0}x faster")
+        : string.Create(CultureInfo.InvariantCulture, $"{polySeconds / exactSeconds:F1}x slower");
 
     /// <summary>Brute force: does some pair (j1, j2) give x_i + x_j1 + x_j2 = 0 mod M?</summary>
     private static bool[] Match3Truth(int[] x, int m)

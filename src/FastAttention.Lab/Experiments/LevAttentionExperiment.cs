@@ -1,17 +1,18 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
-using FastAttention.Cli.Reports;
+using FastAttention.Lab.Reports;
 using FastAttention.IO;
 using FastAttention.Leverage;
 
-namespace FastAttention.Cli;
+namespace FastAttention.Lab;
 
 /// <summary><c>fastattn experiment levattention</c>: the LevAttention paper's claims on this machine.</summary>
-internal static partial class ExperimentCommand
+public static partial class Experiments
 {
-    private static Report LevAttentionExperiment(Settings s, string dataDir, string sharedDir)
+    private static ExperimentReport LevAttentionExperiment(Context s)
     {
+        string dataDir = s.Settings.DataDirectory;
         var inv = CultureInfo.InvariantCulture;
         var md = new StringBuilder();
         md.AppendLine("# LevAttention: universal sets of size independent of n (Kannan, Bhattacharyya, Kacham, Woodruff)");
@@ -21,18 +22,18 @@ internal static partial class ExperimentCommand
         md.AppendLine("with workspace independent of n, in time linear in n. For softmax there is no such guarantee; the paper keeps the top-k");
         md.AppendLine("keys by leverage score per head.");
         md.AppendLine();
-        md.AppendLine(string.Create(inv, $"Machine: {Environment.ProcessorCount} cores, {(s.Threads > 0 ? s.Threads : Environment.ProcessorCount)} thread(s). Date: {DateTime.UtcNow:yyyy-MM-dd}. Rerun: `fastattn experiment levattention{(s.Full ? " --full" : string.Empty)} --out DIR` from the repository root."));
+        md.AppendLine(string.Create(inv, $"{s.MachineLine} Rerun: `fastattn experiment levattention{(s.Full ? " --full" : string.Empty)} --out DIR` from the repository root."));
         md.AppendLine();
         var plots = new Dictionary<string, SvgPlot>();
         var claims = new List<Claim>();
-        LevSize(s, md, plots, claims, dataDir, sharedDir);
+        LevSize(s, md, plots, claims, dataDir);
         LevStreaming(s, md, plots, claims);
-        LevRecall(s, md, plots, claims, dataDir, sharedDir);
-        return new Report(md.ToString(), plots, claims);
+        LevRecall(s, md, plots, claims, dataDir);
+        return new ExperimentReport("levattention", md.ToString(), plots, claims);
     }
 
     /// <summary>(a) |U| against n for Gaussian keys and real GloVe keys.</summary>
-    private static void LevSize(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims, string dataDir, string sharedDir)
+    private static void LevSize(Context s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims, string dataDir)
     {
         var inv = CultureInfo.InvariantCulture;
         const double Eps = 0.02;
@@ -71,8 +72,8 @@ internal static partial class ExperimentCommand
             plot.References.Add(new PlotReference(D / eps, string.Create(inv, $"d / eps = {D / eps:F0}")));
         }
 
-        string shared = Path.Combine(sharedDir, "glove", "glove100_top10k.npy"), local = Path.Combine(dataDir, "glove", "glove100_top2k.npy");
-        string? glovePath = File.Exists(shared) ? shared : File.Exists(local) ? local : null;
+        string local = Path.Combine(dataDir, "glove", "glove100_top2k.npy");
+        string? glovePath = File.Exists(local) ? local : null;
         if (glovePath is not null)
         {
             float[] glove = NumpyFile.ReadFloat32(glovePath).Data;
@@ -94,8 +95,9 @@ internal static partial class ExperimentCommand
         plots["levattention-size.svg"] = plot;
         claims.Add(new(Sources.Lev,
             "The universal set has at most d/eps keys at every n: its size does not grow with n.",
-            string.Join("; ", sizes.GroupBy(x => x.Keys).Select(g => string.Create(inv, $"{g.Key}: |U| = {g.Min(x => x.Size)}..{g.Max(x => x.Size)} for n = {g.First().N:N0}..{g.Last().N:N0} (bound {g.First().Bound:F0})"))) + ".",
-            Claim.Of([.. sizes.Select(x => x.Size <= x.Bound)])));
+            string.Join("; ", sizes.GroupBy(x => x.Keys).Select(g => string.Create(inv, $"{g.Key}: |U| = {g.Min(x => x.Size)}..{g.Max(x => x.Size)} for n = {g.First().N:N0}..{g.Last().N:N0} (bound {g.First().Bound:F0})"))) + "."
+                + string.Create(inv, $" {sizes.Count(x => x.Size > 0 && x.Size < x.N)} of {sizes.Count} sizes informative (0 < |U| < n)."),
+            SizeVerdict(sizes)));
         md.AppendLine("## (a) |U| does not grow with n");
         md.AppendLine();
         md.AppendLine(string.Create(inv, $"p = 2 (leverage scores). Synthetic keys: d = {D}, Gaussian directions with log-normal lengths (e^(1.5 N(0,1))), n = 10^3 .. {largest:N0}, eps = {Eps} and 0.002 (a set of size 0 is drawn at 0.5 on the log axis). GloVe: the first n word vectors of {(glovePath is null ? "(not found)" : Path.GetFileName(glovePath))} (d = 100), n doubling from 500, eps = {Eps}; while n < d / eps the average score d / n is above eps and most keys qualify. The scores always sum to rank K <= d, so at most d / eps keys can reach eps, at any n."));
@@ -107,7 +109,7 @@ internal static partial class ExperimentCommand
     }
 
     /// <summary>(b) One streaming pass: workspace and time against n, keys generated chunk by chunk (never held whole).</summary>
-    private static void LevStreaming(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims)
+    private static void LevStreaming(Context s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims)
     {
         var inv = CultureInfo.InvariantCulture;
         const int D = 16, ChunkRows = 65536;
@@ -165,7 +167,7 @@ internal static partial class ExperimentCommand
     }
 
     /// <summary>(c) Recall of heavy softmax entries and output error on the OCR model's tensors, against two baselines.</summary>
-    private static void LevRecall(Settings s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims, string dataDir, string sharedDir)
+    private static void LevRecall(Context s, StringBuilder md, Dictionary<string, SvgPlot> plots, List<Claim> claims, string dataDir)
     {
         var inv = CultureInfo.InvariantCulture;
         const double Heavy = 0.05;
@@ -173,11 +175,6 @@ internal static partial class ExperimentCommand
         foreach (string block in new[] { "block1", "block2" })
         {
             sources.Add(($"line260/{block}", Path.Combine(dataDir, "ocr", "line260", block)));
-            string large = Path.Combine(sharedDir, "ocr", "line1000", block);
-            if (Directory.Exists(large))
-            {
-                sources.Add(($"line1000/{block}", large));
-            }
         }
 
         sources.RemoveAll(x => !File.Exists(Path.Combine(x.Dir, "q.npy")));
@@ -190,6 +187,15 @@ internal static partial class ExperimentCommand
             return;
         }
         int[] budgets = [8, 16, 32, 64];
+        var sourceKeys = new List<int>();
+        var sourceShapes = new List<string>();
+        foreach ((_, string dir) in sources)
+        {
+            TensorData<float> q = NumpyFile.ReadFloat32(Path.Combine(dir, "q.npy"));
+            sourceKeys.Add(q.Shape[1]);
+            sourceShapes.Add(string.Create(inv, $"{q.Shape[0]} heads, d = {q.Shape[2]}"));
+        }
+
         string[] methods = ["leverage", "random", "largest norm"];
         var recall = new SvgPlot { Title = "Recall of heavy softmax entries (A_ij >= 0.05), OCR model", XLabel = "keys kept per head (k)", YLabel = "recall", LogX = true };
         var error = new SvgPlot { Title = "Output error against full softmax, OCR model", XLabel = "keys kept per head (k)", YLabel = "mean |error|", LogX = true, LogY = true };
@@ -260,7 +266,7 @@ internal static partial class ExperimentCommand
 
             foreach (string method in methods)
             {
-                double r = heavyTotal == 0 ? 1 : heavyFound[method] / heavyTotal;
+                double r = heavyTotal == 0 ? double.NaN : heavyFound[method] / heavyTotal; // nothing to recall: not measured
                 double e = errors[method].Average();
                 recallPoints[method].Add((budget, r));
                 errorPoints[method].Add((budget, e));
@@ -279,7 +285,7 @@ internal static partial class ExperimentCommand
         plots["levattention-error.svg"] = error;
         // The guaranteed case on the same tensors: |x|^2 attention and its universal set.
         var guarantee = new StringBuilder();
-        int totalMissing = 0;
+        int totalMissing = 0, totalHeavy = 0, partialHeads = 0;
         guarantee.AppendLine("| tensors | eps | mean \\|U\\| per head (of n) | heavy \\|x\\|^2 entries | found in U |");
         guarantee.AppendLine("|---|---|---|---|---|");
         foreach ((string name, string dir) in sources)
@@ -295,6 +301,13 @@ internal static partial class ExperimentCommand
                 sizes += set.Length;
                 heavy += found;
                 missing += lost.Count;
+
+                // A head whose U keeps every key holds its heavy entries trivially: only the others test the theorem.
+                if (set.Length < n && found > 0)
+                {
+                    partialHeads++;
+                    totalHeavy += found;
+                }
             }
 
             totalMissing += missing;
@@ -304,29 +317,41 @@ internal static partial class ExperimentCommand
 
         claims.Add(new(Sources.Lev,
             "For |x|^2 attention the universal set holds every heavy entry (A_ij >= eps) of every query: checked by brute force on a real model's attention.",
-            totalMissing == 0 ? "every heavy entry of every head was in U." : $"{totalMissing} heavy entries were missing from U.",
-            Claim.Of(totalMissing == 0)));
+            string.Create(inv, $"{(totalMissing == 0 ? "every heavy entry of every head was in U" : $"{totalMissing} heavy entries were missing from U")}; {partialHeads} head(s) with heavy entries had |U| < n ({totalHeavy} heavy entries there).")
+                + (partialHeads == 0 ? " No head tested the guarantee (no heavy entry, or U kept every key)." : string.Empty),
+            partialHeads == 0 ? Verdict.NotMeasured : Claim.Of(totalMissing == 0)));
         int kMid = budgets[budgets.Length / 2];
         (double lev, double rnd, double norm) = (recallPoints["leverage"][budgets.Length / 2].Item2, recallPoints["random"][budgets.Length / 2].Item2, recallPoints["largest norm"][budgets.Length / 2].Item2);
         claims.Add(new(Sources.Lev,
             "Heuristic, for softmax (no guarantee): keeping each head's top-k keys by leverage score keeps its heavy entries, better than simple baselines, even without retraining.",
-            string.Create(inv, $"k = {kMid}: recall {lev:P0} by leverage, {norm:P0} by largest norm, {rnd:P0} at random."),
-            Claim.Of(lev >= norm && lev >= rnd)));
+            double.IsNaN(lev) ? string.Create(inv, $"k = {kMid}: no heavy softmax entry to recall.")
+                : string.Create(inv, $"k = {kMid} of n = {string.Join(", ", sourceKeys.Distinct())}: recall {lev:P0} by leverage, {norm:P0} by largest norm, {rnd:P0} at random."),
+            double.IsNaN(lev) || sourceKeys.All(n => kMid >= n) ? Verdict.NotMeasured : Claim.Of(lev >= norm && lev >= rnd)));
         md.AppendLine("## (c) Power attention on a real model: the guarantee");
         md.AppendLine();
-        md.AppendLine(string.Create(inv, $"The same OCR tensors with |x|^2 attention (A_ij = (q_i.k_j)^2 / sum_l (q_i.k_l)^2): per head, U = the keys with leverage score >= {Heavy}, and the brute-force checker counts every entry A_ij >= {Heavy}. {(totalMissing == 0 ? "Every one is in U, as the theorem says." : $"{totalMissing} are missing from U: the guarantee FAILED here.")}"));
+        md.AppendLine(string.Create(inv, $"The same OCR tensors with |x|^2 attention (A_ij = (q_i.k_j)^2 / sum_l (q_i.k_l)^2): per head, U = the keys with leverage score >= {Heavy}, and the brute-force checker counts every entry A_ij >= {Heavy}. {(partialHeads == 0 ? "No head had heavy entries outside a U that kept every key, so the guarantee was not tested." : totalMissing == 0 ? "Every one is in U, as the theorem says." : $"{totalMissing} are missing from U: the guarantee FAILED here.")}"));
         md.AppendLine();
         md.Append(guarantee);
         md.AppendLine();
         md.AppendLine("## (d) Softmax on a real model: recall and output error at equal budgets");
         md.AppendLine();
-        md.AppendLine(string.Create(inv, $"Per head of the PP-OCRv4 recogniser's attention ({string.Join(", ", sources.Select(x => x.Name))}; 8 heads, d = 15, scale 1/sqrt(d)), keep k keys chosen by leverage score, at random, or by largest norm, and run softmax attention over them. Recall: the fraction of the full softmax's heavy entries (A_ij >= {Heavy}) whose key is kept; error: mean |output - full softmax output|. Softmax has no universal set, so this is the paper's heuristic, measured."));
+        md.AppendLine(string.Create(inv, $"Per head of the PP-OCRv4 recogniser's attention ({string.Join(", ", sources.Select(x => x.Name))}; {string.Join(", ", sourceShapes.Distinct())}; scale 1/sqrt(d)), keep k keys chosen by leverage score, at random, or by largest norm, and run softmax attention over them. Recall: the fraction of the full softmax's heavy entries (A_ij >= {Heavy}) whose key is kept; error: mean |output - full softmax output|. Softmax has no universal set, so this is the paper's heuristic, measured."));
         md.AppendLine();
         md.AppendLine("![recall](levattention-recall.svg)");
         md.AppendLine();
         md.AppendLine("![error](levattention-error.svg)");
         md.AppendLine();
         md.Append(rows);
+    }
+
+    /// <summary>
+    /// The size claim's verdict from the informative points only: |U| = 0 (nothing qualifies) and |U| = n (every key
+    /// kept) say nothing about growth with n, so a sweep of only those is not measured.
+    /// </summary>
+    private static Verdict SizeVerdict(List<(string Keys, int N, int Size, double Bound)> sizes)
+    {
+        bool[] informative = [.. sizes.Where(x => x.Size > 0 && x.Size < x.N).Select(x => x.Size <= x.Bound)];
+        return informative.Length == 0 ? Verdict.NotMeasured : Claim.Of(informative);
     }
 
     /// <summary>The rows <paramref name="indices"/> of a row-major matrix of rows of <paramref name="width"/>, in that order.</summary>

@@ -1,9 +1,9 @@
 using System.Text;
 
-namespace FastAttention.Cli.Reports;
+namespace FastAttention.Lab.Reports;
 
 /// <summary>Whether a measurement bears a claim out.</summary>
-internal enum Verdict
+public enum Verdict
 {
     /// <summary>The measurement agrees with the claim.</summary>
     Holds,
@@ -26,13 +26,29 @@ internal enum Verdict
 /// <param name="Statement">The claim, in one sentence.</param>
 /// <param name="Measured">What was measured, with the numbers.</param>
 /// <param name="Verdict">Whether the measurement bears the claim out.</param>
-internal sealed record Claim(string Source, string Statement, string Measured, Verdict Verdict)
+public sealed record Claim(string Source, string Statement, string Measured, Verdict Verdict)
 {
-    /// <summary>Holds when every condition does, partly when some do, does not hold when none do.</summary>
-    public static Verdict Of(params bool[] conditions) =>
-        conditions.All(c => c) ? Verdict.Holds : conditions.Any(c => c) ? Verdict.Partly : Verdict.DoesNotHold;
+    /// <summary>
+    /// Holds when every condition does, partly when some do, does not hold when none do; with no condition at all
+    /// nothing was measured, and the verdict says so.
+    /// </summary>
+    /// <param name="conditions">One outcome per measured setting.</param>
+    /// <returns>The verdict.</returns>
+    public static Verdict Of(params bool[] conditions)
+    {
+        ArgumentNullException.ThrowIfNull(conditions);
+        return conditions.Length == 0 ? Verdict.NotMeasured
+            : conditions.All(c => c) ? Verdict.Holds
+            : conditions.Any(c => c) ? Verdict.Partly
+            : Verdict.DoesNotHold;
+    }
+
+    /// <summary>Every verdict's text, as the report prints it.</summary>
+    public static IReadOnlyList<string> Texts { get; } = [.. Enum.GetValues<Verdict>().Select(Text)];
 
     /// <summary>The verdict as the report prints it.</summary>
+    /// <param name="verdict">The verdict.</param>
+    /// <returns>holds, partly, does not hold or not measured.</returns>
     public static string Text(Verdict verdict) => verdict switch
     {
         Verdict.Holds => "holds",
@@ -41,11 +57,15 @@ internal sealed record Claim(string Source, string Statement, string Measured, V
         _ => "not measured",
     };
 
-    /// <summary>A markdown table of claims.</summary>
+    /// <summary>A markdown table of claims: statement, what was measured, verdict (and the source).</summary>
+    /// <param name="claims">The claims.</param>
+    /// <param name="withSource">Whether to add the source column.</param>
+    /// <returns>The table.</returns>
     public static string Table(IEnumerable<Claim> claims, bool withSource)
     {
+        ArgumentNullException.ThrowIfNull(claims);
         var md = new StringBuilder();
-        md.AppendLine(withSource ? "| source | claim | measured here | verdict |" : "| claim | measured here | verdict |");
+        md.AppendLine(withSource ? "| source | claim | measured | verdict |" : "| claim | measured | verdict |");
         md.AppendLine(withSource ? "|---|---|---|---|" : "|---|---|---|");
         foreach (Claim c in claims)
         {

@@ -2,7 +2,7 @@ using System.Net;
 using System.Text;
 using System.Text.RegularExpressions;
 
-namespace FastAttention.Cli.Reports;
+namespace FastAttention.Lab.Reports;
 
 /// <summary>
 /// Turns the markdown the reports write into one self-contained HTML page: headings, paragraphs, bullet

@@ -1,0 +1,165 @@
+using System.Diagnostics;
+using System.Numerics.Tensors;
+using FastAttention.Leverage;
+
+namespace FastAttention.Lab;
+
+/// <summary>
+/// The benchmarking API that <c>fastattn bench</c> and the report call: warm-up, then the median of repeated runs,
+/// with the method's own GFLOP/s (and, for approximate methods, the exact-equivalent rate), %-of-peak against the FMA
+/// peak measured in the same run, and optionally the input read rate against a read of the same inputs.
+/// </summary>
+public static class Benchmark
+{
+    /// <summary>Times <paramref name="request"/>'s method.</summary>
+    /// <param name="request">Method, shape, settings, inputs, repeats.</param>
+    /// <param name="progress">Progress and cancellation (each timed run is a cancellation point).</param>
+    /// <returns>The measurement.</returns>
+    /// <exception cref="ArgumentException">Unknown method, inputs that do not match the shape, or settings the method rejects.</exception>
+    public static BenchmarkResult Run(BenchmarkRequest request, LabProgress? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        progress ??= LabProgress.None;
+        MethodEntry method = MethodTable.Find(request.Method);
+        AttentionShape shape = request.Shape;
+        int threads = request.Settings.Threads > 0 ? request.Settings.Threads : Environment.ProcessorCount;
+        MethodSettings settings = request.Settings with { Threads = threads };
+        MethodInputs inputs = request.Inputs ?? RandomInputs(shape, method.IsTensor, request.InputSeed);
+        var output = new float[shape.OutputLength];
+
+        MethodRun Compute() => method.Forward(inputs, shape, output, settings);
+
+        var watch = Stopwatch.StartNew();
+        MethodRun run = Compute();
+        double first = watch.Elapsed.TotalSeconds;
+        int runs = request.Repeats ?? (int)Math.Clamp(2.0 / Math.Max(first, 1e-6), 3, 50);
+        double[] times = TimedRuns.Repeat(() => run = Compute(), runs, progress, "timing " + method.Name);
+        double median = TimedRuns.Median(times);
+        double flops = method.Flops(shape, settings, run);
+        double? exactFlops = method.ExactEquivalentFlops?.Invoke(shape, settings, run);
+        progress.Step("measuring the FMA peak");
+        double peak = FmaPeak.Measure(threads);
+        double inputBytes = 4.0 * (inputs.Query.Length + inputs.Keys.Sum(k => (double)k.Length) + inputs.Values.Sum(v => (double)v.Length));
+        BandwidthFigure? bandwidth = null;
+        if (request.MeasureBandwidth)
+        {
+            ReadOnlyMemory<float>[] arrays = [inputs.Query, .. inputs.Keys, .. inputs.Values];
+            double plain = TimedRuns.Median(TimedRuns.Repeat(() => PlainRead(arrays, threads), runs, progress, "reading the inputs"));
+            bandwidth = BandwidthFigure.Of(inputBytes, median, plain);
+        }
+
+        return new BenchmarkResult(method.Name, run.Kernel, shape, settings.Causal, threads, runs, first, median, times[0], flops, exactFlops, peak,
+            inputBytes, bandwidth, Process.GetCurrentProcess().PeakWorkingSet64, run, output, MachineStamp.Now());
+    }
+
+    /// <summary>Times <c>C = A B</c> with m = n = k = <paramref name="n"/> on the GEMM the attention kernel's micro-kernel comes from.</summary>
+    /// <param name="n">m = n = k.</param>
+    /// <param name="threads">Worker threads; 0: all cores.</param>
+    /// <param name="seed">Seed of the random matrices.</param>
+    /// <param name="repeats">Timed runs; null: about 3 s worth, 3 to 30.</param>
+    /// <param name="progress">Progress and cancellation.</param>
+    /// <returns>The measurement.</returns>
+    public static GemmBenchmarkResult Gemm(int n, int threads, int seed = 1, int? repeats = null, LabProgress? progress = null)
+    {
+        threads = threads > 0 ? threads : Environment.ProcessorCount;
+        var random = new Random(seed);
+        float[] a = new float[(long)n * n], b = new float[(long)n * n], c = new float[(long)n * n];
+        for (long i = 0; i < a.LongLength; i++)
+        {
+            a[i] = (random.NextSingle() * 2) - 1;
+            b[i] = (random.NextSingle() * 2) - 1;
+        }
+
+        void Multiply() => FastAttention.Gemm.Multiply(n, n, n, a, false, b, false, c, 0f, threads);
+
+        double first = TimedRuns.Repeat(Multiply, 1, progress)[0]; // warm-up, and the scale for the repeat count
+        int runs = repeats ?? (int)Math.Clamp(3.0 / Math.Max(first, 1e-6), 3, 30);
+        double median = TimedRuns.Median(TimedRuns.Repeat(Multiply, runs, progress, "timing the GEMM"));
+        return new GemmBenchmarkResult(n, threads, runs, median, FmaPeak.Measure(threads), MachineStamp.Now());
+    }
+
+    /// <summary>
+    /// Leverage scores of <paramref name="n"/> x <paramref name="d"/> Gaussian keys (fast, sketched, exact) against the Gram
+    /// matrix K^T K computed with the project's GEMM, all in the same run.
+    /// </summary>
+    /// <param name="n">Keys.</param>
+    /// <param name="d">Dimension.</param>
+    /// <param name="threads">Worker threads; 0: all cores.</param>
+    /// <param name="seed">Seed of the keys.</param>
+    /// <param name="repeats">Timed runs of each (after a warm-up).</param>
+    /// <param name="progress">Progress and cancellation.</param>
+    /// <returns>The measurement.</returns>
+    public static LeverageBenchmarkResult LeverageScores(int n, int d, int threads, int seed = 1, int repeats = 3, LabProgress? progress = null)
+    {
+        threads = threads > 0 ? threads : Environment.ProcessorCount;
+        var random = new Random(seed);
+        float[] keys = new float[(long)n * d];
+        SeededGaussian.Fill(random, keys);
+
+        double Time(Action run)
+        {
+            run(); // warm-up
+            return TimedRuns.Median(TimedRuns.Repeat(run, repeats, progress, "timing leverage scores"));
+        }
+
+        double gram = Time(() => new GramState(d).AddFast(keys, threads));
+        double fast = Time(() => Leverage.LeverageScores.Compute(keys, d, LeverageMethod.Fast, maxDegreeOfParallelism: threads));
+        double sketched = Time(() => Leverage.LeverageScores.Compute(keys, d, LeverageMethod.Sketched, maxDegreeOfParallelism: threads));
+        double exact = Time(() => Leverage.LeverageScores.Compute(keys, d, LeverageMethod.Exact, maxDegreeOfParallelism: threads));
+        return new LeverageBenchmarkResult(n, d, threads, repeats, gram, fast, sketched, exact, MachineStamp.Now());
+    }
+
+    /// <summary>Uniform [-1, 1] inputs for <paramref name="shape"/>; tensor methods get a second K and V from the seed + 7.</summary>
+    /// <param name="shape">The dimensions.</param>
+    /// <param name="tensor">Whether to draw the second key and value tensors.</param>
+    /// <param name="seed">The seed.</param>
+    /// <returns>The inputs.</returns>
+    public static MethodInputs RandomInputs(AttentionShape shape, bool tensor, int seed)
+    {
+        var random = new Random(seed);
+        float[] q = Uniform(random, shape.QueryLength), k = Uniform(random, shape.KeyLength), v = Uniform(random, shape.ValueLength);
+        if (!tensor)
+        {
+            return MethodInputs.Of(q, k, v);
+        }
+
+        var extra = new Random(seed + 7);
+        return new MethodInputs(q, [k, Uniform(extra, k.Length)], [v, Uniform(extra, v.Length)]);
+    }
+
+    private static float[] Uniform(Random random, long count)
+    {
+        var data = new float[count];
+        for (long i = 0; i < count; i++)
+        {
+            data[i] = (random.NextSingle() * 2) - 1;
+        }
+
+        return data;
+    }
+
+    /// <summary>Sums every array once, split into one contiguous share per thread: the plain read the method's read rate is compared with.</summary>
+    private static void PlainRead(ReadOnlyMemory<float>[] arrays, int threads)
+    {
+        double total = 0;
+        object gate = new();
+        Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+        {
+            double sum = 0;
+            foreach (ReadOnlyMemory<float> array in arrays)
+            {
+                long share = (array.Length + threads - 1) / threads, start = Math.Min(array.Length, t * share);
+                sum += TensorPrimitives.Sum(array.Span.Slice((int)start, (int)Math.Min(share, array.Length - start)));
+            }
+
+            lock (gate)
+            {
+                total += sum;
+            }
+        });
+        Sink = total;
+    }
+
+    /// <summary>Keeps the plain read's result alive so the JIT cannot drop it.</summary>
+    private static double Sink { get; set; }
+}

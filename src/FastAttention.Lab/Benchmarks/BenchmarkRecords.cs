@@ -1,0 +1,118 @@
+namespace FastAttention.Lab;
+
+/// <summary>What to time: a method of <see cref="MethodTable"/> on a shape, on given inputs or seeded random ones.</summary>
+/// <param name="Method">A <see cref="MethodTable"/> name.</param>
+/// <param name="Shape">The dimensions.</param>
+public sealed record BenchmarkRequest(string Method, AttentionShape Shape)
+{
+    /// <summary>The method's settings; <see cref="MethodSettings.Threads"/> 0 means all cores.</summary>
+    public MethodSettings Settings { get; init; } = new();
+
+    /// <summary>The inputs; null: uniform in [-1, 1] from <see cref="InputSeed"/> (tensor methods draw K2, V2 from the seed + 7).</summary>
+    public MethodInputs? Inputs { get; init; }
+
+    /// <summary>Seed of the random inputs.</summary>
+    public int InputSeed { get; init; } = 1;
+
+    /// <summary>Timed runs; null: as many as fit in about 2 s, at least 3, at most 50.</summary>
+    public int? Repeats { get; init; }
+
+    /// <summary>Also read the same inputs with a plain summing loop, timed the same way, and compare the method's read rate with it.</summary>
+    public bool MeasureBandwidth { get; init; }
+}
+
+/// <summary>The method's input read rate against a read rate measured in the same run.</summary>
+/// <param name="PlainReadGBps">A plain sum over the same input arrays, on the same threads, median of the same number of passes (cached data counts as for the method).</param>
+/// <param name="MethodGBps">The method's input bytes over its median time.</param>
+public sealed record BandwidthFigure(double PlainReadGBps, double MethodGBps)
+{
+    /// <summary>
+    /// The read rate the percentage is against: the faster of the plain read and the method itself (a method that
+    /// reads its inputs faster than the plain loop has shown that rate, so it is the measured bandwidth).
+    /// </summary>
+    public double ReferenceGBps => Math.Max(PlainReadGBps, MethodGBps);
+
+    /// <summary>Which read set <see cref="ReferenceGBps"/>: <c>plain-read</c> or <c>method</c>.</summary>
+    public string Reference => MethodGBps > PlainReadGBps ? "method" : "plain-read";
+
+    /// <summary>The method's read rate as a percentage of <see cref="ReferenceGBps"/>: at most 100 by construction.</summary>
+    public double PercentOfBandwidth => ReferenceGBps > 0 ? Math.Min(100, 100 * MethodGBps / ReferenceGBps) : double.NaN; // Min: the last bit of rounding when the two rates nearly agree
+
+    /// <summary>The figure for <paramref name="bytes"/> read by the method in <paramref name="methodSeconds"/> and by the plain loop in <paramref name="plainSeconds"/>.</summary>
+    /// <param name="bytes">Input bytes per run.</param>
+    /// <param name="methodSeconds">The method's median time.</param>
+    /// <param name="plainSeconds">The plain read's median time.</param>
+    /// <returns>The figure.</returns>
+    public static BandwidthFigure Of(double bytes, double methodSeconds, double plainSeconds) => new(bytes / plainSeconds / 1e9, bytes / methodSeconds / 1e9);
+}
+
+/// <summary>One timed method.</summary>
+/// <param name="Method">The method's name.</param>
+/// <param name="Kernel">The kernel or method label that ran.</param>
+/// <param name="Shape">The dimensions.</param>
+/// <param name="Causal">Whether the causal mask was on.</param>
+/// <param name="Threads">Worker threads.</param>
+/// <param name="Repeats">Timed runs (after one warm-up call).</param>
+/// <param name="FirstCallSeconds">The warm-up call (JIT, buffer pools, caches).</param>
+/// <param name="MedianSeconds">The median of the timed runs.</param>
+/// <param name="MinSeconds">The fastest timed run.</param>
+/// <param name="Flops">The method's own flop count (<see cref="MethodEntry.Flops"/>).</param>
+/// <param name="ExactEquivalentFlops">Approximate methods: the exact computation's flops; null otherwise.</param>
+/// <param name="PeakGflops">This machine's FMA peak on <paramref name="Threads"/> threads, measured in the same run.</param>
+/// <param name="InputBytes">Bytes of the inputs (Q, K, V; tensor methods: both K and V).</param>
+/// <param name="Bandwidth">The read-rate comparison, when requested.</param>
+/// <param name="PeakWorkingSetBytes">The process's peak working set after the runs.</param>
+/// <param name="Run">The last run's report (certificate, sketch, kept keys).</param>
+/// <param name="Output">The last run's output.</param>
+/// <param name="Machine">The CPU and time of the measurement.</param>
+public sealed record BenchmarkResult(string Method, string Kernel, AttentionShape Shape, bool Causal, int Threads, int Repeats,
+    double FirstCallSeconds, double MedianSeconds, double MinSeconds, double Flops, double? ExactEquivalentFlops, double PeakGflops,
+    double InputBytes, BandwidthFigure? Bandwidth, long PeakWorkingSetBytes, MethodRun Run, float[] Output, MachineStamp Machine)
+{
+    /// <summary>Own flops over the median time, in GFLOP/s.</summary>
+    public double Gflops => Flops / MedianSeconds / 1e9;
+
+    /// <summary>Approximate methods: exact-equivalent flops over the median time (how fast the exact answer's stand-in arrives); null otherwise.</summary>
+    public double? EffectiveGflops => ExactEquivalentFlops / MedianSeconds / 1e9;
+
+    /// <summary><see cref="Gflops"/> as a percentage of <see cref="PeakGflops"/>.</summary>
+    public double PercentOfPeak => 100 * Gflops / PeakGflops;
+
+    /// <summary>Input bytes over the median time, in GB/s.</summary>
+    public double InputGBps => InputBytes / MedianSeconds / 1e9;
+}
+
+/// <summary>The GEMM <c>C = A B</c> (m = n = k) timed.</summary>
+/// <param name="N">m = n = k.</param>
+/// <param name="Threads">Worker threads.</param>
+/// <param name="Repeats">Timed runs.</param>
+/// <param name="MedianSeconds">The median time.</param>
+/// <param name="PeakGflops">The FMA peak measured in the same run.</param>
+/// <param name="Machine">The CPU and time of the measurement.</param>
+public sealed record GemmBenchmarkResult(int N, int Threads, int Repeats, double MedianSeconds, double PeakGflops, MachineStamp Machine)
+{
+    /// <summary>2 n^3.</summary>
+    public double Flops => 2.0 * N * N * (double)N;
+
+    /// <summary>Flops over the median time, in GFLOP/s.</summary>
+    public double Gflops => Flops / MedianSeconds / 1e9;
+
+    /// <summary><see cref="Gflops"/> as a percentage of <see cref="PeakGflops"/>.</summary>
+    public double PercentOfPeak => 100 * Gflops / PeakGflops;
+}
+
+/// <summary>Leverage scores of n x d Gaussian keys against the Gram matrix K^T K on the project's GEMM, median times.</summary>
+/// <param name="N">Keys.</param>
+/// <param name="D">Dimension.</param>
+/// <param name="Threads">Worker threads.</param>
+/// <param name="Repeats">Timed runs of each.</param>
+/// <param name="GramSeconds">K^T K.</param>
+/// <param name="FastSeconds">Scores by two GEMMs.</param>
+/// <param name="SketchedSeconds">Sketched scores.</param>
+/// <param name="ExactSeconds">Exact scores (double).</param>
+/// <param name="Machine">The CPU and time of the measurement.</param>
+public sealed record LeverageBenchmarkResult(int N, int D, int Threads, int Repeats, double GramSeconds, double FastSeconds, double SketchedSeconds, double ExactSeconds, MachineStamp Machine)
+{
+    /// <summary>The Gram matrix's 2 n d^2 flops over its time, in GFLOP/s.</summary>
+    public double GramGflops => 2.0 * N * D * D / GramSeconds / 1e9;
+}

@@ -1,0 +1,178 @@
+using System.Text.Json;
+using FastAttention.Lab;
+using FastAttention.Lab.Reports;
+using FastAttention.Tests.Support;
+
+namespace FastAttention.Tests;
+
+/// <summary>The lab's public pieces (verdicts, bandwidth figures, the method table, the benchmark API) and the CLI doors over them.</summary>
+public class LabTests
+{
+    [Fact]
+    public void A_claim_measured_on_nothing_is_not_measured()
+    {
+        Assert.Equal(Verdict.NotMeasured, Claim.Of());
+        Assert.Equal(Verdict.NotMeasured, Claim.Of([.. Array.Empty<int>().Select(x => x > 0)]));
+        Assert.Equal(Verdict.Holds, Claim.Of(true, true));
+        Assert.Equal(Verdict.Partly, Claim.Of(true, false));
+        Assert.Equal(Verdict.DoesNotHold, Claim.Of(false));
+        Assert.Equal(["holds", "partly", "does not hold", "not measured"], Claim.Texts);
+    }
+
+    [Fact]
+    public void The_bandwidth_percentage_is_against_the_read_that_was_measured_and_never_above_100()
+    {
+        // The method reads 1 GB in 0.1 s (10 GB/s); a plain read of the same bytes took 0.05 s (20 GB/s).
+        BandwidthFigure slower = BandwidthFigure.Of(1e9, 0.1, 0.05);
+        Assert.Equal(20, slower.PlainReadGBps, 9);
+        Assert.Equal(10, slower.MethodGBps, 9);
+        Assert.Equal(20, slower.ReferenceGBps, 9);
+        Assert.Equal("plain-read", slower.Reference);
+        Assert.Equal(50, slower.PercentOfBandwidth, 9);
+
+        // A method that outruns the plain read (cached inputs, better prefetching) has itself shown the faster rate.
+        BandwidthFigure faster = BandwidthFigure.Of(1e9, 0.05, 0.0861);
+        Assert.Equal("method", faster.Reference);
+        Assert.Equal(faster.MethodGBps, faster.ReferenceGBps);
+        Assert.Equal(100, faster.PercentOfBandwidth, 9);
+
+        var random = new Random(5);
+        for (int i = 0; i < 1000; i++)
+        {
+            BandwidthFigure figure = BandwidthFigure.Of(1 + (random.NextDouble() * 1e9), 1e-6 + random.NextDouble(), 1e-6 + random.NextDouble());
+            Assert.InRange(figure.PercentOfBandwidth, 0, 100);
+        }
+    }
+
+    [Fact]
+    public void Bench_bandwidth_reports_the_percentage_of_the_rate_it_states()
+    {
+        (int code, string stdout, string stderr) = CliRun.Run("bench", "--n", "1", "--nk", "4096", "--heads", "4", "--d", "64", "--threads", "1", "--repeat", "5", "--bandwidth", "--json");
+        Assert.True(code == 0, stderr);
+        using JsonDocument json = JsonDocument.Parse(stdout);
+        JsonElement r = json.RootElement;
+        double input = r.GetProperty("inputGBps").GetDouble(), plain = r.GetProperty("plainReadGBps").GetDouble(), reference = r.GetProperty("readBandwidthGBps").GetDouble();
+        Assert.Equal(Math.Max(plain, input), reference);
+        Assert.Equal(Math.Min(100, 100 * input / reference), r.GetProperty("percentOfBandwidth").GetDouble(), 9);
+        Assert.True(r.GetProperty("percentOfBandwidth").GetDouble() <= 100);
+        Assert.Equal(input > plain ? "method" : "plain-read", r.GetProperty("readBandwidthReference").GetString());
+    }
+
+    [Fact]
+    public void The_method_table_has_one_entry_per_method_and_each_forward_is_the_librarys()
+    {
+        Assert.Equal(["exact", "poly", "sketch", "lev", "power", "tensor", "tensor-poly"], MethodTable.Names);
+        Assert.All(MethodTable.All, m => Assert.False(string.IsNullOrWhiteSpace(m.Summary)));
+        Assert.Equal(["lev"], MethodTable.Accepting("top"));
+        Assert.Throws<ArgumentException>(() => MethodTable.Find("nonsense"));
+
+        var shape = new AttentionShape(1, 2, 33, 40, 8, 8);
+        (float[] q, float[] k, float[] v) = Data.Inputs(shape, 3);
+        var settings = new MethodSettings { Threads = 1, Top = 5, Eps = 0.2, Scale = 0.05f }; // small scores: a low polynomial degree
+        foreach (MethodEntry entry in MethodTable.All)
+        {
+            MethodInputs inputs = entry.IsTensor ? new MethodInputs(q, [k, v], [v, k]) : MethodInputs.Of(q, k, v);
+            var output = new float[shape.OutputLength];
+            MethodRun run = entry.Forward(inputs, shape, output, entry.Name == "lev" ? settings with { Eps = null } : settings);
+            Assert.All(output, x => Assert.True(float.IsFinite(x), entry.Name));
+            Assert.True(entry.Flops(shape, settings, run) > 0, entry.Name);
+            Assert.Equal(entry.IsApproximate, entry.ExactEquivalentFlops is not null);
+        }
+
+        var expected = new float[shape.OutputLength];
+        var actual = new float[shape.OutputLength];
+        ExactAttention.Compute(q, k, v, shape, expected, new ExactAttentionOptions { Scale = 0.05f, MaxDegreeOfParallelism = 1 });
+        MethodTable.Find("exact").Forward(MethodInputs.Of(q, k, v), shape, actual, settings);
+        Assert.Equal(expected, actual);
+        Assert.Equal(FlopCount.ExactAttention(1, 2, 33, 40, 8, 8, causal: false), MethodTable.Find("exact").Flops(shape, settings, null));
+
+        // lev: per (batch, kv head) the selection (3 nk d^2 + d^3/3) and attention over the kept keys.
+        double lev = MethodTable.Find("lev").Flops(shape, settings with { Eps = null }, null);
+        Assert.Equal(2 * ((3.0 * 40 * 64) + (512.0 / 3) + (2.0 * 33 * 5 * 16)), lev, 6);
+    }
+
+    [Fact]
+    public void Bench_lev_reports_its_own_flops_and_the_effective_rate_against_exact()
+    {
+        (int code, string stdout, string stderr) = CliRun.Run("bench", "--method", "lev", "--n", "300", "--d", "16", "--top", "8", "--repeat", "2", "--threads", "1", "--json");
+        Assert.True(code == 0, stderr);
+        using JsonDocument json = JsonDocument.Parse(stdout);
+        JsonElement r = json.RootElement;
+        double median = r.GetProperty("medianSeconds").GetDouble();
+        double own = (3.0 * 300 * 16 * 16) + (16.0 * 16 * 16 / 3) + (2.0 * 300 * 8 * 32);
+        Assert.Equal(own, r.GetProperty("flops").GetDouble(), 6);
+        Assert.Equal(own / median / 1e9, r.GetProperty("gflops").GetDouble(), 9);
+        Assert.Equal(FlopCount.ExactAttention(1, 1, 300, 300, 16, 16, causal: false), r.GetProperty("exactEquivalentFlops").GetDouble());
+        Assert.Equal(r.GetProperty("exactEquivalentFlops").GetDouble() / median / 1e9, r.GetProperty("effectiveGflops").GetDouble(), 9);
+        Assert.Equal(8, r.GetProperty("meanKeptKeys").GetDouble());
+        Assert.False(string.IsNullOrEmpty(r.GetProperty("cpu").GetString()));
+
+        (code, _, stderr) = CliRun.Run("bench", "--n", "64", "--top", "5");
+        Assert.Equal(2, code);
+        Assert.Contains("--top applies to --method lev, not exact", stderr);
+    }
+
+    [Fact]
+    public void Bench_gflops_are_the_methods_own_and_effective_gflops_only_for_approximate_methods()
+    {
+        (int code, string stdout, string stderr) = CliRun.Run("bench", "--method", "poly", "--n", "400", "--d", "4", "--scale", "0.25", "--repeat", "2", "--json");
+        Assert.True(code == 0, stderr);
+        using (JsonDocument json = JsonDocument.Parse(stdout))
+        {
+            JsonElement r = json.RootElement;
+            double median = r.GetProperty("medianSeconds").GetDouble();
+            Assert.True(r.GetProperty("flops").GetDouble() < r.GetProperty("exactEquivalentFlops").GetDouble());
+            Assert.Equal(r.GetProperty("flops").GetDouble() / median / 1e9, r.GetProperty("gflops").GetDouble(), 9);
+            Assert.Equal(r.GetProperty("exactEquivalentFlops").GetDouble() / median / 1e9, r.GetProperty("effectiveGflops").GetDouble(), 9);
+        }
+
+        (code, stdout, stderr) = CliRun.Run("bench", "--n", "100", "--repeat", "2", "--json");
+        Assert.True(code == 0, stderr);
+        using JsonDocument exact = JsonDocument.Parse(stdout);
+        Assert.Equal(JsonValueKind.Null, exact.RootElement.GetProperty("effectiveGflops").ValueKind);
+        Assert.False(exact.RootElement.GetProperty("gflopsAreEffective").GetBoolean());
+    }
+
+    [Fact]
+    public void The_benchmark_api_states_the_cpu_and_time_of_each_measurement()
+    {
+        BenchmarkResult r = Benchmark.Run(new BenchmarkRequest("exact", AttentionShape.SingleHead(64, 8)) { Settings = new MethodSettings { Threads = 1 }, Repeats = 3 });
+        Assert.Equal(Machine.CpuModel, r.Machine.CpuModel);
+        Assert.InRange(r.Machine.UtcTime, DateTime.UtcNow.AddMinutes(-5), DateTime.UtcNow);
+        Assert.Equal(3, r.Repeats);
+        Assert.True(r.MinSeconds <= r.MedianSeconds);
+        Assert.Null(r.EffectiveGflops);
+        string table = ReportBenchmarks.Table([r]);
+        Assert.Contains("Measured on " + Machine.CpuModel, table);
+        Assert.Contains(r.Machine.UtcTime.ToString("yyyy-MM-dd HH:mm", System.Globalization.CultureInfo.InvariantCulture) + " UTC", table);
+    }
+
+    [Fact]
+    public void A_cancelled_report_or_experiment_leaves_no_output_folder()
+    {
+        using var cancel = new CancellationTokenSource();
+        cancel.Cancel();
+        foreach (string[] args in new[] { new[] { "report", "--repo", Data.RepoRoot }, ["experiment", "sketch"] })
+        {
+            string dir = Path.Combine(Data.TempDir(), "new", "out");
+            var stderr = new StringWriter();
+            int code = FastAttention.Cli.Cli.Run([.. args, "--out", dir], new StringWriter(), stderr, null, cancel.Token);
+            Assert.Equal(130, code);
+            Assert.Contains("cancelled", stderr.ToString());
+            Assert.False(Directory.Exists(dir), string.Join(" ", args));
+        }
+
+        Assert.Throws<OperationCanceledException>(() => LabReport.Produce(new ReportSettings(Data.RepoRoot), TextWriter.Null, new LabProgress(null, cancel.Token)));
+    }
+
+    [Fact]
+    public void The_experiments_read_only_the_repositorys_data()
+    {
+        Assert.Equal(2, CliRun.Run("experiment", "levattention", "--shared", "x").Code);
+        Assert.Equal(2, CliRun.Run("report", "--shared", "x").Code);
+        foreach (string file in Directory.EnumerateFiles(Path.Combine(Data.RepoRoot, "src"), "*.cs", SearchOption.AllDirectories))
+        {
+            Assert.DoesNotContain("\"shared\"", File.ReadAllText(file));
+        }
+    }
+}
