@@ -1,12 +1,22 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Numerics.Tensors;
+using FastAttention.Lab;
 
 namespace FastAttention.Cli;
 
-/// <summary><c>fastattn attend</c>: attention over Q, K, V files, written to an output file.</summary>
+/// <summary><c>fastattn attend</c>: attention over Q, K, V files, written to an output file, by any method of the lab's <see cref="MethodTable"/> with one key/value tensor.</summary>
 internal static class AttendCommand
 {
-    public static readonly string[] Methods = ["exact", "poly", "sketch", "auto", "lev"];
+    /// <summary>The planner's choice, which attend offers besides the table's methods.</summary>
+    private static readonly MethodOptions.Extra Auto = new("auto", "the planner picks exact, poly or sketch by predicted time on this machine", ["scale", "causal", "kernel", "eps"]);
+
+    /// <summary>The table's methods over one key/value tensor, in table order.</summary>
+    private static readonly MethodEntry[] Entries = [.. MethodTable.All.Where(m => !m.IsTensor)];
+
+    /// <summary>Which methods accept each method-specific option.</summary>
+    private static readonly (string Option, string[] Methods)[] OptionsOfMethods =
+        MethodOptions.OptionTable([.. Entries.Select(m => (m.Name, m.Options)), (Auto.Name, (IReadOnlyList<string>)Auto.Options)]);
 
     public static Command Command { get; } = new(
         "attend",
@@ -16,7 +26,7 @@ internal static class AttendCommand
             new("k", "K.npy", "keys, same rank; fewer heads for grouped-query attention (required)"),
             new("v", "V.npy", "values, K's shape with any last dimension (required)"),
             new("out", "O.npy", "output file (.npy, or .npz/.safetensors holding tensor 'out') (required)"),
-            new("method", "M", "exact (default); poly: the polynomial method (Alman-Song) with a certificate; auto: the planner picks exact or poly by predicted time; sketch: sketched degree-4 attention (PolySketchFormer, statistical error)"),
+            MethodOptions.MethodOption([.. Entries.Select(m => (m.Name, m.Summary)), (Auto.Name, Auto.Summary)], "exact"),
             new("eps", "E", "poly/auto: target relative error of the polynomial for e^x (default 1e-3); lev: keep each head's universal set {j : leverage score >= E}"),
             new("degree", "G", "poly: force the polynomial degree"),
             new("sketch", "M", "sketch: sketch size m (default 32; m(m+1)/2 features)"),
@@ -24,163 +34,58 @@ internal static class AttendCommand
             new("top", "N", "lev: keep each head's N keys with the largest leverage scores (the paper's ViT setting: 32)"),
             new("keep-first", "F", "lev: always keep the first F keys"),
             new("keep-last", "L", "lev: always keep the last L keys"),
+            new("power", "P", "power: the exponent p of |s q.k|^p (default 2)"),
             new("scale", "S", "score scale s (default 1/sqrt(d); the papers use 1/d)"),
             new("causal", null, "causal mask, bottom-right aligned when nq != nk"),
             new("threads", "T", "worker threads (default: all cores); output bits do not depend on it"),
-            new("kernel", "NAME", "force a kernel: " + string.Join(", ", AttentionKernels.Names)),
-            new("allow-nonfinite", null, "let NaN/Inf in the inputs propagate instead of rejecting them"),
+            new("kernel", "NAME", "exact/power: force a kernel: " + string.Join(", ", AttentionKernels.Names)),
+            new("allow-nonfinite", null, "exact: let NaN/Inf in the inputs propagate instead of rejecting them"),
             new("force", null, "overwrite --out if it exists"),
             new("json", null, "print a one-object JSON summary"),
         ],
         Run);
 
-    /// <summary>The options that belong to some methods only, and those methods.</summary>
-    private static readonly (string Option, string[] Methods)[] MethodOptions =
-    [
-        ("eps", ["poly", "auto", "lev"]),
-        ("degree", ["poly"]),
-        ("sketch", ["sketch"]),
-        ("seed", ["sketch"]),
-        ("top", ["lev"]),
-        ("keep-first", ["lev"]),
-        ("keep-last", ["lev"]),
-        ("kernel", ["exact", "auto"]),
-        ("allow-nonfinite", ["exact"]),
-    ];
-
     private static int Run(ParsedOptions o, TextWriter stdout)
     {
         string qPath = o.Required("attend", "q"), kPath = o.Required("attend", "k"), vPath = o.Required("attend", "v");
-        string outPath = o.Required("attend", "out");
+        o.Required("attend", "out");
         string method = o.Get("method") ?? "exact";
-        if (!Methods.Contains(method))
-        {
-            throw new UsageException($"attend: unknown --method '{method}' (available: {string.Join(", ", Methods)})");
-        }
-
-        o.RejectOptionsOfOtherMethods("attend", method, MethodOptions);
+        o.RejectOptionsOfOtherMethods("attend", method, OptionsOfMethods);
 
         // Every option is checked before any file is read or written.
-        float? scale = o.Float("scale");
-        int threads = o.Threads() ?? 0;
-        bool causal = o.Flag("causal");
-        string? kernel = o.Kernel("attend");
-        bool allowNonFinite = o.Flag("allow-nonfinite");
-        double eps = o.Double("eps", positive: true) ?? 1e-3;
-        if (eps >= 1 && method is "poly" or "auto")
-        {
-            throw new UsageException($"attend: --eps is the polynomial's relative error and must be below 1; got {eps}");
-        }
-
-        if (eps > 1 && method == "lev")
-        {
-            throw new UsageException($"attend: --eps for --method lev is an attention weight and must lie in (0, 1]; got {eps}");
-        }
-
-        int? degree = o.Int("degree", 0, FastAttention.Polynomial.ExpPolynomial.MaxDegree);
-        int sketchSize = o.Int("sketch", 1, SketchedAttention.MaxSketchSize) ?? 0;
-        int seed = o.Int("seed", 0, int.MaxValue) ?? 0;
-        var levOptions = new LevAttentionOptions
-        {
-            Eps = o.Double("eps", positive: true),
-            Top = o.Int("top", 1, int.MaxValue),
-            Scale = scale,
-            KeepFirst = o.Int("keep-first", 0, int.MaxValue) ?? 0,
-            KeepLast = o.Int("keep-last", 0, int.MaxValue) ?? 0,
-            MaxDegreeOfParallelism = threads,
-        };
-        if (method == "lev" && causal)
-        {
-            throw new UsageException("attend: --method lev selects keys for every query at once; --causal is not supported (decoding uses the LevKvCache API)");
-        }
-
-        if (method == "lev" && levOptions.Eps.HasValue == levOptions.Top.HasValue)
-        {
-            throw new UsageException("attend: --method lev needs exactly one of --eps E (universal set) and --top N");
-        }
-
+        MethodSettings settings = MethodOptions.Settings(o, "attend", method, o.Threads() ?? 0);
         TensorFiles.CheckTensorOutput(o, "out");
+        string outPath = o.Get("out")!;
         bool force = o.Flag("force");
 
-        string? nonFinite = allowNonFinite ? null : "Pass --allow-nonfinite to let non-finite values propagate through exact attention.";
+        string? nonFinite = settings.AllowNonFinite ? null : "Pass --allow-nonfinite to let non-finite values propagate through exact attention.";
         TensorData<float> q = TensorFiles.Load("q", qPath, nonFinite);
         TensorData<float> k = TensorFiles.Load("k", kPath, nonFinite);
         TensorData<float> v = TensorFiles.Load("v", vPath, nonFinite);
         Progress.Current.Step("computing attention");
         AttentionShape shape = AttentionInputs.Shape(q, k, v);
         var output = new float[shape.OutputLength];
-        var options = new ExactAttentionOptions
-        {
-            Scale = scale,
-            Causal = causal,
-            MaxDegreeOfParallelism = threads,
-            Kernel = kernel,
-            AllowNonFinite = allowNonFinite,
-        };
-
         AttentionPlan? plan = null;
         if (method == "auto")
         {
-            double range = PolynomialAttention.RangeBound(q.Data, k.Data, shape.HeadDim, scale ?? (1 / Math.Sqrt(shape.HeadDim)));
-            plan = AttentionPlanner.Plan(new PlanRequest(shape, range, eps, options.Causal), AttentionPlanner.Calibrate(threads));
+            double range = PolynomialAttention.RangeBound(q.Data, k.Data, shape.HeadDim, settings.Scale ?? (1 / Math.Sqrt(shape.HeadDim)));
+            plan = AttentionPlanner.Plan(new PlanRequest(shape, range, settings.Eps ?? 1e-3, settings.Causal), AttentionPlanner.Calibrate(settings.Threads));
             method = Cli.MethodName(plan.Method);
         }
 
-        PolynomialCertificate? certificate = null;
-        SketchReport? sketch = null;
-        IReadOnlyList<LevSelection>? selections = null;
-        AttentionRun run;
+        MethodEntry entry = MethodTable.Find(method);
+        Warm(entry, shape, settings);
         var timer = Stopwatch.StartNew();
-        if (method == "poly")
-        {
-            var polynomialOptions = new PolynomialAttentionOptions
-            {
-                Scale = scale,
-                RelativeError = eps,
-                Degree = degree,
-                Causal = options.Causal,
-                MaxDegreeOfParallelism = threads,
-            };
-            certificate = PolynomialAttention.Compute(q.Data, k.Data, v.Data, shape, output, polynomialOptions);
-            run = new AttentionRun("polynomial-double", certificate.PredictedFlops);
-        }
-        else if (method == "lev")
-        {
-            selections = LevAttention.Compute(q.Data, k.Data, v.Data, shape, output, levOptions);
-            double kept = selections.Sum(x => (double)x.Keys.Length) / selections.Count;
-            run = new AttentionRun("lev-softmax", 4.0 * shape.BatchSize * shape.HeadCount * shape.QueryCount * kept * shape.HeadDim);
-        }
-        else if (method == "sketch")
-        {
-            var sketchOptions = new SketchedAttentionOptions
-            {
-                Scale = scale,
-                SketchSize = sketchSize,
-                Seed = seed,
-                Causal = options.Causal,
-                MaxDegreeOfParallelism = threads,
-            };
-            sketch = SketchedAttention.Compute(q.Data, k.Data, v.Data, shape, output, sketchOptions);
-            run = new AttentionRun("sketch-double", sketch.PredictedFlops);
-        }
-        else
-        {
-            // Warm-up on a small problem that takes the same kernel (up to 16 queries a head pick the decoding kernel,
-            // more the tiled one: a one-token warm-up compiled the wrong one), heads per kv head, dimensions, mask and
-            // thread count, so `seconds` measures the computation and not the JIT compiling it or the threads starting.
-            int group = shape.HeadCount / shape.EffectiveKeyValueHeads;
-            int warmQueries = Math.Min(shape.QueryCount, 64), warmKeys = Math.Min(shape.KeyCount, 512);
-            var warm = new AttentionShape(1, group, warmQueries, warmKeys, shape.HeadDim, shape.ValueDim, 1);
-            ExactAttention.Compute(new float[warm.QueryLength], new float[warm.KeyLength], new float[warm.ValueLength], warm,
-                new float[warm.OutputLength], options with { Causal = options.Causal && warmQueries <= warmKeys, AllowNonFinite = true });
-            timer.Restart();
-            run = ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, options);
-        }
-
+        MethodRun run = entry.Forward(MethodInputs.Of(q.Data, k.Data, v.Data), shape, output, settings);
         double seconds = timer.Elapsed.TotalSeconds;
         int[] outShape = AttentionInputs.OutputShape(q, shape);
         TensorFiles.Save(outPath, force, new TensorData<float>(output, outShape));
-        double gflops = run.Flops / Math.Max(seconds, 1e-9) / 1e9;
+        double flops = entry.Flops(shape, settings, run);
+        double gflops = flops / Math.Max(seconds, 1e-9) / 1e9;
+        double? effectiveGflops = entry.ExactEquivalentFlops?.Invoke(shape, settings, run) / Math.Max(seconds, 1e-9) / 1e9;
+        PolynomialCertificate? certificate = run.Certificate;
+        SketchReport? sketch = run.Sketch;
+        IReadOnlyList<LevSelection>? selections = run.Selections;
 
         if (o.Flag("json"))
         {
@@ -191,12 +96,17 @@ internal static class AttendCommand
                 Json.WriteShape(w, "shape", outShape);
                 Json.WriteShape(w, "queryShape", q.Shape);
                 Json.WriteShape(w, "keyShape", k.Shape);
-                w.WriteNumber("scale", scale ?? 1 / MathF.Sqrt(shape.HeadDim));
-                w.WriteBoolean("causal", options.Causal);
-                w.WriteNumber("threads", threads == 0 ? Environment.ProcessorCount : threads);
+                w.WriteNumber("scale", settings.Scale ?? (method == "power" ? 1 : 1 / MathF.Sqrt(shape.HeadDim))); // power attention's default scale is 1
+                w.WriteBoolean("causal", settings.Causal);
+                w.WriteNumber("threads", settings.Threads == 0 ? Environment.ProcessorCount : settings.Threads);
                 w.WriteNumber("seconds", seconds);
-                w.WriteNumber("flops", run.Flops);
+                w.WriteNumber("flops", flops);
                 w.WriteNumber("gflops", gflops);
+                if (effectiveGflops is double effective)
+                {
+                    w.WriteNumber("effectiveGflops", effective);
+                }
+
                 w.WriteString("out", outPath);
                 if (certificate is not null)
                 {
@@ -238,7 +148,7 @@ internal static class AttendCommand
             }
 
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{method} attention {TensorData.FormatShape(outShape)} -> {outPath}: {seconds * 1e3:F3} ms, {gflops:F1} GFLOP/s (kernel {run.Kernel})"));
+                $"{method} attention {TensorData.FormatShape(outShape)} -> {outPath}: {seconds * 1e3:F3} ms, {gflops:F1} GFLOP/s{(effectiveGflops is double e ? $" ({e:F1} effective: exact attention's flops over this time)" : string.Empty)} (kernel {run.Kernel})"));
             if (certificate is not null)
             {
                 stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -259,5 +169,25 @@ internal static class AttendCommand
         }
 
         return ExitCode.Ok;
+    }
+
+    /// <summary>
+    /// Runs the method once on a small input that takes the same code: the same heads per kv head, dimensions,
+    /// settings and threads, up to 64 queries (up to 16 a head pick the decoding kernel, more the tiled one) and 512
+    /// keys (more when lev keeps more), small seeded values. The timed call then measures the computation, not the JIT
+    /// compiling it or the worker threads starting (a one-token warm-up compiled the decoding kernel, not the tiled one).
+    /// </summary>
+    private static void Warm(MethodEntry entry, AttentionShape shape, MethodSettings settings)
+    {
+        int group = shape.HeadCount / shape.EffectiveKeyValueHeads;
+        int keys = Math.Min(shape.KeyCount, Math.Max(512, (settings.Top ?? 0) + settings.KeepFirst + settings.KeepLast));
+        var warm = new AttentionShape(1, group, Math.Min(shape.QueryCount, 64), keys, shape.HeadDim, shape.ValueDim, 1);
+        float[] q = new float[warm.QueryLength], k = new float[warm.KeyLength], v = new float[warm.ValueLength];
+        var random = new Random(1);
+        SeededGaussian.Fill(random, q);
+        SeededGaussian.Fill(random, k);
+        SeededGaussian.Fill(random, v);
+        TensorPrimitives.Multiply(q, 0.01f, q); // small scores: any polynomial degree reaches them
+        entry.Forward(MethodInputs.Of(q, k, v), warm, new float[warm.OutputLength], settings with { Causal = settings.Causal && warm.QueryCount <= warm.KeyCount });
     }
 }

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Reflection;
 using System.Runtime.Intrinsics;
 using FastAttention.IO;
+using FastAttention.Lab;
 
 namespace FastAttention.Cli;
 
@@ -140,12 +141,11 @@ internal static class DemoCommand
         ReadOnlyMemory<float>[] values = [Resource("ocr/line40/block1/v.npy").Data, Resource("ocr/line40/block2/v.npy").Data];
         var shape = new TensorAttentionShape(q.Shape[0], q.Shape[1], q.Shape[1], q.Shape[2], q.Shape[2]);
         var output = new float[shape.OutputLength];
-        AttentionRun run = TensorAttention.Compute(q.Data, keys, values, shape, output);
-        double seconds = Timing.Median(Timing.Repeat(() => TensorAttention.Compute(q.Data, keys, values, shape, output), repeat, "tensor attention"));
+        Timed t = Time("tensor", new MethodInputs(q.Data, keys, values), new AttentionShape(1, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim), output, new MethodSettings(), repeat);
         var reference = new double[shape.OutputLength];
         ReferenceTensorAttention.Compute(q.Data, keys, values, shape, reference);
         double error = output.Zip(reference, (a, b) => Math.Abs(a - b)).Max();
-        return new Row("line40, K1/V1 block1, K2/V2 block2", q.ShapeText, "tensor", run.Kernel, seconds, run.Flops / seconds / 1e9, error, null);
+        return new Row("line40, K1/V1 block1, K2/V2 block2", q.ShapeText, "tensor", t.Run.Kernel, t.Seconds, t.Gflops, error, null);
     }
 
     /// <summary>LevAttention (the top <see cref="LevTop"/> keys per head by leverage score) on real tensors; the error is against full softmax in float64.</summary>
@@ -154,21 +154,13 @@ internal static class DemoCommand
         TensorData<float> q = Resource("ocr/line260/block2/q.npy"), k = Resource("ocr/line260/block2/k.npy"), v = Resource("ocr/line260/block2/v.npy");
         var shape = new AttentionShape(1, q.Shape[0], q.Shape[1], k.Shape[1], q.Shape[2], v.Shape[2]);
         var output = new float[shape.OutputLength];
-        var options = new LevAttentionOptions { Top = LevTop };
-        IReadOnlyList<LevSelection> selections = LevAttention.Compute(q.Data, k.Data, v.Data, shape, output, options);
-        double seconds = Timing.Median(Timing.Repeat(() => LevAttention.Compute(q.Data, k.Data, v.Data, shape, output, options), repeat, "LevAttention"));
+        Timed t = Time("lev", MethodInputs.Of(q.Data, k.Data, v.Data), shape, output, new MethodSettings { Top = LevTop }, repeat);
         var reference = new double[shape.OutputLength];
         ReferenceAttention.Compute(q.Data, k.Data, v.Data, shape, reference);
         double error = output.Zip(reference, (a, b) => Math.Abs(a - b)).Max();
-        int[] kept = [.. selections.Select(x => x.Keys.Length)];
-
-        // Own flops: the leverage scores of each head's keys (K^T K, 2 n d^2, and one solve per key, 2 n d^2) and
-        // attention over the kept keys (2 (d + dv) per query and kept key).
-        double selection = 4.0 * shape.KeyCount * shape.HeadDim * shape.HeadDim * selections.Count;
-        double attention = 2.0 * (shape.HeadDim + shape.ValueDim) * shape.QueryCount * (shape.HeadCount / selections.Count) * kept.Sum(x => (double)x);
-        double exact = FlopCount.ExactAttention(1, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, false);
+        int[] kept = [.. t.Run.Selections!.Select(x => x.Keys.Length)];
         string label = string.Create(CultureInfo.InvariantCulture, $"line260/block2, top {LevTop} keys");
-        return (new Row(label, q.ShapeText, "lev", "lev-softmax", seconds, (selection + attention) / seconds / 1e9, error, null, exact / seconds / 1e9), kept, shape.KeyCount);
+        return (new Row(label, q.ShapeText, "lev", t.Run.Kernel, t.Seconds, t.Gflops, error, null, t.EffectiveGflops), kept, shape.KeyCount);
     }
 
     private static (Row Row, PolynomialCertificate Certificate) MeasurePolynomial(Random random, int repeat)
@@ -177,15 +169,25 @@ internal static class DemoCommand
         float[] Fill() => [.. Enumerable.Range(0, N * D).Select(_ => (random.NextSingle() * 2) - 1)];
         float[] q = Fill(), k = Fill(), v = Fill();
         var shape = AttentionShape.SingleHead(N, D) with { ValueDim = Dv };
-        var options = new PolynomialAttentionOptions { Scale = 1f / D, RelativeError = 1e-3 };
         var output = new float[shape.OutputLength];
-        PolynomialCertificate certificate = PolynomialAttention.Compute(q, k, v, shape, output, options);
-        double seconds = Timing.Median(Timing.Repeat(() => PolynomialAttention.Compute(q, k, v, shape, output, options), repeat, "polynomial attention"));
+        Timed t = Time("poly", MethodInputs.Of(q, k, v), shape, output, new MethodSettings { Scale = 1f / D, Eps = 1e-3 }, repeat);
         var reference = new double[shape.OutputLength];
         ReferenceAttention.Compute(q, k, v, shape, reference, scale: 1.0 / D);
         double error = output.Zip(reference, (a, b) => Math.Abs(a - b)).Max();
-        return (new Row("random bounded [-1, 1], s = 1/d", $"[1, {N}, {D}]", "poly", "polynomial-double", seconds,
-            certificate.PredictedFlops / seconds / 1e9, error, null, FlopCount.ExactAttention(1, 1, N, N, D, Dv, false) / seconds / 1e9), certificate);
+        return (new Row("random bounded [-1, 1], s = 1/d", $"[1, {N}, {D}]", "poly", t.Run.Kernel, t.Seconds, t.Gflops, error, null, t.EffectiveGflops), t.Run.Certificate!);
+    }
+
+    /// <summary>A method's run report, median time, and GFLOP/s by the method table's counts (own, and exact-equivalent for approximate methods).</summary>
+    private sealed record Timed(MethodRun Run, double Seconds, double Gflops, double? EffectiveGflops);
+
+    /// <summary>Runs a method of the table once (warm-up), then times <paramref name="repeat"/> runs.</summary>
+    private static Timed Time(string method, MethodInputs inputs, AttentionShape shape, float[] output, MethodSettings settings, int repeat)
+    {
+        MethodEntry entry = MethodTable.Find(method);
+        MethodRun run = entry.Forward(inputs, shape, output, settings); // warm-up
+        double seconds = Timing.Median(Timing.Repeat(() => entry.Forward(inputs, shape, output, settings), repeat, method));
+        double? effective = entry.ExactEquivalentFlops?.Invoke(shape, settings, run) / seconds / 1e9;
+        return new Timed(run, seconds, entry.Flops(shape, settings, run) / seconds / 1e9, effective);
     }
 
     private static IEnumerable<Row> Measure(string name, TensorData<float> q, TensorData<float> k, TensorData<float> v, TensorData<float>? ort, int repeat, bool onlyBest = false)
@@ -197,9 +199,7 @@ internal static class DemoCommand
         IEnumerable<KernelInfo> kernels = onlyBest ? AttentionKernels.For(shape).Take(1) : AttentionKernels.For(shape);
         foreach (KernelInfo kernel in kernels)
         {
-            var options = new ExactAttentionOptions { Kernel = kernel.Name };
-            AttentionRun run = ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, options); // warm-up
-            double seconds = Timing.Median(Timing.Repeat(() => ExactAttention.Compute(q.Data, k.Data, v.Data, shape, output, options), repeat, "exact attention, " + run.Kernel));
+            Timed t = Time("exact", MethodInputs.Of(q.Data, k.Data, v.Data), shape, output, new MethodSettings { Kernel = kernel.Name }, repeat);
             double error = 0;
             for (int i = 0; i < output.Length; i++)
             {
@@ -219,7 +219,7 @@ internal static class DemoCommand
                 vsOrt = diff / scale;
             }
 
-            yield return new Row(name, q.ShapeText, "exact", run.Kernel, seconds, run.Flops / seconds / 1e9, error, vsOrt);
+            yield return new Row(name, q.ShapeText, "exact", t.Run.Kernel, t.Seconds, t.Gflops, error, vsOrt);
         }
     }
 

@@ -137,4 +137,32 @@ public class CliAttendTests
         Assert.Equal(2, Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "x.npy"), "--method", "lev", "--eps", "0.1", "--top", "4").Code);
         Assert.Equal(2, Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "x.npy"), "--method", "lev", "--top", "3", "--causal").Code);
     }
+
+    [Fact]
+    public void Attend_power_matches_the_library_and_approximate_methods_report_own_and_effective_gflops()
+    {
+        string dir = Data.TempDir();
+        string outPath = Path.Combine(dir, "p.npy");
+        (int code, string stdout, string stderr) = Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", outPath, "--method", "power", "--power", "3", "--json");
+        Assert.True(code == 0, stderr);
+        TensorData<float> q = NumpyFile.ReadFloat32(Ocr("q.npy")), k = NumpyFile.ReadFloat32(Ocr("k.npy")), v = NumpyFile.ReadFloat32(Ocr("v.npy"));
+        var expected = new float[8 * 42 * 15];
+        PowerAttention.Compute(q.Data, k.Data, v.Data, new AttentionShape(1, 8, 42, 42, 15, 15), expected, new PowerAttentionOptions { Power = 3 });
+        Assert.Equal(expected, NumpyFile.ReadFloat32(outPath).Data);
+        using (JsonDocument power = JsonDocument.Parse(stdout))
+        {
+            Assert.Equal(1.0, power.RootElement.GetProperty("scale").GetDouble());
+            Assert.False(power.RootElement.TryGetProperty("effectiveGflops", out _));
+        }
+
+        // lev: GFLOP/s counts its own work (selection + attention over the kept keys); effectiveGflops, exact attention's flops.
+        (code, stdout, stderr) = Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "l.npy"), "--method", "lev", "--top", "4", "--json");
+        Assert.True(code == 0, stderr);
+        using JsonDocument lev = JsonDocument.Parse(stdout);
+        double seconds = lev.RootElement.GetProperty("seconds").GetDouble(), flops = lev.RootElement.GetProperty("flops").GetDouble();
+        Assert.Equal(flops / seconds / 1e9, lev.RootElement.GetProperty("gflops").GetDouble(), 6);
+        double exact = FlopCount.ExactAttention(1, 8, 42, 42, 15, 15, false);
+        Assert.Equal(exact / seconds / 1e9, lev.RootElement.GetProperty("effectiveGflops").GetDouble(), 6);
+        Assert.True(flops < exact);
+    }
 }

@@ -11,15 +11,18 @@ public class CliUsageTests
 
     [Theory]
     [InlineData("exact", "--top", "5", "--top applies to --method lev, not exact")]
-    [InlineData("exact", "--eps", "0.01", "--eps applies to --method poly or auto or lev, not exact")]
+    [InlineData("exact", "--eps", "0.01", "--eps applies to --method poly or lev or auto, not exact")]
     [InlineData("poly", "--seed", "3", "--seed applies to --method sketch, not poly")]
     [InlineData("lev", "--degree", "3", "--degree applies to --method poly, not lev")]
-    [InlineData("sketch", "--kernel", "tiled-v256", "--kernel applies to --method exact or auto, not sketch")]
-    public void Attend_rejects_an_option_of_another_method_instead_of_ignoring_it(string method, string option, string value, string message)
+    [InlineData("sketch", "--kernel", "tiled-v256", "--kernel applies to --method exact or power or auto, not sketch")]
+    [InlineData("lev", "--causal", null, "--causal applies to --method exact or poly or sketch or power or auto, not lev")]
+    [InlineData("exact", "--power", "3", "--power applies to --method power, not exact")]
+    public void Attend_rejects_an_option_of_another_method_instead_of_ignoring_it(string method, string option, string? value, string message)
     {
         string dir = Data.TempDir();
         string outPath = Path.Combine(dir, "o.npy");
-        (int code, _, string err) = Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", outPath, "--method", method, option, value);
+        string[] given = value is null ? [option] : [option, value];
+        (int code, _, string err) = Run(["attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", outPath, "--method", method, .. given]);
         Assert.Equal(2, code);
         Assert.Contains(message, err);
         Assert.False(File.Exists(outPath));
@@ -27,11 +30,11 @@ public class CliUsageTests
 
 
     [Theory]
-    [InlineData("poly", "--kernel", "tiled-v256", "--kernel applies to --method exact, not poly")]
-    [InlineData("exact", "--eps", "0.01", "--eps applies to --method poly or tensor-poly, not exact")]
-    [InlineData("gemm", "--causal", null, "--causal applies to --method exact or poly or sketch or tensor or tensor-poly, not gemm")]
-    [InlineData("leverage", "--heads", "4", "--heads applies to --method exact or poly or sketch or tensor or tensor-poly, not leverage")]
-    [InlineData("gemm", "--d", "8", "--d applies to --method exact or poly or sketch or tensor or tensor-poly or leverage, not gemm")]
+    [InlineData("poly", "--kernel", "tiled-v256", "--kernel applies to --method exact or power, not poly")]
+    [InlineData("exact", "--eps", "0.01", "--eps applies to --method poly or lev or tensor-poly, not exact")]
+    [InlineData("gemm", "--causal", null, "--causal applies to --method exact or poly or sketch or power or tensor or tensor-poly, not gemm")]
+    [InlineData("leverage", "--heads", "4", "--heads applies to --method exact or poly or sketch or lev or power or tensor or tensor-poly, not leverage")]
+    [InlineData("gemm", "--d", "8", "--d applies to --method exact or poly or sketch or lev or power or tensor or tensor-poly or leverage, not gemm")]
     public void Bench_rejects_an_option_of_another_method_instead_of_ignoring_it(string method, string option, string? value, string message)
     {
         string[] args = ["bench", "--method", method, "--n", "64", "--repeat", "1", option, .. value is null ? Array.Empty<string>() : [value]];
@@ -126,5 +129,21 @@ public class CliUsageTests
         Assert.Contains($"using {Environment.ProcessorCount}", err);
         using var json = System.Text.Json.JsonDocument.Parse(stdout);
         Assert.Equal(Environment.ProcessorCount, json.RootElement.GetProperty("threads").GetInt32());
+    }
+
+    [Fact]
+    public void Help_lists_every_method_of_the_table_and_an_unknown_method_is_a_usage_error_naming_them()
+    {
+        (int code, string stdout, _) = Run("attend", "--help");
+        Assert.Equal(0, code);
+        foreach (string method in FastAttention.Lab.MethodTable.All.Where(m => !m.IsTensor).Select(m => m.Name).Append("auto"))
+        {
+            Assert.Contains(method + ":", stdout);
+        }
+
+        (code, _, string err) = Run("attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", "o.npy", "--method", "magic");
+        Assert.Equal(2, code);
+        Assert.Contains("'lev'", err);
+        Assert.Single(err.Trim().Split('\n'));
     }
 }

@@ -1,0 +1,73 @@
+using FastAttention.Lab;
+
+namespace FastAttention.Cli;
+
+/// <summary>
+/// The command line's side of the lab's <see cref="MethodTable"/>: the <c>--method</c> help and its values, the
+/// options that belong to other methods, and the <see cref="MethodSettings"/> a command's options give. <c>attend</c>,
+/// <c>tensor</c> and <c>bench</c> read the table through it instead of keeping lists of their own.
+/// </summary>
+internal static class MethodOptions
+{
+    /// <summary>A method a command offers besides the table's (e.g. <c>auto</c>, the planner's choice), with the options it accepts.</summary>
+    public sealed record Extra(string Name, string Summary, string[] Options);
+
+    /// <summary>The <c>--method</c> option: every method's name and summary, in table order, then the extras; only those values.</summary>
+    public static OptionSpec MethodOption(IEnumerable<(string Name, string Summary)> methods, string defaultName)
+    {
+        (string Name, string Summary)[] all = [.. methods];
+        return new OptionSpec("method", "M", $"default {defaultName}. " + string.Join("; ", all.Select(m => $"{m.Name}: {m.Summary}")))
+        {
+            Values = [.. all.Select(m => m.Name)],
+        };
+    }
+
+    /// <summary>For each option some of the methods accept, the methods that accept it (for "applies to --method ..." errors).</summary>
+    public static (string Option, string[] Methods)[] OptionTable(IEnumerable<(string Name, IReadOnlyList<string> Options)> methods)
+    {
+        (string Name, IReadOnlyList<string> Options)[] all = [.. methods];
+        return [.. all.SelectMany(m => m.Options).Distinct().Select(option => (option, all.Where(m => m.Options.Contains(option)).Select(m => m.Name).ToArray()))];
+    }
+
+    /// <summary>
+    /// The settings every method reads from, parsed from the options (each checked here, before any file is read):
+    /// <c>--eps</c> is a relative error below 1 for the polynomial methods and a weight in (0, 1] for lev, which takes
+    /// exactly one of <c>--eps</c> and <c>--top</c>.
+    /// </summary>
+    public static MethodSettings Settings(ParsedOptions o, string command, string method, int threads)
+    {
+        double? eps = o.Double("eps", positive: true);
+        if (eps >= 1 && method is "poly" or "auto" or "tensor-poly")
+        {
+            throw new UsageException($"{command}: --eps is the polynomial's relative error and must be below 1; got {eps}");
+        }
+
+        if (eps > 1 && method == "lev")
+        {
+            throw new UsageException($"{command}: --eps for --method lev is an attention weight and must lie in (0, 1]; got {eps}");
+        }
+
+        var settings = new MethodSettings
+        {
+            Scale = o.Float("scale"),
+            Causal = o.Flag("causal"),
+            Kernel = o.Kernel(command),
+            Threads = threads,
+            Eps = eps,
+            Degree = o.Int("degree", 0, FastAttention.Polynomial.ExpPolynomial.MaxDegree),
+            SketchSize = o.Int("sketch", 1, SketchedAttention.MaxSketchSize) ?? 0,
+            Seed = o.Int("seed", 0, int.MaxValue) ?? 0,
+            Top = o.Int("top", 1, int.MaxValue),
+            KeepFirst = o.Int("keep-first", 0, int.MaxValue) ?? 0,
+            KeepLast = o.Int("keep-last", 0, int.MaxValue) ?? 0,
+            Power = o.Float("power", positive: true),
+            AllowNonFinite = o.Flag("allow-nonfinite"),
+        };
+        if (method == "lev" && settings.Eps.HasValue == settings.Top.HasValue)
+        {
+            throw new UsageException($"{command}: --method lev needs exactly one of --eps E (universal set) and --top N");
+        }
+
+        return settings;
+    }
+}
