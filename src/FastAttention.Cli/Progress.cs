@@ -33,9 +33,6 @@ internal sealed class Progress
     /// <summary>Signalled by Ctrl-C.</summary>
     public CancellationToken Cancellation { get; }
 
-    /// <summary>Whether a progress display is showing.</summary>
-    public bool IsVisible => _task is not null;
-
     /// <summary>
     /// Runs <paramref name="body"/> as command <paramref name="name"/>: with a live progress display on
     /// <paramref name="terminal"/> when given, silently otherwise. <paramref name="body"/> receives the writer for
