@@ -1,5 +1,4 @@
 using System.Numerics.Tensors;
-using FastAttention.Kernels;
 
 namespace FastAttention;
 
@@ -24,7 +23,7 @@ public readonly record struct ExactAttentionOptions
     /// <summary>Let NaN and infinity in the inputs propagate instead of rejecting them.</summary>
     public bool AllowNonFinite { get; init; }
 
-    /// <summary>Force a kernel by registry name (see <see cref="ExactAttention.Kernels"/>); <see langword="null"/> picks the fastest this CPU supports.</summary>
+    /// <summary>Force a kernel by registry name (see <see cref="AttentionKernels"/>); <see langword="null"/> picks the fastest this CPU supports.</summary>
     public string? Kernel { get; init; }
 }
 
@@ -35,10 +34,6 @@ public readonly record struct ExactAttentionOptions
 /// </summary>
 public static class ExactAttention
 {
-    /// <summary>The kernels this library has, fastest first, with whether this CPU runs them.</summary>
-    public static IReadOnlyList<(string Name, string Description, bool Supported)> Kernels =>
-        [.. KernelRegistry.Attention.Select(k => (k.Name, k.Description, k.IsSupported()))];
-
     /// <summary>Computes attention into <paramref name="destination"/>.</summary>
     /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>.</param>
     /// <param name="key">Keys, <c>[batch, kvHeads, nk, d]</c>.</param>

@@ -48,7 +48,7 @@ public readonly record struct TensorAttentionOptions
     /// <summary>Worker threads; 0 means one per core. The output bits are the same for every value.</summary>
     public int MaxDegreeOfParallelism { get; init; }
 
-    /// <summary>Force the exact kernel the virtual queries run on, by registry name (see <see cref="ExactAttention.Kernels"/>);
+    /// <summary>Force the exact kernel the virtual queries run on, by registry name (see <see cref="AttentionKernels"/>);
     /// <see langword="null"/> picks the fastest this CPU supports for the call's shape. An unknown name throws
     /// <see cref="ArgumentException"/>; a kernel that cannot take the call throws <see cref="NotSupportedException"/> with its reasons.</summary>
     public string? Kernel { get; init; }

@@ -14,7 +14,7 @@ public class TensorKernelTests
     public static TheoryData<string, bool> Kernels()
     {
         var data = new TheoryData<string, bool>();
-        foreach ((string name, _, bool supported) in ExactAttention.Kernels)
+        foreach ((string name, _, bool supported) in AttentionKernels.All)
         {
             if (supported)
             {
@@ -56,12 +56,12 @@ public class TensorKernelTests
         // 40 queries x 4 tuples = 160 virtual rows per call: more than the split-key kernel's 16.
         var wide = Shape with { QueryCount = 40 };
         (float[] q, ReadOnlyMemory<float>[] k, ReadOnlyMemory<float>[] v) = Inputs(wide);
-        string splitKey = ExactAttention.Kernels.First(x => x.Name.StartsWith("splitkey", StringComparison.Ordinal) && x.Supported).Name;
+        string splitKey = AttentionKernels.All.First(x => x.Name.StartsWith("splitkey", StringComparison.Ordinal) && x.IsSupported).Name;
         var ex = Assert.Throws<NotSupportedException>(() => TensorAttention.Compute(q, k, v, wide, new float[wide.OutputLength], new TensorAttentionOptions { Kernel = splitKey }));
         Assert.Contains(splitKey, ex.Message);
         Assert.Contains("at most 16", ex.Message);
 
-        foreach ((string name, _, bool supported) in ExactAttention.Kernels.Where(x => !x.Supported))
+        foreach ((string name, _, bool supported) in AttentionKernels.All.Where(x => !x.IsSupported))
         {
             var cpu = Assert.Throws<NotSupportedException>(() => TensorAttention.Compute(q, k, v, wide, new float[wide.OutputLength], new TensorAttentionOptions { Kernel = name }));
             Assert.Contains("CPU", cpu.Message);
