@@ -1,12 +1,21 @@
 using System.Diagnostics;
 using System.Globalization;
+using FastAttention.Lab;
 
 namespace FastAttention.Cli;
 
 /// <summary><c>fastattn tensor</c>: tensor (2-simplicial) attention over Q, K1, K2, V1, V2 files.</summary>
 internal static class TensorCommand
 {
-    public static readonly string[] Methods = ["exact", "poly", "auto"];
+    /// <summary>The command's method names and the table's entries they run: exact is the table's tensor, poly its tensor-poly.</summary>
+    private static readonly (string Name, MethodEntry Entry)[] Entries = [("exact", MethodTable.Find("tensor")), ("poly", MethodTable.Find("tensor-poly"))];
+
+    /// <summary>The cheaper of the two by predicted time, which the command offers besides the table's methods.</summary>
+    private static readonly MethodOptions.Extra Auto = new("auto", "exact or poly, the cheaper by predicted time on this machine (exact with windows)", ["scale", "causal", "eps", "window"]);
+
+    /// <summary>Which methods accept each method-specific option.</summary>
+    private static readonly (string Option, string[] Methods)[] OptionsOfMethods =
+        MethodOptions.OptionTable([.. Entries.Select(m => (m.Name, m.Entry.Options)), (Auto.Name, (IReadOnlyList<string>)Auto.Options)]);
 
     public static Command Command { get; } = new(
         "tensor",
@@ -18,7 +27,7 @@ internal static class TensorCommand
             new("v1", "V1.npy", "first values, [nk, dv] or [h, nk, dv] (required)"),
             new("v2", "V2.npy", "second values, V1's shape (required)"),
             new("out", "O.npy", "output file (required)"),
-            new("method", "M", "exact (default; n^3 work), poly (polynomial method with a certificate, near-linear for bounded entries), or auto (the cheaper by predicted time)"),
+            MethodOptions.MethodOption([.. Entries.Select(m => (m.Name, m.Entry.Summary)), (Auto.Name, Auto.Summary)], "exact"),
             new("scale", "S", "score scale s (default 1/d, as in the paper)"),
             new("causal", null, "causal: j1, j2 <= i (bottom-right aligned when nq != nk)"),
             new("window", "W1,W2", "sliding windows: j1 in the last W1 positions, j2 in the last W2 (implies causal; exact only)"),
@@ -33,58 +42,41 @@ internal static class TensorCommand
     private static int Run(ParsedOptions o, TextWriter stdout)
     {
         string method = o.Get("method") ?? "exact";
-        if (!Methods.Contains(method))
-        {
-            throw new UsageException($"tensor: unknown --method '{method}' (available: {string.Join(", ", Methods)})");
-        }
+        o.RejectOptionsOfOtherMethods("tensor", method, OptionsOfMethods);
+        o.Required("tensor", "out");
 
-        o.RejectOptionsOfOtherMethods("tensor", method, [("eps", ["poly", "auto"]), ("degree", ["poly"])]);
-        string outPath = o.Required("tensor", "out");
-        bool force = o.Flag("force");
-        int threads = o.Threads() ?? 0;
+        // Every option is checked before any file is read or written.
         int[]? windows = Windows(o.Get("window"));
-        if (windows is not null && method == "poly")
-        {
-            throw new UsageException("tensor: --window works with --method exact only (the polynomial method's running states cover whole prefixes)");
-        }
-
-        float? givenScale = o.Float("scale");
-        double eps = o.Double("eps", positive: true) ?? 1e-3;
-        int? degree = o.Int("degree", 0, FastAttention.Polynomial.ExpPolynomial.MaxDegree);
+        MethodSettings settings = MethodOptions.Settings(o, "tensor", method == "exact" ? "tensor" : "tensor-poly", o.Threads() ?? 0) with { Windows = windows };
         string[] inputs = [o.Required("tensor", "q"), o.Required("tensor", "k1"), o.Required("tensor", "k2"), o.Required("tensor", "v1"), o.Required("tensor", "v2")];
         TensorFiles.CheckTensorOutput(o, "out");
+        string outPath = o.Get("out")!;
+        bool force = o.Flag("force");
 
         TensorData<float> q = TensorFiles.Load("q", inputs[0]);
         TensorData<float>[] k = [TensorFiles.Load("k1", inputs[1]), TensorFiles.Load("k2", inputs[2])];
         TensorData<float>[] v = [TensorFiles.Load("v1", inputs[3]), TensorFiles.Load("v2", inputs[4])];
         Progress.Current.Step("computing tensor attention");
         TensorAttentionShape shape = Shape(q, k, v);
-        float scale = givenScale ?? 1f / shape.HeadDim;
-        bool causal = o.Flag("causal") || windows is not null;
+        settings = settings with { Scale = settings.Scale ?? 1f / shape.HeadDim };
+        bool causal = settings.Causal || windows is not null;
         ReadOnlyMemory<float>[] keys = [k[0].Data, k[1].Data], values = [v[0].Data, v[1].Data];
         var output = new float[shape.OutputLength];
 
         string? reason = null;
         if (method == "auto")
         {
-            (method, reason) = Choose(q.Data, keys, shape, scale, eps, causal, windows is not null, threads);
+            (method, reason) = Choose(q.Data, keys, shape, settings.Scale.Value, settings.Eps ?? 1e-3, causal, windows is not null, settings.Threads);
         }
 
-        PolynomialCertificate? certificate = null;
-        AttentionRun run;
+        MethodEntry entry = Entries.First(m => m.Name == method).Entry;
+        var flat = new AttentionShape(1, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim);
         var timer = Stopwatch.StartNew();
-        if (method == "poly")
-        {
-            var options = new PolynomialAttentionOptions { Scale = scale, RelativeError = eps, Degree = degree, Causal = causal, MaxDegreeOfParallelism = threads };
-            certificate = TensorAttention.ComputePolynomial(q.Data, keys, values, shape, output, options);
-            run = new AttentionRun("tensor-polynomial-double", certificate.PredictedFlops);
-        }
-        else
-        {
-            run = TensorAttention.Compute(q.Data, keys, values, shape, output, new TensorAttentionOptions { Scale = scale, Causal = causal, Windows = windows, MaxDegreeOfParallelism = threads });
-        }
-
+        MethodRun run = entry.Forward(new MethodInputs(q.Data, keys, values), flat, output, settings);
         double seconds = timer.Elapsed.TotalSeconds;
+        double flops = entry.Flops(flat, settings, run);
+        PolynomialCertificate? certificate = run.Certificate;
+        float scale = settings.Scale.Value;
         int[] outShape = [.. q.Shape];
         outShape[^1] = shape.ValueDim;
         TensorFiles.Save(outPath, force, new TensorData<float>(output, outShape));
@@ -105,7 +97,13 @@ internal static class TensorCommand
                 }
 
                 w.WriteNumber("seconds", seconds);
-                w.WriteNumber("flops", run.Flops);
+                w.WriteNumber("flops", flops);
+                w.WriteNumber("gflops", flops / Math.Max(seconds, 1e-9) / 1e9);
+                if (entry.ExactEquivalentFlops?.Invoke(flat, settings, run) is double exact)
+                {
+                    w.WriteNumber("effectiveGflops", exact / Math.Max(seconds, 1e-9) / 1e9);
+                }
+
                 w.WriteString("out", outPath);
                 if (reason is not null)
                 {

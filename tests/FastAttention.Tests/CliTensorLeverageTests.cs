@@ -45,7 +45,16 @@ public class CliTensorLeverageTests
             Assert.True(poly.Zip(written, (a, b) => Math.Abs(a - b)).Max() <= bound + 1e-6);
         }
 
-        Assert.Equal(0, Run([.. inputs, "--out", Path.Combine(dir, "w.npy"), "--window", "5,7"]).Code);
+        // Windows: 2 (d + dv) flops per (query, key1, key2) triple inside the windows, as the method table counts them.
+        (code, stdout, stderr) = Run([.. inputs, "--out", Path.Combine(dir, "w.npy"), "--window", "5,7", "--json"]);
+        Assert.True(code == 0, stderr);
+        using (JsonDocument json = JsonDocument.Parse(stdout))
+        {
+            double triples = Enumerable.Range(0, 40).Sum(i => Math.Min(5.0, i + 1) * Math.Min(7.0, i + 1));
+            Assert.Equal(2.0 * (4 + 4) * 2 * triples, json.RootElement.GetProperty("flops").GetDouble());
+            Assert.Equal(json.RootElement.GetProperty("flops").GetDouble() / json.RootElement.GetProperty("seconds").GetDouble() / 1e9, json.RootElement.GetProperty("gflops").GetDouble(), 6);
+        }
+
         Assert.Equal(0, Run([.. inputs, "--out", Path.Combine(dir, "a.npy"), "--method", "auto", "--causal"]).Code);
         Assert.Equal(2, Run([.. inputs, "--out", Path.Combine(dir, "x.npy"), "--window", "5"]).Code);
         Assert.Equal(2, Run([.. inputs, "--out", Path.Combine(dir, "x.npy"), "--window", "5,5", "--method", "poly"]).Code);

@@ -46,6 +46,9 @@ public sealed record MethodSettings
     /// <summary>power: the exponent p of |s q.k|^p (<c>--power</c>; null: 2).</summary>
     public float? Power { get; init; }
 
+    /// <summary>tensor: sliding windows (W1, W2): key j1 among the last W1 positions a query sees, j2 among the last W2 (<c>--window</c>; implies causal).</summary>
+    public IReadOnlyList<int>? Windows { get; init; }
+
     /// <summary>exact: let NaN/Inf in the inputs propagate instead of rejecting them (<c>--allow-nonfinite</c>).</summary>
     public bool AllowNonFinite { get; init; }
 }

@@ -20,7 +20,7 @@ public static class MethodTable
         new("power", "power attention |s q.k|^p normalised per row (LevAttention's guaranteed case), on the exact kernels",
             ["scale", "causal", "kernel", "power"], Power, ExactFlops, null, IsTensor: false),
         new("tensor", "exact tensor (2-simplicial) attention over key pairs, n^3 work: 2 (d + dv) flops per (query, key, key) triple",
-            ["scale", "causal"], Tensor, TensorFlops, null, IsTensor: true),
+            ["scale", "causal", "window"], Tensor, TensorFlops, null, IsTensor: true),
         new("tensor-poly", "tensor attention by the polynomial method with an error certificate, near-linear for bounded entries",
             ["scale", "causal", "eps", "degree"], TensorPolynomial, PolynomialFlops, TensorFlops, IsTensor: true),
     ];
@@ -131,7 +131,8 @@ public static class MethodTable
         AttentionRun run = TensorAttention.Compute(x.Query.Span, x.Keys, x.Values, TensorShape(shape), output, new TensorAttentionOptions
         {
             Scale = s.Scale,
-            Causal = s.Causal,
+            Causal = s.Causal || s.Windows is not null,
+            Windows = s.Windows,
             MaxDegreeOfParallelism = s.Threads,
         });
         return new MethodRun(run.Kernel);
@@ -169,14 +170,15 @@ public static class MethodTable
         return kept.Sum(k => selection + (2.0 * group * shape.QueryCount * k * (shape.HeadDim + shape.ValueDim)));
     }
 
-    /// <summary>2 (d + dv) flops per visible (query, key1, key2) triple, every head.</summary>
+    /// <summary>2 (d + dv) flops per visible (query, key1, key2) triple, every head (with windows, j1 among the last W1 visible keys, j2 among the last W2).</summary>
     private static double TensorFlops(AttentionShape shape, MethodSettings s, MethodRun? run)
     {
+        bool causal = s.Causal || s.Windows is not null;
         double triples = 0;
         for (long i = 0; i < shape.QueryCount; i++)
         {
-            double visible = s.Causal ? Math.Clamp(i + 1 + shape.KeyCount - shape.QueryCount, 0, shape.KeyCount) : shape.KeyCount;
-            triples += visible * visible;
+            double visible = causal ? Math.Clamp(i + 1 + shape.KeyCount - shape.QueryCount, 0, shape.KeyCount) : shape.KeyCount;
+            triples += s.Windows is [int w1, int w2, ..] ? Math.Min(w1, visible) * Math.Min(w2, visible) : visible * visible;
         }
 
         return 2.0 * (shape.HeadDim + shape.ValueDim) * shape.BatchSize * shape.HeadCount * triples;
