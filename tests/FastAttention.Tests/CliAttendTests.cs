@@ -5,12 +5,8 @@ using FastAttention.Tests.Support;
 namespace FastAttention.Tests;
 
 /// <summary>`fastattn attend`: outputs equal to the library's, every tensor format, and each method's report.</summary>
-public class CliAttendTests
+public class CliAttendTests : CliTest
 {
-    private static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Run(args);
-
-    private static string Ocr(string file) => Data.Fixture("ocr", "line40", "block2", file);
-
     [Fact]
     public void Attend_writes_the_same_output_as_the_library_and_prints_json()
     {

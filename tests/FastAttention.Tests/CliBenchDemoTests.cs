@@ -6,12 +6,8 @@ namespace FastAttention.Tests;
 
 /// <summary>`fastattn demo` and `fastattn bench`.</summary>
 [Trait("Category", "Slow")]
-public class CliBenchDemoTests
+public class CliBenchDemoTests : CliTest
 {
-    private static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Run(args);
-
-    private static string Ocr(string file) => Data.Fixture("ocr", "line40", "block2", file);
-
     [Fact]
     public void Demo_prints_a_table_with_every_dataset_and_small_errors()
     {

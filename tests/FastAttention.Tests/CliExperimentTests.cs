@@ -4,12 +4,8 @@ namespace FastAttention.Tests;
 
 /// <summary>`fastattn experiment`: reports written, never overwritten without --force.</summary>
 [Trait("Category", "Slow")]
-public class CliExperimentTests
+public class CliExperimentTests : CliTest
 {
-    private static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Run(args);
-
-    private static string Ocr(string file) => Data.Fixture("ocr", "line40", "block2", file);
-
     [Fact]
     public void Experiments_write_markdown_and_svg_and_never_overwrite_without_force()
     {

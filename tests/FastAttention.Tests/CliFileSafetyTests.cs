@@ -4,12 +4,8 @@ using FastAttention.Tests.Support;
 namespace FastAttention.Tests;
 
 /// <summary>Nothing the user gave is lost: outputs never clobber or replace inputs, failed runs leave nothing, bad files name themselves.</summary>
-public class CliFileSafetyTests
+public class CliFileSafetyTests : CliTest
 {
-    private static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Run(args);
-
-    private static string Ocr(string file) => Data.Fixture("ocr", "line40", "block2", file);
-
     [Fact]
     public void Existing_output_is_never_clobbered_without_force()
     {

@@ -6,12 +6,8 @@ namespace FastAttention.Tests;
 
 /// <summary>`fastattn inspect`: bounds, regime and plan.</summary>
 [Trait("Category", "Slow")]
-public class CliInspectTests
+public class CliInspectTests : CliTest
 {
-    private static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Run(args);
-
-    private static string Ocr(string file) => Data.Fixture("ocr", "line40", "block2", file);
-
     [Fact]
     public void Inspect_reports_bounds_and_regime()
     {

@@ -7,12 +7,8 @@ namespace FastAttention.Tests;
 
 /// <summary>`fastattn tensor` and `fastattn leverage`.</summary>
 [Trait("Category", "Slow")]
-public class CliTensorLeverageTests
+public class CliTensorLeverageTests : CliTest
 {
-    private static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Run(args);
-
-    private static string Ocr(string file) => Data.Fixture("ocr", "line40", "block2", file);
-
     [Fact]
     public void Tensor_command_matches_the_library_and_checks_its_inputs()
     {

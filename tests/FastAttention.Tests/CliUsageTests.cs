@@ -3,12 +3,8 @@ using FastAttention.Tests.Support;
 namespace FastAttention.Tests;
 
 /// <summary>Usage errors (exit 2, one line, before any file is touched), options of other methods, kernels and help.</summary>
-public class CliUsageTests
+public class CliUsageTests : CliTest
 {
-    private static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Run(args);
-
-    private static string Ocr(string file) => Data.Fixture("ocr", "line40", "block2", file);
-
     [Theory]
     [InlineData("exact", "--top", "5", "--top applies to --method lev, not exact")]
     [InlineData("exact", "--eps", "0.01", "--eps applies to --method poly or lev or auto, not exact")]
