@@ -58,15 +58,25 @@ internal static class LabOutput
     /// </summary>
     public static T InFolder<T>(string command, string dir, Func<T> produce)
     {
-        bool existed = Directory.Exists(dir);
+        // The folders this call creates: dir and any missing parents, innermost first.
+        var created = new List<string>();
+        for (string? d = Path.GetFullPath(dir); d is not null && !Directory.Exists(d); d = Path.GetDirectoryName(d))
+        {
+            created.Add(d);
+        }
+
         TensorFiles.CreateFolder(command, dir);
         try
         {
             return produce();
         }
-        catch when (!existed && Directory.Exists(dir) && !Directory.EnumerateFileSystemEntries(dir).Any())
+        catch when (created.Count > 0)
         {
-            Directory.Delete(dir);
+            foreach (string d in created.TakeWhile(d => Directory.Exists(d) && !Directory.EnumerateFileSystemEntries(d).Any()))
+            {
+                Directory.Delete(d);
+            }
+
             throw;
         }
     }

@@ -251,7 +251,7 @@ public static partial class Experiments
         claims.Add(new(Sources.BoundedEntries,
             "Within a fixed time budget the reachable error rises steeply as B grows toward sqrt(log n) (the hardness transition).",
             string.Create(inv, $"n = 2^{(int)Math.Log2(largest)}, error within the exact kernel's time: {Sci(firstError)} at B/sqrt(ln n) = {small.Ratio}, {(lastFinite is null ? "-" : $"{Sci(lastFinite.BudgetError)} at {lastFinite.Ratio}")}{(none ? ", nothing fits beyond" : string.Empty)}."),
-            Claim.Of(rises)));
+            firstError is null ? Verdict.NotMeasured : Claim.Of(rises)));
 
         List<Point> certified = [.. points.Where(p => p.Error is not null && p.Bound is not null)];
         double worst = certified.Count == 0 ? double.NaN : certified.Max(p => p.Error!.Value / p.Bound!.Value);

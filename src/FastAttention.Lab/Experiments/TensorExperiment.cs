@@ -158,7 +158,7 @@ public static partial class Experiments
         md.AppendLine(string.Create(inv, $"d = {D}, scale 1/d, Q and K_t uniform in [-B, B], V_t in [-1, 1]; B is swept across the order-k threshold (ln n)^(1/k)"));
         md.AppendLine(string.Create(inv, $"(cbrt(ln n) for order 3, (ln n)^(1/4) for order 4). The polynomial method gets a fixed compute budget: degree {BudgetDegree}, i.e."));
         md.AppendLine(string.Create(inv, $"r = C({D + BudgetDegree}, {BudgetDegree}) = {PolynomialAttention.FeatureCount(D, BudgetDegree)} features, O(n r d) work whatever B is; the error is measured against the exact kernel on every row."));
-        md.AppendLine("R <= B^k grows with the order, so at the same B / threshold the fixed degree covers less of the range. Measured here:");
+        md.AppendLine("R <= B^k grows with the order, so at the same B / threshold the fixed degree covers less of the range. Measured:");
         md.AppendLine(string.Join("; ", outcomes.Select(x => string.Create(inv,
             $"order {x.Order}: error {x.Below:E2} at B/threshold = {ratios[0]}, {(double.IsNaN(x.At) ? "no approximation" : x.At.ToString("E2", inv))} at the threshold ({(x.Steep ? "a steep climb" : "not the steep climb the claim expects")})"))) + ".");
         md.AppendLine();
@@ -226,7 +226,7 @@ public static partial class Experiments
         md.AppendLine("non-match; values are 1 for real pairs and 0 for any pair holding the sentinel as j1, so the output is the share of weight on");
         md.AppendLine("real pairs: near 1 when a match exists, near 0 when the sentinel wins. The head answers 'yes' when the output exceeds 1/2;");
         md.AppendLine("accuracy is against brute force. It needs lambda (1 - cos(2 pi / M)) / 2 well above ln(n^2): entries far beyond the");
-        md.AppendLine("bounded regime, which is exactly where part (b) shows the polynomial method cannot follow; the exact kernel can.");
+        md.AppendLine("bounded regime, where part (b) measures how the polynomial method fares; the exact kernel has no such limit.");
         md.AppendLine();
         md.AppendLine("![Match3 accuracy](tensor-match3.svg)");
         md.AppendLine();

@@ -91,8 +91,9 @@ public delegate MethodRun MethodForward(MethodInputs inputs, AttentionShape shap
 
 /// <summary>
 /// A flop count for a shape and settings. Methods whose work depends on the data (the polynomial degree follows the
-/// range of the scores; lev's kept keys) read it from the <paramref name="run"/> when given, and otherwise from the
-/// settings (<see cref="MethodSettings.Degree"/>, <see cref="MethodSettings.Top"/>); without either they throw.
+/// range of the scores; lev's kept keys with a threshold) or whose count the library reports after the run (sketch)
+/// read it from the <paramref name="run"/> when given, and otherwise from the settings (<see cref="MethodSettings.Degree"/>,
+/// <see cref="MethodSettings.Top"/>); without either they throw <see cref="InvalidOperationException"/>.
 /// </summary>
 /// <param name="shape">The dimensions.</param>
 /// <param name="settings">The method's settings.</param>
