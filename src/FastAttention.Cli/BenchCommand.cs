@@ -22,7 +22,7 @@ internal static class BenchCommand
     private static readonly string[] ShapeOptions = ["nk", "dv", "heads", "kv-heads", "batch", "q", "k", "v", "out", "force", "bandwidth"];
 
     /// <summary>The options that belong to some methods only, and those methods, read off the method table.</summary>
-    private static readonly (string Option, string[] Methods)[] MethodOptions =
+    private static readonly (string Option, string[] Methods)[] OptionsOfMethods =
     [
         .. SettingOptions.Select(option => (option, MethodTable.Accepting(option).ToArray())),
         ("d", [.. MethodTable.Names, "leverage"]),
@@ -33,7 +33,7 @@ internal static class BenchCommand
         "bench",
         "time a method on seeded random inputs: median of repeated runs, GFLOP/s, %-of-peak",
         [
-            new("method", "M", string.Join("; ", MethodTable.All.Select(m => $"{m.Name}: {m.Summary}")) + "; gemm: the GEMM alone, m = n = k = --n; leverage: leverage scores of n x d Gaussian keys (fast, exact, sketched) against K^T K on the project's GEMM (default exact). GFLOP/s count the method's own flops; approximate methods also report effective GFLOP/s (the exact computation's flops over the same time)"),
+            new("method", "M", string.Join("; ", MethodTable.All.Select(m => $"{m.Name}: {m.Summary}")) + "; gemm: the GEMM alone, m = n = k = --n; leverage: leverage scores of n x d Gaussian keys (fast, exact, sketched) against K^T K on the project's GEMM (default exact). GFLOP/s count the method's own flops; approximate methods also report effective GFLOP/s (the exact computation's flops over the same time)") { Values = Methods },
             new("n", "N", "queries (and keys, unless --nk) per head (required unless --q is given)"),
             new("nk", "NK", "keys per head (default n)"),
             new("d", "D", "head dimension (default 64)"),
@@ -72,9 +72,9 @@ internal static class BenchCommand
             throw new UsageException($"bench: unknown --method '{method}' (available: {string.Join(", ", Methods)})");
         }
 
-        o.RejectOptionsOfOtherMethods("bench", method, MethodOptions);
+        o.RejectOptionsOfOtherMethods("bench", method, OptionsOfMethods);
         int seed = o.Int("seed", int.MinValue, int.MaxValue) ?? 1;
-        int threads = o.Int("threads", 1, 1024) ?? Environment.ProcessorCount;
+        int threads = o.Threads() ?? Environment.ProcessorCount;
         LabProgress progress = Progress.Current.ForLab();
         if (method == "gemm")
         {
@@ -104,25 +104,8 @@ internal static class BenchCommand
             TensorFiles.CheckTensorOutput(o, "out");
         }
 
-        var settings = new MethodSettings
-        {
-            Scale = o.Float("scale"),
-            Causal = o.Flag("causal"),
-            Kernel = o.Get("kernel"),
-            Threads = threads,
-            Eps = o.Double("eps", positive: true),
-            Degree = o.Int("degree", 0, FastAttention.Polynomial.ExpPolynomial.MaxDegree),
-            SketchSize = o.Int("sketch", 1, SketchedAttention.MaxSketchSize) ?? 0,
-            Top = o.Int("top", 1, int.MaxValue),
-            KeepFirst = o.Int("keep-first", 0, int.MaxValue) ?? 0,
-            KeepLast = o.Int("keep-last", 0, int.MaxValue) ?? 0,
-            Power = o.Float("power", positive: true),
-        };
-        if (method == "lev" && settings.Eps.HasValue == settings.Top.HasValue)
-        {
-            throw new UsageException("bench: --method lev needs exactly one of --eps E (universal set) and --top N");
-        }
-
+        // bench's --seed draws the inputs; the sketch keeps its default seed.
+        MethodSettings settings = MethodOptions.Settings(o, "bench", method, threads, sketchSeed: false);
         (AttentionShape shape, MethodInputs? inputs, int[] outShape) = Inputs(o, entry, seed);
         if (entry.IsTensor && shape.EffectiveKeyValueHeads != shape.HeadCount)
         {

@@ -35,7 +35,7 @@ internal static class ExperimentCommand
 
         string dir = o.Get("out") ?? Path.Combine("docs", "experiments");
         bool force = o.Flag("force");
-        var settings = new ExperimentSettings(o.Flag("full"), o.Int("seed", 0, int.MaxValue) ?? 1, o.Int("threads", 1, 1024) ?? 0, o.Get("data") ?? "data");
+        var settings = new ExperimentSettings(o.Flag("full"), o.Int("seed", 0, int.MaxValue) ?? 1, o.Threads() ?? 0, o.Get("data") ?? "data");
 
         // The output folder and the page's name are checked before minutes of computing, not after.
         ExperimentReport report = LabOutput.InFolder("experiment", dir, () =>

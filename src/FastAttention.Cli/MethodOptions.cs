@@ -32,9 +32,10 @@ internal static class MethodOptions
     /// <summary>
     /// The settings every method reads from, parsed from the options (each checked here, before any file is read):
     /// <c>--eps</c> is a relative error below 1 for the polynomial methods and a weight in (0, 1] for lev, which takes
-    /// exactly one of <c>--eps</c> and <c>--top</c>.
+    /// exactly one of <c>--eps</c> and <c>--top</c>. <paramref name="sketchSeed"/>: whether <c>--seed</c> is the sketch's
+    /// (attend) or something else of the command's (bench draws its inputs from it).
     /// </summary>
-    public static MethodSettings Settings(ParsedOptions o, string command, string method, int threads)
+    public static MethodSettings Settings(ParsedOptions o, string command, string method, int threads, bool sketchSeed = true)
     {
         double? eps = o.Double("eps", positive: true);
         if (eps >= 1 && method is "poly" or "auto" or "tensor-poly")
@@ -56,7 +57,7 @@ internal static class MethodOptions
             Eps = eps,
             Degree = o.Int("degree", 0, FastAttention.Polynomial.ExpPolynomial.MaxDegree),
             SketchSize = o.Int("sketch", 1, SketchedAttention.MaxSketchSize) ?? 0,
-            Seed = o.Int("seed", 0, int.MaxValue) ?? 0,
+            Seed = sketchSeed ? o.Int("seed", 0, int.MaxValue) ?? 0 : 0,
             Top = o.Int("top", 1, int.MaxValue),
             KeepFirst = o.Int("keep-first", 0, int.MaxValue) ?? 0,
             KeepLast = o.Int("keep-last", 0, int.MaxValue) ?? 0,

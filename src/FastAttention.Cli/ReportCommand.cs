@@ -28,7 +28,7 @@ internal static class ReportCommand
     {
         string dir = o.Get("out") ?? "report";
         bool force = o.Flag("force");
-        var settings = new ReportSettings(o.Get("repo") ?? ".", o.Flag("full"), o.Int("seed", 0, int.MaxValue) ?? 1, o.Int("threads", 1, 1024) ?? 0, o.Flag("peers"));
+        var settings = new ReportSettings(o.Get("repo") ?? ".", o.Flag("full"), o.Int("seed", 0, int.MaxValue) ?? 1, o.Threads() ?? 0, o.Flag("peers"));
         string harness = Path.Combine(settings.RepositoryRoot, "bench", "peers", "run.sh");
         if (settings.RunPeers && !File.Exists(harness))
         {

@@ -87,7 +87,7 @@ public class CliExperimentTests : CliTest
     public void Levattention_experiment_reports_the_guarantee_holding_on_the_ocr_tensors()
     {
         string dir = Data.TempDir();
-        (int code, _, string stderr) = Run("experiment", "levattention", "--out", dir, "--data", Path.Combine(Data.RepoRoot, "data"), "--shared", Path.Combine(dir, "none"));
+        (int code, _, string stderr) = Run("experiment", "levattention", "--out", dir, "--data", Path.Combine(Data.RepoRoot, "data"));
         Assert.True(code == 0, stderr);
         string markdown = File.ReadAllText(Path.Combine(dir, "levattention.md"));
         Assert.Contains("Every one is in U, as the theorem says.", markdown);
