@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Numerics.Tensors;
 using FastAttention.Lab;
 
 namespace FastAttention.Cli;
@@ -9,7 +8,7 @@ namespace FastAttention.Cli;
 internal static class AttendCommand
 {
     /// <summary>The planner's choice, which attend offers besides the table's methods.</summary>
-    private static readonly MethodOptions.Extra Auto = new("auto", "the planner picks exact, poly or sketch by predicted time on this machine", ["scale", "causal", "kernel", "eps"]);
+    private static readonly MethodOptions.Extra Auto = new("auto", "the planner picks exact or poly by predicted time on this machine (--kernel, which poly would ignore, is for --method exact)", ["scale", "causal", "eps"]);
 
     /// <summary>The table's methods over one key/value tensor, in table order.</summary>
     private static readonly MethodEntry[] Entries = [.. MethodTable.All.Where(m => !m.IsTensor)];
@@ -74,7 +73,7 @@ internal static class AttendCommand
         }
 
         MethodEntry entry = MethodTable.Find(method);
-        Warm(entry, shape, settings);
+        MethodOptions.Warm(entry, shape, settings);
         var timer = Stopwatch.StartNew();
         MethodRun run = entry.Forward(MethodInputs.Of(q.Data, k.Data, v.Data), shape, output, settings);
         double seconds = timer.Elapsed.TotalSeconds;
@@ -169,25 +168,5 @@ internal static class AttendCommand
         }
 
         return ExitCode.Ok;
-    }
-
-    /// <summary>
-    /// Runs the method once on a small input that takes the same code: the same heads per kv head, dimensions,
-    /// settings and threads, up to 64 queries (up to 16 a head pick the decoding kernel, more the tiled one) and 512
-    /// keys (more when lev keeps more), small seeded values. The timed call then measures the computation, not the JIT
-    /// compiling it or the worker threads starting (a one-token warm-up compiled the decoding kernel, not the tiled one).
-    /// </summary>
-    private static void Warm(MethodEntry entry, AttentionShape shape, MethodSettings settings)
-    {
-        int group = shape.HeadCount / shape.EffectiveKeyValueHeads;
-        int keys = Math.Min(shape.KeyCount, Math.Max(512, (settings.Top ?? 0) + settings.KeepFirst + settings.KeepLast));
-        var warm = new AttentionShape(1, group, Math.Min(shape.QueryCount, 64), keys, shape.HeadDim, shape.ValueDim, 1);
-        float[] q = new float[warm.QueryLength], k = new float[warm.KeyLength], v = new float[warm.ValueLength];
-        var random = new Random(1);
-        SeededGaussian.Fill(random, q);
-        SeededGaussian.Fill(random, k);
-        SeededGaussian.Fill(random, v);
-        TensorPrimitives.Multiply(q, 0.01f, q); // small scores: any polynomial degree reaches them
-        entry.Forward(MethodInputs.Of(q, k, v), warm, new float[warm.OutputLength], settings with { Causal = settings.Causal && warm.QueryCount <= warm.KeyCount });
     }
 }

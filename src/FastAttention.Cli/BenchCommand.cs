@@ -97,6 +97,12 @@ internal static class BenchCommand
         }
 
         MethodEntry entry = MethodTable.Find(method);
+
+        // Every option is checked before the output and before any file is read: settings, then the inputs' options.
+        // bench's --seed draws the inputs; the sketch keeps its default seed.
+        MethodSettings settings = MethodOptions.Settings(o, "bench", method, threads, sketchSeed: false);
+        int? repeat = o.Int("repeat", 1, 100_000);
+        AttentionShape? given = GivenShape(o);
         string? outPath = o.Get("out");
         bool force = o.Flag("force");
         if (outPath is not null)
@@ -104,15 +110,13 @@ internal static class BenchCommand
             TensorFiles.CheckTensorOutput(o, "out");
         }
 
-        // bench's --seed draws the inputs; the sketch keeps its default seed.
-        MethodSettings settings = MethodOptions.Settings(o, "bench", method, threads, sketchSeed: false);
-        (AttentionShape shape, MethodInputs? inputs, int[] outShape) = Inputs(o, entry, seed);
+        (AttentionShape shape, MethodInputs? inputs, int[] outShape) = Inputs(o, entry, seed, given);
         if (entry.IsTensor && shape.EffectiveKeyValueHeads != shape.HeadCount)
         {
             throw new UsageException("bench: tensor attention takes one key/value head per query head (no --kv-heads)");
         }
 
-        var request = new BenchmarkRequest(method, shape) { Settings = settings, Inputs = inputs, InputSeed = seed, Repeats = o.Int("repeat", 1, 100_000), MeasureBandwidth = o.Flag("bandwidth") };
+        var request = new BenchmarkRequest(method, shape) { Settings = settings, Inputs = inputs, InputSeed = seed, Repeats = repeat, MeasureBandwidth = o.Flag("bandwidth") };
         BenchmarkResult result = Benchmark.Run(request, progress);
         if (outPath is not null)
         {
@@ -123,23 +127,29 @@ internal static class BenchCommand
         return ExitCode.Ok;
     }
 
-    /// <summary>The shape and the inputs: from --q/--k/--v files (tensor methods draw K2, V2 from the seed + 7), or null for the lab's seeded random ones.</summary>
-    private static (AttentionShape Shape, MethodInputs? Inputs, int[] OutShape) Inputs(ParsedOptions o, MethodEntry entry, int seed)
+    /// <summary>The options that set the shape of bench's own random inputs; files bring their own shape.</summary>
+    private static readonly string[] ShapeOfRandomInputs = ["n", "nk", "d", "dv", "heads", "kv-heads", "batch"];
+
+    /// <summary>
+    /// The shape of the seeded random inputs from --n, --nk, --d, --dv, --heads, --kv-heads, --batch; null when the
+    /// inputs come from files, which must then be all three of --q, --k, --v, with none of those shape options.
+    /// </summary>
+    private static AttentionShape? GivenShape(ParsedOptions o)
     {
-        if (o.Get("q") is string qPath)
+        string[] files = [.. new[] { "q", "k", "v" }.Where(name => o.Get(name) is not null)];
+        if (files.Length > 0)
         {
-            TensorData<float> qt = TensorFiles.Load("q", qPath);
-            TensorData<float> kt = TensorFiles.Load("k", o.Required("bench", "k"));
-            TensorData<float> vt = TensorFiles.Load("v", o.Required("bench", "v"));
-            AttentionShape fromFiles = AttentionInputs.Shape(qt, kt, vt);
-            MethodInputs inputs = MethodInputs.Of(qt.Data, kt.Data, vt.Data);
-            if (entry.IsTensor)
+            if (files.Length < 3)
             {
-                MethodInputs extra = Benchmark.RandomInputs(fromFiles, tensor: true, seed);
-                inputs = new MethodInputs(qt.Data, [kt.Data, extra.Keys[1]], [vt.Data, extra.Values[1]]);
+                throw new UsageException($"bench: inputs from files need all of --q, --k, --v (got {string.Join(", ", files.Select(f => "--" + f))})");
             }
 
-            return (fromFiles, inputs, AttentionInputs.OutputShape(qt, fromFiles));
+            if (ShapeOfRandomInputs.FirstOrDefault(name => o.Get(name) is not null) is string shapeOption)
+            {
+                throw new UsageException($"bench: --{shapeOption} sets the shape of random inputs; with --q, --k, --v the files give the shape");
+            }
+
+            return null;
         }
 
         int n = o.Int("n", 1, int.MaxValue) ?? throw new UsageException("bench: --n is required (or give --q, --k, --v)");
@@ -158,7 +168,29 @@ internal static class BenchCommand
             throw new UsageException($"bench: ({shape}) is too large for one array");
         }
 
-        return (shape, null, [shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.ValueDim]);
+        return shape;
+    }
+
+    /// <summary>The shape and the inputs: from --q/--k/--v files (tensor methods draw K2, V2 from the seed + 7), or null for the lab's seeded random ones of <paramref name="given"/>.</summary>
+    private static (AttentionShape Shape, MethodInputs? Inputs, int[] OutShape) Inputs(ParsedOptions o, MethodEntry entry, int seed, AttentionShape? given)
+    {
+        if (given is AttentionShape shape)
+        {
+            return (shape, null, [shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.ValueDim]);
+        }
+
+        TensorData<float> qt = TensorFiles.Load("q", o.Get("q")!);
+        TensorData<float> kt = TensorFiles.Load("k", o.Get("k")!);
+        TensorData<float> vt = TensorFiles.Load("v", o.Get("v")!);
+        AttentionShape fromFiles = AttentionInputs.Shape(qt, kt, vt);
+        MethodInputs inputs = MethodInputs.Of(qt.Data, kt.Data, vt.Data);
+        if (entry.IsTensor)
+        {
+            MethodInputs extra = Benchmark.RandomInputs(fromFiles, tensor: true, seed);
+            inputs = new MethodInputs(qt.Data, [kt.Data, extra.Keys[1]], [vt.Data, extra.Values[1]]);
+        }
+
+        return (fromFiles, inputs, AttentionInputs.OutputShape(qt, fromFiles));
     }
 }
 
@@ -195,7 +227,6 @@ internal static class BenchOutput
                 NumberOrNull(w, "effectiveGflops", r.EffectiveGflops);
 
                 // Kept for scripts that read it: true when the method is approximate and so has effectiveGflops ("gflops" is always its own flops).
-                w.WriteBoolean("gflopsAreEffective", r.EffectiveGflops is not null);
                 w.WriteNumber("peakGflops", r.PeakGflops);
                 w.WriteNumber("percentOfPeak", r.PercentOfPeak);
                 w.WriteNumber("peakWorkingSetBytes", r.PeakWorkingSetBytes);
@@ -231,11 +262,11 @@ internal static class BenchOutput
             : r.Run.Sketch is { } s ? string.Create(Inv, $"; m = {s.SketchSize}")
             : r.Run.MeanKeptKeys is double kept ? string.Create(Inv, $"; {kept:F1} keys kept per head of {shape.KeyCount}")
             : string.Empty;
-        string read = string.Create(Inv, $"; inputs read at {r.InputGBps:F1} GB/s");
+        string read = string.Create(Inv, $"; inputs read at {r.InputGBps:G3} GB/s");
         string against = r.Bandwidth is BandwidthFigure b
             ? b.Reference == "method"
-                ? string.Create(Inv, $" = 100% of the fastest read measured (the method itself; a plain read of the same inputs took {b.PlainReadGBps:F1} GB/s)")
-                : string.Create(Inv, $" = {b.PercentOfBandwidth:F0}% of a plain read of the same inputs ({b.PlainReadGBps:F1} GB/s, same threads and passes)")
+                ? string.Create(Inv, $" = 100% of the fastest read measured (the method itself; a plain read of the same inputs took {b.PlainReadGBps:G3} GB/s)")
+                : string.Create(Inv, $" = {b.PercentOfBandwidth:F0}% of a plain read of the same inputs ({b.PlainReadGBps:G3} GB/s, same threads and passes)")
             : string.Empty;
         stdout.WriteLine($"{head}: {rate}{effective}{detail}{read}{against}");
         stdout.WriteLine($"measured on {r.Machine}");
@@ -254,7 +285,6 @@ internal static class BenchOutput
                 w.WriteNumber("medianSeconds", r.MedianSeconds);
                 w.WriteNumber("flops", r.Flops);
                 w.WriteNumber("gflops", r.Gflops);
-                w.WriteBoolean("gflopsAreEffective", false);
                 w.WriteNumber("peakGflops", r.PeakGflops);
                 w.WriteNumber("percentOfPeak", r.PercentOfPeak);
                 Stamp(w, r.Machine);

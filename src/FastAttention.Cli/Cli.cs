@@ -74,7 +74,9 @@ internal static class Cli
         }
         catch (UsageException ex)
         {
-            stderr.WriteLine("fastattn: " + ex.Message);
+            // One wording: every usage error names the command first.
+            string message = ex.Message.StartsWith(command.Name + ":", StringComparison.Ordinal) ? ex.Message : $"{command.Name}: {ex.Message}";
+            stderr.WriteLine("fastattn: " + message);
             return ExitCode.Usage;
         }
         catch (TensorFileException ex)

@@ -125,11 +125,11 @@ internal static class DemoCommand
             $"poly certificate: |s q.k| <= R = {certificate.Range:G3}, degree {certificate.Degree}, {certificate.Rank} features, polynomial relative error {certificate.PolynomialRelativeError:G2}: every output within {certificate.OutputBound:G2} of exact attention (measured {polyRow.ErrorVsReference:G2})."));
         string keptText = kept.Distinct().Count() == 1 ? kept[0].ToString(CultureInfo.InvariantCulture) : string.Join(", ", kept);
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"lev kept {keptText} of {keyCount} keys per head (top {LevTop} by leverage score); softmax has no universal set, so its error is the cost of the paper's heuristic on a peaked head (docs/experiments/levattention.md)."));
+            $"lev kept {keptText} of {keyCount} keys per head (top {LevTop} by leverage score); softmax has no universal set, so the error is what dropping the other keys cost here (docs/experiments/levattention.md)."));
         stdout.WriteLine();
         stdout.WriteLine($"time: median of {repeat} runs (compute only); GFLOP/s counts each method's own flops: exact 4 n^2 d per head, tensor 4 n^3 d, poly its feature products, lev the leverage scores plus 4 n k d over the k kept keys (--json adds effectiveGflops: exact attention's flops over the same time);");
         stdout.WriteLine("error: max |ours - float64 reference| (lev: against full softmax, so it includes what dropping keys costs);");
-        stdout.WriteLine("vs ORT: max |ours - ONNX Runtime out.npy| / max |out.npy| (ONNX Runtime 1.30 on the same model).");
+        stdout.WriteLine("vs ORT: max |ours - out.npy| / max |out.npy|, out.npy being ONNX Runtime's own attention output, recorded with the data (data/ocr/README.md).");
         return ExitCode.Ok;
     }
 

@@ -33,9 +33,20 @@ internal static class ExperimentCommand
             throw new UsageException($"experiment: unknown experiment '{name}' (available: {string.Join(", ", Experiments.Names)})");
         }
 
+        string? data = o.Get("data");
+        if (data is not null && name != "levattention")
+        {
+            throw new UsageException($"experiment: --data applies to levattention, not {name}");
+        }
+
+        if (data is not null && !Directory.Exists(data))
+        {
+            throw new UsageException($"experiment: --data {data}: no such folder");
+        }
+
         string dir = o.Get("out") ?? Path.Combine("docs", "experiments");
         bool force = o.Flag("force");
-        var settings = new ExperimentSettings(o.Flag("full"), o.Int("seed", 0, int.MaxValue) ?? 1, o.Threads() ?? 0, o.Get("data") ?? "data");
+        var settings = new ExperimentSettings(o.Flag("full"), o.Int("seed", 0, int.MaxValue) ?? 1, o.Threads() ?? 0, data ?? "data");
 
         // The output folder and the page's name are checked before minutes of computing, not after.
         ExperimentReport report = LabOutput.InFolder("experiment", dir, () =>
@@ -66,6 +77,9 @@ internal static class LabOutput
         }
 
         TensorFiles.CreateFolder(command, dir);
+
+        // Also removed if the process must leave after Ctrl-C while a long library call is running.
+        TensorFiles.TrackCreatedFolders(created);
         try
         {
             return produce();
@@ -78,6 +92,10 @@ internal static class LabOutput
             }
 
             throw;
+        }
+        finally
+        {
+            TensorFiles.UntrackCreatedFolders(created);
         }
     }
 

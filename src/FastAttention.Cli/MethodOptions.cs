@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using FastAttention.Lab;
 
 namespace FastAttention.Cli;
@@ -70,5 +71,32 @@ internal static class MethodOptions
         }
 
         return settings;
+    }
+
+    /// <summary>
+    /// Runs the method once on a small input that takes the same code: the same heads per kv head, dimensions,
+    /// settings and threads, up to 64 queries (up to 16 a head pick the decoding kernel, more the tiled one) and 512
+    /// keys (more when lev keeps more; tensor methods: 128), small seeded values. The timed call then measures the computation, not the JIT
+    /// compiling it or the worker threads starting (a one-token warm-up compiled the decoding kernel, not the tiled one).
+    /// </summary>
+    public static void Warm(MethodEntry entry, AttentionShape shape, MethodSettings settings)
+    {
+        int group = shape.HeadCount / shape.EffectiveKeyValueHeads;
+        int keys = Math.Min(shape.KeyCount, entry.IsTensor ? 128 : Math.Max(512, (settings.Top ?? 0) + settings.KeepFirst + settings.KeepLast));
+        var warm = new AttentionShape(1, group, Math.Min(shape.QueryCount, 64), keys, shape.HeadDim, shape.ValueDim, 1);
+        var random = new Random(1);
+        float[] Small(long count)
+        {
+            var values = new float[count];
+            SeededGaussian.Fill(random, values);
+            TensorPrimitives.Multiply(values, 0.01f, values); // small scores: any polynomial degree reaches them
+            return values;
+        }
+
+        float[] q = Small(warm.QueryLength);
+        MethodInputs inputs = entry.IsTensor
+            ? new MethodInputs(q, [Small(warm.KeyLength), Small(warm.KeyLength)], [Small(warm.ValueLength), Small(warm.ValueLength)])
+            : MethodInputs.Of(q, Small(warm.KeyLength), Small(warm.ValueLength));
+        entry.Forward(inputs, warm, new float[warm.OutputLength], settings with { Causal = settings.Causal && warm.QueryCount <= warm.KeyCount });
     }
 }

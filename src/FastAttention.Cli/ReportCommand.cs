@@ -29,6 +29,11 @@ internal static class ReportCommand
         string dir = o.Get("out") ?? "report";
         bool force = o.Flag("force");
         var settings = new ReportSettings(o.Get("repo") ?? ".", o.Flag("full"), o.Int("seed", 0, int.MaxValue) ?? 1, o.Threads() ?? 0, o.Flag("peers"));
+        if (!Directory.Exists(Path.Combine(settings.RepositoryRoot, "data")))
+        {
+            throw new UsageException($"report: --repo {settings.RepositoryRoot}: no data/ folder there (pass the repository root)");
+        }
+
         string harness = Path.Combine(settings.RepositoryRoot, "bench", "peers", "run.sh");
         if (settings.RunPeers && !File.Exists(harness))
         {

@@ -71,6 +71,7 @@ internal static class TensorCommand
 
         MethodEntry entry = Entries.First(m => m.Name == method).Entry;
         var flat = new AttentionShape(1, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim);
+        MethodOptions.Warm(entry, flat, settings);
         var timer = Stopwatch.StartNew();
         MethodRun run = entry.Forward(new MethodInputs(q.Data, keys, values), flat, output, settings);
         double seconds = timer.Elapsed.TotalSeconds;

@@ -148,7 +148,28 @@ internal static class TensorFiles
     /// <summary>Temp files being written right now (deleted by <see cref="DeleteTempFilesInFlight"/> if the process must leave).</summary>
     private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> InFlight = new();
 
-    /// <summary>Deletes the temp files of writes still in progress (the process is leaving after Ctrl-C).</summary>
+    /// <summary>Output folders a command created and has not filled yet (removed by <see cref="DeleteTempFilesInFlight"/> while empty).</summary>
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> FoldersInFlight = new();
+
+    /// <summary>Marks <paramref name="folders"/> (created by the running command) as to be removed, while still empty, if the process must leave.</summary>
+    public static void TrackCreatedFolders(IEnumerable<string> folders)
+    {
+        foreach (string folder in folders)
+        {
+            FoldersInFlight[folder] = 0;
+        }
+    }
+
+    /// <summary>The command is done with <paramref name="folders"/>: they stay, whatever they hold.</summary>
+    public static void UntrackCreatedFolders(IEnumerable<string> folders)
+    {
+        foreach (string folder in folders)
+        {
+            FoldersInFlight.TryRemove(folder, out _);
+        }
+    }
+
+    /// <summary>Deletes the temp files of writes still in progress, then the created output folders left empty (the process is leaving after Ctrl-C).</summary>
     public static void DeleteTempFilesInFlight()
     {
         foreach (string temp in InFlight.Keys)
@@ -156,6 +177,22 @@ internal static class TensorFiles
             try
             {
                 File.Delete(temp);
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+                // Best effort on the way out.
+            }
+        }
+
+        // Innermost first: a parent is empty only once its created children are gone.
+        foreach (string folder in FoldersInFlight.Keys.OrderByDescending(f => f.Length))
+        {
+            try
+            {
+                if (Directory.Exists(folder) && !Directory.EnumerateFileSystemEntries(folder).Any())
+                {
+                    Directory.Delete(folder);
+                }
             }
             catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
             {

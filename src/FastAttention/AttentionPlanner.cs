@@ -207,7 +207,7 @@ public static class AttentionPlanner
 
         return Choose(AttentionMethod.Exact, poly.Feasible
             ? string.Create(inv, $"exact: predicted faster than the polynomial method ({Milliseconds(exactSeconds)} vs {Milliseconds(poly.PredictedSeconds)}) at this n")
-            : "exact: the polynomial method is refused here (see its reason)");
+            : $"exact: the polynomial method is refused here ({poly.Reason})");
     }
 
     /// <summary>Flops of the causal path's direct diagonal blocks: about 64 visible keys per query, 2 (d + g + dv + 1) each.</summary>

@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
-using System.Runtime.Intrinsics.X86;
 
 using FastAttention.Kernels;
 
@@ -96,80 +95,6 @@ public static class FmaPeak
         TV sum = TS.Add(TS.Add(TS.Add(c0, c1), TS.Add(c2, c3)), TS.Add(TS.Add(TS.Add(c4, c5), TS.Add(c6, c7)), TS.Add(TS.Add(c8, c9), TS.Add(c10, c11))));
         Sink = TS.SumAcross(sum);
         return 12L * 2 * TS.Count * iterations;
-    }
-
-    /// <summary>
-    /// Read bandwidth in GB/s: <paramref name="threads"/> threads each summing its own 256 MiB
-    /// (far beyond the caches) at once, best of three passes, with the lines 4 KiB ahead prefetched as the
-    /// decoding kernel does (without the prefetches the same loop reads slower than that kernel).
-    /// </summary>
-    public static double MeasureReadBandwidth(int threads)
-    {
-        const int Floats = 64 << 20;
-        float[][] arrays = [.. Enumerable.Range(0, threads).Select(_ => Enumerable.Repeat(1f, Floats).ToArray())];
-        double best = 0;
-        for (int pass = 0; pass < 3; pass++)
-        {
-            using var start = new Barrier(threads + 1);
-            var workers = new Thread[threads];
-            for (int t = 0; t < threads; t++)
-            {
-                float[] data = arrays[t];
-                workers[t] = new Thread(() =>
-                {
-                    start.SignalAndWait();
-                    Sink = SumWithPrefetch(data);
-                })
-                { IsBackground = true };
-                workers[t].Start();
-            }
-
-            start.SignalAndWait();
-            var watch = Stopwatch.StartNew();
-            foreach (Thread worker in workers)
-            {
-                worker.Join();
-            }
-
-            best = Math.Max(best, (double)threads * Floats * sizeof(float) / watch.Elapsed.TotalSeconds / 1e9);
-        }
-
-        return best;
-    }
-
-    /// <summary>The sum of <paramref name="data"/> by four vector chains, prefetching 4 KiB ahead on x86.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // called once per pass: tiering would time its unoptimised code
-    private static unsafe float SumWithPrefetch(float[] data)
-    {
-        const int Ahead = 4096;
-        int w = Vector256<float>.Count, step = 4 * w;
-        Vector256<float> s0 = Vector256<float>.Zero, s1 = s0, s2 = s0, s3 = s0;
-        fixed (float* start = data)
-        {
-            long i = 0;
-            for (; i + step <= data.Length; i += step)
-            {
-                float* p = start + i;
-                if (Sse.IsSupported)
-                {
-                    Sse.Prefetch0((byte*)p + Ahead); // the two lines this step reads, 4 KiB on
-                    Sse.Prefetch0((byte*)p + Ahead + 64);
-                }
-
-                s0 += Vector256.Load(p);
-                s1 += Vector256.Load(p + w);
-                s2 += Vector256.Load(p + (2 * w));
-                s3 += Vector256.Load(p + (3 * w));
-            }
-
-            float total = Vector256.Sum((s0 + s1) + (s2 + s3));
-            for (; i < data.Length; i++)
-            {
-                total += start[i];
-            }
-
-            return total;
-        }
     }
 
     /// <summary>Keeps the chains' results alive so the JIT cannot drop them.</summary>

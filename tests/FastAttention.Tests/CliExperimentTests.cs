@@ -98,4 +98,22 @@ public class CliExperimentTests : CliTest
             System.Xml.Linq.XDocument.Parse(File.ReadAllText(Path.Combine(dir, svg)));
         }
     }
+
+    [Fact]
+    public void Data_and_repo_options_are_checked_before_anything_runs()
+    {
+        string dir = Data.TempDir();
+        string missing = Path.Combine(dir, "no-such-folder");
+        (int code, _, string err) = Run("experiment", "sketch", "--out", Path.Combine(dir, "a"), "--data", Path.Combine(Data.RepoRoot, "data"));
+        Assert.Equal(2, code);
+        Assert.Contains("--data applies to levattention", err);
+        (code, _, err) = Run("experiment", "levattention", "--out", Path.Combine(dir, "b"), "--data", missing);
+        Assert.Equal(2, code);
+        Assert.Contains("no such folder", err);
+        (code, _, err) = Run("report", "--out", Path.Combine(dir, "c"), "--repo", missing);
+        Assert.Equal(2, code);
+        Assert.Contains("--repo", err);
+        Assert.Empty(Directory.GetFileSystemEntries(dir));
+    }
 }
+

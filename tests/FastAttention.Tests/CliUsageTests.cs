@@ -10,7 +10,8 @@ public class CliUsageTests : CliTest
     [InlineData("exact", "--eps", "0.01", "--eps applies to --method poly or lev or auto, not exact")]
     [InlineData("poly", "--seed", "3", "--seed applies to --method sketch, not poly")]
     [InlineData("lev", "--degree", "3", "--degree applies to --method poly, not lev")]
-    [InlineData("sketch", "--kernel", "tiled-v256", "--kernel applies to --method exact or power or auto, not sketch")]
+    [InlineData("sketch", "--kernel", "tiled-v256", "--kernel applies to --method exact or power, not sketch")]
+    [InlineData("auto", "--kernel", "tiled-v256", "--kernel applies to --method exact or power, not auto")]
     [InlineData("lev", "--causal", null, "--causal applies to --method exact or poly or sketch or power or auto, not lev")]
     [InlineData("exact", "--power", "3", "--power applies to --method power, not exact")]
     public void Attend_rejects_an_option_of_another_method_instead_of_ignoring_it(string method, string option, string? value, string message)
@@ -142,4 +143,38 @@ public class CliUsageTests : CliTest
         Assert.Contains("'lev'", err);
         Assert.Single(err.Trim().Split('\n'));
     }
+
+    [Fact]
+    public void Bench_checks_every_option_before_its_output_and_before_reading_a_file()
+    {
+        string dir = Data.TempDir();
+        string existing = Path.Combine(dir, "o.npy");
+        File.WriteAllText(existing, "keep me");
+        (int code, _, string err) = Run("bench", "--n", "64", "--out", existing, "--kernel", "foo");
+        Assert.Equal(2, code);
+        Assert.Contains("not a kernel", err);
+        (code, _, err) = Run("bench", "--n", "64", "--out", existing, "--method", "lev");
+        Assert.Equal(2, code);
+        Assert.Contains("exactly one of --eps", err);
+        Assert.Equal("keep me", File.ReadAllText(existing));
+
+        // Inputs from files: all three or none, and the files give the shape.
+        (code, _, err) = Run("bench", "--q", Path.Combine(dir, "missing.npy"));
+        Assert.Equal(2, code);
+        Assert.Contains("need all of --q, --k, --v", err);
+        (code, _, err) = Run("bench", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--n", "20");
+        Assert.Equal(2, code);
+        Assert.Contains("--n sets the shape of random inputs", err);
+        (code, _, err) = Run("bench", "--n", "64", "--k", Ocr("k.npy"));
+        Assert.Equal(2, code);
+    }
+
+    [Fact]
+    public void Every_usage_error_names_its_command()
+    {
+        (int code, _, string err) = Run("attend", "--q", "a", "--k", "b", "--v", "c", "--out", "o.npy", "--threads", "0");
+        Assert.Equal(2, code);
+        Assert.StartsWith("fastattn: attend: --threads", err);
+    }
 }
+

@@ -130,7 +130,7 @@ public class LabTests
         Assert.True(code == 0, stderr);
         using JsonDocument exact = JsonDocument.Parse(stdout);
         Assert.Equal(JsonValueKind.Null, exact.RootElement.GetProperty("effectiveGflops").ValueKind);
-        Assert.False(exact.RootElement.GetProperty("gflopsAreEffective").GetBoolean());
+        Assert.False(exact.RootElement.TryGetProperty("gflopsAreEffective", out _));
     }
 
     [Fact]

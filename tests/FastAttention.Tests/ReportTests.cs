@@ -128,7 +128,7 @@ public partial class ReportTests(ReportFixture report) : IClassFixture<ReportFix
     public void Report_refuses_to_overwrite_without_force()
     {
         Assert.True(report.Code == 0, report.Errors);
-        (int code, _, string err) = CliRun.Run("report", "--out", report.Directory);
+        (int code, _, string err) = CliRun.Run("report", "--out", report.Directory, "--repo", Data.RepoRoot);
         Assert.Equal(2, code);
         Assert.Contains("--force", err);
     }
