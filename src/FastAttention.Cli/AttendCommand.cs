@@ -52,7 +52,7 @@ internal static class AttendCommand
         o.RejectOptionsOfOtherMethods("attend", method, OptionsOfMethods);
 
         // Every option is checked before any file is read or written.
-        MethodSettings settings = MethodOptions.Settings(o, "attend", method, o.Threads() ?? 0);
+        MethodSettings settings = MethodOptions.Settings(o, "attend", MethodTable.Find(method == Auto.Name ? "poly" : method), o.Threads() ?? 0);
         TensorFiles.CheckTensorOutput(o, "out");
         string outPath = o.Get("out")!;
         bool force = o.Flag("force");

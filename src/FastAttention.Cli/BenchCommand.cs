@@ -100,7 +100,7 @@ internal static class BenchCommand
 
         // Every option is checked before the output and before any file is read: settings, then the inputs' options.
         // bench's --seed draws the inputs; the sketch keeps its default seed.
-        MethodSettings settings = MethodOptions.Settings(o, "bench", method, threads, sketchSeed: false);
+        MethodSettings settings = MethodOptions.Settings(o, "bench", entry, threads, sketchSeed: false);
         int? repeat = o.Int("repeat", 1, 100_000);
         AttentionShape? given = GivenShape(o);
         string? outPath = o.Get("out");

@@ -31,31 +31,21 @@ internal static class MethodOptions
     }
 
     /// <summary>
-    /// The settings every method reads from, parsed from the options (each checked here, before any file is read):
-    /// <c>--eps</c> is a relative error below 1 for the polynomial methods and a weight in (0, 1] for lev, which takes
-    /// exactly one of <c>--eps</c> and <c>--top</c>. <paramref name="sketchSeed"/>: whether <c>--seed</c> is the sketch's
-    /// (attend) or something else of the command's (bench draws its inputs from it).
+    /// The settings every method reads from, parsed from the options and checked by the method's table entry
+    /// (<see cref="MethodEntry.WhyNot"/>: --eps ranges, lev's one of --eps and --top) here, before any file is read.
+    /// <paramref name="checkedBy"/>: the entry that will run (for attend's auto, the polynomial method, whose --eps it
+    /// plans with). <paramref name="sketchSeed"/>: whether <c>--seed</c> is the sketch's (attend) or something else of the
+    /// command's (bench draws its inputs from it).
     /// </summary>
-    public static MethodSettings Settings(ParsedOptions o, string command, string method, int threads, bool sketchSeed = true)
+    public static MethodSettings Settings(ParsedOptions o, string command, MethodEntry checkedBy, int threads, bool sketchSeed = true)
     {
-        double? eps = o.Double("eps", positive: true);
-        if (eps >= 1 && method is "poly" or "auto" or "tensor-poly")
-        {
-            throw new UsageException($"{command}: --eps is the polynomial's relative error and must be below 1; got {eps}");
-        }
-
-        if (eps > 1 && method == "lev")
-        {
-            throw new UsageException($"{command}: --eps for --method lev is an attention weight and must lie in (0, 1]; got {eps}");
-        }
-
         var settings = new MethodSettings
         {
             Scale = o.Float("scale"),
             Causal = o.Flag("causal"),
             Kernel = o.Kernel(command),
             Threads = threads,
-            Eps = eps,
+            Eps = o.Double("eps", positive: true),
             Degree = o.Int("degree", 0, FastAttention.Polynomial.ExpPolynomial.MaxDegree),
             SketchSize = o.Int("sketch", 1, SketchedAttention.MaxSketchSize) ?? 0,
             Seed = sketchSeed ? o.Int("seed", 0, int.MaxValue) ?? 0 : 0,
@@ -65,12 +55,7 @@ internal static class MethodOptions
             Power = o.Float("power", positive: true),
             AllowNonFinite = o.Flag("allow-nonfinite"),
         };
-        if (method == "lev" && settings.Eps.HasValue == settings.Top.HasValue)
-        {
-            throw new UsageException($"{command}: --method lev needs exactly one of --eps E (universal set) and --top N");
-        }
-
-        return settings;
+        return checkedBy.WhyNot(settings) is string reason ? throw new UsageException($"{command}: {reason}") : settings;
     }
 
     /// <summary>

@@ -47,7 +47,7 @@ internal static class TensorCommand
 
         // Every option is checked before any file is read or written.
         int[]? windows = Windows(o.Get("window"));
-        MethodSettings settings = MethodOptions.Settings(o, "tensor", method == "exact" ? "tensor" : "tensor-poly", o.Threads() ?? 0) with { Windows = windows };
+        MethodSettings settings = MethodOptions.Settings(o, "tensor", method == "exact" ? Entries[0].Entry : Entries[1].Entry, o.Threads() ?? 0) with { Windows = windows }; // auto plans with poly's eps
         string[] inputs = [o.Required("tensor", "q"), o.Required("tensor", "k1"), o.Required("tensor", "k2"), o.Required("tensor", "v1"), o.Required("tensor", "v2")];
         TensorFiles.CheckTensorOutput(o, "out");
         string outPath = o.Get("out")!;

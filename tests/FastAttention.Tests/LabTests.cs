@@ -176,4 +176,20 @@ public class LabTests
             Assert.DoesNotContain("\"shared\"", File.ReadAllText(file));
         }
     }
+
+    [Fact]
+    public void Each_method_checks_its_own_settings_and_the_benchmark_api_refuses_what_it_rejects()
+    {
+        MethodEntry poly = MethodTable.Find("poly"), lev = MethodTable.Find("lev"), exact = MethodTable.Find("exact");
+        Assert.Null(poly.WhyNot(new MethodSettings { Eps = 1e-3 }));
+        Assert.Contains("(0, 1)", poly.WhyNot(new MethodSettings { Eps = 1 }));
+        Assert.Contains("(0, 1]", lev.WhyNot(new MethodSettings { Eps = 2 }));
+        Assert.Contains("exactly one of", lev.WhyNot(new MethodSettings()));
+        Assert.Contains("exactly one of", lev.WhyNot(new MethodSettings { Eps = 0.1, Top = 3 }));
+        Assert.Null(lev.WhyNot(new MethodSettings { Top = 3 }));
+        Assert.Null(exact.WhyNot(new MethodSettings { Eps = 5 }));
+        var request = new BenchmarkRequest("lev", new AttentionShape(1, 1, 8, 8, 4, 4)) { Settings = new MethodSettings(), Repeats = 1 };
+        Assert.Contains("exactly one of", Assert.Throws<ArgumentException>(() => Benchmark.Run(request)).Message);
+    }
 }
+

@@ -15,7 +15,7 @@ public static class Benchmark
     /// <param name="request">Method, shape, settings, inputs, repeats.</param>
     /// <param name="progress">Progress and cancellation (each timed run is a cancellation point).</param>
     /// <returns>The measurement.</returns>
-    /// <exception cref="ArgumentException">Unknown method, inputs that do not match the shape, or settings the method rejects.</exception>
+    /// <exception cref="ArgumentException">Unknown method, inputs that do not match the shape, or settings the method rejects (<see cref="MethodEntry.WhyNot"/>).</exception>
     public static BenchmarkResult Run(BenchmarkRequest request, LabProgress? progress = null)
     {
         ArgumentNullException.ThrowIfNull(request);
@@ -24,6 +24,11 @@ public static class Benchmark
         AttentionShape shape = request.Shape;
         int threads = request.Settings.Threads > 0 ? request.Settings.Threads : Environment.ProcessorCount;
         MethodSettings settings = request.Settings with { Threads = threads };
+        if (method.WhyNot(settings) is string reason)
+        {
+            throw new ArgumentException($"{method.Name}: {reason}", nameof(request));
+        }
+
         MethodInputs inputs = request.Inputs ?? RandomInputs(shape, method.IsTensor, request.InputSeed);
         var output = new float[shape.OutputLength];
 

@@ -103,7 +103,7 @@ public delegate double MethodFlops(AttentionShape shape, MethodSettings settings
 
 /// <summary>
 /// One attention method, as every command sees it: its name, a one-line summary for help, the options it accepts
-/// (by CLI name), its forward and its flop count. A backward slot is a later addition (none of the methods has a
+/// (by CLI name), its forward, its flop count and what it rejects of the settings. A backward slot is a later addition (none of the methods has a
 /// public backward yet).
 /// </summary>
 /// <param name="Name">The name a command's <c>--method</c> takes.</param>
@@ -117,6 +117,17 @@ public sealed record MethodEntry(string Name, string Summary, IReadOnlyList<stri
 {
     /// <summary>Whether the method approximates another computation (and so has <see cref="ExactEquivalentFlops"/>).</summary>
     public bool IsApproximate => ExactEquivalentFlops is not null;
+
+    /// <summary>
+    /// What the method says of settings it cannot take (e.g. an <c>--eps</c> out of its range, lev without exactly one of
+    /// eps and top), checked before any input is touched; null when it takes any. Returns the reason, or null when fine.
+    /// </summary>
+    public Func<MethodSettings, string?>? Check { get; init; }
+
+    /// <summary>The reason <paramref name="settings"/> cannot run this method, or null when they can (<see cref="Check"/>).</summary>
+    /// <param name="settings">The settings.</param>
+    /// <returns>The reason, or null.</returns>
+    public string? WhyNot(MethodSettings settings) => Check?.Invoke(settings);
 
     /// <summary>Whether the method accepts the option <paramref name="option"/> (a CLI name without dashes).</summary>
     /// <param name="option">The option's name.</param>

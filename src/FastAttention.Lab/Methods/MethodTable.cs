@@ -12,17 +12,17 @@ public static class MethodTable
         new("exact", "exact softmax attention on the fastest kernel for the CPU and shape (4 n^2 d flops)",
             ["scale", "causal", "kernel", "allow-nonfinite"], Exact, ExactFlops, null, IsTensor: false),
         new("poly", "the polynomial method (Alman-Song) with an error certificate; own flops: its feature maps and thin products",
-            ["scale", "causal", "eps", "degree"], Polynomial, PolynomialFlops, ExactFlops, IsTensor: false),
+            ["scale", "causal", "eps", "degree"], Polynomial, PolynomialFlops, ExactFlops, IsTensor: false) { Check = RelativeError },
         new("sketch", "sketched degree-4 polynomial attention (PolySketchFormer), statistical error; own flops: the sketch's",
             ["scale", "causal", "sketch", "seed"], Sketch, SketchFlops, ExactFlops, IsTensor: false),
         new("lev", "LevAttention: each head's keys selected by leverage score (--top N, or --eps E for the universal set), then softmax over the kept keys",
-            ["scale", "eps", "top", "keep-first", "keep-last"], Lev, LevFlops, ExactFlops, IsTensor: false),
+            ["scale", "eps", "top", "keep-first", "keep-last"], Lev, LevFlops, ExactFlops, IsTensor: false) { Check = LevSelection },
         new("power", "power attention |s q.k|^p normalised per row (LevAttention's guaranteed case), on the exact kernels",
             ["scale", "causal", "kernel", "power"], Power, ExactFlops, null, IsTensor: false),
         new("tensor", "exact tensor (2-simplicial) attention over key pairs, n^3 work: 2 (d + dv) flops per (query, key, key) triple",
             ["scale", "causal", "window"], Tensor, TensorFlops, null, IsTensor: true),
         new("tensor-poly", "tensor attention by the polynomial method with an error certificate, near-linear for bounded entries",
-            ["scale", "causal", "eps", "degree"], TensorPolynomial, PolynomialFlops, TensorFlops, IsTensor: true),
+            ["scale", "causal", "eps", "degree"], TensorPolynomial, PolynomialFlops, TensorFlops, IsTensor: true) { Check = RelativeError },
     ];
 
     /// <summary>Every method's name, in table order.</summary>
@@ -58,6 +58,16 @@ public static class MethodTable
 
         return new TensorAttentionShape(shape.BatchSize * shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim);
     }
+
+    /// <summary>The polynomial methods: <c>--eps</c> is the polynomial's relative error on [-R, R], below 1.</summary>
+    private static string? RelativeError(MethodSettings s) =>
+        s.Eps is double eps && !(eps > 0 && eps < 1) ? $"--eps is the polynomial's relative error and must lie in (0, 1); got {eps}" : null;
+
+    /// <summary>lev keeps either each head's universal set (<c>--eps</c>, an attention weight in (0, 1]) or its top keys (<c>--top</c>).</summary>
+    private static string? LevSelection(MethodSettings s) =>
+        s.Eps is double eps && !(eps > 0 && eps <= 1) ? $"--eps for lev is an attention weight and must lie in (0, 1]; got {eps}"
+        : s.Eps.HasValue == s.Top.HasValue ? "lev needs exactly one of --eps E (universal set) and --top N"
+        : null;
 
     private static MethodRun Exact(MethodInputs x, AttentionShape shape, Span<float> output, MethodSettings s)
     {
