@@ -15,19 +15,19 @@ internal static class BenchCommand
 
     private static readonly string[] Methods = [.. MethodTable.Names, .. Others];
 
-    /// <summary>bench's options that set a method's settings (each applies to the methods whose table entry accepts it).</summary>
-    private static readonly string[] SettingOptions = ["kernel", "eps", "degree", "sketch", "top", "keep-first", "keep-last", "power", "scale", "causal"];
-
     /// <summary>Options of the shape and inputs, for every attention method (gemm takes --n only; leverage --n and --d).</summary>
     private static readonly string[] ShapeOptions = ["nk", "dv", "heads", "kv-heads", "batch", "q", "k", "v", "out", "force", "bandwidth"];
 
-    /// <summary>The options that belong to some methods only, and those methods, read off the method table.</summary>
-    private static readonly (string Option, string[] Methods)[] OptionsOfMethods =
+    /// <summary>
+    /// The options that belong to some methods only, and those methods: each table method's own options (less
+    /// <c>--seed</c>, which in bench draws every method's inputs) with the shape options and --d, then gemm and leverage.
+    /// </summary>
+    private static readonly (string Option, string[] Methods)[] OptionsOfMethods = MethodOptions.OptionTable(
     [
-        .. SettingOptions.Select(option => (option, MethodTable.Accepting(option).ToArray())),
-        ("d", [.. MethodTable.Names, "leverage"]),
-        .. ShapeOptions.Select(option => (option, MethodTable.Names.ToArray())),
-    ];
+        .. MethodTable.All.Select(m => (m.Name, (IReadOnlyList<string>)[.. m.Options.Where(o => o != "seed"), "d", .. ShapeOptions])),
+        ("gemm", []),
+        ("leverage", ["d"]),
+    ]);
 
     public static Command Command { get; } = new(
         "bench",

@@ -64,7 +64,7 @@ internal static class Cli
         Command command = syntax.CommandOf(parse);
         try
         {
-            ParsedOptions options = syntax.Options(parse, command, stderr);
+            ParsedOptions options = syntax.Options(parse, stderr);
             return Progress.Run(command.Name, options.Flag("json") ? null : terminal, stdout, cancellation, output => command.Run(options, output));
         }
         catch (OperationCanceledException) when (cancellation.IsCancellationRequested)

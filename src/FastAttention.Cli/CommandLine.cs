@@ -125,9 +125,9 @@ internal sealed class CommandLineSyntax
     }
 
     /// <summary>The values of a parse without errors, by option name.</summary>
-    public ParsedOptions Options(ParseResult parse, Command spec, TextWriter notices)
+    public ParsedOptions Options(ParseResult parse, TextWriter notices)
     {
-        var (_, options, positional) = _commands[parse.CommandResult.Command];
+        var (spec, options, positional) = _commands[parse.CommandResult.Command];
         var values = new Dictionary<string, string>(StringComparer.Ordinal);
         var flags = new HashSet<string>(StringComparer.Ordinal);
         foreach ((string name, Option option) in options)
