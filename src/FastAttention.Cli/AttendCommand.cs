@@ -65,7 +65,7 @@ internal static class AttendCommand
         AttentionShape shape = AttentionInputs.Shape(q, k, v);
         var output = new float[shape.OutputLength];
         AttentionPlan? plan = null;
-        if (method == "auto")
+        if (method == Auto.Name)
         {
             double range = PolynomialAttention.RangeBound(q.Data, k.Data, shape.HeadDim, settings.Scale ?? (1 / Math.Sqrt(shape.HeadDim)));
             plan = AttentionPlanner.Plan(new PlanRequest(shape, range, settings.Eps ?? 1e-3, settings.Causal), AttentionPlanner.Calibrate(settings.Threads));
