@@ -297,7 +297,7 @@ internal static class BenchOutput
         if (r.Backward is BackwardFigure pass)
         {
             stdout.WriteLine(string.Create(Inv,
-                $"{head}, forward + backward: median {r.MedianSeconds * 1e3:F3} ms of {r.Repeats}, {r.Gflops:F1} GFLOP/s = {r.PercentOfPeak:F0}% of the measured {r.PeakGflops:F0} GFLOP/s FMA peak; backward alone ({pass.Kernel}): median {pass.MedianSeconds * 1e3:F3} ms, {pass.Gflops:F1} GFLOP/s = {pass.PercentOfPeak:F0}% of peak"));
+                $"{head}, forward + backward: median {r.MedianSeconds * 1e3:F3} ms of {r.Repeats}, {r.Gflops:F1} GFLOP/s = {r.PercentOfPeak:F0}% of the measured {r.PeakGflops:F0} GFLOP/s FMA peak{effective}{detail}; backward alone ({pass.Kernel}): median {pass.MedianSeconds * 1e3:F3} ms, {pass.Gflops:F1} GFLOP/s = {pass.PercentOfPeak:F0}% of peak"));
             stdout.WriteLine($"measured on {r.Machine}");
             return;
         }
