@@ -6,7 +6,7 @@ namespace FastAttention.Polynomial;
 internal static unsafe partial class FactorisedAttention
 {
     /// <summary>One kv head's keys and values and the query heads that share them.</summary>
-    private readonly struct Head(in Problem p, FeatureMap map, double[] weight, double qScale, double kScale, int columns, float* key, float* value, long firstHead, int group)
+    private readonly partial struct Head(in Problem p, FeatureMap map, double[] weight, double qScale, double kScale, int columns, float* key, float* value, long firstHead, int group)
     {
         private readonly float* _query = p.Query;
         private readonly float* _output = p.Output;
@@ -40,24 +40,29 @@ internal static unsafe partial class FactorisedAttention
         /// <summary>state[a][c] += sum over keys j0 .. j1 of f_a(k_j) [v_j | 1]_c (unweighted).</summary>
         public void AccumulateKeys(int j0, int j1, double* state, Scratch s)
         {
-            int d = Map.Dimension, dv = ValueDim;
+            int d = Map.Dimension;
             for (int jb = j0; jb < j1; jb += Block)
             {
                 int count = Math.Min(Block, j1 - jb);
                 s.Evaluate(Key + ((long)jb * d), count, _kScale);
-                double* vt = s.Values;
-                for (int c = 0; c < Columns; c++)
-                {
-                    double* line = vt + ((long)c * Block);
-                    for (int j = 0; j < count; j++)
-                    {
-                        line[j] = c < dv ? Value[((long)(jb + j) * dv) + c] : c == dv ? 1 : 0;
-                    }
+                ValuesTransposed(jb, count, s.Values);
+                _products.KeyProduct(s.Features, Map.PaddedCount, s.Values, Columns, state);
+            }
+        }
 
-                    new Span<double>(line + count, Block - count).Clear();
+        /// <summary>[v_j | 1 | 0 ...] of keys j0 .. j0+count transposed to vt[c][Block]; zero past count.</summary>
+        public void ValuesTransposed(int j0, int count, double* vt)
+        {
+            int dv = ValueDim;
+            for (int c = 0; c < Columns; c++)
+            {
+                double* line = vt + ((long)c * Block);
+                for (int j = 0; j < count; j++)
+                {
+                    line[j] = c < dv ? Value[((long)(j0 + j) * dv) + c] : c == dv ? 1 : 0;
                 }
 
-                _products.KeyProduct(s.Features, Map.PaddedCount, vt, Columns, state);
+                new Span<double>(line + count, Block - count).Clear();
             }
         }
 

@@ -71,21 +71,7 @@ internal static unsafe partial class FactorisedAttention
         int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount;
         int kvHeads = shape.EffectiveKeyValueHeads, group = shape.HeadCount / kvHeads;
         FeatureMap map = p.Map;
-        int rPad = map.PaddedCount, cPad = RoundUp(dv + 1, ColumnTile);
-
-        // Inputs are scaled into [-1, 1] before their features are formed (so high powers neither overflow
-        // nor vanish); a feature of degree t then carries 1 / (qScale kScale)^t in its weight.
-        double qScale = InverseMaxAbs(p.Query, shape.QueryLength), kScale = InverseMaxAbs(p.Key, shape.KeyLength);
-        double[] weight = new double[rPad];
-        for (int a = 0; a < map.Count; a++)
-        {
-            weight[a] = p.Weight[a] / Math.Pow(qScale * kScale, map.Degree[a]);
-        }
-
-        int threads = p.MaxDegreeOfParallelism > 0 ? p.MaxDegreeOfParallelism : Environment.ProcessorCount;
-        long stateDoubles = (long)rPad * cPad;
-        // Partial states held at once: enough to keep the threads busy, within 64 MiB.
-        int wave = (int)Math.Clamp((64L << 20) / (stateDoubles * sizeof(double)), 1, 4 * threads);
+        (double qScale, double kScale, double[] weight, int cPad, int wave) = Setup(p);
         Func<Scratch> scratch = () => new Scratch(map, cPad);
 
         for (int b = 0; b < shape.BatchSize; b++)
@@ -105,6 +91,28 @@ internal static unsafe partial class FactorisedAttention
                 }
             }
         }
+    }
+
+    /// <summary>The input scales, the engine's weights, the padded column count and the partial states held at once.</summary>
+    private static (double QScale, double KScale, double[] Weight, int Columns, int Wave) Setup(in Problem p)
+    {
+        FeatureMap map = p.Map;
+        int cPad = RoundUp(p.Shape.ValueDim + 1, ColumnTile);
+
+        // Inputs are scaled into [-1, 1] before their features are formed (so high powers neither overflow
+        // nor vanish); a feature of degree t then carries 1 / (qScale kScale)^t in its weight.
+        double qScale = InverseMaxAbs(p.Query, p.Shape.QueryLength), kScale = InverseMaxAbs(p.Key, p.Shape.KeyLength);
+        double[] weight = new double[map.PaddedCount];
+        for (int a = 0; a < map.Count; a++)
+        {
+            weight[a] = p.Weight[a] / Math.Pow(qScale * kScale, map.Degree[a]);
+        }
+
+        int threads = p.MaxDegreeOfParallelism > 0 ? p.MaxDegreeOfParallelism : Environment.ProcessorCount;
+        long stateDoubles = (long)map.PaddedCount * cPad;
+        // Partial states held at once: enough to keep the threads busy, within 64 MiB.
+        int wave = (int)Math.Clamp((64L << 20) / (stateDoubles * sizeof(double)), 1, 4 * threads);
+        return (qScale, kScale, weight, cPad, wave);
     }
 
     private static void RunNonCausal(Head h, int wave, Func<Scratch> scratch)
