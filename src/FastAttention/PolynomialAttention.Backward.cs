@@ -75,6 +75,18 @@ public static partial class PolynomialAttention
             "The approximate methods reject non-finite values, as their forward does: a finite output gradient is needed.");
     }
 
+    /// <summary>
+    /// About r (nq (4 c + 7) + nk (6 c + 6)) flops per head for the backward, c = dv + 1: the key state again (2 r c nk),
+    /// per query the features, z, dF = Mw G, F G^T and the features' reverse mode (r (1 + 2 + 4 c + 4)), per key the features,
+    /// dF = dM [v | 1], dV and the reverse mode (r (1 + 4 c + 4)). The causal diagonal blocks are not counted.
+    /// </summary>
+    internal static double PredictedBackwardFlops(AttentionShape shape, long rank)
+    {
+        double c = shape.ValueDim + 1;
+        double queries = (double)shape.QueryCount * shape.HeadCount, keys = (double)shape.KeyCount * shape.EffectiveKeyValueHeads;
+        return rank * ((queries * ((4 * c) + 7)) + (keys * ((6 * c) + 6))) * shape.BatchSize;
+    }
+
     /// <summary>Runs the factorised backward on spans; returns max |V| (for the certificate).</summary>
     internal static unsafe double RunFactorisedBackward(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, ReadOnlySpan<float> output,
         ReadOnlySpan<float> outputGradient, AttentionShape shape, Span<float> queryGradient, Span<float> keyGradient, Span<float> valueGradient,
