@@ -33,32 +33,24 @@ internal static unsafe partial class FactorisedAttention
     public static void RunBackward(in GradientProblem g)
     {
         Problem p = g.Forward;
-        AttentionShape shape = p.Shape;
-        int d = shape.HeadDim, dv = shape.ValueDim, nk = shape.KeyCount;
-        int kvHeads = shape.EffectiveKeyValueHeads, group = shape.HeadCount / kvHeads;
+        GradientProblem all = g;
+        int d = p.Shape.HeadDim, dv = p.Shape.ValueDim, nk = p.Shape.KeyCount;
         FeatureMap map = p.Map;
         (double qScale, double kScale, double[] weight, int cPad, int wave) = Setup(p);
         Func<Scratch> scratch = () => new Scratch(map, cPad);
         Func<BackwardScratch> backward = () => new BackwardScratch(map, cPad);
-
-        for (int b = 0; b < shape.BatchSize; b++)
+        EachHead(p, qScale, kScale, weight, cPad, (head, kv) =>
         {
-            for (int hk = 0; hk < kvHeads; hk++)
+            var gradients = new Gradients(all.OutputGradient, all.QueryGradient, all.KeyGradient + (kv * nk * d), all.ValueGradient + (kv * nk * dv));
+            if (p.Causal)
             {
-                long kv = ((long)b * kvHeads) + hk;
-                var head = new Head(p, map, weight, qScale, kScale, cPad,
-                    p.Key + (kv * nk * d), p.Value + (kv * nk * dv), ((long)b * shape.HeadCount) + (hk * group), group);
-                var gradients = new Gradients(g.OutputGradient, g.QueryGradient, g.KeyGradient + (kv * nk * d), g.ValueGradient + (kv * nk * dv));
-                if (p.Causal)
-                {
-                    BackwardCausal(head, gradients, scratch, backward);
-                }
-                else
-                {
-                    BackwardNonCausal(head, gradients, wave, scratch, backward);
-                }
+                BackwardCausal(head, gradients, scratch, backward);
             }
-        }
+            else
+            {
+                BackwardNonCausal(head, gradients, wave, scratch, backward);
+            }
+        });
     }
 
     /// <summary>

@@ -101,6 +101,30 @@ internal static unsafe partial class FactorisedAttention
             }
         }
 
+        /// <summary>The embeddings and values of key block <paramref name="diagonal"/> transposed into the scratch ([e][Block], [dv][Block]); returns its key count.</summary>
+        public int DiagonalTransposed(int diagonal, Scratch s)
+        {
+            int d = Map.Dimension, dv = ValueDim, e = Map.EmbeddingSize;
+            int j0 = diagonal * Block, keys = Math.Min(KeyCount, j0 + Block) - j0;
+            double* keyT = s.KeyEmbedding, valueT = s.DiagonalValues;
+            for (int j = 0; j < keys; j++)
+            {
+                Map.Embed(Key + ((long)(j0 + j) * d), s.QueryEmbedding);
+                for (int l = 0; l < e; l++)
+                {
+                    keyT[((long)l * Block) + j] = s.QueryEmbedding[l];
+                }
+
+                float* v = Value + ((long)(j0 + j) * dv);
+                for (int c = 0; c < dv; c++)
+                {
+                    valueT[((long)c * Block) + j] = v[c];
+                }
+            }
+
+            return keys;
+        }
+
         /// <summary>
         /// Output rows i0 .. i0+count of one head from a weighted state; with <paramref name="diagonal"/> &gt;= 0
         /// (causal), also the visible keys of key block <paramref name="diagonal"/>, weighted directly.
@@ -118,23 +142,8 @@ internal static unsafe partial class FactorisedAttention
                 // The visible keys of the diagonal block, weighted directly and vectorised along the keys:
                 // embeddings and values transposed to [e][Block] and [dv][Block], dots by axpy, weights in place.
                 int e = Map.EmbeddingSize;
-                int j0 = diagonal * Block, j1 = Math.Min(KeyCount, j0 + Block), keys = j1 - j0;
+                int j0 = diagonal * Block, keys = DiagonalTransposed(diagonal, s);
                 double* keyT = s.KeyEmbedding, valueT = s.DiagonalValues, dots = s.Dots;
-                for (int j = 0; j < keys; j++)
-                {
-                    Map.Embed(Key + ((long)(j0 + j) * d), s.QueryEmbedding);
-                    for (int l = 0; l < e; l++)
-                    {
-                        keyT[((long)l * Block) + j] = s.QueryEmbedding[l];
-                    }
-
-                    float* v = Value + ((long)(j0 + j) * dv);
-                    for (int c = 0; c < dv; c++)
-                    {
-                        valueT[((long)c * Block) + j] = v[c];
-                    }
-                }
-
                 long offset = (long)KeyCount - QueryCount;
                 for (int x = 0; x < count; x++)
                 {

@@ -137,25 +137,10 @@ internal static unsafe partial class FactorisedAttention
         /// <summary>The forward's direct weights of the diagonal block for each query (kept with their derivatives), added to z.</summary>
         private void DiagonalWeights(float* query, int i0, int count, int diagonal, BackwardScratch b)
         {
-            int d = Map.Dimension, dv = ValueDim, e = Map.EmbeddingSize;
+            int d = Map.Dimension, e = Map.EmbeddingSize;
             Scratch s = b.Forward;
-            int j0 = diagonal * Block, keys = Math.Min(KeyCount, j0 + Block) - j0;
-            double* keyT = s.KeyEmbedding, valueT = s.DiagonalValues;
-            for (int j = 0; j < keys; j++)
-            {
-                Map.Embed(Key + ((long)(j0 + j) * d), s.QueryEmbedding);
-                for (int l = 0; l < e; l++)
-                {
-                    keyT[((long)l * Block) + j] = s.QueryEmbedding[l];
-                }
-
-                float* v = Value + ((long)(j0 + j) * dv);
-                for (int c = 0; c < dv; c++)
-                {
-                    valueT[((long)c * Block) + j] = v[c];
-                }
-            }
-
+            int j0 = diagonal * Block, keys = DiagonalTransposed(diagonal, s);
+            double* keyT = s.KeyEmbedding;
             long offset = (long)KeyCount - QueryCount;
             for (int x = 0; x < count; x++)
             {

@@ -67,28 +67,35 @@ internal static unsafe partial class FactorisedAttention
 
     public static void Run(in Problem p)
     {
-        AttentionShape shape = p.Shape;
-        int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount;
-        int kvHeads = shape.EffectiveKeyValueHeads, group = shape.HeadCount / kvHeads;
         FeatureMap map = p.Map;
         (double qScale, double kScale, double[] weight, int cPad, int wave) = Setup(p);
         Func<Scratch> scratch = () => new Scratch(map, cPad);
+        bool causal = p.Causal;
+        EachHead(p, qScale, kScale, weight, cPad, (head, _) =>
+        {
+            if (causal)
+            {
+                RunCausal(head, wave, scratch);
+            }
+            else
+            {
+                RunNonCausal(head, wave, scratch);
+            }
+        });
+    }
 
+    /// <summary>Every (batch, kv head) in order, as the <see cref="Head"/> of its keys and values and the query heads sharing them, with its index b kvHeads + hk.</summary>
+    private static void EachHead(Problem p, double qScale, double kScale, double[] weight, int cPad, Action<Head, long> body)
+    {
+        AttentionShape shape = p.Shape;
+        int d = shape.HeadDim, dv = shape.ValueDim, nk = shape.KeyCount;
+        int kvHeads = shape.EffectiveKeyValueHeads, group = shape.HeadCount / kvHeads;
         for (int b = 0; b < shape.BatchSize; b++)
         {
             for (int hk = 0; hk < kvHeads; hk++)
             {
                 long kv = ((long)b * kvHeads) + hk;
-                var head = new Head(p, map, weight, qScale, kScale, cPad,
-                    p.Key + (kv * nk * d), p.Value + (kv * nk * dv), ((long)b * shape.HeadCount) + (hk * group), group);
-                if (p.Causal)
-                {
-                    RunCausal(head, wave, scratch);
-                }
-                else
-                {
-                    RunNonCausal(head, wave, scratch);
-                }
+                body(new Head(p, p.Map, weight, qScale, kScale, cPad, p.Key + (kv * nk * d), p.Value + (kv * nk * dv), ((long)b * shape.HeadCount) + (hk * group), group), kv);
             }
         }
     }
