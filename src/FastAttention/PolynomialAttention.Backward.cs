@@ -7,7 +7,8 @@ public static partial class PolynomialAttention
 {
     /// <summary>
     /// The gradients of the polynomial attention <see cref="Compute"/> computes with the same <paramref name="options"/>
-    /// (the same R, degree and features, chosen by the same code from the same inputs): given
+    /// (the same R, degree and features, chosen by the same code from the same inputs, then held fixed: the choice, a
+    /// discrete decision, carries no gradient): given
     /// <c>dO = dL/d output</c>, writes dL/dQ, dL/dK, dL/dV. Linear in n, in double on the factorised engine:
     /// <c>dN = dO / z</c>, <c>dz = -(dO . O) / z</c>, <c>dU1 = dN KV^T + dz Ks^T</c>, <c>dKV = U1^T dN</c>,
     /// <c>dKs = U1^T dz</c>, <c>dU2 = V dKV^T + 1 dKs^T</c>, <c>dV = U2 dKV</c>, then back through the monomial
