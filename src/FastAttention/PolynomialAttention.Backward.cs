@@ -79,9 +79,13 @@ public static partial class PolynomialAttention
     /// <summary>
     /// About r (nq (4 c + 7) + nk (6 c + 6)) flops per head for the backward, c = dv + 1: the key state again (2 r c nk),
     /// per query the features, z, dF = Mw G, F G^T and the features' reverse mode (r (1 + 2 + 4 c + 4)), per key the features,
-    /// dF = dM [v | 1], dV and the reverse mode (r (1 + 4 c + 4)). The causal diagonal blocks are not counted.
+    /// dF = dM [v | 1], dV and the reverse mode (r (1 + 4 c + 4)). The causal diagonal blocks are not counted. The same count serves the
+    /// sketch (<see cref="SketchedAttention.Backward"/>) with its feature count.
     /// </summary>
-    internal static double PredictedBackwardFlops(AttentionShape shape, long rank)
+    /// <param name="shape">The dimensions.</param>
+    /// <param name="rank">The feature count r (<see cref="PolynomialCertificate.Rank"/>, <see cref="SketchReport.Rank"/>).</param>
+    /// <returns>The predicted flops of one backward.</returns>
+    public static double PredictedBackwardFlops(AttentionShape shape, long rank)
     {
         double c = shape.ValueDim + 1;
         double queries = (double)shape.QueryCount * shape.HeadCount, keys = (double)shape.KeyCount * shape.EffectiveKeyValueHeads;

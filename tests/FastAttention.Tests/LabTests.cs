@@ -1,6 +1,7 @@
 using System.Text.Json;
 using FastAttention.Lab;
 using FastAttention.Lab.Reports;
+using FastAttention.Polynomial;
 using FastAttention.Tests.Support;
 
 namespace FastAttention.Tests;
@@ -105,7 +106,22 @@ public class LabTests
         {
             ["exact"] = (dq, dk, dv) => ReferenceAttention.Backward(q, k, v, dO, shape, dq, dk, dv, 0.4, causal: true),
             ["power"] = (dq, dk, dv) => ReferenceAttention.PowerBackward(q, k, v, dO, shape, dq, dk, dv, power: 3, scale: 0.4, causal: true),
+            ["poly"] = (dq, dk, dv) => Factorised(dq, dk, dv, new PolynomialPairWeight(
+                PolynomialAttention.Prepare(PolynomialAttention.RangeBound(q, k, shape.HeadDim, 0.4f), 0.4f, shape.HeadDim, new PolynomialAttentionOptions { Scale = 0.4f, Causal = true }).Polynomial.Coefficients, 0.4f)),
+            ["sketch"] = (dq, dk, dv) =>
+            {
+                SketchFeatureMap map = SketchedAttention.Map(shape, new SketchedAttentionOptions { Scale = 0.4f, Causal = true });
+                Factorised(dq, dk, dv, new SketchPairWeight(map.Sketch1.ToArray(), map.Sketch2.ToArray(), map.SketchSize, 0.4f));
+            },
         };
+
+        void Factorised(double[] dq, double[] dk, double[] dv, PairWeight weight)
+        {
+            (double[] gq, double[] gk, double[] gv) = ReferenceFactorisedBackward.Backward(Gradients.ToDouble(q), Gradients.ToDouble(k), Gradients.ToDouble(v), Gradients.ToDouble(dO), shape, true, weight);
+            gq.CopyTo(dq, 0);
+            gk.CopyTo(dk, 0);
+            gv.CopyTo(dv, 0);
+        }
         Assert.Contains("exact", MethodTable.WithBackward);
         Assert.Contains("power", MethodTable.WithBackward);
         foreach (MethodEntry entry in MethodTable.All.Where(m => m.HasBackward && !m.IsTensor))

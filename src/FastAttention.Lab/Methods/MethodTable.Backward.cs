@@ -62,4 +62,25 @@ public static partial class MethodTable
     private static AttentionRun PowerGradients(MethodInputs x, AttentionShape shape, MethodRun run, float[] output, float[] logSumExp,
         ReadOnlyMemory<float> outputGradient, float[][] g, MethodSettings s) =>
         PowerAttention.Backward(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, output, outputGradient.Span, logSumExp, shape, g[0], g[1], g[2], PowerOptions(s));
+
+    // The polynomial methods keep no log-sum-exp: the backward recomputes each row's normaliser from the features.
+    private static MethodRun PolynomialTraining(MethodInputs x, AttentionShape shape, float[] output, float[] logSumExp, MethodSettings s) =>
+        Polynomial(x, shape, output, s);
+
+    private static AttentionRun PolynomialGradients(MethodInputs x, AttentionShape shape, MethodRun run, float[] output, float[] logSumExp,
+        ReadOnlyMemory<float> outputGradient, float[][] g, MethodSettings s)
+    {
+        PolynomialCertificate certificate = PolynomialAttention.Backward(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, output, outputGradient.Span, shape, g[0], g[1], g[2], PolynomialOptions(s));
+        return new AttentionRun(run.Kernel, PolynomialAttention.PredictedBackwardFlops(shape, certificate.Rank));
+    }
+
+    private static MethodRun SketchTraining(MethodInputs x, AttentionShape shape, float[] output, float[] logSumExp, MethodSettings s) =>
+        Sketch(x, shape, output, s);
+
+    private static AttentionRun SketchGradients(MethodInputs x, AttentionShape shape, MethodRun run, float[] output, float[] logSumExp,
+        ReadOnlyMemory<float> outputGradient, float[][] g, MethodSettings s)
+    {
+        SketchReport report = SketchedAttention.Backward(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, output, outputGradient.Span, shape, g[0], g[1], g[2], SketchOptions(s));
+        return new AttentionRun(run.Kernel, PolynomialAttention.PredictedBackwardFlops(shape, report.Rank));
+    }
 }

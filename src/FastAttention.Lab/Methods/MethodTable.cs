@@ -12,9 +12,11 @@ public static partial class MethodTable
         new("exact", "exact softmax attention on the fastest kernel for the CPU and shape (4 n^2 d flops)",
             ["scale", "causal", "kernel", "allow-nonfinite"], Exact, ExactFlops, null, IsTensor: false) { Backward = Training(ExactTraining, ExactGradients, ExactFlops) },
         new("poly", "the polynomial method (Alman-Song) with an error certificate; own flops: its feature maps and thin products",
-            ["scale", "causal", "eps", "degree"], Polynomial, PolynomialFlops, ExactFlops, IsTensor: false) { Check = RelativeError },
+            ["scale", "causal", "eps", "degree"], Polynomial, PolynomialFlops, ExactFlops, IsTensor: false)
+            { Check = RelativeError, Backward = Training(PolynomialTraining, PolynomialGradients, PolynomialFlops) },
         new("sketch", "sketched degree-4 polynomial attention (PolySketchFormer), statistical error; own flops: the sketch's",
-            ["scale", "causal", "sketch", "seed"], Sketch, SketchFlops, ExactFlops, IsTensor: false),
+            ["scale", "causal", "sketch", "seed"], Sketch, SketchFlops, ExactFlops, IsTensor: false)
+            { Backward = Training(SketchTraining, SketchGradients, SketchFlops) },
         new("lev", "LevAttention: each head's keys selected by leverage score (--top N, or --eps E for the universal set), then softmax over the kept keys",
             ["scale", "eps", "top", "keep-first", "keep-last"], Lev, LevFlops, ExactFlops, IsTensor: false) { Check = LevSelection },
         new("power", "power attention |s q.k|^p normalised per row (LevAttention's guaranteed case), on the exact kernels",
@@ -97,14 +99,16 @@ public static partial class MethodTable
         new("polynomial-double", PolynomialAttention.Compute(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, shape, output, PolynomialOptions(s)));
 
     private static MethodRun Sketch(MethodInputs x, AttentionShape shape, Span<float> output, MethodSettings s) =>
-        new("sketch-double", Sketch: SketchedAttention.Compute(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, shape, output, new SketchedAttentionOptions
-        {
-            Scale = s.Scale,
-            Causal = s.Causal,
-            SketchSize = s.SketchSize,
-            Seed = s.Seed,
-            MaxDegreeOfParallelism = s.Threads,
-        }));
+        new("sketch-double", Sketch: SketchedAttention.Compute(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, shape, output, SketchOptions(s)));
+
+    private static SketchedAttentionOptions SketchOptions(MethodSettings s) => new()
+    {
+        Scale = s.Scale,
+        Causal = s.Causal,
+        SketchSize = s.SketchSize,
+        Seed = s.Seed,
+        MaxDegreeOfParallelism = s.Threads,
+    };
 
     private static MethodRun Lev(MethodInputs x, AttentionShape shape, Span<float> output, MethodSettings s)
     {
