@@ -1,0 +1,273 @@
+using System.Runtime.CompilerServices;
+
+namespace FastAttention.Kernels;
+
+/// <summary>One head's inputs (row-major, dense) and gradients for the order-3 backward; <c>L</c> and <c>D = dO . O</c> per query.</summary>
+internal unsafe struct TensorBackwardHead
+{
+    public float* Query, Key1, Key2, Value1, Value2, OutputGradient, LogSumExp, RowDot;
+    public float* QueryGradient, Key1Gradient, Key2Gradient, Value1Gradient, Value2Gradient;
+}
+
+/// <summary>
+/// The exact order-3 tensor attention backward (docs/algorithms.md §3.3) for one head, on the shared micro-kernel
+/// (<see cref="MicroKernel{TS, TV}.Run6"/>). Per query i the scores are a small GEMM, <c>S_i = (K1 diag q_i) K2^T</c>, and so
+/// is <c>dP_i = (V1 diag dO_i) V2^T</c>; with the forward's log-sum-exp L_i and the pre-computed <c>D_i = dO_i . O_i</c>,
+/// <c>P = e^(S - L_i)</c> and <c>dS = P (dP - D_i)</c> are elementwise, so the (j1, j2) plane can be cut into any tiles:
+/// <list type="number">
+/// <item>j1 tiles of <see cref="Tile1"/> rows; for each, <c>A = K1 diag q_i</c> and <c>B = V1 diag dO_i</c> (tile x d);</item>
+/// <item>j2 tiles of <see cref="Tile2"/> columns: <c>S = A K2^T</c>, <c>dP = B V2^T</c>, then P and dS in place (masked past
+/// the causal / window limit); <c>G += dS K2</c>, <c>PV += P V2</c>; <c>dK2 += dS^T A</c>, <c>dV2 += P^T B</c>;</item>
+/// <item>after the j2 tiles: <c>dq_i += sum_j1 k1_j1 o G_j1</c>, <c>dK1_j1 += q_i o G_j1</c>, <c>dV1_j1 += dO_i o PV_j1</c>.</item>
+/// </list>
+/// The queries go in a fixed number of chunks (<see cref="Chunks"/>, independent of the thread count); each chunk owns
+/// its queries' dq rows and accumulates its own partial dK1, dK2, dV1, dV2 (O(nk d) floats each), which are summed in
+/// chunk order in double at the end: no atomics, and the same bits for every thread count. The scale s is applied once,
+/// at the end. Extra memory: four zero-padded copies of the keys and values, two transposes and the partials of each chunk.
+/// </summary>
+internal static unsafe class TensorBackwardKernel<TS, TV>
+    where TS : struct, ISimd<TV>
+    where TV : struct
+{
+    /// <summary>Query chunks per head, at most: fixed, so the partition (and the bits) do not depend on the threads.</summary>
+    public const int Chunks = 16;
+
+    /// <summary>j1 rows per tile: a multiple of the micro-kernel's 6 rows.</summary>
+    public const int Tile1 = 48;
+
+    /// <summary>j2 columns per tile: a multiple of the micro-kernel's columns (4 vectors) and of its 6 rows, since
+    /// <c>dK2 += dS^T A</c> runs with j2 as rows.</summary>
+    public static int Tile2 => 96 % MicroKernel<TS, TV>.Columns == 0 ? 96 : 192;
+
+    private static int Columns => MicroKernel<TS, TV>.Columns;
+
+    private static int R => MicroKernel<TS, TV>.TallRows;
+
+    /// <summary>Runs one head: <paramref name="ranges"/> gives each query's visible [lo, hi] for j1 and j2.</summary>
+    public static void Run(in TensorBackwardHead head, int nq, int nk, int d, int dv, float scale, Func<int, (int Lo1, int Hi1, int Lo2, int Hi2)> ranges, int threads)
+    {
+        int dp = RoundUp(d, Columns), dvp = RoundUp(dv, Columns), t2 = Tile2;
+        int rows1 = nk + Tile1, rows2 = nk + t2;
+        long ldt = rows2 + 16; // the transposes' row stride: +16 floats keeps 4 KiB-aligned strides from aliasing in L1
+
+        // Zero-padded copies: K1 [rows1, dp], V1 [rows1, dvp], K2 [rows2, dp], V2 [rows2, dvp], K2^T [d, ldt], V2^T [dv, ldt].
+        long k1Size = (long)rows1 * dp, v1Size = (long)rows1 * dvp, k2Size = (long)rows2 * dp, v2Size = (long)rows2 * dvp;
+        long shared = k1Size + v1Size + k2Size + v2Size + ((d + dv) * ldt);
+        using NativeBufferPool.Buffer copies = NativeBufferPool.Rent(shared);
+        float* k1 = copies.Pointer, v1 = k1 + k1Size, k2 = v1 + v1Size, v2 = k2 + k2Size, k2t = v2 + v2Size, v2t = k2t + (d * ldt);
+        new Span<float>(k1, (int)shared).Clear();
+        Pad(head.Key1, nk, d, k1, dp);
+        Pad(head.Value1, nk, dv, v1, dvp);
+        Pad(head.Key2, nk, d, k2, dp);
+        Pad(head.Value2, nk, dv, v2, dvp);
+        Transpose(head.Key2, nk, d, k2t, ldt);
+        Transpose(head.Value2, nk, dv, v2t, ldt);
+
+        // Each chunk's partial dK1, dV1, dK2, dV2, laid out like the padded copies.
+        int chunks = Math.Min(nq, Chunks);
+        long partial = k1Size + v1Size + k2Size + v2Size;
+        using NativeBufferPool.Buffer partials = NativeBufferPool.Rent(chunks * partial);
+        float* all = partials.Pointer;
+        TensorBackwardHead h = head;
+        nint k1n = (nint)k1, v1n = (nint)v1, k2n = (nint)k2, v2n = (nint)v2, k2tn = (nint)k2t, v2tn = (nint)v2t, alln = (nint)all;
+        long scratchSize = ((long)Tile1 * (dp + dvp) * 2) + (2L * Tile1 * t2) + dp + dvp + R;
+        ParallelWork.Run(chunks, threads, () => NativeBufferPool.Rent(scratchSize), (item, scratch) =>
+        {
+            int c = chunks - 1 - item; // later queries see more keys when causal: heaviest first
+            float* mine = (float*)alln + (c * partial);
+            new Span<float>(mine, (int)partial).Clear();
+            var work = new Chunk
+            {
+                K1 = (float*)k1n, V1 = (float*)v1n, K2 = (float*)k2n, V2 = (float*)v2n, K2T = (float*)k2tn, V2T = (float*)v2tn, Ldt = ldt,
+                DK1 = mine, DV1 = mine + k1Size, DK2 = mine + k1Size + v1Size, DV2 = mine + k1Size + v1Size + k2Size,
+                D = d, Dv = dv, Dp = dp, Dvp = dvp, Scratch = scratch.Pointer,
+            };
+            for (int i = (int)((long)c * nq / chunks); i < (int)((long)(c + 1) * nq / chunks); i++)
+            {
+                work.Query(h, i, scale, ranges(i));
+            }
+        });
+
+        // Sum the chunks in their fixed order (in double), scale by s, drop the padding.
+        Reduce(all, chunks, partial, 0, nk, d, dp, scale, head.Key1Gradient);
+        Reduce(all, chunks, partial, k1Size, nk, dv, dvp, 1f, head.Value1Gradient);
+        Reduce(all, chunks, partial, k1Size + v1Size, nk, d, dp, scale, head.Key2Gradient);
+        Reduce(all, chunks, partial, k1Size + v1Size + k2Size, nk, dv, dvp, 1f, head.Value2Gradient);
+    }
+
+    /// <summary>One chunk's view: the shared padded inputs, its partial gradients and its thread's scratch.</summary>
+    private struct Chunk
+    {
+        public float* K1, V1, K2, V2, K2T, V2T, DK1, DV1, DK2, DV2, Scratch;
+        public long Ldt;
+        public int D, Dv, Dp, Dvp;
+
+        /// <summary>Query i: every (j1, j2) tile of its visible box.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public readonly void Query(in TensorBackwardHead head, int i, float scale, (int Lo1, int Hi1, int Lo2, int Hi2) box)
+        {
+            int t2 = Tile2;
+            float* a = Scratch, b = a + (Tile1 * Dp), g = b + (Tile1 * Dvp), pv = g + (Tile1 * Dp);
+            float* s = pv + (Tile1 * Dvp), dP = s + (Tile1 * t2), dq = dP + (Tile1 * t2), padded = dq + Dp, ones = padded + Dvp;
+            float* q = head.Query + ((long)i * D), dO = head.OutputGradient + ((long)i * Dv), dqOut = head.QueryGradient + ((long)i * D);
+            float lse = head.LogSumExp[i];
+            new Span<float>(dqOut, D).Clear();
+            if (box.Hi1 < box.Lo1 || box.Hi2 < box.Lo2 || float.IsNegativeInfinity(lse))
+            {
+                return; // no visible pair: zero gradient
+            }
+
+            for (int r = 0; r < R; r++)
+            {
+                ones[r] = 1f;
+            }
+
+            new Span<float>(dq, Dp).Clear();
+            float rowDot = head.RowDot[i];
+            float log2Scale = scale * VectorMath.Log2E, log2Lse = lse * VectorMath.Log2E;
+            for (int a0 = box.Lo1; a0 <= box.Hi1; a0 += Tile1)
+            {
+                int rows = Math.Min(Tile1, box.Hi1 - a0 + 1), rowsPadded = RoundUp(rows, R);
+
+                // 1. A = K1 diag q_i, B = V1 diag dO_i over the tile's rows (the padded columns stay 0: K1's padding is 0).
+                Scale(K1 + ((long)a0 * Dp), Dp, q, D, rowsPadded, a);
+                Scale(V1 + ((long)a0 * Dvp), Dvp, dO, Dv, rowsPadded, b);
+                new Span<float>(g, rowsPadded * Dp).Clear();
+                new Span<float>(pv, rowsPadded * Dvp).Clear();
+                for (int b0 = box.Lo2; b0 <= box.Hi2; b0 += t2)
+                {
+                    int cols = Math.Min(t2, box.Hi2 - b0 + 1), colsPadded = RoundUp(cols, Columns), rows2 = RoundUp(cols, R);
+
+                    // 2. S = A K2^T and dP = B V2^T on the tile.
+                    Product(rowsPadded, colsPadded, D, a, Dp, 1, K2T + b0, Ldt, s, t2, null);
+                    Product(rowsPadded, colsPadded, Dv, b, Dvp, 1, V2T + b0, Ldt, dP, t2, null);
+
+                    // 3. P = 2^(S s log2 e - L log2 e) into S, dS = P (dP - D_i) into dP; 0 past the limits.
+                    Softmax(s, dP, rows, rowsPadded, cols, Math.Max(colsPadded, rows2), t2, log2Scale, log2Lse, rowDot);
+
+                    // 4. G += dS K2, PV += P V2 (depth: the tile's j2); dK2 += dS^T A, dV2 += P^T B (depth: the tile's j1).
+                    Product(rowsPadded, Dp, colsPadded, dP, t2, 1, K2 + ((long)b0 * Dp), Dp, g, Dp, ones);
+                    Product(rowsPadded, Dvp, colsPadded, s, t2, 1, V2 + ((long)b0 * Dvp), Dvp, pv, Dvp, ones);
+                    Product(rows2, Dp, rowsPadded, dP, 1, t2, a, Dp, DK2 + ((long)b0 * Dp), Dp, ones);
+                    Product(rows2, Dvp, rowsPadded, s, 1, t2, b, Dvp, DV2 + ((long)b0 * Dvp), Dvp, ones);
+                }
+
+                // 5. dq_i += sum_j1 k1_j1 o G_j1, dK1_j1 += q_i o G_j1, dV1_j1 += dO_i o PV_j1.
+                for (int r = 0; r < rows; r++)
+                {
+                    float* k1Row = K1 + ((long)(a0 + r) * Dp), gRow = g + (r * Dp), pvRow = pv + (r * Dvp);
+                    float* dk1 = DK1 + ((long)(a0 + r) * Dp), dv1 = DV1 + ((long)(a0 + r) * Dvp);
+                    for (int l = 0; l < D; l++)
+                    {
+                        dq[l] = MathF.FusedMultiplyAdd(k1Row[l], gRow[l], dq[l]);
+                        dk1[l] = MathF.FusedMultiplyAdd(q[l], gRow[l], dk1[l]);
+                    }
+
+                    for (int c = 0; c < Dv; c++)
+                    {
+                        dv1[c] = MathF.FusedMultiplyAdd(dO[c], pvRow[c], dv1[c]);
+                    }
+                }
+            }
+
+            for (int l = 0; l < D; l++)
+            {
+                dqOut[l] = scale * dq[l];
+            }
+        }
+    }
+
+    /// <summary>
+    /// C[m x n] = A B (or, with <paramref name="ones"/>, C += A B) on the micro-kernel: m a multiple of 6, n of the kernel's
+    /// columns. A's element (r, t) is <c>a[r aRow + t aCol]</c>; B's row t starts at <c>b + t ldb</c>.
+    /// </summary>
+    private static void Product(int m, int n, int depth, float* a, nint aRow, nint aCol, float* b, long ldb, float* c, long ldc, float* ones)
+    {
+        for (int j = 0; j < n; j += Columns)
+        {
+            for (int r = 0; r < m; r += R)
+            {
+                MicroKernel<TS, TV>.Run6(depth, a + (r * aRow), aRow, aCol, b + j, (nint)ldb, c + (r * ldc) + j, (nint)ldc, ones);
+            }
+        }
+    }
+
+    /// <summary>rows x padded columns of the (P, dS) tile from (S, dP); rows past <paramref name="rows"/> and columns past <paramref name="cols"/> (up to <paramref name="width"/>) are 0.</summary>
+    private static void Softmax(float* s, float* dP, int rows, int rowsPadded, int cols, int width, int ld, float log2Scale, float log2Lse, float rowDot)
+    {
+        int w = TS.Count, vectorEnd = RoundUp(cols, w);
+        TV factor = TS.Broadcast(log2Scale), shift = TS.Broadcast(log2Lse), dot = TS.Broadcast(rowDot);
+        for (int r = 0; r < rowsPadded; r++)
+        {
+            float* sRow = s + (r * ld), dRow = dP + (r * ld);
+            int start = 0;
+            if (r < rows)
+            {
+                for (; start < vectorEnd; start += w)
+                {
+                    TV p = VectorMath.Exp2NonPositive<TS, TV>(TS.Subtract(TS.Multiply(TS.Load(ref sRow[start]), factor), shift));
+                    TS.Store(p, ref sRow[start]);
+                    TS.Store(TS.Multiply(p, TS.Subtract(TS.Load(ref dRow[start]), dot)), ref dRow[start]);
+                }
+
+                start = cols;
+            }
+
+            for (int x = start; x < width; x++)
+            {
+                sRow[x] = 0f;
+                dRow[x] = 0f;
+            }
+        }
+    }
+
+    /// <summary>rows x width of <c>source diag(factor)</c>: row r of the padded source times the first <paramref name="length"/> factors (0 beyond).</summary>
+    private static void Scale(float* source, int width, float* factor, int length, int rows, float* target)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            float* x = source + ((long)r * width), y = target + ((long)r * width);
+            System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(x, length), new ReadOnlySpan<float>(factor, length), new Span<float>(y, length));
+            new Span<float>(y + length, width - length).Clear();
+        }
+    }
+
+    private static void Pad(float* source, int rows, int width, float* target, int paddedWidth)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            new ReadOnlySpan<float>(source + ((long)r * width), width).CopyTo(new Span<float>(target + ((long)r * paddedWidth), width));
+        }
+    }
+
+    private static void Transpose(float* source, int rows, int width, float* target, long ld)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            for (int l = 0; l < width; l++)
+            {
+                target[(l * ld) + r] = source[((long)r * width) + l];
+            }
+        }
+    }
+
+    /// <summary>target[j, l] = factor * sum over chunks (in order, in double) of the chunk's partial at <paramref name="offset"/>.</summary>
+    private static void Reduce(float* all, int chunks, long partial, long offset, int nk, int width, int paddedWidth, float factor, float* target)
+    {
+        for (int j = 0; j < nk; j++)
+        {
+            for (int l = 0; l < width; l++)
+            {
+                double sum = 0;
+                for (int c = 0; c < chunks; c++)
+                {
+                    sum += all[(c * partial) + offset + ((long)j * paddedWidth) + l];
+                }
+
+                target[((long)j * width) + l] = (float)(factor * sum);
+            }
+        }
+    }
+
+    private static int RoundUp(int x, int multiple) => (x + multiple - 1) / multiple * multiple;
+}
