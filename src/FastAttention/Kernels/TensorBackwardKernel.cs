@@ -15,7 +15,7 @@ internal unsafe struct TensorBackwardHead
 /// is <c>dP_i = (V1 diag dO_i) V2^T</c>; with the forward's log-sum-exp L_i and the pre-computed <c>D_i = dO_i . O_i</c>,
 /// <c>P = e^(S - L_i)</c> and <c>dS = P (dP - D_i)</c> are elementwise, so the (j1, j2) plane can be cut into any tiles:
 /// <list type="number">
-/// <item>j1 tiles of <see cref="Tile1"/> rows; for each, <c>A = K1 diag q_i</c> and <c>B = V1 diag dO_i</c> (tile x d);</item>
+/// <item>j1 tiles of <see cref="Tile1"/> rows; for each, <c>A = K1 diag q_i</c> (times s log2 e) and <c>B = V1 diag dO_i</c> (tile x d);</item>
 /// <item>j2 tiles of <see cref="Tile2"/> columns: <c>S = A K2^T</c>, <c>dP = B V2^T</c>, then P and dS in place (masked past
 /// the causal / window limit); <c>G += dS K2</c>, <c>PV += P V2</c>; <c>dK2 += dS^T A</c>, <c>dV2 += P^T B</c>;</item>
 /// <item>after the j2 tiles: <c>dq_i += sum_j1 k1_j1 o G_j1</c>, <c>dK1_j1 += q_i o G_j1</c>, <c>dV1_j1 += dO_i o PV_j1</c>.</item>
@@ -23,7 +23,7 @@ internal unsafe struct TensorBackwardHead
 /// The queries go in a fixed number of chunks (<see cref="Chunks"/>, independent of the thread count); each chunk owns
 /// its queries' dq rows and accumulates its own partial dK1, dK2, dV1, dV2 (O(nk d) floats each), which are summed in
 /// chunk order in double at the end: no atomics, and the same bits for every thread count. The scale s is applied once,
-/// at the end. Extra memory: four zero-padded copies of the keys and values, two transposes and the partials of each chunk.
+/// at the end (for dK2, whose A carried s log2 e, the factor is 1 / log2 e). Extra memory: four zero-padded copies of the keys and values, two transposes and the partials of each chunk.
 /// </summary>
 internal static unsafe class TensorBackwardKernel<TS, TV>
     where TS : struct, ISimd<TV>
@@ -91,7 +91,7 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
         // Sum the chunks in their fixed order (in double), scale by s, drop the padding.
         Reduce(all, chunks, partial, 0, nk, d, dp, scale, head.Key1Gradient);
         Reduce(all, chunks, partial, k1Size, nk, dv, dvp, 1f, head.Value1Gradient);
-        Reduce(all, chunks, partial, k1Size + v1Size, nk, d, dp, scale, head.Key2Gradient);
+        Reduce(all, chunks, partial, k1Size + v1Size, nk, d, dp, scale / (double)(scale * VectorMath.Log2E), head.Key2Gradient); // A carried s log2 e
         Reduce(all, chunks, partial, k1Size + v1Size + k2Size, nk, dv, dvp, 1f, head.Value2Gradient);
     }
 
@@ -124,14 +124,20 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
 
             new Span<float>(dq, Dp).Clear();
             float rowDot = head.RowDot[i];
-            float log2Scale = scale * VectorMath.Log2E, log2Lse = lse * VectorMath.Log2E;
+            // A carries the forward's factor s log2 e, applied as the forward applies it (to q o k1, in float), so S is the
+            // forward's base-2 score to the bit when it ran the tiled kernel: P = 2^(S - L log2 e) is then consistent with
+            // the L the forward summed (a score error would not cancel against L here, unlike in a normalised softmax).
+            // L log2 e goes in two floats (high + low): S - high nearly cancels for the largest weights.
+            float log2Scale = scale * VectorMath.Log2E;
+            double log2Lse = lse * (double)VectorMath.Log2E;
+            var exponent = new Exponent((float)log2Lse, (float)(log2Lse - (float)log2Lse));
             for (int a0 = box.Lo1; a0 <= box.Hi1; a0 += Tile1)
             {
                 int rows = Math.Min(Tile1, box.Hi1 - a0 + 1), rowsPadded = RoundUp(rows, R);
 
                 // 1. A = K1 diag q_i, B = V1 diag dO_i over the tile's rows (the padded columns stay 0: K1's padding is 0).
-                Scale(K1 + ((long)a0 * Dp), Dp, q, D, rowsPadded, a);
-                Scale(V1 + ((long)a0 * Dvp), Dvp, dO, Dv, rowsPadded, b);
+                Scale(K1 + ((long)a0 * Dp), Dp, q, D, rowsPadded, log2Scale, a);
+                Scale(V1 + ((long)a0 * Dvp), Dvp, dO, Dv, rowsPadded, 1f, b);
                 new Span<float>(g, rowsPadded * Dp).Clear();
                 new Span<float>(pv, rowsPadded * Dvp).Clear();
                 for (int b0 = box.Lo2; b0 <= box.Hi2; b0 += t2)
@@ -143,7 +149,7 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
                     Product(rowsPadded, colsPadded, Dv, b, Dvp, 1, V2T + b0, Ldt, dP, t2, null);
 
                     // 3. P = 2^(S s log2 e - L log2 e) into S, dS = P (dP - D_i) into dP; 0 past the limits.
-                    Softmax(s, dP, rows, rowsPadded, cols, Math.Max(colsPadded, rows2), t2, log2Scale, log2Lse, rowDot);
+                    Softmax(s, dP, rows, rowsPadded, cols, Math.Max(colsPadded, rows2), t2, exponent, rowDot);
 
                     // 4. G += dS K2, PV += P V2 (depth: the tile's j2); dK2 += dS^T A, dV2 += P^T B (depth: the tile's j1).
                     Product(rowsPadded, Dp, colsPadded, dP, t2, 1, K2 + ((long)b0 * Dp), Dp, g, Dp, ones);
@@ -193,10 +199,10 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
     }
 
     /// <summary>rows x padded columns of the (P, dS) tile from (S, dP); rows past <paramref name="rows"/> and columns past <paramref name="cols"/> (up to <paramref name="width"/>) are 0.</summary>
-    private static void Softmax(float* s, float* dP, int rows, int rowsPadded, int cols, int width, int ld, float log2Scale, float log2Lse, float rowDot)
+    private static void Softmax(float* s, float* dP, int rows, int rowsPadded, int cols, int width, int ld, Exponent exponent, float rowDot)
     {
         int w = TS.Count, vectorEnd = RoundUp(cols, w);
-        TV factor = TS.Broadcast(log2Scale), shift = TS.Broadcast(log2Lse), dot = TS.Broadcast(rowDot);
+        TV dot = TS.Broadcast(rowDot), shift = TS.Broadcast(exponent.Shift), shiftLow = TS.Broadcast(exponent.ShiftLow);
         for (int r = 0; r < rowsPadded; r++)
         {
             float* sRow = s + (r * ld), dRow = dP + (r * ld);
@@ -205,7 +211,7 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
             {
                 for (; start < vectorEnd; start += w)
                 {
-                    TV p = VectorMath.Exp2NonPositive<TS, TV>(TS.Subtract(TS.Multiply(TS.Load(ref sRow[start]), factor), shift));
+                    TV p = VectorMath.Exp2NonPositive<TS, TV>(TS.Subtract(TS.Subtract(TS.Load(ref sRow[start]), shift), shiftLow));
                     TS.Store(p, ref sRow[start]);
                     TS.Store(TS.Multiply(p, TS.Subtract(TS.Load(ref dRow[start]), dot)), ref dRow[start]);
                 }
@@ -221,13 +227,21 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
         }
     }
 
-    /// <summary>rows x width of <c>source diag(factor)</c>: row r of the padded source times the first <paramref name="length"/> factors (0 beyond).</summary>
-    private static void Scale(float* source, int width, float* factor, int length, int rows, float* target)
+    /// <summary><c>L log2 e</c> as a float plus the float of its remainder.</summary>
+    private readonly record struct Exponent(float Shift, float ShiftLow);
+
+    /// <summary>rows x width of <c>(source diag(factor)) times</c>: row r of the padded source times the first <paramref name="length"/> factors, then times <paramref name="times"/> (0 beyond).</summary>
+    private static void Scale(float* source, int width, float* factor, int length, int rows, float times, float* target)
     {
         for (int r = 0; r < rows; r++)
         {
             float* x = source + ((long)r * width), y = target + ((long)r * width);
             System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(x, length), new ReadOnlySpan<float>(factor, length), new Span<float>(y, length));
+            if (times != 1f)
+            {
+                System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(y, length), times, new Span<float>(y, length));
+            }
+
             new Span<float>(y + length, width - length).Clear();
         }
     }
@@ -252,7 +266,7 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
     }
 
     /// <summary>target[j, l] = factor * sum over chunks (in order, in double) of the chunk's partial at <paramref name="offset"/>.</summary>
-    private static void Reduce(float* all, int chunks, long partial, long offset, int nk, int width, int paddedWidth, float factor, float* target)
+    private static void Reduce(float* all, int chunks, long partial, long offset, int nk, int width, int paddedWidth, double factor, float* target)
     {
         for (int j = 0; j < nk; j++)
         {
