@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 
 namespace FastAttention.Kernels;
 
@@ -11,7 +12,7 @@ internal unsafe struct TensorBackwardHead
 
 /// <summary>
 /// The exact order-3 tensor attention backward (docs/algorithms.md §3.3) for one head, on the shared micro-kernel
-/// (<see cref="MicroKernel{TS, TV}.Run6"/>). Per query i the scores are a small GEMM, <c>S_i = (K1 diag q_i) K2^T</c>, and so
+/// (<see cref="MicroKernel{TS, TV}.Run6"/>, or its 6 x 2-vector form where Run6 would spill). Per query i the scores are a small GEMM, <c>S_i = (K1 diag q_i) K2^T</c>, and so
 /// is <c>dP_i = (V1 diag dO_i) V2^T</c>; with the forward's log-sum-exp L_i and the pre-computed <c>D_i = dO_i . O_i</c>,
 /// <c>P = e^(S - L_i)</c> and <c>dS = P (dP - D_i)</c> are elementwise, so the (j1, j2) plane can be cut into any tiles:
 /// <list type="number">
@@ -33,13 +34,15 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
     public const int Chunks = 16;
 
     /// <summary>j1 rows per tile: a multiple of the micro-kernel's 6 rows.</summary>
-    public const int Tile1 = 48;
+    public const int Tile1 = 96;
 
-    /// <summary>j2 columns per tile: a multiple of the micro-kernel's columns (4 vectors) and of its 6 rows, since
+    /// <summary>j2 columns per tile: a multiple of the micro-kernel's columns and of its 6 rows, since
     /// <c>dK2 += dS^T A</c> runs with j2 as rows.</summary>
-    public static int Tile2 => 96 % MicroKernel<TS, TV>.Columns == 0 ? 96 : 192;
+    public static int Tile2 => 96 % Columns == 0 ? 96 : 192;
 
-    private static int Columns => MicroKernel<TS, TV>.Columns;
+    /// <summary>Columns per micro-kernel call: 4 vectors (<see cref="MicroKernel{TS, TV}.Run6"/>) with 32 vector registers
+    /// (AVX-512), 2 (<see cref="MicroKernel{TS, TV}.RunSixTwo"/>) with 16 (AVX2, and the scalar fallback), where Run6 spills.</summary>
+    private static int Columns => Vector512.IsHardwareAccelerated && TS.Count == Vector512<float>.Count ? MicroKernel<TS, TV>.Columns : 2 * TS.Count;
 
     private static int R => MicroKernel<TS, TV>.TallRows;
 
@@ -187,18 +190,27 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
     /// C[m x n] = A B (or, with <paramref name="ones"/>, C += A B) on the micro-kernel: m a multiple of 6, n of the kernel's
     /// columns. A's element (r, t) is <c>a[r aRow + t aCol]</c>; B's row t starts at <c>b + t ldb</c>.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Product(int m, int n, int depth, float* a, nint aRow, nint aCol, float* b, long ldb, float* c, long ldc, float* ones)
     {
         for (int j = 0; j < n; j += Columns)
         {
             for (int r = 0; r < m; r += R)
             {
-                MicroKernel<TS, TV>.Run6(depth, a + (r * aRow), aRow, aCol, b + j, (nint)ldb, c + (r * ldc) + j, (nint)ldc, ones);
+                if (Columns == MicroKernel<TS, TV>.Columns)
+                {
+                    MicroKernel<TS, TV>.Run6(depth, a + (r * aRow), aRow, aCol, b + j, (nint)ldb, c + (r * ldc) + j, (nint)ldc, ones);
+                }
+                else
+                {
+                    MicroKernel<TS, TV>.RunSixTwo(depth, a + (r * aRow), aRow, aCol, b + j, (nint)ldb, c + (r * ldc) + j, (nint)ldc, ones);
+                }
             }
         }
     }
 
     /// <summary>rows x padded columns of the (P, dS) tile from (S, dP); rows past <paramref name="rows"/> and columns past <paramref name="cols"/> (up to <paramref name="width"/>) are 0.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Softmax(float* s, float* dP, int rows, int rowsPadded, int cols, int width, int ld, Exponent exponent, float rowDot)
     {
         int w = TS.Count, vectorEnd = RoundUp(cols, w);
