@@ -14,7 +14,7 @@ public class TensorBackwardBench : IFlopCounted
     private float[] _q = [], _k1 = [], _k2 = [], _v1 = [], _v2 = [], _o = [], _dO = [], _lse = [];
     private float[] _dq = [], _dk1 = [], _dk2 = [], _dv1 = [], _dv2 = [];
 
-    [Params("1024x64", "255x60")]
+    [Params("255x60", "1024x64")]
     public string Case { get; set; } = "";
 
     [Params(1, 2)]

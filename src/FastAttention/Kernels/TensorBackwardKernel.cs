@@ -24,7 +24,8 @@ internal unsafe struct TensorBackwardHead
 /// The queries go in a fixed number of chunks (<see cref="Chunks"/>, independent of the thread count); each chunk owns
 /// its queries' dq rows and accumulates its own partial dK1, dK2, dV1, dV2 (O(nk d) floats each), which are summed in
 /// chunk order in double at the end: no atomics, and the same bits for every thread count. The scale s is applied once,
-/// at the end (for dK2, whose A carried s log2 e, the factor is 1 / log2 e). Extra memory: four zero-padded copies of the keys and values, two transposes and the partials of each chunk.
+/// at the end (for dK2, whose A carried s log2 e, the factor is 1 / log2 e). Extra memory: four zero-padded copies of the
+/// keys and values, the partials of each chunk, and per thread the tiles plus K2^T and V2^T packed per query.
 /// </summary>
 internal static unsafe class TensorBackwardKernel<TS, TV>
     where TS : struct, ISimd<TV>
@@ -51,20 +52,17 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
     {
         int dp = RoundUp(d, Columns), dvp = RoundUp(dv, Columns), t2 = Tile2;
         int rows1 = nk + Tile1, rows2 = nk + t2;
-        long ldt = rows2 + 16; // the transposes' row stride: +16 floats keeps 4 KiB-aligned strides from aliasing in L1
 
-        // Zero-padded copies: K1 [rows1, dp], V1 [rows1, dvp], K2 [rows2, dp], V2 [rows2, dvp], K2^T [d, ldt], V2^T [dv, ldt].
+        // Zero-padded copies: K1 [rows1, dp], V1 [rows1, dvp], K2 [rows2, dp], V2 [rows2, dvp].
         long k1Size = (long)rows1 * dp, v1Size = (long)rows1 * dvp, k2Size = (long)rows2 * dp, v2Size = (long)rows2 * dvp;
-        long shared = k1Size + v1Size + k2Size + v2Size + ((d + dv) * ldt);
+        long shared = k1Size + v1Size + k2Size + v2Size;
         using NativeBufferPool.Buffer copies = NativeBufferPool.Rent(shared);
-        float* k1 = copies.Pointer, v1 = k1 + k1Size, k2 = v1 + v1Size, v2 = k2 + k2Size, k2t = v2 + v2Size, v2t = k2t + (d * ldt);
+        float* k1 = copies.Pointer, v1 = k1 + k1Size, k2 = v1 + v1Size, v2 = k2 + k2Size;
         new Span<float>(k1, (int)shared).Clear();
         Pad(head.Key1, nk, d, k1, dp);
         Pad(head.Value1, nk, dv, v1, dvp);
         Pad(head.Key2, nk, d, k2, dp);
         Pad(head.Value2, nk, dv, v2, dvp);
-        Transpose(head.Key2, nk, d, k2t, ldt);
-        Transpose(head.Value2, nk, dv, v2t, ldt);
 
         // Each chunk's partial dK1, dV1, dK2, dV2, laid out like the padded copies.
         int chunks = Math.Min(nq, Chunks);
@@ -72,8 +70,8 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
         using NativeBufferPool.Buffer partials = NativeBufferPool.Rent(chunks * partial);
         float* all = partials.Pointer;
         TensorBackwardHead h = head;
-        nint k1n = (nint)k1, v1n = (nint)v1, k2n = (nint)k2, v2n = (nint)v2, k2tn = (nint)k2t, v2tn = (nint)v2t, alln = (nint)all;
-        long scratchSize = ((long)Tile1 * (dp + dvp) * 2) + (2L * Tile1 * t2) + dp + dvp + R;
+        nint k1n = (nint)k1, v1n = (nint)v1, k2n = (nint)k2, v2n = (nint)v2, alln = (nint)all;
+        long scratchSize = ((long)Tile1 * (dp + dvp) * 2) + (2L * Tile1 * t2) + dp + dvp + R + ((long)rows2 * (d + dv));
         ParallelWork.Run(chunks, threads, () => NativeBufferPool.Rent(scratchSize), (item, scratch) =>
         {
             int c = chunks - 1 - item; // later queries see more keys when causal: heaviest first
@@ -81,7 +79,7 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
             new Span<float>(mine, (int)partial).Clear();
             var work = new Chunk
             {
-                K1 = (float*)k1n, V1 = (float*)v1n, K2 = (float*)k2n, V2 = (float*)v2n, K2T = (float*)k2tn, V2T = (float*)v2tn, Ldt = ldt,
+                K1 = (float*)k1n, V1 = (float*)v1n, K2 = (float*)k2n, V2 = (float*)v2n,
                 DK1 = mine, DV1 = mine + k1Size, DK2 = mine + k1Size + v1Size, DV2 = mine + k1Size + v1Size + k2Size,
                 D = d, Dv = dv, Dp = dp, Dvp = dvp, Scratch = scratch.Pointer,
             };
@@ -101,8 +99,7 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
     /// <summary>One chunk's view: the shared padded inputs, its partial gradients and its thread's scratch.</summary>
     private struct Chunk
     {
-        public float* K1, V1, K2, V2, K2T, V2T, DK1, DV1, DK2, DV2, Scratch;
-        public long Ldt;
+        public float* K1, V1, K2, V2, DK1, DV1, DK2, DV2, Scratch;
         public int D, Dv, Dp, Dvp;
 
         /// <summary>Query i: every (j1, j2) tile of its visible box.</summary>
@@ -126,6 +123,13 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
             }
 
             new Span<float>(dq, Dp).Clear();
+
+            // K2^T and V2^T over the query's j2 range, one contiguous [d][Tile2] block per j2 tile: the score products' B
+            // panels then sit on a few pages (K2's transpose with a row stride of nk would put each of d rows on its own).
+            int tiles2 = (box.Hi2 - box.Lo2 + t2) / t2;
+            float* k2t = ones + R, v2t = k2t + ((long)tiles2 * D * t2);
+            PackTransposed(K2 + ((long)box.Lo2 * Dp), Dp, D, tiles2, t2, k2t);
+            PackTransposed(V2 + ((long)box.Lo2 * Dvp), Dvp, Dv, tiles2, t2, v2t);
             float rowDot = head.RowDot[i];
             // A carries the forward's factor s log2 e, applied as the forward applies it (to q o k1, in float), so S is the
             // forward's base-2 score to the bit when it ran the tiled kernel: P = 2^(S - L log2 e) is then consistent with
@@ -148,8 +152,9 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
                     int cols = Math.Min(t2, box.Hi2 - b0 + 1), colsPadded = RoundUp(cols, Columns), rows2 = RoundUp(cols, R);
 
                     // 2. S = A K2^T and dP = B V2^T on the tile.
-                    Product(rowsPadded, colsPadded, D, a, Dp, 1, K2T + b0, Ldt, s, t2, null);
-                    Product(rowsPadded, colsPadded, Dv, b, Dvp, 1, V2T + b0, Ldt, dP, t2, null);
+                    long tile = (b0 - box.Lo2) / t2;
+                    Product(rowsPadded, colsPadded, D, a, Dp, 1, k2t + (tile * D * t2), t2, s, t2, null);
+                    Product(rowsPadded, colsPadded, Dv, b, Dvp, 1, v2t + (tile * Dv * t2), t2, dP, t2, null);
 
                     // 3. P = 2^(S s log2 e - L log2 e) into S, dS = P (dP - D_i) into dP; 0 past the limits.
                     Softmax(s, dP, rows, rowsPadded, cols, Math.Max(colsPadded, rows2), t2, exponent, rowDot);
@@ -266,13 +271,19 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
         }
     }
 
-    private static void Transpose(float* source, int rows, int width, float* target, long ld)
+    /// <summary>Rows 0 .. tiles x tile of the padded source as tiles of <c>[width][tile]</c> (its transpose, tile by tile).</summary>
+    private static void PackTransposed(float* source, int stride, int width, int tiles, int tile, float* target)
     {
-        for (int r = 0; r < rows; r++)
+        for (int x = 0; x < tiles; x++)
         {
-            for (int l = 0; l < width; l++)
+            float* block = target + ((long)x * width * tile);
+            for (int j = 0; j < tile; j++)
             {
-                target[(l * ld) + r] = source[((long)r * width) + l];
+                float* row = source + ((long)((x * tile) + j) * stride);
+                for (int l = 0; l < width; l++)
+                {
+                    block[(l * tile) + j] = row[l];
+                }
             }
         }
     }
