@@ -103,6 +103,17 @@ public class TensorBackwardTests
     }
 
     [Fact]
+    public void A_zero_scale_gives_the_reference_gradients()
+    {
+        var shape = new TensorAttentionShape(1, 9, 11, 7, 3);
+        (float[] q, ReadOnlyMemory<float>[] k, ReadOnlyMemory<float>[] v, float[] dO) = Inputs(shape, 4);
+        var options = new TensorAttentionOptions { Scale = 0f, Causal = true };
+        Gradients<float> fast = Fast(q, k, v, dO, shape, options).Gradients;
+        Assert.All(fast.Keys[1], x => Assert.Equal(0f, x)); // s = 0: the scores, hence the key gradients, vanish
+        AssertClose(fast, Reference(q, k, v, dO, shape, options), "s = 0");
+    }
+
+    [Fact]
     public void Forward_log_sum_exp_matches_float64_and_keeps_the_output_bits()
     {
         var shape = new TensorAttentionShape(2, 20, 12, 5, 3);

@@ -71,7 +71,7 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
         float* all = partials.Pointer;
         TensorBackwardHead h = head;
         nint k1n = (nint)k1, v1n = (nint)v1, k2n = (nint)k2, v2n = (nint)v2, alln = (nint)all;
-        long scratchSize = ((long)Tile1 * (dp + dvp) * 2) + (2L * Tile1 * t2) + dp + dvp + R + ((long)rows2 * (d + dv));
+        long scratchSize = ((long)Tile1 * (dp + dvp) * 2) + (2L * Tile1 * t2) + dp + R + ((long)rows2 * (d + dv));
         ParallelWork.Run(chunks, threads, () => NativeBufferPool.Rent(scratchSize), (item, scratch) =>
         {
             int c = chunks - 1 - item; // later queries see more keys when causal: heaviest first
@@ -92,7 +92,8 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
         // Sum the chunks in their fixed order (in double), scale by s, drop the padding.
         Reduce(all, chunks, partial, 0, nk, d, dp, scale, head.Key1Gradient);
         Reduce(all, chunks, partial, k1Size, nk, dv, dvp, 1f, head.Value1Gradient);
-        Reduce(all, chunks, partial, k1Size + v1Size, nk, d, dp, scale / (double)(scale * VectorMath.Log2E), head.Key2Gradient); // A carried s log2 e
+        float log2Scale = scale * VectorMath.Log2E; // A carried it: dK2's factor is s / (s log2 e), and 0 for s = 0 (A was 0)
+        Reduce(all, chunks, partial, k1Size + v1Size, nk, d, dp, log2Scale == 0 ? 0 : scale / (double)log2Scale, head.Key2Gradient);
         Reduce(all, chunks, partial, k1Size + v1Size + k2Size, nk, dv, dvp, 1f, head.Value2Gradient);
     }
 
@@ -108,7 +109,7 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
         {
             int t2 = Tile2;
             float* a = Scratch, b = a + (Tile1 * Dp), g = b + (Tile1 * Dvp), pv = g + (Tile1 * Dp);
-            float* s = pv + (Tile1 * Dvp), dP = s + (Tile1 * t2), dq = dP + (Tile1 * t2), padded = dq + Dp, ones = padded + Dvp;
+            float* s = pv + (Tile1 * Dvp), dP = s + (Tile1 * t2), dq = dP + (Tile1 * t2), ones = dq + Dp;
             float* q = head.Query + ((long)i * D), dO = head.OutputGradient + ((long)i * Dv), dqOut = head.QueryGradient + ((long)i * D);
             float lse = head.LogSumExp[i];
             new Span<float>(dqOut, D).Clear();
