@@ -1,4 +1,7 @@
 using BenchmarkDotNet.Attributes;
+using BenchmarkDotNet.Configs;
+using BenchmarkDotNet.Jobs;
+using BenchmarkDotNet.Toolchains.InProcess.Emit;
 
 namespace FastAttention.Benchmarks;
 
@@ -6,9 +9,11 @@ namespace FastAttention.Benchmarks;
 /// One training step of exact order-3 tensor attention, one head: the forward that returns the log-sum-exp, then the
 /// backward (GFLOP/s count 4 n^3 d + 10 n^3 d, FlopCount.TensorAttention plus FlopCount.TensorAttentionBackward). The
 /// goal shape is n = 1024, d = 64; n = 255, d = 60 is not a multiple of the vector width or of the tiles. `Backward` alone
-/// is timed too, on the forward's output.
+/// is timed too, on the forward's output. One step at n = 1024 takes tens of seconds, past the in-process toolchain's
+/// default time limit, so this class runs <see cref="LongConfig"/>: <see cref="BenchConfig"/>'s columns, one warm-up, three
+/// iterations, a 30-minute limit.
 /// </summary>
-[Config(typeof(BenchConfig))]
+[Config(typeof(LongConfig))]
 public class TensorBackwardBench : IFlopCounted
 {
     private float[] _q = [], _k1 = [], _k2 = [], _v1 = [], _v2 = [], _o = [], _dO = [], _lse = [];
@@ -50,6 +55,16 @@ public class TensorBackwardBench : IFlopCounted
         }
 
         TensorAttention.Backward(_q, _k1, _k2, _v1, _v2, _o, _dO, _lse, Shape, _dq, _dk1, _dk2, _dv1, _dv2, Options);
+    }
+
+    /// <summary>BenchConfig for steps of tens of seconds.</summary>
+    public sealed class LongConfig : ManualConfig
+    {
+        public LongConfig()
+        {
+            AddJob(Job.ShortRun.WithWarmupCount(1).WithIterationCount(3).WithToolchain(new InProcessEmitToolchain(TimeSpan.FromMinutes(30), logOutput: true)));
+            AddColumn(new GflopsColumn(false), new GflopsColumn(true));
+        }
     }
 
     public double Flops(IReadOnlyDictionary<string, object> p)
