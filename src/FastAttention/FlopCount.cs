@@ -43,4 +43,21 @@ public static class FlopCount
 
         return total;
     }
+
+    /// <summary>
+    /// Exact tensor attention of any order: <c>2 (d + dv)</c> flops per visible (query, tuple) pair, i.e. <c>4 n^3 d</c> for
+    /// order 3, one head, <c>nq = nk = n</c>, <c>dv = d</c>; with causal limits and windows only the visible tuples count
+    /// (<c>4 n w1 w2 d</c> for windows well inside the sequence).
+    /// </summary>
+    /// <param name="shape">The dimensions.</param>
+    /// <param name="options">Causal and windows (the rest is ignored).</param>
+    /// <returns>The flop count.</returns>
+    public static double TensorAttention(TensorAttentionShape shape, TensorAttentionOptions options) =>
+        2.0 * FastAttention.TensorAttention.VisibleTuples(shape, options) * (shape.HeadDim + shape.ValueDim);
+
+    /// <summary>The backward of exact tensor attention, counted as 2.5 times the forward (<c>10 n^3 d</c> for order 3: recompute S, then dP, dQ, dK, dV), as exact attention's backward.</summary>
+    /// <param name="shape">The dimensions.</param>
+    /// <param name="options">Causal and windows (the rest is ignored).</param>
+    /// <returns>The flop count.</returns>
+    public static double TensorAttentionBackward(TensorAttentionShape shape, TensorAttentionOptions options) => 2.5 * TensorAttention(shape, options);
 }

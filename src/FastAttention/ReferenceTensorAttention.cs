@@ -1,7 +1,7 @@
 namespace FastAttention;
 
 /// <summary>The float64 oracle for tensor attention of any order: every tuple, log-sum-exp in double. O(nq nk^(k-1) d); for tests and small n.</summary>
-public static class ReferenceTensorAttention
+public static partial class ReferenceTensorAttention
 {
     /// <summary>Computes order-k tensor attention in double.</summary>
     /// <param name="query">Q, <c>[h, nq, d]</c>.</param>

@@ -8,7 +8,7 @@ namespace FastAttention;
 public static partial class TensorAttention
 {
     /// <summary>One call's inputs, as pointers (pinned by the caller).</summary>
-    private sealed unsafe class Problem(TensorAttentionShape shape, nint query, nint[] keys, nint[] values, nint output, float scale, TensorAttentionOptions options, AttentionKernel kernel)
+    private sealed unsafe class Problem(TensorAttentionShape shape, nint query, nint[] keys, nint[] values, nint output, nint logSumExp, float scale, TensorAttentionOptions options, AttentionKernel kernel)
     {
         private int D => shape.HeadDim;
 
@@ -60,6 +60,7 @@ public static partial class TensorAttention
                 if (tuples == 0 || lastHi < lastLo)
                 {
                     new Span<float>(Output(h, i), Dv).Clear(); // no visible tuple: zeros, as exact attention
+                    SetLogSumExp(h, i, float.NegativeInfinity);
                     return;
                 }
 
@@ -172,6 +173,9 @@ public static partial class TensorAttention
                     {
                         target[c] = total != 0 ? (float)(acc[c] / total) : 0f; // a row that saw no tuple is 0; a NaN total (overflowed scores) stays NaN
                     }
+
+                    // sum over tuples of e^S = sum l 2^m = 2^max total (the kernel's maxes are base 2).
+                    SetLogSumExp(h, i0 + x, total != 0 ? (float)((max * Math.Log(2)) + Math.Log(total)) : float.NegativeInfinity);
                 });
             }
             finally
@@ -179,6 +183,15 @@ public static partial class TensorAttention
                 ArrayPool<float>.Shared.Return(virtualQueries);
                 ArrayPool<float>.Shared.Return(partial);
                 ArrayPool<float>.Shared.Return(stats);
+            }
+        }
+
+        /// <summary>Records query i's log-sum-exp when the caller asked for them.</summary>
+        private void SetLogSumExp(int h, int i, float value)
+        {
+            if (logSumExp != 0)
+            {
+                ((float*)logSumExp)[((long)h * shape.QueryCount) + i] = value;
             }
         }
 

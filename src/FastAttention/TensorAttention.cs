@@ -33,12 +33,66 @@ public static partial class TensorAttention
     public static AttentionRun Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key1, ReadOnlySpan<float> key2, ReadOnlySpan<float> value1, ReadOnlySpan<float> value2,
         TensorAttentionShape shape, Span<float> destination, TensorAttentionOptions options = default)
     {
+        RequireOrder3(shape);
+        return Compute(query, [key1.ToArray(), key2.ToArray()], [value1.ToArray(), value2.ToArray()], shape, destination, options);
+    }
+
+    /// <summary>
+    /// Computes exact order-3 tensor attention into <paramref name="destination"/> and each query's log-sum-exp into
+    /// <paramref name="logSumExp"/>: <c>L_i = ln sum_(j1,j2) e^(S_i,j1j2)</c> in base e, <c>-inf</c> for a query that sees no pair
+    /// (what <see cref="Backward(ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, TensorAttentionShape, Span{float}, Span{float}, Span{float}, Span{float}, Span{float}, TensorAttentionOptions)"/>
+    /// needs). It comes from the row statistics the forward merges with, so the output has the same bits as without it.
+    /// </summary>
+    /// <param name="query">Q, <c>[h, nq, d]</c>.</param>
+    /// <param name="key1">K1, <c>[h, nk, d]</c>.</param>
+    /// <param name="key2">K2, <c>[h, nk, d]</c>.</param>
+    /// <param name="value1">V1, <c>[h, nk, dv]</c>.</param>
+    /// <param name="value2">V2, <c>[h, nk, dv]</c>.</param>
+    /// <param name="shape">The dimensions (order 3).</param>
+    /// <param name="destination">Output, <c>[h, nq, dv]</c>.</param>
+    /// <param name="logSumExp">Log-sum-exp per query, <c>[h, nq]</c>; must not overlap the inputs or the destination.</param>
+    /// <param name="options">Scale, causal, windows, threads.</param>
+    /// <returns>The kernel used and the flops.</returns>
+    /// <exception cref="ArgumentException">As for the overload without <paramref name="logSumExp"/>, or its length is not <c>h nq</c>.</exception>
+    public static AttentionRun Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key1, ReadOnlySpan<float> key2, ReadOnlySpan<float> value1, ReadOnlySpan<float> value2,
+        TensorAttentionShape shape, Span<float> destination, Span<float> logSumExp, TensorAttentionOptions options = default)
+    {
+        RequireOrder3(shape);
+        return Compute(query, [key1.ToArray(), key2.ToArray()], [value1.ToArray(), value2.ToArray()], shape, destination, logSumExp, options);
+    }
+
+    /// <summary>Computes exact order-k tensor attention into <paramref name="destination"/> and each query's log-sum-exp (base e, <c>-inf</c> for a query that sees no tuple) into <paramref name="logSumExp"/>; the output has the same bits as without it.</summary>
+    /// <param name="query">Q, <c>[h, nq, d]</c>.</param>
+    /// <param name="keys">K1 .. K(k-1), each <c>[h, nk, d]</c>.</param>
+    /// <param name="values">V1 .. V(k-1), each <c>[h, nk, dv]</c>.</param>
+    /// <param name="shape">The dimensions.</param>
+    /// <param name="destination">Output, <c>[h, nq, dv]</c>.</param>
+    /// <param name="logSumExp">Log-sum-exp per query, <c>[h, nq]</c>; must not overlap the inputs or the destination.</param>
+    /// <param name="options">Scale, causal, windows, threads.</param>
+    /// <returns>The kernel used and the flops.</returns>
+    /// <exception cref="ArgumentException">As for the overload without <paramref name="logSumExp"/>, or its length is not <c>h nq</c>.</exception>
+    public static unsafe AttentionRun Compute(ReadOnlySpan<float> query, IReadOnlyList<ReadOnlyMemory<float>> keys, IReadOnlyList<ReadOnlyMemory<float>> values,
+        TensorAttentionShape shape, Span<float> destination, Span<float> logSumExp, TensorAttentionOptions options = default)
+    {
+        CheckInputs(query, keys, values, shape);
+        FastAttention.Validate.Length(destination.Length, shape.OutputLength, nameof(destination), "[h, nq, dv]", shape);
+        FastAttention.Validate.Length(logSumExp.Length, (long)shape.HeadCount * shape.QueryCount, nameof(logSumExp), "[h, nq]", shape);
+        CheckApart(destination, nameof(destination), query, keys, values);
+        CheckApart(logSumExp, nameof(logSumExp), query, keys, values);
+        FastAttention.Validate.NoOverlap(logSumExp, (ReadOnlySpan<float>)destination, nameof(destination), nameof(logSumExp));
+        CheckWindowsAndFinite(query, keys, values, shape, options);
+        fixed (float* lse = logSumExp)
+        {
+            return Run(query, keys, values, shape, destination, options, (nint)lse);
+        }
+    }
+
+    private static void RequireOrder3(TensorAttentionShape shape)
+    {
         if (shape.Order != 3)
         {
             throw new ArgumentException($"This overload takes order 3 (two key matrices); the shape says order {shape.Order}. Use the list overload.", nameof(shape));
         }
-
-        return Compute(query, [key1.ToArray(), key2.ToArray()], [value1.ToArray(), value2.ToArray()], shape, destination, options);
     }
 
     /// <summary>Computes exact order-k tensor attention into <paramref name="destination"/>.</summary>
@@ -50,11 +104,17 @@ public static partial class TensorAttention
     /// <param name="options">Scale, causal, windows, threads.</param>
     /// <returns>The kernel used and the flops.</returns>
     /// <exception cref="ArgumentException">Counts, lengths, windows or non-finite values are invalid; the message names the input.</exception>
-    public static unsafe AttentionRun Compute(ReadOnlySpan<float> query, IReadOnlyList<ReadOnlyMemory<float>> keys, IReadOnlyList<ReadOnlyMemory<float>> values,
+    public static AttentionRun Compute(ReadOnlySpan<float> query, IReadOnlyList<ReadOnlyMemory<float>> keys, IReadOnlyList<ReadOnlyMemory<float>> values,
         TensorAttentionShape shape, Span<float> destination, TensorAttentionOptions options = default)
     {
         Check(query, keys, values, shape, destination, options);
+        return Run(query, keys, values, shape, destination, options, 0);
+    }
 
+    /// <summary>The exact engine on validated inputs; <paramref name="logSumExp"/> (<c>[h, nq]</c>) receives the rows' log-sum-exp unless it is 0.</summary>
+    private static unsafe AttentionRun Run(ReadOnlySpan<float> query, IReadOnlyList<ReadOnlyMemory<float>> keys, IReadOnlyList<ReadOnlyMemory<float>> values,
+        TensorAttentionShape shape, Span<float> destination, TensorAttentionOptions options, nint logSumExp)
+    {
         // One kernel for every call: the registry's rule (or the forced name) for the largest call, which exports row statistics.
         float statistic = 0;
         AttentionArgs probe = AttentionArgs.FromShape(new AttentionShape(1, 1, MaxRowsPerCall(shape, options), shape.KeyCount, shape.HeadDim, shape.ValueDim));
@@ -64,7 +124,7 @@ public static partial class TensorAttention
         using var pinned = new Pinned(keys, values);
         fixed (float* q = query, o = destination)
         {
-            var problem = new Problem(shape, (nint)q, pinned.Keys, pinned.Values, (nint)o, scale, options, kernel);
+            var problem = new Problem(shape, (nint)q, pinned.Keys, pinned.Values, (nint)o, logSumExp, scale, options, kernel);
             double visible = 0;
             for (int h = 0; h < shape.HeadCount; h++)
             {
@@ -148,6 +208,25 @@ public static partial class TensorAttention
         return Math.Max(Math.Abs(scale) * InputAnalysis.MaxRowNorm(query, headDim) * best * (1 + 1e-12), 1e-12);
     }
 
+    /// <summary>(query, tuple) pairs the causal limit and windows let through, over every head.</summary>
+    internal static double VisibleTuples(TensorAttentionShape shape, TensorAttentionOptions options)
+    {
+        double total = 0;
+        for (int i = 0; i < shape.QueryCount; i++)
+        {
+            double tuples = 1;
+            for (int t = 0; t < shape.KeyMatrices; t++)
+            {
+                (int lo, int hi) = KeyRange(shape, options, i, t);
+                tuples *= Math.Max(0, hi - lo + 1);
+            }
+
+            total += tuples;
+        }
+
+        return total * shape.HeadCount;
+    }
+
     /// <summary>The key index range [lo, hi] query i may use for key matrix t (empty when hi &lt; lo).</summary>
     internal static (int Lo, int Hi) KeyRange(TensorAttentionShape shape, TensorAttentionOptions options, int i, int t)
     {
@@ -200,6 +279,15 @@ public static partial class TensorAttention
         TensorAttentionShape shape, Span<TDestination> destination, TensorAttentionOptions options)
         where TDestination : struct
     {
+        CheckInputs(query, keys, values, shape);
+        FastAttention.Validate.Length(destination.Length, shape.OutputLength, nameof(destination), "[h, nq, dv]", shape);
+        CheckApart(destination, nameof(destination), query, keys, values);
+        CheckWindowsAndFinite(query, keys, values, shape, options);
+    }
+
+    /// <summary>The shape (order, positive sizes, matrix counts), then the lengths of the query, key and value matrices.</summary>
+    internal static void CheckInputs(ReadOnlySpan<float> query, IReadOnlyList<ReadOnlyMemory<float>> keys, IReadOnlyList<ReadOnlyMemory<float>> values, TensorAttentionShape shape)
+    {
         ArgumentNullException.ThrowIfNull(keys);
         ArgumentNullException.ThrowIfNull(values);
         if (shape.Order < 2)
@@ -224,15 +312,24 @@ public static partial class TensorAttention
             FastAttention.Validate.Length(keys[t].Length, shape.KeyLength, $"key {t + 1}", "[h, nk, d]", shape);
             FastAttention.Validate.Length(values[t].Length, shape.ValueLength, $"value {t + 1}", "[h, nk, dv]", shape);
         }
+    }
 
-        FastAttention.Validate.Length(destination.Length, shape.OutputLength, nameof(destination), "[h, nq, dv]", shape);
-        FastAttention.Validate.NoOverlap(destination, query, nameof(query));
-        for (int t = 0; t < shape.KeyMatrices; t++)
+    /// <summary>A destination (any element type) must share no memory with the query, key or value matrices.</summary>
+    internal static void CheckApart<TDestination>(Span<TDestination> destination, string name, ReadOnlySpan<float> query, IReadOnlyList<ReadOnlyMemory<float>> keys, IReadOnlyList<ReadOnlyMemory<float>> values)
+        where TDestination : struct
+    {
+        FastAttention.Validate.NoOverlap(destination, query, nameof(query), name);
+        for (int t = 0; t < keys.Count; t++)
         {
-            FastAttention.Validate.NoOverlap(destination, keys[t].Span, $"key {t + 1}");
-            FastAttention.Validate.NoOverlap(destination, values[t].Span, $"value {t + 1}");
+            FastAttention.Validate.NoOverlap(destination, keys[t].Span, $"key {t + 1}", name);
+            FastAttention.Validate.NoOverlap(destination, values[t].Span, $"value {t + 1}", name);
         }
+    }
 
+    /// <summary>Finite query, keys and values (tensor attention has no non-finite mode); one positive window per key matrix.</summary>
+    internal static void CheckWindowsAndFinite(ReadOnlySpan<float> query, IReadOnlyList<ReadOnlyMemory<float>> keys, IReadOnlyList<ReadOnlyMemory<float>> values,
+        TensorAttentionShape shape, TensorAttentionOptions options)
+    {
         for (int t = 0; t < shape.KeyMatrices; t++)
         {
             FiniteCheck.Require(keys[t].Span, $"key {t + 1}", shape.HeadDim, TensorWhy);

@@ -92,8 +92,10 @@ internal static unsafe class MicroKernel<TS, TV>
     }
 
     /// <summary>
-    /// 6 rows by 2 vectors: 12 accumulators, 2 B loads and 6 broadcasts per 12 FMAs. The form for 16-register (AVX2)
-    /// machines, where <see cref="Run6"/>'s 24 accumulators cannot stay in registers; the backward kernel runs on it there.
+    /// 6 rows by 2 vectors: 12 accumulators, 2 B vectors and a broadcast fit AVX2's 16 registers, where <see cref="Run6"/>'s
+    /// 24 accumulators spill (the JIT keeps half of them on the stack, a load and a store around each of their FMAs). Each step
+    /// issues 8 loads (2 B vectors, 6 broadcasts) per 12 FMAs. With 256-bit vectors the exact forward and backward and the tensor
+    /// backward run their products on it.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run6x2(int k, float* a, nint aRow, nint aCol, float* b, nint ldb, float* c, nint ldc, float* scale)
