@@ -60,6 +60,33 @@ public class CliBackwardTests : CliTest
         (NpzFile.ReadFloat32(path, "dq").Data, NpzFile.ReadFloat32(path, "dk").Data, NpzFile.ReadFloat32(path, "dv").Data);
 
     [Fact]
+    public void Backward_tensor_writes_the_five_gradients_of_the_library_with_windows()
+    {
+        // 2 heads, n = 9, d = 4, dv = 3; K2, V2 are second copies under other names.
+        (string dir, float[] q, float[] k1, float[] v1, float[] dO) = WriteInputs([2, 9, 4], [2, 9, 4], [2, 9, 3], 31);
+        float[] k2 = Data.Normal(k1.Length, 41), v2 = Data.Normal(v1.Length, 42);
+        NumpyFile.Write(Path.Combine(dir, "k2.npy"), new TensorData<float>(k2, [2, 9, 4]));
+        NumpyFile.Write(Path.Combine(dir, "v2.npy"), new TensorData<float>(v2, [2, 9, 3]));
+        string output = Path.Combine(dir, "g.npz");
+        (int code, _, string stderr) = Run("backward", "--method", "tensor", "--q", Path.Combine(dir, "q.npy"), "--k1", Path.Combine(dir, "k.npy"), "--k2", Path.Combine(dir, "k2.npy"),
+            "--v1", Path.Combine(dir, "v.npy"), "--v2", Path.Combine(dir, "v2.npy"), "--dout", Path.Combine(dir, "do.npy"), "--window", "3,5", "--threads", "1", "--out", output);
+        Assert.True(code == 0, stderr);
+
+        var shape = new TensorAttentionShape(2, 9, 9, 4, 3);
+        var options = new TensorAttentionOptions { Causal = true, Windows = [3, 5], MaxDegreeOfParallelism = 1 };
+        float[] o = new float[shape.OutputLength], lse = new float[2 * 9], dq = new float[q.Length];
+        float[][] dk = [new float[k1.Length], new float[k2.Length]], dv = [new float[v1.Length], new float[v2.Length]];
+        TensorAttention.Compute(q, [k1, k2], [v1, v2], shape, o, lse, options);
+        TensorAttention.Backward(q, [k1, k2], [v1, v2], o, dO, lse, shape, dq, [dk[0], dk[1]], [dv[0], dv[1]], options);
+        Assert.Equal(dq, NpzFile.ReadFloat32(output, "dq").Data);
+        Assert.Equal(dk[0], NpzFile.ReadFloat32(output, "dk1").Data);
+        Assert.Equal(dk[1], NpzFile.ReadFloat32(output, "dk2").Data);
+        Assert.Equal(dv[0], NpzFile.ReadFloat32(output, "dv1").Data);
+        Assert.Equal(dv[1], NpzFile.ReadFloat32(output, "dv2").Data);
+        Assert.Equal([2, 9, 3], NpzFile.ReadFloat32(output, "dv2").Shape);
+    }
+
+    [Fact]
     public void Backward_exact_writes_the_librarys_gradients_and_honours_causal_and_scale()
     {
         // 2 heads, nq = 7 != nk = 9, d = 8, dv = 5.

@@ -144,6 +144,21 @@ public class LabTests
             Assert.Equal(grads.ForwardFlops + grads.BackwardFlops, grads.Flops);
         }
 
+        // Tensor attention: one key/value head per query head, five gradients against the float64 tensor reference.
+        var tensorShape = new AttentionShape(1, 2, 6, 6, 4, 3);
+        (float[] tq, float[] tk1, float[] tv1) = Data.Inputs(tensorShape, 7);
+        float[] tk2 = Data.Normal(tk1.Length, 17), tv2 = Data.Normal(tv1.Length, 18), tdO = Data.Normal(tensorShape.OutputLength, 19);
+        MethodGradients tensor = MethodTable.Find("tensor").Backward!(new MethodInputs(tq, [tk1, tk2], [tv1, tv2]), tensorShape, tdO, settings);
+        Assert.Equal(MethodGradients.NamesOf(2), tensor.Gradients.Select(g => g.Name));
+        double[] rq = new double[tq.Length];
+        double[][] rk = [new double[tk1.Length], new double[tk2.Length]], rv = [new double[tv1.Length], new double[tv2.Length]];
+        ReferenceTensorAttention.Backward(tq, [tk1, tk2], [tv1, tv2], tdO, MethodTable.TensorShape(tensorShape), rq, [rk[0], rk[1]], [rv[0], rv[1]],
+            new TensorAttentionOptions { Scale = 0.4f, Causal = true });
+        foreach ((string name, double[] expected) in new[] { ("dq", rq), ("dk1", rk[0]), ("dk2", rk[1]), ("dv1", rv[0]), ("dv2", rv[1]) })
+        {
+            Gradients.AssertClose(Gradients.ToDouble(tensor[name]), expected, 1e-4 * Math.Max(1, Gradients.MaxAbs(expected)), 1e-3, $"tensor {name}");
+        }
+
         Assert.Equal(FlopCount.ExactAttentionBackward(1, 2, 5, 7, 4, 3, causal: true), MethodTable.Find("exact").Backward!(MethodInputs.Of(q, k, v), shape, dO, settings).BackwardFlops);
         Assert.All(MethodTable.All.Where(m => !m.HasBackward), m => Assert.Contains(m.Name + " has no backward yet", MethodTable.NoBackward(m.Name)));
         MethodEntry without = MethodTable.All.First(m => !m.HasBackward);

@@ -83,4 +83,16 @@ public static partial class MethodTable
         SketchReport report = SketchedAttention.Backward(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, output, outputGradient.Span, shape, g[0], g[1], g[2], SketchOptions(s));
         return new AttentionRun(run.Kernel, PolynomialAttention.PredictedBackwardFlops(shape, report.Rank));
     }
+
+    private static MethodRun TensorTraining(MethodInputs x, AttentionShape shape, float[] output, float[] logSumExp, MethodSettings s) =>
+        new(TensorAttention.Compute(x.Query.Span, x.Keys, x.Values, TensorShape(shape), output, logSumExp, TensorOptions(s)).Kernel);
+
+    private static AttentionRun TensorGradients(MethodInputs x, AttentionShape shape, MethodRun run, float[] output, float[] logSumExp,
+        ReadOnlyMemory<float> outputGradient, float[][] g, MethodSettings s)
+    {
+        int keyTensors = x.Keys.Count;
+        Memory<float>[] keyGradients = [.. g.Skip(1).Take(keyTensors).Select(a => a.AsMemory())];
+        Memory<float>[] valueGradients = [.. g.Skip(1 + keyTensors).Select(a => a.AsMemory())];
+        return TensorAttention.Backward(x.Query.Span, x.Keys, x.Values, output, outputGradient.Span, logSumExp, TensorShape(shape), g[0], keyGradients, valueGradients, TensorOptions(s));
+    }
 }

@@ -22,7 +22,8 @@ public static partial class MethodTable
         new("power", "power attention |s q.k|^p normalised per row (LevAttention's guaranteed case), on the exact kernels",
             ["scale", "causal", "kernel", "power"], Power, ExactFlops, null, IsTensor: false) { Backward = Training(PowerTraining, PowerGradients, ExactFlops) },
         new("tensor", "exact tensor (2-simplicial) attention over key pairs, n^3 work: 2 (d + dv) flops per (query, key, key) triple",
-            ["scale", "causal", "window"], Tensor, TensorFlops, null, IsTensor: true),
+            ["scale", "causal", "window"], Tensor, TensorFlops, null, IsTensor: true)
+            { Backward = Training(TensorTraining, TensorGradients, TensorFlops) },
         new("tensor-poly", "tensor attention by the polynomial method with an error certificate, near-linear for bounded entries",
             ["scale", "causal", "eps", "degree"], TensorPolynomial, PolynomialFlops, TensorFlops, IsTensor: true) { Check = RelativeError },
     ];
@@ -146,15 +147,18 @@ public static partial class MethodTable
 
     private static MethodRun Tensor(MethodInputs x, AttentionShape shape, Span<float> output, MethodSettings s)
     {
-        AttentionRun run = TensorAttention.Compute(x.Query.Span, x.Keys, x.Values, TensorShape(shape), output, new TensorAttentionOptions
-        {
-            Scale = s.Scale,
-            Causal = s.Causal || s.Windows is not null,
-            Windows = s.Windows,
-            MaxDegreeOfParallelism = s.Threads,
-        });
+        AttentionRun run = TensorAttention.Compute(x.Query.Span, x.Keys, x.Values, TensorShape(shape), output, TensorOptions(s));
         return new MethodRun(run.Kernel);
     }
+
+    /// <summary>Windows imply the causal limit (a window ends at the query).</summary>
+    private static TensorAttentionOptions TensorOptions(MethodSettings s) => new()
+    {
+        Scale = s.Scale,
+        Causal = s.Causal || s.Windows is not null,
+        Windows = s.Windows,
+        MaxDegreeOfParallelism = s.Threads,
+    };
 
     private static MethodRun TensorPolynomial(MethodInputs x, AttentionShape shape, Span<float> output, MethodSettings s) =>
         new("tensor-polynomial-double", TensorAttention.ComputePolynomial(x.Query.Span, x.Keys, x.Values, TensorShape(shape), output, PolynomialOptions(s)));
