@@ -20,6 +20,13 @@ public sealed class GramState
         _gram = new double[dimension * dimension];
     }
 
+    private GramState(int dimension, double[] gram, long rows)
+    {
+        Dimension = dimension;
+        _gram = gram;
+        Rows = rows;
+    }
+
     /// <summary>d.</summary>
     public int Dimension { get; }
 
@@ -145,6 +152,9 @@ public sealed class GramState
         TensorPrimitives.Add(_gram, other._gram, _gram);
         Rows += other.Rows;
     }
+
+    /// <summary>The state of a Gram matrix computed elsewhere (row-major d x d, symmetric; taken, not copied).</summary>
+    internal static GramState Of(int dimension, double[] gram, long rows) => new(dimension, gram, rows);
 
     /// <summary>A copy.</summary>
     /// <returns>An independent state with the same matrix.</returns>

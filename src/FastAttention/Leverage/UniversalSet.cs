@@ -77,7 +77,36 @@ public static class UniversalSet
     {
         ArgumentNullException.ThrowIfNull(bounds);
         ArgumentOutOfRangeException.ThrowIfLessThan(count, 1);
-        return [.. Enumerable.Range(0, bounds.Count).OrderByDescending(j => bounds[j]).ThenBy(j => j).Take(count).Order()];
+        int n = bounds.Count;
+        if (count >= n)
+        {
+            return [.. Enumerable.Range(0, n)];
+        }
+
+        // The k-th largest bound by one primitive sort (O(n log n), no comparer), then every key above it and the
+        // first keys (by index) equal to it: the same set as ordering by (bound descending, index). CompareTo orders
+        // NaN below every number, as the ordering did.
+        double[] sorted = [.. bounds];
+        Array.Sort(sorted);
+        double kth = sorted[n - count];
+        int ties = 0;
+        for (int x = n - count; x < n && sorted[x].CompareTo(kth) == 0; x++)
+        {
+            ties++;
+        }
+
+        int[] chosen = new int[count];
+        int taken = 0;
+        for (int j = 0; j < n && taken < count; j++)
+        {
+            int order = bounds[j].CompareTo(kth);
+            if (order > 0 || (order == 0 && ties-- > 0))
+            {
+                chosen[taken++] = j;
+            }
+        }
+
+        return chosen;
     }
 
     /// <summary>
