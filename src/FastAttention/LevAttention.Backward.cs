@@ -109,7 +109,12 @@ public static partial class LevAttention
                 Validate.Fail(nameof(selections), $"selection {x} belongs to another head", $"batch {s.Batch}, kv head {s.KvHead}", $"batch {b}, kv head {hk}", Hint);
             }
 
-            int[] keys = s.Keys ?? [];
+            int[] keys = s.Keys;
+            if (keys is null)
+            {
+                Validate.Fail(nameof(selections), $"selection {x} has no key list", "null keys", "sorted distinct keys in [0, nk)", Hint);
+            }
+
             for (int y = 0; y < keys.Length; y++)
             {
                 if (keys[y] < 0 || keys[y] >= nk || (y > 0 && keys[y] <= keys[y - 1]))

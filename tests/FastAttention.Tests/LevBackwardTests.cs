@@ -282,6 +282,7 @@ public class LevBackwardTests
         Assert.Equal("selections", Rejected(dO, [selections[0] with { Keys = [3, 12] }], options));
         Assert.Equal("selections", Rejected(dO, [selections[0] with { Keys = [5, 2] }], options));
         Assert.Equal("selections", Rejected(dO, [selections[0] with { KvHead = 1 }], options));
+        Assert.Equal("selections", Rejected(dO, [selections[0] with { Keys = null! }], options));
         Assert.Equal("outputGradient", Assert.Throws<ArgumentException>(() => LevAttention.Backward(q, k, v, o, dO.AsSpan(1), lse, selections, shape, dq, dk, dv, options)).ParamName);
         Assert.Equal("keyGradient", Assert.Throws<ArgumentException>(() => LevAttention.Backward(q, k, v, o, dO, lse, selections, shape, dq, k, dv, options)).ParamName);
         Assert.All(dk, x => Assert.Equal(7f, x)); // nothing was written
