@@ -122,5 +122,19 @@ public class LeverageProductTests
             int[] expected = [.. Enumerable.Range(0, n).OrderByDescending(j => bounds[j]).ThenBy(j => j).Take(count).Order()];
             Assert.Equal(expected, UniversalSet.Top(bounds, count));
         }
+
+        // Larger lists, including sorted, reversed and constant ones (the quickselect's bad cases), and continuous values.
+        foreach (int n in new[] { 257, 3000 })
+        {
+            double[] continuous = [.. Enumerable.Range(0, n).Select(_ => random.NextDouble())];
+            foreach (double[] bounds in new[] { continuous, [.. continuous.Order()], [.. continuous.OrderDescending()], [.. Enumerable.Repeat(0.25, n)], [.. continuous.Select(x => Math.Round(x * 8) / 8)] })
+            {
+                foreach (int count in new[] { 1, 2, n / 7, n / 2, n - 1 })
+                {
+                    int[] expected = [.. Enumerable.Range(0, n).OrderByDescending(j => bounds[j]).ThenBy(j => j).Take(count).Order()];
+                    Assert.Equal(expected, UniversalSet.Top(bounds, count));
+                }
+            }
+        }
     }
 }

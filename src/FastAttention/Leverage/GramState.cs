@@ -229,6 +229,7 @@ public sealed class GramFactor
         return total;
     }
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)] // once per head (and per Lewis iteration)
     internal static GramFactor Of(ReadOnlySpan<double> gram, int d, double relativeTolerance)
     {
         double[] a = gram.ToArray();

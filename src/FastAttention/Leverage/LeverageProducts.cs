@@ -1,4 +1,3 @@
-using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using FastAttention.Polynomial;
 
@@ -37,18 +36,13 @@ internal static unsafe class LeverageProducts
             {
                 int m = Math.Min(Block, count - j0);
                 Pack(keys + ((long)j0 * d), d, m, pf);
+                // VT = F with each row's weight (rows past m stay 0 in F, so they contribute nothing either way).
                 for (int a = 0; a < d; a++)
                 {
-                    var row = new ReadOnlySpan<double>(pf + ((long)a * Block), Block);
-                    var target = new Span<double>(pv + ((long)a * Block), Block);
-                    if (weights == null)
+                    double* row = pf + ((long)a * Block), target = pv + ((long)a * Block);
+                    for (int j = 0; j < Block; j++)
                     {
-                        row.CopyTo(target);
-                    }
-                    else
-                    {
-                        TensorPrimitives.Multiply(row[..m], new ReadOnlySpan<double>(weights + j0, m), target);
-                        target[m..].Clear();
+                        target[j] = weights == null || j >= m ? row[j] : row[j] * weights[j0 + j];
                     }
                 }
 
@@ -71,10 +65,10 @@ internal static unsafe class LeverageProducts
 
     /// <summary>
     /// <c>scores[j] = ||k_j W||^2</c> for the <paramref name="count"/> rows of <paramref name="keys"/>, with
-    /// <paramref name="projection"/> W laid out <c>[rPad][cPad]</c> by <see cref="PadProjection"/>.
+    /// <paramref name="projection"/> W laid out <c>[rPad][cPad]</c> by <see cref="PadProjection"/>, clamped to [0, 1] when <paramref name="clamp"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // called a few times per head: tier-0 code would dominate
-    public static void Scores(float* keys, int d, int count, double[] projection, int r, Span<double> scores)
+    public static void Scores(float* keys, int d, int count, double[] projection, int r, Span<double> scores, bool clamp)
     {
         int rPad = RoundUp(d, 4), cPad = RoundUp(r, ColumnTile);
         double[] f = new double[(long)rPad * Block], ot = new double[(long)cPad * Block];
@@ -87,13 +81,18 @@ internal static unsafe class LeverageProducts
                 Pack(keys + ((long)j0 * d), d, m, pf);
                 kernel.QueryProduct(pf, rPad, pm, cPad, po);
 
-                // tau_j = sum_c Y[j][c]^2, summed over c in order for every j of the block at once.
-                Span<double> target = scores.Slice(j0, m);
-                target.Clear();
-                for (int c = 0; c < r; c++)
+                // tau_j = sum_c Y[j][c]^2, summed over c in order. Plain loops here and above rather than TensorPrimitives: this
+                // runs a few times per head, and the optimised code must not wait for tiering to reach the callee.
+                for (int j = 0; j < m; j++)
                 {
-                    var y = new ReadOnlySpan<double>(po + ((long)c * Block), m);
-                    TensorPrimitives.MultiplyAdd(y, y, target, target);
+                    double tau = 0;
+                    for (int c = 0; c < r; c++)
+                    {
+                        double y = po[((long)c * Block) + j];
+                        tau += y * y;
+                    }
+
+                    scores[j0 + j] = clamp ? Math.Clamp(tau, 0, 1) : tau;
                 }
             }
         }

@@ -105,11 +105,7 @@ public static class LeverageScores
             {
                 int first = block * 1024, count = Math.Min(1024, n - first);
                 Span<double> target = scores.AsSpan(first, count);
-                LeverageProducts.Scores((float*)k + ((long)first * d), d, count, w, r, target);
-                if (clamp)
-                {
-                    TensorPrimitives.Clamp(target, 0.0, 1.0, target);
-                }
+                LeverageProducts.Scores((float*)k + ((long)first * d), d, count, w, r, target, clamp);
             });
         }
 
