@@ -43,7 +43,7 @@ public sealed record LevSelection(int Batch, int KvHead, int[] Keys, UniversalSe
 /// threshold, every entry of at least eps is kept for every query (the certificate); with softmax the selection is the
 /// paper's heuristic.
 /// </summary>
-public static class LevAttention
+public static partial class LevAttention
 {
     /// <summary>Computes LevAttention into <paramref name="destination"/>; layouts as in <see cref="ExactAttention"/> (no causal mask).</summary>
     /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>.</param>
@@ -54,9 +54,37 @@ public static class LevAttention
     /// <param name="options">Eps or top, power, scale, always-kept keys.</param>
     /// <returns>The kept keys per (batch, kv head).</returns>
     /// <exception cref="ArgumentException">Invalid shapes, both or neither of eps and top, or a bad eps, top or power.</exception>
-    public static IReadOnlyList<LevSelection> Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, LevAttentionOptions options)
+    public static IReadOnlyList<LevSelection> Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, LevAttentionOptions options) =>
+        Run(query, key, value, shape, destination, default, false, options);
+
+    /// <summary>
+    /// Computes LevAttention into <paramref name="destination"/> and each row's log-sum-exp over the kept keys into
+    /// <paramref name="logSumExp"/>: what <see cref="Backward"/> needs, with the returned selections. Softmax (power 0):
+    /// <c>lse_i = ln sum_{j in U} e^(s q_i.k_j)</c>, as <see cref="ExactAttention"/> returns it; power p &gt; 0:
+    /// <c>ln Z_i</c>, <c>Z_i = sum_{j in U} |s q_i.k_j|^p</c>, as <see cref="PowerAttention"/> returns it. A row whose head kept
+    /// no key (a threshold no key reaches) outputs zeros with log-sum-exp -infinity. The selection is a discrete choice:
+    /// it is not differentiable, and the backward holds it fixed.
+    /// </summary>
+    /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>.</param>
+    /// <param name="key">Keys, <c>[batch, kvHeads, nk, d]</c>.</param>
+    /// <param name="value">Values, <c>[batch, kvHeads, nk, dv]</c>.</param>
+    /// <param name="shape">The dimensions.</param>
+    /// <param name="destination">Output, <c>[batch, heads, nq, dv]</c>.</param>
+    /// <param name="logSumExp">Log-sum-exp per row, <c>[batch, heads, nq]</c>; must not overlap the inputs or the destination.</param>
+    /// <param name="options">Eps or top, power, scale, always-kept keys.</param>
+    /// <returns>The kept keys per (batch, kv head), in (batch, kv head) order.</returns>
+    /// <exception cref="ArgumentException">As for the overload without <paramref name="logSumExp"/>, or its length is not <c>batch heads nq</c>.</exception>
+    public static IReadOnlyList<LevSelection> Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, Span<float> logSumExp, LevAttentionOptions options) =>
+        Run(query, key, value, shape, destination, logSumExp, true, options);
+
+    private static List<LevSelection> Run(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, Span<float> logSumExp, bool withLogSumExp, LevAttentionOptions options)
     {
         Validate.Attention(query, key, value, shape, destination);
+        if (withLogSumExp)
+        {
+            LogSumExp.Check(logSumExp, query, key, value, destination, shape);
+        }
+
         CheckOptions(options);
 
         int d = shape.HeadDim, dv = shape.ValueDim, nk = shape.KeyCount, nq = shape.QueryCount;
@@ -77,7 +105,8 @@ public static class LevAttention
                 var sub = new AttentionShape(1, group, nq, kept.Length, d, dv, KeyValueHeadCount: 1);
                 ReadOnlySpan<float> q = query.Slice((int)(firstHead * nq * d), group * nq * d);
                 Span<float> o = destination.Slice((int)(firstHead * nq * dv), group * nq * dv);
-                Attend(q, ks, vs, sub, o, options);
+                Span<float> lse = withLogSumExp ? logSumExp.Slice((int)(firstHead * nq), group * nq) : default;
+                Attend(q, ks, vs, sub, o, lse, options);
             }
         }
 
@@ -107,24 +136,36 @@ public static class LevAttention
     internal static int[] WithAlwaysKept(IEnumerable<int> chosen, int n, LevAttentionOptions options) =>
         [.. chosen.Concat(Enumerable.Range(0, Math.Min(options.KeepFirst, n))).Concat(Enumerable.Range(Math.Max(0, n - options.KeepLast), Math.Min(options.KeepLast, n))).Distinct().Order()];
 
-    /// <summary>Softmax or power attention of the queries over the kept keys.</summary>
-    internal static void Attend(ReadOnlySpan<float> q, float[] keys, float[] values, AttentionShape shape, Span<float> output, LevAttentionOptions options)
+    /// <summary>Softmax or power attention of the queries over the kept keys (with each row's log-sum-exp unless <paramref name="logSumExp"/> is empty).</summary>
+    internal static void Attend(ReadOnlySpan<float> q, float[] keys, float[] values, AttentionShape shape, Span<float> output, Span<float> logSumExp, LevAttentionOptions options)
     {
         if (shape.KeyCount == 0)
         {
             output.Clear();
+            logSumExp.Fill(float.NegativeInfinity);
             return;
         }
 
+        bool withLogSumExp = !logSumExp.IsEmpty;
         if (options.Power > 0)
         {
-            PowerAttention.Compute(q, keys, values, shape, output, new PowerAttentionOptions { Power = (float)options.Power, Scale = options.Scale ?? 1f, MaxDegreeOfParallelism = options.MaxDegreeOfParallelism });
+            PowerAttentionOptions power = PowerOptions(options);
+            _ = withLogSumExp ? PowerAttention.Compute(q, keys, values, shape, output, logSumExp, power) : PowerAttention.Compute(q, keys, values, shape, output, power);
         }
         else
         {
-            ExactAttention.Compute(q, keys, values, shape, output, new ExactAttentionOptions { Scale = options.Scale, MaxDegreeOfParallelism = options.MaxDegreeOfParallelism });
+            ExactAttentionOptions exact = ExactOptions(options);
+            _ = withLogSumExp ? ExactAttention.Compute(q, keys, values, shape, output, logSumExp, exact) : ExactAttention.Compute(q, keys, values, shape, output, exact);
         }
     }
+
+    /// <summary>The power attention LevAttention runs over the kept keys (scale 1 unless set).</summary>
+    private static PowerAttentionOptions PowerOptions(LevAttentionOptions options) =>
+        new() { Power = (float)options.Power, Scale = options.Scale ?? 1f, MaxDegreeOfParallelism = options.MaxDegreeOfParallelism };
+
+    /// <summary>The softmax attention LevAttention runs over the kept keys (scale 1/sqrt(d) unless set).</summary>
+    private static ExactAttentionOptions ExactOptions(LevAttentionOptions options) =>
+        new() { Scale = options.Scale, MaxDegreeOfParallelism = options.MaxDegreeOfParallelism };
 
     internal static float[] Gather(ReadOnlySpan<float> rows, int[] indices, int width)
     {
@@ -274,7 +315,7 @@ public sealed class LevKvCache
             kept[x].Value.CopyTo(values, x * _valueDim);
         }
 
-        LevAttention.Attend(query, keys, values, new AttentionShape(1, 1, 1, kept.Count, d, _valueDim), output, _options with { Power = 0 });
+        LevAttention.Attend(query, keys, values, new AttentionShape(1, 1, 1, kept.Count, d, _valueDim), output, default, _options with { Power = 0 });
     }
 
     private List<(long Index, float[] Key, float[] Value)> Selection()

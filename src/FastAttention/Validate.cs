@@ -102,4 +102,39 @@ internal static class Validate
         Length(key.Length, shape.KeyLength, nameof(key), KeyLayout, shape);
         Length(value.Length, shape.ValueLength, nameof(value), ValueLayout, shape);
     }
+
+    /// <summary>
+    /// The check of a backward call before any work: shape, the query, key, value, output, output-gradient and log-sum-exp
+    /// lengths, the three gradients' lengths, then no gradient overlapping an input or another gradient (the order the exact
+    /// backward checks them in).
+    /// </summary>
+    internal static void Backward(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, ReadOnlySpan<float> output,
+        ReadOnlySpan<float> outputGradient, ReadOnlySpan<float> logSumExp, AttentionShape shape, Span<float> queryGradient, Span<float> keyGradient, Span<float> valueGradient)
+    {
+        Inputs(query, key, value, shape);
+        Length(output.Length, shape.OutputLength, nameof(output), OutputLayout, shape);
+        Length(outputGradient.Length, shape.OutputLength, nameof(outputGradient), OutputLayout, shape);
+        Length(logSumExp.Length, (long)shape.BatchSize * shape.HeadCount * shape.QueryCount, nameof(logSumExp), "[batch, heads, nq]", shape);
+        Length(queryGradient.Length, shape.QueryLength, nameof(queryGradient), QueryLayout, shape);
+        Length(keyGradient.Length, shape.KeyLength, nameof(keyGradient), KeyLayout, shape);
+        Length(valueGradient.Length, shape.ValueLength, nameof(valueGradient), ValueLayout, shape);
+        GradientOverlap(queryGradient, nameof(queryGradient), query, key, value, output, outputGradient, logSumExp);
+        GradientOverlap(keyGradient, nameof(keyGradient), query, key, value, output, outputGradient, logSumExp);
+        GradientOverlap(valueGradient, nameof(valueGradient), query, key, value, output, outputGradient, logSumExp);
+        NoOverlap(keyGradient, (ReadOnlySpan<float>)queryGradient, nameof(queryGradient), nameof(keyGradient));
+        NoOverlap(valueGradient, (ReadOnlySpan<float>)queryGradient, nameof(queryGradient), nameof(valueGradient));
+        NoOverlap(valueGradient, (ReadOnlySpan<float>)keyGradient, nameof(keyGradient), nameof(valueGradient));
+    }
+
+    /// <summary>A gradient must not share memory with any of the backward's inputs.</summary>
+    internal static void GradientOverlap(Span<float> gradient, string name, ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value,
+        ReadOnlySpan<float> output, ReadOnlySpan<float> outputGradient, ReadOnlySpan<float> logSumExp)
+    {
+        NoOverlap(gradient, query, nameof(query), name);
+        NoOverlap(gradient, key, nameof(key), name);
+        NoOverlap(gradient, value, nameof(value), name);
+        NoOverlap(gradient, output, nameof(output), name);
+        NoOverlap(gradient, outputGradient, nameof(outputGradient), name);
+        NoOverlap(gradient, logSumExp, nameof(logSumExp), name);
+    }
 }

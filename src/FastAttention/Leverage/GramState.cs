@@ -20,6 +20,13 @@ public sealed class GramState
         _gram = new double[dimension * dimension];
     }
 
+    private GramState(int dimension, double[] gram, long rows)
+    {
+        Dimension = dimension;
+        _gram = gram;
+        Rows = rows;
+    }
+
     /// <summary>d.</summary>
     public int Dimension { get; }
 
@@ -146,6 +153,9 @@ public sealed class GramState
         Rows += other.Rows;
     }
 
+    /// <summary>The state of a Gram matrix computed elsewhere (row-major d x d, symmetric; taken, not copied).</summary>
+    internal static GramState Of(int dimension, double[] gram, long rows) => new(dimension, gram, rows);
+
     /// <summary>A copy.</summary>
     /// <returns>An independent state with the same matrix.</returns>
     public GramState Clone()
@@ -219,6 +229,7 @@ public sealed class GramFactor
         return total;
     }
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)] // once per head (and per Lewis iteration)
     internal static GramFactor Of(ReadOnlySpan<double> gram, int d, double relativeTolerance)
     {
         double[] a = gram.ToArray();

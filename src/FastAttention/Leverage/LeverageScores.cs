@@ -53,7 +53,7 @@ public static class LeverageScores
     public static unsafe GramState Gram(ReadOnlySpan<float> keys, int dimension, int maxDegreeOfParallelism = 0, ReadOnlySpan<double> weights = default)
     {
         Check(keys, dimension, nameof(keys));
-        const int Chunk = 8192;
+        const int Chunk = 2048;
         int n = keys.Length / dimension;
         int chunks = (n + Chunk - 1) / Chunk;
         var parts = new GramState[chunks];
@@ -66,13 +66,12 @@ public static class LeverageScores
             Parallel.For(0, chunks, Options(maxDegreeOfParallelism), c =>
             {
                 int first = c * Chunk, count = Math.Min(Chunk, n - first);
-                var part = new GramState(dimension);
-                part.Add(new ReadOnlySpan<float>((float*)k + ((long)first * dimension), count * dimension),
-                    weighted ? new ReadOnlySpan<double>((double*)w + first, count) : default);
-                parts[c] = part;
+                double[] g = LeverageProducts.Gram((float*)k + ((long)first * dimension), dimension, count, weighted ? (double*)w + first : null);
+                parts[c] = GramState.Of(dimension, g, count);
             });
         }
 
+        // Fixed chunks merged in chunk order: the same bits for any thread count.
         var total = new GramState(dimension);
         foreach (GramState part in parts)
         {
@@ -98,28 +97,15 @@ public static class LeverageScores
             return scores;
         }
 
-        double[] w = factor.Whitening;
+        double[] w = LeverageProducts.PadProjection(factor.Whitening, d, r);
         fixed (float* pk = keys)
         {
             nint k = (nint)pk;
             Parallel.For(0, (n + 1023) / 1024, Options(maxDegreeOfParallelism), block =>
             {
-                double[] y = new double[r];
-                for (int j = block * 1024; j < Math.Min(n, (block + 1) * 1024); j++)
-                {
-                    Array.Clear(y);
-                    for (int l = 0; l < d; l++)
-                    {
-                        double x = ((float*)k)[((long)j * d) + l];
-                        if (x != 0)
-                        {
-                            TensorPrimitives.MultiplyAdd(w.AsSpan(l * r, r), x, y, y);
-                        }
-                    }
-
-                    double score = TensorPrimitives.Dot<double>(y, y);
-                    scores[j] = clamp ? Math.Clamp(score, 0, 1) : score;
-                }
+                int first = block * 1024, count = Math.Min(1024, n - first);
+                Span<double> target = scores.AsSpan(first, count);
+                LeverageProducts.Scores((float*)k + ((long)first * d), d, count, w, r, target, clamp);
             });
         }
 

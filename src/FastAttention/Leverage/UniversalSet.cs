@@ -73,11 +73,114 @@ public static class UniversalSet
     /// <param name="bounds">sigma bounds (or leverage scores).</param>
     /// <param name="count">k.</param>
     /// <returns>Sorted indices.</returns>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)] // once per head: no tier-0 loops
     public static int[] Top(IReadOnlyList<double> bounds, int count)
     {
         ArgumentNullException.ThrowIfNull(bounds);
         ArgumentOutOfRangeException.ThrowIfLessThan(count, 1);
-        return [.. Enumerable.Range(0, bounds.Count).OrderByDescending(j => bounds[j]).ThenBy(j => j).Take(count).Order()];
+        int n = bounds.Count;
+        if (count >= n)
+        {
+            return [.. Enumerable.Range(0, n)];
+        }
+
+        // The k-th largest bound by quickselect (O(n) expected), then every key above it and the first keys (by index)
+        // equal to it: the same set as ordering by (bound descending, index). CompareTo orders NaN below every number, as
+        // the ordering did.
+        double[] values = bounds as double[] ?? [.. bounds];
+        double kth = Smallest(values, n - count);
+        int ties = count;
+        foreach (double x in values)
+        {
+            ties -= x.CompareTo(kth) > 0 ? 1 : 0;
+        }
+
+        int[] chosen = new int[count];
+        int taken = 0;
+        for (int j = 0; j < n && taken < count; j++)
+        {
+            int order = values[j].CompareTo(kth);
+            if (order > 0 || (order == 0 && ties-- > 0))
+            {
+                chosen[taken++] = j;
+            }
+        }
+
+        return chosen;
+    }
+
+    /// <summary>
+    /// The <paramref name="index"/>-th smallest (0-based) of <paramref name="values"/> under <see cref="double.CompareTo(double)"/>:
+    /// quickselect on a copy with a median-of-three pivot and a three-way partition (ties), falling back to a sort after
+    /// 2 log2 n rounds so the worst case stays O(n log n). Not Array.Sort from the start: this runs once per head, before
+    /// tiering has optimised the framework's sort, where it cost several times the selection.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    private static double Smallest(double[] values, int index)
+    {
+        double[] a = (double[])values.Clone();
+        int lo = 0, hi = a.Length - 1, rounds = 2 * (System.Numerics.BitOperations.Log2((uint)a.Length) + 1);
+        while (lo < hi)
+        {
+            if (rounds-- == 0)
+            {
+                Array.Sort(a, lo, hi - lo + 1);
+                return a[index];
+            }
+
+            double pivot = Median(a[lo], a[lo + ((hi - lo) / 2)], a[hi]);
+            int lt = lo, i = lo, gt = hi;
+            while (i <= gt)
+            {
+                int order = a[i].CompareTo(pivot);
+                if (order < 0)
+                {
+                    (a[lt], a[i]) = (a[i], a[lt]);
+                    lt++;
+                    i++;
+                }
+                else if (order > 0)
+                {
+                    (a[gt], a[i]) = (a[i], a[gt]);
+                    gt--;
+                }
+                else
+                {
+                    i++;
+                }
+            }
+
+            // Now a[lo..lt) < pivot, a[lt..gt] == pivot, a(gt..hi] > pivot.
+            if (index < lt)
+            {
+                hi = lt - 1;
+            }
+            else if (index > gt)
+            {
+                lo = gt + 1;
+            }
+            else
+            {
+                return pivot;
+            }
+        }
+
+        return a[index];
+    }
+
+    private static double Median(double x, double y, double z)
+    {
+        if (x.CompareTo(y) > 0)
+        {
+            (x, y) = (y, x);
+        }
+
+        if (y.CompareTo(z) > 0)
+        {
+            y = z;
+        }
+
+        return x.CompareTo(y) > 0 ? x : y;
     }
 
     /// <summary>
