@@ -5,7 +5,7 @@ using FastAttention.Kernels;
 namespace FastAttention;
 
 /// <summary>Validation and dispatch shared by <see cref="ExactAttention"/> and <see cref="PowerAttention"/>.</summary>
-internal static unsafe class AttentionCore
+internal static unsafe partial class AttentionCore
 {
     /// <summary>Options after defaults are resolved.</summary>
     internal readonly record struct Settings(

@@ -32,7 +32,7 @@ public readonly record struct ExactAttentionOptions
 /// forms the <c>nq x nk</c> score matrix. Parallel over (batch, head, query tile): the output bits do not
 /// depend on the thread count.
 /// </summary>
-public static class ExactAttention
+public static partial class ExactAttention
 {
     /// <summary>Computes attention into <paramref name="destination"/>.</summary>
     /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>.</param>

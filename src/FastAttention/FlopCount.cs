@@ -14,6 +14,17 @@ public static class FlopCount
         return 2.0 * batch * heads * pairs * (headDim + valueDim);
     }
 
+    /// <summary>
+    /// The exact (and power) attention backward: per visible (query, key) pair it recomputes the score (<c>2 d</c>), then
+    /// <c>dP = dO V^T</c> (<c>2 dv</c>), <c>dV</c> (<c>2 dv</c>), <c>dQ</c> and <c>dK</c> (<c>2 d</c> each): <c>10 n^2 d</c> for one head with
+    /// <c>nq = nk = n</c>, <c>dv = d</c>, 2.5 times the forward's count.
+    /// </summary>
+    public static double ExactAttentionBackward(int batch, int heads, int queryCount, int keyCount, int headDim, int valueDim, bool causal)
+    {
+        double pairs = VisiblePairs(queryCount, keyCount, causal);
+        return 2.0 * batch * heads * pairs * ((3.0 * headDim) + (2.0 * valueDim));
+    }
+
     /// <summary>(query, key) pairs a causal (bottom-right aligned) or full mask lets through.</summary>
     public static double VisiblePairs(int queryCount, int keyCount, bool causal)
     {

@@ -30,7 +30,7 @@ public readonly record struct PowerAttentionOptions
 /// normalised per row to sum to 1. Computed as softmax of <c>p ln|s q.k|</c> by the exact kernel, so
 /// huge scores do not overflow. A row whose visible scores are all zero outputs zeros.
 /// </summary>
-public static class PowerAttention
+public static partial class PowerAttention
 {
     /// <summary>Computes power attention into <paramref name="destination"/>; layouts as in <see cref="ExactAttention"/>.</summary>
     /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>.</param>
@@ -43,13 +43,17 @@ public static class PowerAttention
     public static AttentionRun Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, PowerAttentionOptions options = default)
     {
         Validate.Attention(query, key, value, shape, destination);
+        return AttentionCore.Run(query, key, value, shape, destination, Settings(options));
+    }
+
+    private static AttentionCore.Settings Settings(PowerAttentionOptions options)
+    {
         float power = options.Power ?? 2f;
         if (!(power > 0f) || !float.IsFinite(power))
         {
             throw new ArgumentOutOfRangeException(nameof(options), power, "Power must be a finite number greater than 0.");
         }
 
-        var settings = new AttentionCore.Settings(options.Scale ?? 1f, 0f, options.Causal, default, options.Mask, options.MaxDegreeOfParallelism, options.AllowNonFinite, options.Kernel, power);
-        return AttentionCore.Run(query, key, value, shape, destination, settings);
+        return new AttentionCore.Settings(options.Scale ?? 1f, 0f, options.Causal, default, options.Mask, options.MaxDegreeOfParallelism, options.AllowNonFinite, options.Kernel, power);
     }
 }

@@ -5,7 +5,7 @@ namespace FastAttention;
 /// weights, sums and products accumulated in double, one row at a time. <c>O(nq nk (d + dv))</c>
 /// time, <c>O(nk)</c> extra memory. For checking and reporting error, not for production.
 /// </summary>
-public static class ReferenceAttention
+public static partial class ReferenceAttention
 {
     /// <summary>Computes attention in double precision; layouts as in <see cref="ExactAttention"/>.</summary>
     /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>.</param>

@@ -87,13 +87,19 @@ internal static class Validate
     internal static void Attention<TDestination>(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<TDestination> destination)
         where TDestination : struct
     {
-        Shape(shape);
-        Length(query.Length, shape.QueryLength, nameof(query), QueryLayout, shape);
-        Length(key.Length, shape.KeyLength, nameof(key), KeyLayout, shape);
-        Length(value.Length, shape.ValueLength, nameof(value), ValueLayout, shape);
+        Inputs(query, key, value, shape);
         Length(destination.Length, shape.OutputLength, nameof(destination), OutputLayout, shape);
         NoOverlap(destination, query, nameof(query));
         NoOverlap(destination, key, nameof(key));
         NoOverlap(destination, value, nameof(value));
+    }
+
+    /// <summary>The shape, then the query, key and value lengths, in that order (the first half of <see cref="Attention"/>; backward passes go on with their own spans).</summary>
+    internal static void Inputs(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape)
+    {
+        Shape(shape);
+        Length(query.Length, shape.QueryLength, nameof(query), QueryLayout, shape);
+        Length(key.Length, shape.KeyLength, nameof(key), KeyLayout, shape);
+        Length(value.Length, shape.ValueLength, nameof(value), ValueLayout, shape);
     }
 }

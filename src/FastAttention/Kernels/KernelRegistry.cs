@@ -15,6 +15,9 @@ internal sealed record AttentionKernel(string Name, string Description, Func<boo
     public string? WhyNot(in AttentionArgs args) => WhyNot() ?? (Rejects?.Invoke(in args) is string reason ? $"{Name}: {reason}" : null);
 }
 
+/// <summary>A backward kernel: a name (that of the forward kernel of the same width), whether this CPU can run it, and the entry point.</summary>
+internal sealed record BackwardKernel(string Name, string Description, Func<bool> IsSupported, Action<BackwardArgs> Run);
+
 /// <summary>
 /// The ordered list of kernels per operation, fastest first. Selection takes the first one the CPU
 /// supports unless a kernel is forced by option or by the <c>FASTATTN_KERNEL</c> environment variable.
@@ -36,6 +39,45 @@ internal static class KernelRegistry
         new("tiled-v256", "tiled online softmax, 256-bit vectors (AVX2)", () => Simd256.IsSupported, TiledAttention<Simd256, Vector256<float>>.Run),
         new("tiled-scalar", "tiled online softmax, scalar (any CPU)", () => SimdScalar.IsSupported, TiledAttention<SimdScalar, float>.Run),
     ];
+
+    /// <summary>
+    /// Exact softmax (and power) backward kernels, fastest first. Each is named after the tiled forward kernel of its width, so one
+    /// forced name picks the same width forward and backward; a forced split-key (decoding) kernel picks the tiled backward of its width.
+    /// </summary>
+    public static IReadOnlyList<BackwardKernel> Backward { get; } =
+    [
+        new("tiled-v512", "FlashAttention-2 backward: key blocks with fixed dQ partials, 512-bit vectors (AVX-512)", () => Simd512.IsSupported, TiledAttentionBackward<Simd512, Vector512<float>>.Run),
+        new("tiled-v256", "FlashAttention-2 backward: key blocks with fixed dQ partials, 256-bit vectors (AVX2)", () => Simd256.IsSupported, TiledAttentionBackward<Simd256, Vector256<float>>.Run),
+        new("tiled-scalar", "FlashAttention-2 backward: key blocks with fixed dQ partials, scalar (any CPU)", () => SimdScalar.IsSupported, TiledAttentionBackward<SimdScalar, float>.Run),
+    ];
+
+    /// <summary>Picks the backward kernel: <paramref name="forced"/>, else the environment variable, else the first this CPU runs.</summary>
+    /// <exception cref="ArgumentException">The forced name is no kernel's.</exception>
+    /// <exception cref="NotSupportedException">The forced kernel's vector width is not accelerated here.</exception>
+    public static BackwardKernel SelectBackward(string? forced)
+    {
+        string? name = string.IsNullOrWhiteSpace(forced) ? Environment.GetEnvironmentVariable(EnvironmentVariable) : forced;
+        if (string.IsNullOrWhiteSpace(name))
+        {
+            return Backward.First(k => k.IsSupported());
+        }
+
+        string wanted = name.Trim();
+        if (wanted.StartsWith("splitkey-", StringComparison.OrdinalIgnoreCase))
+        {
+            wanted = "tiled-" + wanted["splitkey-".Length..];
+        }
+
+        BackwardKernel? kernel = Backward.FirstOrDefault(k => string.Equals(k.Name, wanted, StringComparison.OrdinalIgnoreCase));
+        if (kernel is null)
+        {
+            string source = string.IsNullOrWhiteSpace(forced) ? $"environment variable {EnvironmentVariable}" : "option Kernel";
+            throw new ArgumentException(
+                $"Unknown kernel '{name}' (from {source}). Known kernels: {string.Join(", ", Attention.Select(k => k.Name))}.", nameof(forced));
+        }
+
+        return kernel.IsSupported() ? kernel : throw new NotSupportedException($"Kernel cannot run: {kernel.Name}: this CPU does not accelerate the vector width it needs.");
+    }
 
     /// <summary>The kernels that run on this CPU and take inputs of this shape (ignoring masks and values).</summary>
     public static IEnumerable<AttentionKernel> For(AttentionShape shape)

@@ -91,6 +91,51 @@ internal static unsafe class MicroKernel<TS, TV>
         Write(c + (5 * ldc), scale, 5, c50, c51, c52, c53);
     }
 
+    /// <summary>
+    /// 6 rows by 2 vectors: 12 accumulators, 2 B loads and 6 broadcasts per 12 FMAs. The form for 16-register (AVX2)
+    /// machines, where <see cref="Run6"/>'s 24 accumulators cannot stay in registers; the backward kernel runs on it there.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Run6x2(int k, float* a, nint aRow, nint aCol, float* b, nint ldb, float* c, nint ldc, float* scale)
+    {
+        int w = TS.Count;
+        TV zero = TS.Broadcast(0f);
+        TV c00 = zero, c01 = zero, c10 = zero, c11 = zero, c20 = zero, c21 = zero;
+        TV c30 = zero, c31 = zero, c40 = zero, c41 = zero, c50 = zero, c51 = zero;
+        for (int t = 0; t < k; t++)
+        {
+            TV b0 = TS.Load(ref b[0]);
+            TV b1 = TS.Load(ref b[w]);
+            TV x = TS.Broadcast(a[0]);
+            c00 = TS.MultiplyAdd(x, b0, c00);
+            c01 = TS.MultiplyAdd(x, b1, c01);
+            x = TS.Broadcast(a[aRow]);
+            c10 = TS.MultiplyAdd(x, b0, c10);
+            c11 = TS.MultiplyAdd(x, b1, c11);
+            x = TS.Broadcast(a[2 * aRow]);
+            c20 = TS.MultiplyAdd(x, b0, c20);
+            c21 = TS.MultiplyAdd(x, b1, c21);
+            x = TS.Broadcast(a[3 * aRow]);
+            c30 = TS.MultiplyAdd(x, b0, c30);
+            c31 = TS.MultiplyAdd(x, b1, c31);
+            x = TS.Broadcast(a[4 * aRow]);
+            c40 = TS.MultiplyAdd(x, b0, c40);
+            c41 = TS.MultiplyAdd(x, b1, c41);
+            x = TS.Broadcast(a[5 * aRow]);
+            c50 = TS.MultiplyAdd(x, b0, c50);
+            c51 = TS.MultiplyAdd(x, b1, c51);
+            a += aCol;
+            b += ldb;
+        }
+
+        WriteTwo(c, scale, 0, c00, c01);
+        WriteTwo(c + ldc, scale, 1, c10, c11);
+        WriteTwo(c + (2 * ldc), scale, 2, c20, c21);
+        WriteTwo(c + (3 * ldc), scale, 3, c30, c31);
+        WriteTwo(c + (4 * ldc), scale, 4, c40, c41);
+        WriteTwo(c + (5 * ldc), scale, 5, c50, c51);
+    }
+
     /// <summary>Rows of the two-vector-wide tile (<see cref="RunTwo"/>).</summary>
     public const int TwoRows = 8;
 

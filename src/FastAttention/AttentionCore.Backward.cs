@@ -1,0 +1,168 @@
+using FastAttention.Kernels;
+
+namespace FastAttention;
+
+/// <summary>Validation and dispatch of the exact and power backward passes (docs/algorithms.md §6).</summary>
+internal static unsafe partial class AttentionCore
+{
+    /// <summary>
+    /// The backward of <see cref="Run(ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, AttentionShape, Span{float}, Span{float}, bool, in Settings)"/>:
+    /// dQ, dK, dV (and dBias when <paramref name="biasGradient"/> is not empty) from dO, the forward's output and its log-sum-exp.
+    /// </summary>
+    public static AttentionRun Backward(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, ReadOnlySpan<float> output, ReadOnlySpan<float> outputGradient,
+        ReadOnlySpan<float> logSumExp, AttentionShape shape, Span<float> queryGradient, Span<float> keyGradient, Span<float> valueGradient, Span<float> biasGradient, bool withBiasGradient,
+        in Settings settings)
+    {
+        // Validation order: shape, input lengths, gradient lengths, overlap, options, values.
+        Validate.Inputs(query, key, value, shape);
+        Validate.Length(output.Length, shape.OutputLength, nameof(output), Validate.OutputLayout, shape);
+        Validate.Length(outputGradient.Length, shape.OutputLength, nameof(outputGradient), Validate.OutputLayout, shape);
+        long rowCount = (long)shape.BatchSize * shape.HeadCount * shape.QueryCount;
+        Validate.Length(logSumExp.Length, rowCount, nameof(logSumExp), "[batch, heads, nq]", shape);
+        Validate.Length(queryGradient.Length, shape.QueryLength, nameof(queryGradient), Validate.QueryLayout, shape);
+        Validate.Length(keyGradient.Length, shape.KeyLength, nameof(keyGradient), Validate.KeyLayout, shape);
+        Validate.Length(valueGradient.Length, shape.ValueLength, nameof(valueGradient), Validate.ValueLayout, shape);
+        long block = (long)shape.QueryCount * shape.KeyCount;
+        if (withBiasGradient)
+        {
+            long expected = settings.Bias.IsEmpty ? BroadcastLength(biasGradient.Length, block, shape) : settings.Bias.Length;
+            Validate.Length(biasGradient.Length, expected, nameof(biasGradient), settings.Bias.IsEmpty ? "[nq, nk], [heads, nq, nk] or [batch, heads, nq, nk]" : "the bias's layout", shape);
+        }
+
+        CheckGradientOverlap(queryGradient, nameof(queryGradient), query, key, value, output, outputGradient, logSumExp);
+        CheckGradientOverlap(keyGradient, nameof(keyGradient), query, key, value, output, outputGradient, logSumExp);
+        CheckGradientOverlap(valueGradient, nameof(valueGradient), query, key, value, output, outputGradient, logSumExp);
+        CheckGradientOverlap(biasGradient, nameof(biasGradient), query, key, value, output, outputGradient, logSumExp);
+        Validate.NoOverlap(keyGradient, (ReadOnlySpan<float>)queryGradient, nameof(queryGradient), nameof(keyGradient));
+        Validate.NoOverlap(valueGradient, (ReadOnlySpan<float>)queryGradient, nameof(queryGradient), nameof(valueGradient));
+        Validate.NoOverlap(valueGradient, (ReadOnlySpan<float>)keyGradient, nameof(keyGradient), nameof(valueGradient));
+        Validate.NoOverlap(biasGradient, (ReadOnlySpan<float>)queryGradient, nameof(queryGradient), nameof(biasGradient));
+        Validate.NoOverlap(biasGradient, (ReadOnlySpan<float>)keyGradient, nameof(keyGradient), nameof(biasGradient));
+        Validate.NoOverlap(biasGradient, (ReadOnlySpan<float>)valueGradient, nameof(valueGradient), nameof(biasGradient));
+
+        float scale = settings.Scale ?? MathF.Pow(shape.HeadDim, settings.DefaultScaleExponent);
+        if (!float.IsFinite(scale))
+        {
+            throw new ArgumentOutOfRangeException("options", scale, "Scale must be a finite number.");
+        }
+
+        (long biasBatch, long biasHead) = BroadcastStrides(settings.Bias.Length, block, shape, "Bias");
+        (long maskBatch, long maskHead) = BroadcastStrides(settings.Mask.Length, block, shape, "Mask");
+        BackwardKernel kernel = KernelRegistry.SelectBackward(settings.Kernel);
+
+        if (!settings.AllowNonFinite)
+        {
+            CheckFinite(query, nameof(query), shape.HeadDim);
+            CheckFinite(key, nameof(key), shape.HeadDim);
+            CheckFinite(value, nameof(value), shape.ValueDim);
+            CheckFinite(output, nameof(output), shape.ValueDim);
+            FiniteCheck.Require(outputGradient, nameof(outputGradient), shape.ValueDim,
+                "Non-finite output gradients are rejected by default; set AllowNonFinite to let them propagate.");
+            for (int row = 0; row < logSumExp.Length; row++)
+            {
+                if (float.IsNaN(logSumExp[row]) || float.IsPositiveInfinity(logSumExp[row]))
+                {
+                    Validate.Fail(nameof(logSumExp), "holds a value no forward returns", $"{logSumExp[row]} at row {row}", "a finite number, or -infinity for a row that saw no key",
+                        "pass the log-sum-exp the forward (Compute with logSumExp) returned for these inputs");
+                }
+            }
+
+            if (System.Numerics.Tensors.TensorPrimitives.IsNaNAny(settings.Bias.Span))
+            {
+                throw new ArgumentException($"Bias contains NaN at index {settings.Bias.Span.IndexOf(float.NaN)}; use -infinity to mask, or set AllowNonFinite to propagate.", "options");
+            }
+        }
+
+        // The kernel writes dS per (b, h, i, j); a broadcast bias's gradient sums it over the broadcast axes afterwards, in a fixed order.
+        long full = block * shape.HeadCount * shape.BatchSize;
+        bool direct = withBiasGradient && biasGradient.Length == full;
+        float[]? scores = withBiasGradient && !direct ? new float[full] : null;
+        fixed (float* q = query)
+        fixed (float* k = key)
+        fixed (float* v = value)
+        fixed (float* o = output)
+        fixed (float* dO = outputGradient)
+        fixed (float* lse = logSumExp)
+        fixed (float* dq = queryGradient)
+        fixed (float* dk = keyGradient)
+        fixed (float* dv = valueGradient)
+        fixed (float* dBias = biasGradient)
+        fixed (float* dScores = scores)
+        fixed (float* bias = settings.Bias.Span)
+        fixed (bool* mask = settings.Mask.Span)
+        {
+            if (direct)
+            {
+                biasGradient.Clear();
+            }
+
+            BackwardArgs args = default;
+            args.Forward = AttentionArgs.FromShape(shape);
+            args.Forward.Query = q;
+            args.Forward.Key = k;
+            args.Forward.Value = v;
+            args.Forward.Output = o;
+            args.Forward.Bias = settings.Bias.IsEmpty ? null : bias;
+            args.Forward.Mask = settings.Mask.IsEmpty ? null : mask;
+            args.Forward.BiasBatchStride = biasBatch;
+            args.Forward.BiasHeadStride = biasHead;
+            args.Forward.MaskBatchStride = maskBatch;
+            args.Forward.MaskHeadStride = maskHead;
+            args.Forward.Scale = scale;
+            args.Forward.Causal = settings.Causal;
+            args.Forward.Power = settings.Power;
+            args.Forward.MaxDegreeOfParallelism = settings.MaxDegreeOfParallelism;
+            args.OutputGradient = dO;
+            args.LogSumExp = lse;
+            args.QueryGradient = dq;
+            args.KeyGradient = dk;
+            args.ValueGradient = dv;
+            args.ScoreGradient = direct ? dBias : dScores;
+            kernel.Run(args);
+        }
+
+        if (scores is not null)
+        {
+            SumOverBroadcast(scores, biasGradient, block, shape);
+        }
+
+        if (!settings.AllowNonFinite)
+        {
+            FiniteCheck.RequireFiniteResult(queryGradient, shape.HeadDim, scale);
+            FiniteCheck.RequireFiniteResult(keyGradient, shape.HeadDim, scale);
+            FiniteCheck.RequireFiniteResult(valueGradient, shape.ValueDim, scale);
+        }
+
+        return new AttentionRun(kernel.Name, FlopCount.ExactAttentionBackward(
+            shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, settings.Causal));
+    }
+
+    private static void CheckGradientOverlap(Span<float> gradient, string name, ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value,
+        ReadOnlySpan<float> output, ReadOnlySpan<float> outputGradient, ReadOnlySpan<float> logSumExp)
+    {
+        Validate.NoOverlap(gradient, query, nameof(query), name);
+        Validate.NoOverlap(gradient, key, nameof(key), name);
+        Validate.NoOverlap(gradient, value, nameof(value), name);
+        Validate.NoOverlap(gradient, output, nameof(output), name);
+        Validate.NoOverlap(gradient, outputGradient, nameof(outputGradient), name);
+        Validate.NoOverlap(gradient, logSumExp, nameof(logSumExp), name);
+    }
+
+    /// <summary>A bias gradient's length when no bias fixes it: one of the bias's broadcast layouts (else a length no layout has, so the check fails).</summary>
+    private static long BroadcastLength(int length, long block, AttentionShape shape) =>
+        length == block || length == block * shape.HeadCount || length == block * shape.HeadCount * shape.BatchSize ? length : block * shape.HeadCount * shape.BatchSize;
+
+    /// <summary>dBias = dS summed over the axes the bias broadcasts along, (b, h) in order.</summary>
+    private static void SumOverBroadcast(float[] scores, Span<float> biasGradient, long block, AttentionShape shape)
+    {
+        biasGradient.Clear();
+        int planes = shape.BatchSize * shape.HeadCount;
+        for (int bh = 0; bh < planes; bh++)
+        {
+            int target = biasGradient.Length == block ? 0 : bh % shape.HeadCount;
+            ReadOnlySpan<float> source = scores.AsSpan((int)(bh * block), (int)block);
+            Span<float> destination = biasGradient.Slice((int)(target * block), (int)block);
+            System.Numerics.Tensors.TensorPrimitives.Add(destination, source, destination);
+        }
+    }
+}
