@@ -1,10 +1,9 @@
-using FastAttention.Tests.Support;
 using FastAttention.Torch.Tests.Support;
 using static TorchSharp.torch;
 
 namespace FastAttention.Torch.Tests;
 
-/// <summary>ExactAttention's forward (output and log-sum-exp) against libtorch in float64 on random cases.</summary>
+/// <summary>ExactAttention's forward (output, log-sum-exp) and backward against libtorch float64 autograd on random cases.</summary>
 public sealed class ExactAttentionTorchTests
 {
     public static IEnumerable<object[]> Seeds => TorchCase.Seeds(24);
@@ -15,19 +14,33 @@ public sealed class ExactAttentionTorchTests
     {
         using var scope = TorchReference.Start();
         var c = TorchCase.Draw(seed, withBias: true);
-        var s = c.Shape;
-        var (q, k, v) = Data.Inputs(s, seed);
+        var step = new Step(c);
+        ExactAttention.Compute(step.Query, step.Key, step.Value, c.Shape, step.Output, step.LogSumExp, Options(c));
 
-        var output = new float[s.OutputLength];
-        var lse = new float[s.BatchSize * s.HeadCount * s.QueryCount];
-        ExactAttention.Compute(q, k, v, s, output, lse, Options(c));
-
-        var (torchOutput, torchLse) = Torch(c, q, k, v);
-        Compare.Close(output, TorchReference.Values(torchOutput), "output", c);
-        Compare.Close(lse, TorchReference.Values(torchLse), "log-sum-exp", c);
+        var torch = Torch(c, step.Leaves());
+        Compare.Close(step.Output, TorchReference.Values(torch.Output), "output", c);
+        Compare.Close(step.LogSumExp, TorchReference.Values(torch.LogSumExp), "log-sum-exp", c);
     }
 
-    internal static ExactAttentionOptions Options(TorchCase c) => new()
+    [Theory]
+    [MemberData(nameof(Seeds))]
+    public void Backward_matches_torch_autograd(int seed)
+    {
+        using var scope = TorchReference.Start();
+        var c = TorchCase.Draw(seed, withBias: true);
+        var step = new Step(c);
+
+        // Ours: the forward that training calls (output and log-sum-exp), then the backward from them.
+        var options = Options(c);
+        ExactAttention.Compute(step.Query, step.Key, step.Value, c.Shape, step.Output, step.LogSumExp, options);
+        ExactAttention.Backward(step.Query, step.Key, step.Value, step.Output, step.OutputGradient, step.LogSumExp, c.Shape,
+            step.QueryGradient, step.KeyGradient, step.ValueGradient, options);
+
+        var leaves = step.Leaves();
+        Compare.Gradients(step, Torch(c, leaves).Gradients(step.OutputGradient, leaves), "", c);
+    }
+
+    private static ExactAttentionOptions Options(TorchCase c) => new()
     {
         Scale = c.Scale,
         Causal = c.Causal,
@@ -35,15 +48,11 @@ public sealed class ExactAttentionTorchTests
         Mask = c.Mask,
     };
 
-    /// <summary>libtorch's forward on float64 leaves (the returned tensors carry the autograd graph back to them).</summary>
-    internal static (Tensor Output, Tensor LogSumExp) Torch(TorchCase c, float[] q, float[] k, float[] v, Tensor? qt = null, Tensor? kt = null, Tensor? vt = null)
+    /// <summary>libtorch's forward on the float64 leaves (the returned tensors carry the autograd graph back to them).</summary>
+    private static TorchForward Torch(TorchCase c, (Tensor Q, Tensor K, Tensor V) leaves)
     {
         var s = c.Shape;
-        qt ??= TorchReference.Leaf(q, TorchReference.QueryDims(s));
-        kt ??= TorchReference.Leaf(k, TorchReference.KeyDims(s));
-        vt ??= TorchReference.Leaf(v, TorchReference.ValueDims(s));
         var bias = c.Bias is null ? null : TorchReference.Constant(c.Bias, s.QueryCount, s.KeyCount);
-        var mask = c.Mask is null ? null : tensor(c.Mask, [s.QueryCount, s.KeyCount]);
-        return TorchReference.Softmax(qt, kt, vt, s, c.ScaleOr(1 / Math.Sqrt(s.HeadDim)), c.Causal, bias, mask);
+        return TorchReference.Softmax(leaves.Q, leaves.K, leaves.V, s, c.ScaleOr(1 / Math.Sqrt(s.HeadDim)), c.Causal, bias, TorchReference.Mask(c));
     }
 }

@@ -36,10 +36,11 @@ internal static class TorchReference
 
     public static long[] OutputDims(AttentionShape s) => [s.BatchSize, s.HeadCount, s.QueryCount, s.ValueDim];
 
-    /// <summary>softmax(s Q K^T + bias) V over the visible keys; returns (output [b,h,nq,dv], log-sum-exp [b,h,nq]).</summary>
-    public static (Tensor Output, Tensor LogSumExp) Softmax(Tensor q, Tensor k, Tensor v, AttentionShape shape, double scale, bool causal, Tensor? bias = null, Tensor? mask = null)
+    /// <summary>softmax(s Q K^T + bias) V over the visible keys, with log-sum-exp [b,h,nq].</summary>
+    public static TorchForward Softmax(Tensor q, Tensor k, Tensor v, AttentionShape shape, double scale, bool causal, Tensor? bias = null, Tensor? mask = null)
     {
-        var scores = matmul(q, Heads(k, shape).transpose(-2, -1)) * scale;
+        var product = Product(q, k, shape);
+        var scores = product * scale;
         if (bias is not null)
         {
             scores = scores + bias;
@@ -52,29 +53,30 @@ internal static class TorchReference
         max = where(max.isfinite(), max, zeros_like(max));
         var e = (scores - max).exp();
         var z = e.sum(-1, keepdim: true);
-        var output = matmul(e / where(z > 0, z, ones_like(z)), Heads(v, shape));
-        return (output, (z.log() + max).squeeze(-1));
+        var weights = e / where(z > 0, z, ones_like(z));
+        return new TorchForward(matmul(weights, Heads(v, shape)), (z.log() + max).squeeze(-1), weights, full_like(weights, scale), shape);
     }
 
-    /// <summary>Rows of |s Q K^T|^p normalised to sum 1 over the visible keys, times V; returns (output, ln Z).</summary>
-    public static (Tensor Output, Tensor LogSumExp) Power(Tensor q, Tensor k, Tensor v, AttentionShape shape, double power, double scale, bool causal, Tensor? mask = null)
+    /// <summary>Rows of |s Q K^T|^p normalised to sum 1 over the visible keys, times V, with ln Z.</summary>
+    public static TorchForward Power(Tensor q, Tensor k, Tensor v, AttentionShape shape, double power, double scale, bool causal, Tensor? mask = null)
     {
-        var weights = (matmul(q, Heads(k, shape).transpose(-2, -1)) * scale).abs().pow(power);
-        weights = weights.masked_fill(Visible(shape, causal, mask).logical_not(), 0.0);
-        var z = weights.sum(-1, keepdim: true);
-        var output = matmul(weights / where(z > 0, z, ones_like(z)), Heads(v, shape));
-        return (output, z.log().squeeze(-1));
+        var product = Product(q, k, shape);
+        var powers = (product * scale).abs().pow(power).masked_fill(Visible(shape, causal, mask).logical_not(), 0.0);
+        var z = powers.sum(-1, keepdim: true);
+        var weights = powers / where(z > 0, z, ones_like(z));
+        // d(p ln|s x|)/dx = p / x where a key is visible (weight > 0).
+        var slope = where(weights.detach() > 0, power / product.detach().abs(), zeros_like(weights));
+        return new TorchForward(matmul(weights, Heads(v, shape)), z.log().squeeze(-1), weights, slope, shape);
     }
 
-    /// <summary>Runs autograd of sum(output * dO) and returns the three input gradients.</summary>
-    public static (double[] Query, double[] Key, double[] Value) Gradients(Tensor output, float[] outputGradient, Tensor q, Tensor k, Tensor v)
-    {
-        (output * Constant(outputGradient, output.shape)).sum().backward();
-        return (Values(q.grad!), Values(k.grad!), Values(v.grad!));
-    }
+    /// <summary>Q K^T per query head, [b, h, nq, nk].</summary>
+    private static Tensor Product(Tensor q, Tensor k, AttentionShape shape) => matmul(q, Heads(k, shape).transpose(-2, -1));
+
+    /// <summary>The case's boolean mask as a [nq, nk] tensor, or null.</summary>
+    public static Tensor? Mask(TorchCase c) => c.Mask is null ? null : tensor(c.Mask, [c.Shape.QueryCount, c.Shape.KeyCount]);
 
     /// <summary>Each query head's key/value head (grouped-query attention: query head h reads kv head h / (heads / kvHeads)).</summary>
-    private static Tensor Heads(Tensor kv, AttentionShape shape) =>
+    internal static Tensor Heads(Tensor kv, AttentionShape shape) =>
         shape.HeadCount == shape.EffectiveKeyValueHeads ? kv : kv.repeat_interleave(shape.HeadCount / shape.EffectiveKeyValueHeads, dim: 1);
 
     /// <summary>Which (query, key) pairs are visible, [nq, nk] (or the mask's shape).</summary>
