@@ -8,14 +8,17 @@ namespace FastAttention.Benchmarks;
 public interface IFlopCounted
 {
     double Flops(IReadOnlyDictionary<string, object> parameters);
+
+    /// <summary>The flops of one benchmark method of the class, when its methods differ (a forward + backward pair and the backward alone).</summary>
+    double Flops(string method, IReadOnlyDictionary<string, object> parameters) => Flops(parameters);
 }
 
 /// <summary>GFLOP/s and %-of-peak columns: the case's flop count over its mean time.</summary>
 public sealed class GflopsColumn(bool percentOfPeak) : IColumn
 {
-    /// <summary>Nominal fp32 FMA peak per thread of the AMD EPYC Zen 5 VM the committed reports were measured on (~270 GFLOP/s,
-    /// 512-bit FMA); other CPUs differ (a Zen 3 core with AVX2 measures 95-100), and <c>fastattn bench</c> measures the peak on the spot.</summary>
-    public const double PeakPerThread = 270;
+    /// <summary>The fp32 FMA peak of this machine for a thread count, measured on the spot (<see cref="FmaPeak.Measure"/>) when the summary is
+    /// printed: a nominal figure would be another CPU's (these machines change CPU between days).</summary>
+    public static double Peak(int threads) => FmaPeak.Measure(threads);
 
     public string Id => percentOfPeak ? "PercentOfPeak" : "GFLOPs";
 
@@ -31,7 +34,7 @@ public sealed class GflopsColumn(bool percentOfPeak) : IColumn
 
     public UnitType UnitType => UnitType.Dimensionless;
 
-    public string Legend => percentOfPeak ? "GFLOP/s over threads x 270 GFLOP/s" : "flops (4 n^2 d per head) / mean time";
+    public string Legend => percentOfPeak ? "GFLOP/s over the FMA peak measured on the spot for the thread count" : "flops (4 n^2 d per head) / mean time";
 
     public bool IsAvailable(Summary summary) => true;
 
@@ -47,13 +50,13 @@ public sealed class GflopsColumn(bool percentOfPeak) : IColumn
         }
 
         var parameters = benchmarkCase.Parameters.Items.ToDictionary(p => p.Name, p => p.Value);
-        double gflops = counted.Flops(parameters) / stats.Mean; // flops per ns = GFLOP/s
+        double gflops = counted.Flops(benchmarkCase.Descriptor.WorkloadMethod.Name, parameters) / stats.Mean; // flops per ns = GFLOP/s
         if (!percentOfPeak)
         {
             return gflops.ToString("F1", System.Globalization.CultureInfo.InvariantCulture);
         }
 
         int threads = parameters.TryGetValue("Threads", out object? t) ? (int)t : Environment.ProcessorCount;
-        return (100 * gflops / (PeakPerThread * threads)).ToString("F0", System.Globalization.CultureInfo.InvariantCulture) + "%";
+        return (100 * gflops / Peak(threads)).ToString("F0", System.Globalization.CultureInfo.InvariantCulture) + "%";
     }
 }

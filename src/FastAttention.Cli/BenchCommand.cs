@@ -20,11 +20,12 @@ internal static class BenchCommand
 
     /// <summary>
     /// The options that belong to some methods only, and those methods: each table method's own options (less
-    /// <c>--seed</c>, which in bench draws every method's inputs) with the shape options and --d, then gemm and leverage.
+    /// <c>--seed</c>, which in bench draws every method's inputs) with the shape options, --d and --backward (a table method
+    /// without a backward says so itself), then gemm and leverage.
     /// </summary>
     private static readonly (string Option, string[] Methods)[] OptionsOfMethods = MethodOptions.OptionTable(
     [
-        .. MethodTable.All.Select(m => (m.Name, (IReadOnlyList<string>)[.. m.Options.Where(o => o != "seed"), "d", .. ShapeOptions])),
+        .. MethodTable.All.Select(m => (m.Name, (IReadOnlyList<string>)[.. m.Options.Where(o => o != "seed"), "d", "backward", .. ShapeOptions])),
         ("gemm", []),
         ("leverage", ["d"]),
     ]);
@@ -59,6 +60,7 @@ internal static class BenchCommand
             new("keep-first", "F", "lev: always keep the first F keys"),
             new("keep-last", "L", "lev: always keep the last L keys"),
             new("power", "P", "power: the exponent p (default 2)"),
+            new("backward", null, "time the training forward and backward together (methods with a backward: " + string.Join(", ", MethodTable.WithBackward) + "): medianSeconds and GFLOP/s are of the pair, and the backward alone is reported beside them"),
             new("bandwidth", null, "also read the same inputs with a plain summing loop (same threads, same number of passes) and report the method's input GB/s against the faster of that and the method itself"),
             new("json", null, "print one JSON object"),
         ],
@@ -72,7 +74,18 @@ internal static class BenchCommand
             throw new UsageException($"bench: unknown --method '{method}' (available: {string.Join(", ", Methods)})");
         }
 
+        bool backward = o.Flag("backward");
+        if (backward && MethodTable.TryFind(method) is { HasBackward: false })
+        {
+            throw new UsageException("bench: --backward: " + MethodTable.NoBackward(method));
+        }
+
         o.RejectOptionsOfOtherMethods("bench", method, OptionsOfMethods);
+        if (backward && o.Flag("bandwidth"))
+        {
+            throw new UsageException("bench: --bandwidth compares the forward's input reads; it does not apply with --backward");
+        }
+
         int seed = o.Int("seed", int.MinValue, int.MaxValue) ?? 1;
         int threads = o.Threads() ?? Environment.ProcessorCount;
         LabProgress progress = Progress.Current.ForLab();
@@ -116,7 +129,7 @@ internal static class BenchCommand
             throw new UsageException("bench: tensor attention takes one key/value head per query head (no --kv-heads)");
         }
 
-        var request = new BenchmarkRequest(method, shape) { Settings = settings, Inputs = inputs, InputSeed = seed, Repeats = repeat, MeasureBandwidth = o.Flag("bandwidth") };
+        var request = new BenchmarkRequest(method, shape) { Settings = settings, Inputs = inputs, InputSeed = seed, Repeats = repeat, MeasureBandwidth = o.Flag("bandwidth"), Backward = backward };
         BenchmarkResult result = Benchmark.Run(request, progress);
         if (outPath is not null)
         {
@@ -242,6 +255,19 @@ internal static class BenchOutput
                     Json.WriteCertificate(w, r.Run.Certificate);
                 }
 
+                if (r.Backward is BackwardFigure back)
+                {
+                    // medianSeconds, flops, gflops and percentOfPeak above are of the forward-and-backward pair.
+                    w.WriteString("pass", "forward+backward");
+                    w.WriteString("backwardKernel", back.Kernel);
+                    w.WriteNumber("forwardFlops", back.ForwardFlops);
+                    w.WriteNumber("backwardFlops", back.BackwardFlops);
+                    w.WriteNumber("backwardMedianSeconds", back.MedianSeconds);
+                    w.WriteNumber("backwardMinSeconds", back.MinSeconds);
+                    w.WriteNumber("backwardGflops", back.Gflops);
+                    w.WriteNumber("backwardPercentOfPeak", back.PercentOfPeak);
+                }
+
                 if (r.Bandwidth is BandwidthFigure b)
                 {
                     w.WriteNumber("plainReadGBps", b.PlainReadGBps);
@@ -268,6 +294,14 @@ internal static class BenchOutput
                 ? string.Create(Inv, $" = 100% of the fastest read measured (the method itself; a plain read of the same inputs took {b.PlainReadGBps:G3} GB/s)")
                 : string.Create(Inv, $" = {b.PercentOfBandwidth:F0}% of a plain read of the same inputs ({b.PlainReadGBps:G3} GB/s, same threads and passes)")
             : string.Empty;
+        if (r.Backward is BackwardFigure pass)
+        {
+            stdout.WriteLine(string.Create(Inv,
+                $"{head}, forward + backward: median {r.MedianSeconds * 1e3:F3} ms of {r.Repeats}, {r.Gflops:F1} GFLOP/s = {r.PercentOfPeak:F0}% of the measured {r.PeakGflops:F0} GFLOP/s FMA peak{effective}{detail}; backward alone ({pass.Kernel}): median {pass.MedianSeconds * 1e3:F3} ms, {pass.Gflops:F1} GFLOP/s = {pass.PercentOfPeak:F0}% of peak"));
+            stdout.WriteLine($"measured on {r.Machine}");
+            return;
+        }
+
         stdout.WriteLine($"{head}: {rate}{effective}{detail}{read}{against}");
         stdout.WriteLine($"measured on {r.Machine}");
     }

@@ -22,6 +22,7 @@ internal static class Cli
     public static IReadOnlyList<Command> Commands { get; } =
     [
         AttendCommand.Command,
+        BackwardCommand.Command,
         TensorCommand.Command,
         LeverageCommand.Command,
         InspectCommand.Command,

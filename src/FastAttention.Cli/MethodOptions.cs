@@ -63,8 +63,9 @@ internal static class MethodOptions
     /// settings and threads, up to 64 queries (up to 16 a head pick the decoding kernel, more the tiled one) and 512
     /// keys (more when lev keeps more; tensor methods: 128), small seeded values. The timed call then measures the computation, not the JIT
     /// compiling it or the worker threads starting (a one-token warm-up compiled the decoding kernel, not the tiled one).
+    /// With <paramref name="backward"/>, it runs the entry's training forward and backward instead (with a small seeded dO).
     /// </summary>
-    public static void Warm(MethodEntry entry, AttentionShape shape, MethodSettings settings)
+    public static void Warm(MethodEntry entry, AttentionShape shape, MethodSettings settings, bool backward = false)
     {
         int group = shape.HeadCount / shape.EffectiveKeyValueHeads;
         int keys = Math.Min(shape.KeyCount, entry.IsTensor ? 128 : Math.Max(512, (settings.Top ?? 0) + settings.KeepFirst + settings.KeepLast));
@@ -82,6 +83,14 @@ internal static class MethodOptions
         MethodInputs inputs = entry.IsTensor
             ? new MethodInputs(q, [Small(warm.KeyLength), Small(warm.KeyLength)], [Small(warm.ValueLength), Small(warm.ValueLength)])
             : MethodInputs.Of(q, Small(warm.KeyLength), Small(warm.ValueLength));
-        entry.Forward(inputs, warm, new float[warm.OutputLength], settings with { Causal = settings.Causal && warm.QueryCount <= warm.KeyCount });
+        MethodSettings small = settings with { Causal = settings.Causal && warm.QueryCount <= warm.KeyCount };
+        if (backward && entry.Backward is MethodBackward training)
+        {
+            training(inputs, warm, Small(warm.OutputLength), small);
+        }
+        else
+        {
+            entry.Forward(inputs, warm, new float[warm.OutputLength], small);
+        }
     }
 }

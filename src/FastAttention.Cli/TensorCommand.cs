@@ -166,7 +166,7 @@ internal static class TensorCommand
             : ("exact", string.Create(inv, $"exact: predicted {exact * 1e3:G3} ms against {poly * 1e3:G3} ms for the polynomial method"));
     }
 
-    private static int[]? Windows(string? text)
+    internal static int[]? Windows(string? text)
     {
         if (text is null)
         {
@@ -182,7 +182,7 @@ internal static class TensorCommand
         return [w1, w2];
     }
 
-    private static TensorAttentionShape Shape(TensorData<float> q, TensorData<float>[] k, TensorData<float>[] v)
+    internal static TensorAttentionShape Shape(TensorData<float> q, TensorData<float>[] k, TensorData<float>[] v)
     {
         string[] kNames = ["k1", "k2"], vNames = ["v1", "v2"];
         if (q.Rank is not (2 or 3))

@@ -23,6 +23,13 @@ public static class AttentionKernels
     /// <summary>Every kernel's name, fastest first.</summary>
     public static IReadOnlyList<string> Names { get; } = KernelRegistry.Attention.Select(k => k.Name).ToArray();
 
+    /// <summary>
+    /// The backward kernels (<see cref="ExactAttention.Backward(ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, AttentionShape, Span{float}, Span{float}, Span{float}, ExactAttentionOptions)"/>,
+    /// <see cref="PowerAttention.Backward"/>), fastest first, whether or not this CPU runs them. Each has the name of the tiled forward kernel of
+    /// its vector width, so one forced name sets both passes; a forced split-key name picks the tiled backward of its width.
+    /// </summary>
+    public static IReadOnlyList<KernelInfo> Backward { get; } = KernelRegistry.Backward.Select(k => new KernelInfo(k.Name, k.Description, k.IsSupported())).ToArray();
+
     /// <summary>The kernels that run on this CPU and take inputs of this shape (masks and values aside), fastest first.</summary>
     /// <param name="shape">The attention's shape.</param>
     /// <returns>The kernels, fastest first; the first is the one chosen when none is forced.</returns>

@@ -47,7 +47,7 @@ public sealed record PolynomialCertificate(double Range, int Degree, long Rank, 
 /// parallel, bitwise independent of the thread count); causal is blockwise: prefix states across key
 /// blocks, the diagonal block weighted directly.
 /// </summary>
-public static class PolynomialAttention
+public static partial class PolynomialAttention
 {
     /// <summary>The feature budget used when <see cref="PolynomialAttentionOptions.MaxRank"/> is 0.</summary>
     public const long DefaultMaxRank = 200_000;

@@ -40,7 +40,7 @@ public sealed record SketchReport(int SketchSize, long Rank, long Seed, double P
 /// to that of uniform weights unless m is of order d^2 (measured by <c>fastattn experiment sketch</c>; see
 /// docs/experiments/sketch.md before relying on it).
 /// </summary>
-public static class SketchedAttention
+public static partial class SketchedAttention
 {
     /// <summary>The sketch size used when <see cref="SketchedAttentionOptions.SketchSize"/> is 0.</summary>
     public const int DefaultSketchSize = 32;
@@ -61,6 +61,14 @@ public static class SketchedAttention
     public static SketchReport Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, SketchedAttentionOptions options = default)
     {
         PolynomialAttention.CheckInputs(query, key, value, shape, destination);
+        SketchFeatureMap map = Map(shape, options);
+        PolynomialAttention.RunFactorised(query, key, value, shape, destination, map, map.Weights(), options.Causal, options.MaxDegreeOfParallelism);
+        return Report(shape, options, map);
+    }
+
+    /// <summary>The sketch of the options (the same seed gives the same matrices); refuses a size outside 1 .. <see cref="MaxSketchSize"/>.</summary>
+    internal static SketchFeatureMap Map(AttentionShape shape, SketchedAttentionOptions options)
+    {
         int m = options.SketchSize == 0 ? DefaultSketchSize : options.SketchSize;
         if (m < 1 || m > MaxSketchSize)
         {
@@ -68,8 +76,12 @@ public static class SketchedAttention
         }
 
         double s = options.Scale ?? (1.0 / Math.Sqrt(shape.HeadDim));
-        var map = new SketchFeatureMap(shape.HeadDim, m, options.Seed, s);
-        PolynomialAttention.RunFactorised(query, key, value, shape, destination, map, map.Weights(), options.Causal, options.MaxDegreeOfParallelism);
+        return new SketchFeatureMap(shape.HeadDim, m, options.Seed, s);
+    }
+
+    private static SketchReport Report(AttentionShape shape, SketchedAttentionOptions options, SketchFeatureMap map)
+    {
+        int m = map.SketchSize;
         double rows = (((double)shape.QueryCount * shape.HeadCount) + ((double)shape.KeyCount * shape.EffectiveKeyValueHeads)) * shape.BatchSize;
         double flops = PolynomialAttention.PredictedFlops(shape, map.Count) + (rows * 4.0 * m * shape.HeadDim);
         return new SketchReport(m, map.Count, options.Seed, flops);

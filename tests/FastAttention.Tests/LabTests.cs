@@ -1,6 +1,7 @@
 using System.Text.Json;
 using FastAttention.Lab;
 using FastAttention.Lab.Reports;
+using FastAttention.Polynomial;
 using FastAttention.Tests.Support;
 
 namespace FastAttention.Tests;
@@ -89,6 +90,64 @@ public class LabTests
         // lev: per (batch, kv head) the selection (3 nk d^2 + d^3/3) and attention over the kept keys.
         double lev = MethodTable.Find("lev").Flops(shape, settings with { Eps = null }, null);
         Assert.Equal(2 * ((3.0 * 40 * 64) + (512.0 / 3) + (2.0 * 33 * 5 * 16)), lev, 6);
+    }
+
+    [Fact]
+    public void Every_method_with_a_backward_has_the_float64_reference_gradients_on_a_tiny_input()
+    {
+        // 2 query heads over 1 kv head (grouped-query), nq = 5 != nk = 7, d = 4, dv = 3, causal, scale 0.4.
+        var shape = new AttentionShape(1, 2, 5, 7, 4, 3, 1);
+        (float[] q, float[] k, float[] v) = Data.Inputs(shape, 5);
+        float[] dO = Data.Normal(shape.OutputLength, 9);
+        var settings = new MethodSettings { Threads = 1, Scale = 0.4f, Causal = true, Power = 3 };
+
+        // The float64 reference of each method's gradients; a method given a backward gets its reference here.
+        var references = new Dictionary<string, Action<double[], double[], double[]>>
+        {
+            ["exact"] = (dq, dk, dv) => ReferenceAttention.Backward(q, k, v, dO, shape, dq, dk, dv, 0.4, causal: true),
+            ["power"] = (dq, dk, dv) => ReferenceAttention.PowerBackward(q, k, v, dO, shape, dq, dk, dv, power: 3, scale: 0.4, causal: true),
+            ["poly"] = (dq, dk, dv) => Factorised(dq, dk, dv, new PolynomialPairWeight(
+                PolynomialAttention.Prepare(PolynomialAttention.RangeBound(q, k, shape.HeadDim, 0.4f), 0.4f, shape.HeadDim, new PolynomialAttentionOptions { Scale = 0.4f, Causal = true }).Polynomial.Coefficients, 0.4f)),
+            ["sketch"] = (dq, dk, dv) =>
+            {
+                SketchFeatureMap map = SketchedAttention.Map(shape, new SketchedAttentionOptions { Scale = 0.4f, Causal = true });
+                Factorised(dq, dk, dv, new SketchPairWeight(map.Sketch1.ToArray(), map.Sketch2.ToArray(), map.SketchSize, 0.4f));
+            },
+        };
+
+        void Factorised(double[] dq, double[] dk, double[] dv, PairWeight weight)
+        {
+            (double[] gq, double[] gk, double[] gv) = ReferenceFactorisedBackward.Backward(Gradients.ToDouble(q), Gradients.ToDouble(k), Gradients.ToDouble(v), Gradients.ToDouble(dO), shape, true, weight);
+            gq.CopyTo(dq, 0);
+            gk.CopyTo(dk, 0);
+            gv.CopyTo(dv, 0);
+        }
+        Assert.Contains("exact", MethodTable.WithBackward);
+        Assert.Contains("power", MethodTable.WithBackward);
+        foreach (MethodEntry entry in MethodTable.All.Where(m => m.HasBackward && !m.IsTensor))
+        {
+            Assert.True(references.ContainsKey(entry.Name), $"{entry.Name} has a backward: add its float64 reference to this test");
+            MethodGradients grads = entry.Backward!(MethodInputs.Of(q, k, v), shape, dO, settings);
+            Assert.Equal(["dq", "dk", "dv"], grads.Gradients.Select(g => g.Name));
+            double[] dq = new double[q.Length], dk = new double[k.Length], dv = new double[v.Length];
+            references[entry.Name](dq, dk, dv);
+            foreach ((string name, double[] expected) in new[] { ("dq", dq), ("dk", dk), ("dv", dv) })
+            {
+                Gradients.AssertClose(Gradients.ToDouble(grads[name]), expected, 1e-4 * Math.Max(1, Gradients.MaxAbs(expected)), 1e-3, $"{entry.Name} {name}");
+            }
+
+            var output = new float[shape.OutputLength];
+            MethodRun run = entry.Forward(MethodInputs.Of(q, k, v), shape, output, settings);
+            Gradients.AssertClose(Gradients.ToDouble(grads.Output), Gradients.ToDouble(output), 1e-6, 1e-5, $"{entry.Name} training forward");
+            Assert.Equal(entry.Flops(shape, settings, run), grads.ForwardFlops);
+            Assert.True(grads.BackwardFlops > 0, entry.Name);
+            Assert.Equal(grads.ForwardFlops + grads.BackwardFlops, grads.Flops);
+        }
+
+        Assert.Equal(FlopCount.ExactAttentionBackward(1, 2, 5, 7, 4, 3, causal: true), MethodTable.Find("exact").Backward!(MethodInputs.Of(q, k, v), shape, dO, settings).BackwardFlops);
+        Assert.All(MethodTable.All.Where(m => !m.HasBackward), m => Assert.Contains(m.Name + " has no backward yet", MethodTable.NoBackward(m.Name)));
+        MethodEntry without = MethodTable.All.First(m => !m.HasBackward);
+        Assert.Throws<ArgumentException>(() => Benchmark.Run(new BenchmarkRequest(without.Name, shape) { Settings = settings with { Top = 2 }, Backward = true, Repeats = 1 }));
     }
 
     [Fact]

@@ -15,7 +15,8 @@ public static class Benchmark
     /// <param name="request">Method, shape, settings, inputs, repeats.</param>
     /// <param name="progress">Progress and cancellation (each timed run is a cancellation point).</param>
     /// <returns>The measurement.</returns>
-    /// <exception cref="ArgumentException">Unknown method, inputs that do not match the shape, or settings the method rejects (<see cref="MethodEntry.WhyNot"/>).</exception>
+    /// <exception cref="ArgumentException">Unknown method, inputs that do not match the shape, settings the method rejects (<see cref="MethodEntry.WhyNot"/>),
+    /// or <see cref="BenchmarkRequest.Backward"/> for a method without a backward.</exception>
     public static BenchmarkResult Run(BenchmarkRequest request, LabProgress? progress = null)
     {
         ArgumentNullException.ThrowIfNull(request);
@@ -29,21 +30,45 @@ public static class Benchmark
             throw new ArgumentException($"{method.Name}: {reason}", nameof(request));
         }
 
+        MethodBackward? training = !request.Backward ? null
+            : method.Backward ?? throw new ArgumentException(MethodTable.NoBackward(method.Name), nameof(request));
         MethodInputs inputs = request.Inputs ?? RandomInputs(shape, method.IsTensor, request.InputSeed);
-        var output = new float[shape.OutputLength];
+        float[] output = new float[shape.OutputLength], outputGradient = training is null ? [] : Uniform(new Random(request.InputSeed + 13), shape.OutputLength);
+        MethodGradients? pair = null;
+        var backwardTimes = new List<double>();
 
-        MethodRun Compute() => method.Forward(inputs, shape, output, settings);
+        MethodRun Compute()
+        {
+            if (training is null)
+            {
+                return method.Forward(inputs, shape, output, settings);
+            }
+
+            pair = training(inputs, shape, outputGradient, settings);
+            backwardTimes.Add(pair.BackwardSeconds);
+            return pair.Run;
+        }
 
         var watch = Stopwatch.StartNew();
         MethodRun run = Compute();
         double first = watch.Elapsed.TotalSeconds;
+        backwardTimes.Clear(); // the warm-up's
         int runs = request.Repeats ?? (int)Math.Clamp(2.0 / Math.Max(first, 1e-6), 3, 50);
-        double[] times = TimedRuns.Repeat(() => run = Compute(), runs, progress, "timing " + method.Name);
+        double[] times = TimedRuns.Repeat(() => run = Compute(), runs, progress, "timing " + method.Name + (training is null ? string.Empty : " forward + backward"));
         double median = TimedRuns.Median(times);
-        double flops = method.Flops(shape, settings, run);
-        double? exactFlops = method.ExactEquivalentFlops?.Invoke(shape, settings, run);
+        double flops = pair?.Flops ?? method.Flops(shape, settings, run);
+        double? exactFlops = method.ExactEquivalentFlops?.Invoke(shape, settings, run)
+            + (pair is null ? 0 : FlopCount.ExactAttentionBackward(shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, settings.Causal));
         progress.Step("measuring the FMA peak");
         double peak = FmaPeak.Measure(threads);
+        BackwardFigure? backward = null;
+        if (pair is not null)
+        {
+            output = pair.Output;
+            backwardTimes.Sort();
+            backward = new BackwardFigure(TimedRuns.Median(backwardTimes), backwardTimes[0], pair.ForwardFlops, pair.BackwardFlops, peak, pair.BackwardKernel);
+        }
+
         double inputBytes = 4.0 * (inputs.Query.Length + inputs.Keys.Sum(k => (double)k.Length) + inputs.Values.Sum(v => (double)v.Length));
         BandwidthFigure? bandwidth = null;
         if (request.MeasureBandwidth)
@@ -54,7 +79,10 @@ public static class Benchmark
         }
 
         return new BenchmarkResult(method.Name, run.Kernel, shape, settings.Causal, threads, runs, first, median, times[0], flops, exactFlops, peak,
-            inputBytes, bandwidth, Process.GetCurrentProcess().PeakWorkingSet64, run, output, MachineStamp.Now());
+            inputBytes, bandwidth, Process.GetCurrentProcess().PeakWorkingSet64, run, output, MachineStamp.Now())
+        {
+            Backward = backward,
+        };
     }
 
     /// <summary>Times <c>C = A B</c> with m = n = k = <paramref name="n"/> on the GEMM the attention kernel's micro-kernel comes from.</summary>

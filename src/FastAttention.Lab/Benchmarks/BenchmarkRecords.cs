@@ -19,6 +19,29 @@ public sealed record BenchmarkRequest(string Method, AttentionShape Shape)
 
     /// <summary>Also read the same inputs with a plain summing loop, timed the same way, and compare the method's read rate with it.</summary>
     public bool MeasureBandwidth { get; init; }
+
+    /// <summary>
+    /// Time the method's training forward and backward together (<see cref="MethodEntry.Backward"/>) instead of its forward:
+    /// <see cref="BenchmarkResult.MedianSeconds"/> and <see cref="BenchmarkResult.Flops"/> are of the pair, and
+    /// <see cref="BenchmarkResult.Backward"/> has the backward alone. dO is uniform in [-1, 1] from <see cref="InputSeed"/> + 13.
+    /// </summary>
+    public bool Backward { get; init; }
+}
+
+/// <summary>The backward pass alone, from the same timed runs as the forward-and-backward pair (<see cref="BenchmarkRequest.Backward"/>).</summary>
+/// <param name="MedianSeconds">The median of the backward's times.</param>
+/// <param name="MinSeconds">The fastest backward.</param>
+/// <param name="ForwardFlops">The training forward's flops.</param>
+/// <param name="BackwardFlops">The backward's flops (<see cref="FlopCount.ExactAttentionBackward"/> for exact and power attention).</param>
+/// <param name="PeakGflops">The FMA peak measured in the same run.</param>
+/// <param name="Kernel">The kernel the backward ran on.</param>
+public sealed record BackwardFigure(double MedianSeconds, double MinSeconds, double ForwardFlops, double BackwardFlops, double PeakGflops, string Kernel)
+{
+    /// <summary>The backward's flops over its median time, in GFLOP/s.</summary>
+    public double Gflops => BackwardFlops / MedianSeconds / 1e9;
+
+    /// <summary><see cref="Gflops"/> as a percentage of <see cref="PeakGflops"/>.</summary>
+    public double PercentOfPeak => 100 * Gflops / PeakGflops;
 }
 
 /// <summary>The method's input read rate against a read rate measured in the same run.</summary>
@@ -54,10 +77,10 @@ public sealed record BandwidthFigure(double PlainReadGBps, double MethodGBps)
 /// <param name="Threads">Worker threads.</param>
 /// <param name="Repeats">Timed runs (after one warm-up call).</param>
 /// <param name="FirstCallSeconds">The warm-up call (JIT, buffer pools, caches).</param>
-/// <param name="MedianSeconds">The median of the timed runs.</param>
+/// <param name="MedianSeconds">The median of the timed runs (with <see cref="BenchmarkRequest.Backward"/>, of forward and backward together).</param>
 /// <param name="MinSeconds">The fastest timed run.</param>
-/// <param name="Flops">The method's own flop count (<see cref="MethodEntry.Flops"/>).</param>
-/// <param name="ExactEquivalentFlops">Approximate methods: the exact computation's flops; null otherwise.</param>
+/// <param name="Flops">The method's own flop count (<see cref="MethodEntry.Flops"/>; with <see cref="BenchmarkRequest.Backward"/>, forward and backward).</param>
+/// <param name="ExactEquivalentFlops">Approximate methods: the exact computation's flops (with <see cref="BenchmarkRequest.Backward"/>, plus the exact backward's); null otherwise.</param>
 /// <param name="PeakGflops">This machine's FMA peak on <paramref name="Threads"/> threads, measured in the same run.</param>
 /// <param name="InputBytes">Bytes of the inputs (Q, K, V; tensor methods: both K and V).</param>
 /// <param name="Bandwidth">The read-rate comparison, when requested.</param>
@@ -69,6 +92,9 @@ public sealed record BenchmarkResult(string Method, string Kernel, AttentionShap
     double FirstCallSeconds, double MedianSeconds, double MinSeconds, double Flops, double? ExactEquivalentFlops, double PeakGflops,
     double InputBytes, BandwidthFigure? Bandwidth, long PeakWorkingSetBytes, MethodRun Run, float[] Output, MachineStamp Machine)
 {
+    /// <summary>With <see cref="BenchmarkRequest.Backward"/>: the backward alone; null for a forward benchmark.</summary>
+    public BackwardFigure? Backward { get; init; }
+
     /// <summary>Own flops over the median time, in GFLOP/s.</summary>
     public double Gflops => Flops / MedianSeconds / 1e9;
 

@@ -103,8 +103,8 @@ public delegate double MethodFlops(AttentionShape shape, MethodSettings settings
 
 /// <summary>
 /// One attention method, as every command sees it: its name, a one-line summary for help, the options it accepts
-/// (by CLI name), its forward, its flop count and what it rejects of the settings. A backward slot is a later addition (none of the methods has a
-/// public backward yet).
+/// (by CLI name), its forward, its flop count, what it rejects of the settings and, for the methods that have one, its
+/// training forward and backward (<see cref="Backward"/>).
 /// </summary>
 /// <param name="Name">The name a command's <c>--method</c> takes.</param>
 /// <param name="Summary">One line for help text.</param>
@@ -128,6 +128,15 @@ public sealed record MethodEntry(string Name, string Summary, IReadOnlyList<stri
     /// <param name="settings">The settings.</param>
     /// <returns>The reason, or null.</returns>
     public string? WhyNot(MethodSettings settings) => Check?.Invoke(settings);
+
+    /// <summary>
+    /// The method's training forward and its backward, run together on the same inputs and settings (<see cref="MethodBackward"/>);
+    /// null for a method without a backward yet.
+    /// </summary>
+    public MethodBackward? Backward { get; init; }
+
+    /// <summary>Whether the method has a <see cref="Backward"/>.</summary>
+    public bool HasBackward => Backward is not null;
 
     /// <summary>Whether the method accepts the option <paramref name="option"/> (a CLI name without dashes).</summary>
     /// <param name="option">The option's name.</param>

@@ -2,23 +2,25 @@ namespace FastAttention.Lab;
 
 /// <summary>
 /// The one table of attention methods that <c>attend</c>, <c>tensor</c>, <c>bench</c>, the demo and the report read:
-/// per method its name, summary, accepted options, forward and flop counts (instead of a list in each command).
+/// per method its name, summary, accepted options, forward, flop counts and backward (instead of a list in each command).
 /// </summary>
-public static class MethodTable
+public static partial class MethodTable
 {
     /// <summary>Every method, in the order help lists them.</summary>
     public static IReadOnlyList<MethodEntry> All { get; } =
     [
         new("exact", "exact softmax attention on the fastest kernel for the CPU and shape (4 n^2 d flops)",
-            ["scale", "causal", "kernel", "allow-nonfinite"], Exact, ExactFlops, null, IsTensor: false),
+            ["scale", "causal", "kernel", "allow-nonfinite"], Exact, ExactFlops, null, IsTensor: false) { Backward = Training(ExactTraining, ExactGradients, ExactFlops) },
         new("poly", "the polynomial method (Alman-Song) with an error certificate; own flops: its feature maps and thin products",
-            ["scale", "causal", "eps", "degree"], Polynomial, PolynomialFlops, ExactFlops, IsTensor: false) { Check = RelativeError },
+            ["scale", "causal", "eps", "degree"], Polynomial, PolynomialFlops, ExactFlops, IsTensor: false)
+            { Check = RelativeError, Backward = Training(PolynomialTraining, PolynomialGradients, PolynomialFlops) },
         new("sketch", "sketched degree-4 polynomial attention (PolySketchFormer), statistical error; own flops: the sketch's",
-            ["scale", "causal", "sketch", "seed"], Sketch, SketchFlops, ExactFlops, IsTensor: false),
+            ["scale", "causal", "sketch", "seed"], Sketch, SketchFlops, ExactFlops, IsTensor: false)
+            { Backward = Training(SketchTraining, SketchGradients, SketchFlops) },
         new("lev", "LevAttention: each head's keys selected by leverage score (--top N, or --eps E for the universal set), then softmax over the kept keys",
             ["scale", "eps", "top", "keep-first", "keep-last"], Lev, LevFlops, ExactFlops, IsTensor: false) { Check = LevSelection },
         new("power", "power attention |s q.k|^p normalised per row (LevAttention's guaranteed case), on the exact kernels",
-            ["scale", "causal", "kernel", "power"], Power, ExactFlops, null, IsTensor: false),
+            ["scale", "causal", "kernel", "power"], Power, ExactFlops, null, IsTensor: false) { Backward = Training(PowerTraining, PowerGradients, ExactFlops) },
         new("tensor", "exact tensor (2-simplicial) attention over key pairs, n^3 work: 2 (d + dv) flops per (query, key, key) triple",
             ["scale", "causal", "window"], Tensor, TensorFlops, null, IsTensor: true),
         new("tensor-poly", "tensor attention by the polynomial method with an error certificate, near-linear for bounded entries",
@@ -71,16 +73,18 @@ public static class MethodTable
 
     private static MethodRun Exact(MethodInputs x, AttentionShape shape, Span<float> output, MethodSettings s)
     {
-        AttentionRun run = ExactAttention.Compute(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, shape, output, new ExactAttentionOptions
-        {
-            Scale = s.Scale,
-            Causal = s.Causal,
-            Kernel = s.Kernel,
-            MaxDegreeOfParallelism = s.Threads,
-            AllowNonFinite = s.AllowNonFinite,
-        });
+        AttentionRun run = ExactAttention.Compute(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, shape, output, ExactOptions(s));
         return new MethodRun(run.Kernel);
     }
+
+    private static ExactAttentionOptions ExactOptions(MethodSettings s) => new()
+    {
+        Scale = s.Scale,
+        Causal = s.Causal,
+        Kernel = s.Kernel,
+        MaxDegreeOfParallelism = s.Threads,
+        AllowNonFinite = s.AllowNonFinite,
+    };
 
     private static PolynomialAttentionOptions PolynomialOptions(MethodSettings s) => new()
     {
@@ -95,14 +99,16 @@ public static class MethodTable
         new("polynomial-double", PolynomialAttention.Compute(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, shape, output, PolynomialOptions(s)));
 
     private static MethodRun Sketch(MethodInputs x, AttentionShape shape, Span<float> output, MethodSettings s) =>
-        new("sketch-double", Sketch: SketchedAttention.Compute(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, shape, output, new SketchedAttentionOptions
-        {
-            Scale = s.Scale,
-            Causal = s.Causal,
-            SketchSize = s.SketchSize,
-            Seed = s.Seed,
-            MaxDegreeOfParallelism = s.Threads,
-        }));
+        new("sketch-double", Sketch: SketchedAttention.Compute(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, shape, output, SketchOptions(s)));
+
+    private static SketchedAttentionOptions SketchOptions(MethodSettings s) => new()
+    {
+        Scale = s.Scale,
+        Causal = s.Causal,
+        SketchSize = s.SketchSize,
+        Seed = s.Seed,
+        MaxDegreeOfParallelism = s.Threads,
+    };
 
     private static MethodRun Lev(MethodInputs x, AttentionShape shape, Span<float> output, MethodSettings s)
     {
@@ -125,16 +131,18 @@ public static class MethodTable
 
     private static MethodRun Power(MethodInputs x, AttentionShape shape, Span<float> output, MethodSettings s)
     {
-        AttentionRun run = PowerAttention.Compute(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, shape, output, new PowerAttentionOptions
-        {
-            Power = s.Power,
-            Scale = s.Scale,
-            Causal = s.Causal,
-            Kernel = s.Kernel,
-            MaxDegreeOfParallelism = s.Threads,
-        });
+        AttentionRun run = PowerAttention.Compute(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, shape, output, PowerOptions(s));
         return new MethodRun(run.Kernel);
     }
+
+    private static PowerAttentionOptions PowerOptions(MethodSettings s) => new()
+    {
+        Power = s.Power,
+        Scale = s.Scale,
+        Causal = s.Causal,
+        Kernel = s.Kernel,
+        MaxDegreeOfParallelism = s.Threads,
+    };
 
     private static MethodRun Tensor(MethodInputs x, AttentionShape shape, Span<float> output, MethodSettings s)
     {

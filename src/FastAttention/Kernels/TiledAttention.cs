@@ -8,7 +8,8 @@ namespace FastAttention.Kernels;
 /// written once over a vector width <typeparamref name="TS"/>. The <c>nq x nk</c> score matrix is never
 /// formed: each worker owns one (batch, head, query tile) and streams key tiles through it:
 /// <list type="number">
-/// <item>S = (s Q_tile) K_tile^T by the shared 6-row x 4-vector micro-kernel (<see cref="MicroKernel{TS, TV}.Run6"/>) over packed key panels;</item>
+/// <item>S = (s Q_tile) K_tile^T by the shared 6-row micro-kernel (4 vectors wide with 512-bit registers, <see cref="MicroKernel{TS, TV}.Run6"/>;
+/// 2 with 256-bit, <see cref="MicroKernel{TS, TV}.Run6x2"/>) over packed key panels;</item>
 /// <item>bias, mask, causal limit and key padding applied to S (masked scores become -inf);</item>
 /// <item>per row: m' = max(m, rowmax S), alpha = 2^(m - m'), P = 2^(S - m'), l = alpha l + sum P (S carries a factor log2 e, so 2^S = e^(s q.k));</item>
 /// <item>O = alpha O + P V_tile by the same micro-kernel, accumulating each chunk from zero (blocked summation);</item>
@@ -47,13 +48,17 @@ internal static unsafe class TiledAttention<TS, TV>
 
     private static int Width => TS.Count;
 
-    /// <summary>Keys per score micro-tile: four vectors.</summary>
-    private static int Strip => 4 * TS.Count;
+    /// <summary>Keys per score micro-tile (and value columns per P V micro-tile): four vectors where there are 32 vector registers
+    /// (512-bit), two on 16-register machines (AVX2), where a 6 x 4-vector tile's 24 accumulators spill (measured: the 6 x 2 form
+    /// ran the same products about twice as fast per flop on a Zen 3). The per-element summation order is the same either way.</summary>
+    private static int Strip => TS.Count == 16 ? 4 * TS.Count : 2 * TS.Count;
+
+    /// <summary>Keys are padded to a multiple of four vectors whatever the strip: the softmax passes run four chains.</summary>
+    private static int KeyAlign => 4 * TS.Count;
 
     public static void Run(AttentionArgs a)
     {
-        int strip = Strip;
-        int paddedKeys = RoundUp(a.KeyCount, strip);
+        int paddedKeys = RoundUp(a.KeyCount, KeyAlign);
         int paddedValueDim = RoundUp(a.ValueDim, Width);
         int groups = a.Batch * a.KvHeads;
         long keyPanelSize = (long)paddedKeys * a.HeadDim;
@@ -145,8 +150,8 @@ internal static unsafe class TiledAttention<TS, TV>
         NativeMemory.Clear(o, (nuint)(paddedRows * paddedValueDim * sizeof(float)));
 
         // How step 4 splits the value columns: four-vector groups, then a pair, then single vectors.
-        int wide = paddedValueDim / (4 * Width) * (4 * Width);
-        int pair = paddedValueDim - wide >= 2 * Width ? 2 * Width : 0;
+        int wide = paddedValueDim / Strip * Strip;
+        int pair = Strip > 2 * Width && paddedValueDim - wide >= 2 * Width ? 2 * Width : 0;
 
         // Causal, bottom-right aligned: query i sees keys j <= i + (nk - nq). Key tiles past the
         // last row's limit are skipped entirely.
@@ -156,7 +161,7 @@ internal static unsafe class TiledAttention<TS, TV>
         for (int j0 = 0; j0 < keyEnd; j0 += KeyTile)
         {
             int cols = Math.Min(KeyTile, keyEnd - j0);
-            int paddedCols = RoundUp(cols, Strip);
+            int paddedCols = RoundUp(cols, KeyAlign);
 
             // Causal: the last key of this tile that row r sees (relative to j0). A micro-tile whose first key lies
             // past its last row's limit is all masked and is skipped by both products: step 2 writes its scores
@@ -171,7 +176,7 @@ internal static unsafe class TiledAttention<TS, TV>
                 float* panel = keys + ((long)(j0 + c) * d);
                 for (int r = FirstUnmasked(c, lastVisible, Rows); r < paddedRows; r += Rows)
                 {
-                    MicroKernel<TS, TV>.Run6(d, q + (r * d), d, 1, panel, Strip, s + (r * ScoreStride) + c, ScoreStride, null);
+                    Tile(d, q + (r * d), d, 1, panel, Strip, s + (r * ScoreStride) + c, ScoreStride, null);
                 }
             }
 
@@ -186,19 +191,19 @@ internal static unsafe class TiledAttention<TS, TV>
 
             // 4. O = alpha O + P V, in chunks of keys so each chunk of V stays in L1 while every row
             //    block uses it; alpha rescales O on the first chunk only.
-            //    Value columns go four vectors at a time (6-row tiles); a remaining pair of vectors (dv = 32 with
-            //    512-bit vectors) in 8-row tiles, as RunNarrow's 4 FMAs per 5 loads would starve the FMA pipes;
+            //    Value columns go a strip (four vectors, or two on AVX2) at a time in 6-row tiles; with 512-bit vectors a
+            //    remaining pair (dv = 32) in 8-row tiles, as RunNarrow's 4 FMAs per 5 loads would starve the FMA pipes;
             //    a last single vector in RunNarrow.
             for (int k0 = 0; k0 < cols; k0 += ValueChunk)
             {
                 int chunk = Math.Min(ValueChunk, cols - k0);
                 float* v = values + ((long)(j0 + k0) * paddedValueDim);
                 float* alpha = k0 == 0 ? scratch.Alpha : scratch.Ones;
-                for (int c = 0; c < wide; c += 4 * Width)
+                for (int c = 0; c < wide; c += Strip)
                 {
                     for (int r = FirstUnmasked(k0, lastVisible, Rows); r < paddedRows; r += Rows)
                     {
-                        MicroKernel<TS, TV>.Run6(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
+                        Tile(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
                     }
                 }
 
@@ -387,6 +392,20 @@ internal static unsafe class TiledAttention<TS, TV>
     }
 
     private static int RoundUp(int x, int multiple) => (x + multiple - 1) / multiple * multiple;
+
+    /// <summary>The 6-row micro-kernel <see cref="Strip"/> columns wide.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Tile(int k, float* a, nint aRow, nint aCol, float* b, nint ldb, float* c, nint ldc, float* scale)
+    {
+        if (TS.Count == 16)
+        {
+            MicroKernel<TS, TV>.Run6(k, a, aRow, aCol, b, ldb, c, ldc, scale);
+        }
+        else
+        {
+            MicroKernel<TS, TV>.Run6x2(k, a, aRow, aCol, b, ldb, c, ldc, scale);
+        }
+    }
 
     /// <summary>
     /// The first block of <paramref name="step"/> rows (a multiple of it) that sees key <paramref name="firstKey"/> or a

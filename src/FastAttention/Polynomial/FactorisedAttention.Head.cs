@@ -6,7 +6,7 @@ namespace FastAttention.Polynomial;
 internal static unsafe partial class FactorisedAttention
 {
     /// <summary>One kv head's keys and values and the query heads that share them.</summary>
-    private readonly struct Head(in Problem p, FeatureMap map, double[] weight, double qScale, double kScale, int columns, float* key, float* value, long firstHead, int group)
+    private readonly partial struct Head(in Problem p, FeatureMap map, double[] weight, double qScale, double kScale, int columns, float* key, float* value, long firstHead, int group)
     {
         private readonly float* _query = p.Query;
         private readonly float* _output = p.Output;
@@ -40,24 +40,29 @@ internal static unsafe partial class FactorisedAttention
         /// <summary>state[a][c] += sum over keys j0 .. j1 of f_a(k_j) [v_j | 1]_c (unweighted).</summary>
         public void AccumulateKeys(int j0, int j1, double* state, Scratch s)
         {
-            int d = Map.Dimension, dv = ValueDim;
+            int d = Map.Dimension;
             for (int jb = j0; jb < j1; jb += Block)
             {
                 int count = Math.Min(Block, j1 - jb);
                 s.Evaluate(Key + ((long)jb * d), count, _kScale);
-                double* vt = s.Values;
-                for (int c = 0; c < Columns; c++)
-                {
-                    double* line = vt + ((long)c * Block);
-                    for (int j = 0; j < count; j++)
-                    {
-                        line[j] = c < dv ? Value[((long)(jb + j) * dv) + c] : c == dv ? 1 : 0;
-                    }
+                ValuesTransposed(jb, count, s.Values);
+                _products.KeyProduct(s.Features, Map.PaddedCount, s.Values, Columns, state);
+            }
+        }
 
-                    new Span<double>(line + count, Block - count).Clear();
+        /// <summary>[v_j | 1 | 0 ...] of keys j0 .. j0+count transposed to vt[c][Block]; zero past count.</summary>
+        public void ValuesTransposed(int j0, int count, double* vt)
+        {
+            int dv = ValueDim;
+            for (int c = 0; c < Columns; c++)
+            {
+                double* line = vt + ((long)c * Block);
+                for (int j = 0; j < count; j++)
+                {
+                    line[j] = c < dv ? Value[((long)(j0 + j) * dv) + c] : c == dv ? 1 : 0;
                 }
 
-                _products.KeyProduct(s.Features, Map.PaddedCount, vt, Columns, state);
+                new Span<double>(line + count, Block - count).Clear();
             }
         }
 
@@ -96,6 +101,30 @@ internal static unsafe partial class FactorisedAttention
             }
         }
 
+        /// <summary>The embeddings and values of key block <paramref name="diagonal"/> transposed into the scratch ([e][Block], [dv][Block]); returns its key count.</summary>
+        public int DiagonalTransposed(int diagonal, Scratch s)
+        {
+            int d = Map.Dimension, dv = ValueDim, e = Map.EmbeddingSize;
+            int j0 = diagonal * Block, keys = Math.Min(KeyCount, j0 + Block) - j0;
+            double* keyT = s.KeyEmbedding, valueT = s.DiagonalValues;
+            for (int j = 0; j < keys; j++)
+            {
+                Map.Embed(Key + ((long)(j0 + j) * d), s.QueryEmbedding);
+                for (int l = 0; l < e; l++)
+                {
+                    keyT[((long)l * Block) + j] = s.QueryEmbedding[l];
+                }
+
+                float* v = Value + ((long)(j0 + j) * dv);
+                for (int c = 0; c < dv; c++)
+                {
+                    valueT[((long)c * Block) + j] = v[c];
+                }
+            }
+
+            return keys;
+        }
+
         /// <summary>
         /// Output rows i0 .. i0+count of one head from a weighted state; with <paramref name="diagonal"/> &gt;= 0
         /// (causal), also the visible keys of key block <paramref name="diagonal"/>, weighted directly.
@@ -113,23 +142,8 @@ internal static unsafe partial class FactorisedAttention
                 // The visible keys of the diagonal block, weighted directly and vectorised along the keys:
                 // embeddings and values transposed to [e][Block] and [dv][Block], dots by axpy, weights in place.
                 int e = Map.EmbeddingSize;
-                int j0 = diagonal * Block, j1 = Math.Min(KeyCount, j0 + Block), keys = j1 - j0;
+                int j0 = diagonal * Block, keys = DiagonalTransposed(diagonal, s);
                 double* keyT = s.KeyEmbedding, valueT = s.DiagonalValues, dots = s.Dots;
-                for (int j = 0; j < keys; j++)
-                {
-                    Map.Embed(Key + ((long)(j0 + j) * d), s.QueryEmbedding);
-                    for (int l = 0; l < e; l++)
-                    {
-                        keyT[((long)l * Block) + j] = s.QueryEmbedding[l];
-                    }
-
-                    float* v = Value + ((long)(j0 + j) * dv);
-                    for (int c = 0; c < dv; c++)
-                    {
-                        valueT[((long)c * Block) + j] = v[c];
-                    }
-                }
-
                 long offset = (long)KeyCount - QueryCount;
                 for (int x = 0; x < count; x++)
                 {

@@ -67,44 +67,59 @@ internal static unsafe partial class FactorisedAttention
 
     public static void Run(in Problem p)
     {
-        AttentionShape shape = p.Shape;
-        int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount;
-        int kvHeads = shape.EffectiveKeyValueHeads, group = shape.HeadCount / kvHeads;
         FeatureMap map = p.Map;
-        int rPad = map.PaddedCount, cPad = RoundUp(dv + 1, ColumnTile);
+        (double qScale, double kScale, double[] weight, int cPad, int wave) = Setup(p);
+        Func<Scratch> scratch = () => new Scratch(map, cPad);
+        bool causal = p.Causal;
+        EachHead(p, qScale, kScale, weight, cPad, (head, _) =>
+        {
+            if (causal)
+            {
+                RunCausal(head, wave, scratch);
+            }
+            else
+            {
+                RunNonCausal(head, wave, scratch);
+            }
+        });
+    }
+
+    /// <summary>Every (batch, kv head) in order, as the <see cref="Head"/> of its keys and values and the query heads sharing them, with its index b kvHeads + hk.</summary>
+    private static void EachHead(Problem p, double qScale, double kScale, double[] weight, int cPad, Action<Head, long> body)
+    {
+        AttentionShape shape = p.Shape;
+        int d = shape.HeadDim, dv = shape.ValueDim, nk = shape.KeyCount;
+        int kvHeads = shape.EffectiveKeyValueHeads, group = shape.HeadCount / kvHeads;
+        for (int b = 0; b < shape.BatchSize; b++)
+        {
+            for (int hk = 0; hk < kvHeads; hk++)
+            {
+                long kv = ((long)b * kvHeads) + hk;
+                body(new Head(p, p.Map, weight, qScale, kScale, cPad, p.Key + (kv * nk * d), p.Value + (kv * nk * dv), ((long)b * shape.HeadCount) + (hk * group), group), kv);
+            }
+        }
+    }
+
+    /// <summary>The input scales, the engine's weights, the padded column count and the partial states held at once.</summary>
+    private static (double QScale, double KScale, double[] Weight, int Columns, int Wave) Setup(in Problem p)
+    {
+        FeatureMap map = p.Map;
+        int cPad = RoundUp(p.Shape.ValueDim + 1, ColumnTile);
 
         // Inputs are scaled into [-1, 1] before their features are formed (so high powers neither overflow
         // nor vanish); a feature of degree t then carries 1 / (qScale kScale)^t in its weight.
-        double qScale = InverseMaxAbs(p.Query, shape.QueryLength), kScale = InverseMaxAbs(p.Key, shape.KeyLength);
-        double[] weight = new double[rPad];
+        double qScale = InverseMaxAbs(p.Query, p.Shape.QueryLength), kScale = InverseMaxAbs(p.Key, p.Shape.KeyLength);
+        double[] weight = new double[map.PaddedCount];
         for (int a = 0; a < map.Count; a++)
         {
             weight[a] = p.Weight[a] / Math.Pow(qScale * kScale, map.Degree[a]);
         }
 
         int threads = p.MaxDegreeOfParallelism > 0 ? p.MaxDegreeOfParallelism : Environment.ProcessorCount;
-        long stateDoubles = (long)rPad * cPad;
+        long stateDoubles = (long)map.PaddedCount * cPad;
         // Partial states held at once: enough to keep the threads busy, within 64 MiB.
         int wave = (int)Math.Clamp((64L << 20) / (stateDoubles * sizeof(double)), 1, 4 * threads);
-        Func<Scratch> scratch = () => new Scratch(map, cPad);
-
-        for (int b = 0; b < shape.BatchSize; b++)
-        {
-            for (int hk = 0; hk < kvHeads; hk++)
-            {
-                long kv = ((long)b * kvHeads) + hk;
-                var head = new Head(p, map, weight, qScale, kScale, cPad,
-                    p.Key + (kv * nk * d), p.Value + (kv * nk * dv), ((long)b * shape.HeadCount) + (hk * group), group);
-                if (p.Causal)
-                {
-                    RunCausal(head, wave, scratch);
-                }
-                else
-                {
-                    RunNonCausal(head, wave, scratch);
-                }
-            }
-        }
+        return (qScale, kScale, weight, cPad, wave);
     }
 
     private static void RunNonCausal(Head h, int wave, Func<Scratch> scratch)

@@ -142,18 +142,66 @@ internal static unsafe class FactorisedProducts<TS, TV>
         }
     }
 
+    /// <summary>
+    /// F[a][i] = sum_c M[a][c] G[c][i] (overwrites F): the backward's product that takes a state's gradient back to
+    /// features, contracting over the short [V | 1] side. A 4-feature x 2-vector register tile, broadcasting M.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void ExpandProduct(double* m, int rPad, double* g, int cPad, double* f)
+    {
+        int w = TS.Count;
+        for (int a = 0; a < rPad; a += 4)
+        {
+            double* m0 = m + ((long)a * cPad), m1 = m0 + cPad, m2 = m1 + cPad, m3 = m2 + cPad;
+            double* f0 = f + ((long)a * Block), f1 = f0 + Block, f2 = f1 + Block, f3 = f2 + Block;
+            for (int i = 0; i < Block; i += 2 * w)
+            {
+                TV a00 = TS.Broadcast(0), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+                for (int c = 0; c < cPad; c++)
+                {
+                    double* gc = g + ((long)c * Block) + i;
+                    TV x0 = TS.Load(gc), x1 = TS.Load(gc + w);
+                    TV y = TS.Broadcast(m0[c]);
+                    a00 = TS.MultiplyAdd(y, x0, a00);
+                    a01 = TS.MultiplyAdd(y, x1, a01);
+                    y = TS.Broadcast(m1[c]);
+                    a10 = TS.MultiplyAdd(y, x0, a10);
+                    a11 = TS.MultiplyAdd(y, x1, a11);
+                    y = TS.Broadcast(m2[c]);
+                    a20 = TS.MultiplyAdd(y, x0, a20);
+                    a21 = TS.MultiplyAdd(y, x1, a21);
+                    y = TS.Broadcast(m3[c]);
+                    a30 = TS.MultiplyAdd(y, x0, a30);
+                    a31 = TS.MultiplyAdd(y, x1, a31);
+                }
+
+                TS.Store(a00, f0 + i);
+                TS.Store(a01, f0 + i + w);
+                TS.Store(a10, f1 + i);
+                TS.Store(a11, f1 + i + w);
+                TS.Store(a20, f2 + i);
+                TS.Store(a21, f2 + i + w);
+                TS.Store(a30, f3 + i);
+                TS.Store(a31, f3 + i + w);
+            }
+        }
+    }
 }
 
 /// <summary>One width of the factorised products: a registry name, whether this CPU runs it in hardware, and the two entry points.</summary>
 internal sealed unsafe class FactorisedKernel(string name, Func<bool> isSupported,
-    delegate*<double*, int, double*, int, double*, void> keyProduct, delegate*<double*, int, double*, int, double*, void> queryProduct)
+    delegate*<double*, int, double*, int, double*, void> keyProduct, delegate*<double*, int, double*, int, double*, void> queryProduct,
+    delegate*<double*, int, double*, int, double*, void> expandProduct)
 {
     /// <summary>The widths, widest first; <see cref="Default"/> takes the first this CPU accelerates.</summary>
     public static IReadOnlyList<FactorisedKernel> All { get; } =
     [
-        new("factorised-v512", () => SimdDouble512.IsSupported, &FactorisedProducts<SimdDouble512, Vector512<double>>.KeyProduct, &FactorisedProducts<SimdDouble512, Vector512<double>>.QueryProduct),
-        new("factorised-v256", () => SimdDouble256.IsSupported, &FactorisedProducts<SimdDouble256, Vector256<double>>.KeyProduct, &FactorisedProducts<SimdDouble256, Vector256<double>>.QueryProduct),
-        new("factorised-scalar", () => SimdDoubleScalar.IsSupported, &FactorisedProducts<SimdDoubleScalar, double>.KeyProduct, &FactorisedProducts<SimdDoubleScalar, double>.QueryProduct),
+        new("factorised-v512", () => SimdDouble512.IsSupported, &FactorisedProducts<SimdDouble512, Vector512<double>>.KeyProduct, &FactorisedProducts<SimdDouble512, Vector512<double>>.QueryProduct,
+            &FactorisedProducts<SimdDouble512, Vector512<double>>.ExpandProduct),
+        new("factorised-v256", () => SimdDouble256.IsSupported, &FactorisedProducts<SimdDouble256, Vector256<double>>.KeyProduct, &FactorisedProducts<SimdDouble256, Vector256<double>>.QueryProduct,
+            &FactorisedProducts<SimdDouble256, Vector256<double>>.ExpandProduct),
+        new("factorised-scalar", () => SimdDoubleScalar.IsSupported, &FactorisedProducts<SimdDoubleScalar, double>.KeyProduct, &FactorisedProducts<SimdDoubleScalar, double>.QueryProduct,
+            &FactorisedProducts<SimdDoubleScalar, double>.ExpandProduct),
     ];
 
     /// <summary>The widest width this CPU runs in hardware (Vector512 where AVX-512 is, else Vector256, else scalar).</summary>
@@ -168,4 +216,7 @@ internal sealed unsafe class FactorisedKernel(string name, Func<bool> isSupporte
 
     /// <summary>OT[c][i] = sum_a F[a][i] M[a][c] (accumulating after the first feature chunk).</summary>
     public void QueryProduct(double* f, int rPad, double* m, int cPad, double* ot) => queryProduct(f, rPad, m, cPad, ot);
+
+    /// <summary>F[a][i] = sum_c M[a][c] G[c][i] (the backward's state-to-features product; overwrites F).</summary>
+    public void ExpandProduct(double* m, int rPad, double* g, int cPad, double* f) => expandProduct(m, rPad, g, cPad, f);
 }

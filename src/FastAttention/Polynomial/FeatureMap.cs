@@ -11,7 +11,7 @@ namespace FastAttention.Polynomial;
 /// engine's caller; <see cref="PairWeight"/> is the same w evaluated directly for one pair (the
 /// causal path's diagonal blocks use it).
 /// </summary>
-internal abstract unsafe class FeatureMap(int dimension, int count, int embeddingSize, int[] degree)
+internal abstract unsafe partial class FeatureMap(int dimension, int count, int embeddingSize, int[] degree)
 {
     /// <summary>d, the length of an input row.</summary>
     public int Dimension { get; } = dimension;
@@ -87,6 +87,16 @@ internal abstract unsafe class FeatureMap(int dimension, int count, int embeddin
         }
     }
 
+    /// <summary>target[0 .. Block) += a[..] * b[..], eight doubles a vector.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    protected static void MultiplyAddRows(double* a, double* b, double* target)
+    {
+        for (int j = 0; j < FactorisedAttention.Block; j += 8)
+        {
+            Vector512.Store(Vector512.FusedMultiplyAdd(Vector512.Load(a + j), Vector512.Load(b + j), Vector512.Load(target + j)), target + j);
+        }
+    }
+
     /// <summary>target[0 .. Block) = a[..] * b[..], eight doubles a vector.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     protected static void MultiplyRows(double* a, double* b, double* target)
@@ -104,7 +114,7 @@ internal abstract unsafe class FeatureMap(int dimension, int count, int embeddin
 /// per feature per 8 rows). The weight of alpha is <c>c_|alpha| (|alpha|!/alpha!) s^|alpha|</c> (see
 /// <see cref="Weights"/>); an even power <c>(s q.k)^p</c> is the polynomial <c>x^p</c>.
 /// </summary>
-internal sealed unsafe class MonomialFeatureMap : FeatureMap
+internal sealed unsafe partial class MonomialFeatureMap : FeatureMap
 {
     private readonly int[] _parent;
     private readonly int[] _coordinate;
@@ -127,6 +137,7 @@ internal sealed unsafe class MonomialFeatureMap : FeatureMap
 
     public MonomialFeatures Monomials { get; }
 
+    /// <summary>The block's scaled inputs, x [d][Block] (the backward reads them after <see cref="Evaluate"/>).</summary>
     public override long ScratchDoubles => (long)Dimension * FactorisedAttention.Block;
 
     /// <summary>W_alpha = c_|alpha| (|alpha|!/alpha!) s^|alpha|.</summary>
@@ -182,7 +193,7 @@ internal sealed unsafe class MonomialFeatureMap : FeatureMap
 /// <c>(phi(q).phi(k))^2 = sum_{a &lt;= b} (2 - [a = b]) phi_a phi_b (q) phi_a phi_b (k)</c> is never
 /// negative and approximates <c>(q.k)^4</c>, with <c>m (m + 1) / 2</c> features.
 /// </summary>
-internal sealed unsafe class SketchFeatureMap : FeatureMap
+internal sealed unsafe partial class SketchFeatureMap : FeatureMap
 {
     private readonly double[] _s1;
     private readonly double[] _s2;
@@ -199,7 +210,8 @@ internal sealed unsafe class SketchFeatureMap : FeatureMap
         _s2 = Gaussians(random, dimension * sketchSize);
     }
 
-    public override long ScratchDoubles => ((long)Dimension + (2L * _m)) * FactorisedAttention.Block;
+    /// <summary>x [d][Block], x S1 and x S2 [m][Block] each, phi [m][Block], and phi's gradient [m][Block] for the backward.</summary>
+    public override long ScratchDoubles => ((long)Dimension + (4L * _m)) * FactorisedAttention.Block;
 
     /// <summary>Feature weights for <c>(s^4) (phi(q).phi(k))^2</c>: 1 on the diagonal pairs, 2 off it, times s^4 / m^2.</summary>
     public double[] Weights()
@@ -224,12 +236,13 @@ internal sealed unsafe class SketchFeatureMap : FeatureMap
         double* x = scratch;
         double* u1 = x + ((long)Dimension * Block);
         double* u2 = u1 + ((long)_m * Block);
+        double* phi = u2 + ((long)_m * Block); // kept apart from x S1 and x S2, which the backward needs too
         Transpose(rows, count, Dimension, inputScale, x);
         Project(x, _s1, u1);
         Project(x, _s2, u2);
         for (int a = 0; a < _m; a++)
         {
-            MultiplyRows(u1 + ((long)a * Block), u2 + ((long)a * Block), u1 + ((long)a * Block)); // phi_a (unnormalised)
+            MultiplyRows(u1 + ((long)a * Block), u2 + ((long)a * Block), phi + ((long)a * Block)); // phi_a (unnormalised)
         }
 
         int index = 0;
@@ -237,7 +250,7 @@ internal sealed unsafe class SketchFeatureMap : FeatureMap
         {
             for (int b = a; b < _m; b++)
             {
-                MultiplyRows(u1 + ((long)a * Block), u1 + ((long)b * Block), features + ((long)index++ * Block));
+                MultiplyRows(phi + ((long)a * Block), phi + ((long)b * Block), features + ((long)index++ * Block));
             }
         }
     }
@@ -284,6 +297,15 @@ internal sealed unsafe class SketchFeatureMap : FeatureMap
             }
         }
     }
+
+    /// <summary>S1, d x m row-major (the float64 reference rebuilds the sketch from it).</summary>
+    public ReadOnlySpan<double> Sketch1 => _s1;
+
+    /// <summary>S2, d x m row-major.</summary>
+    public ReadOnlySpan<double> Sketch2 => _s2;
+
+    /// <summary>m.</summary>
+    public int SketchSize => _m;
 
     private static double[] Gaussians(Random random, int count)
     {
