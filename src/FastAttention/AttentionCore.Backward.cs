@@ -14,31 +14,17 @@ internal static unsafe partial class AttentionCore
         in Settings settings)
     {
         // Validation order: shape, input lengths, gradient lengths, overlap, options, values.
-        Validate.Inputs(query, key, value, shape);
-        Validate.Length(output.Length, shape.OutputLength, nameof(output), Validate.OutputLayout, shape);
-        Validate.Length(outputGradient.Length, shape.OutputLength, nameof(outputGradient), Validate.OutputLayout, shape);
-        long rowCount = (long)shape.BatchSize * shape.HeadCount * shape.QueryCount;
-        Validate.Length(logSumExp.Length, rowCount, nameof(logSumExp), "[batch, heads, nq]", shape);
-        Validate.Length(queryGradient.Length, shape.QueryLength, nameof(queryGradient), Validate.QueryLayout, shape);
-        Validate.Length(keyGradient.Length, shape.KeyLength, nameof(keyGradient), Validate.KeyLayout, shape);
-        Validate.Length(valueGradient.Length, shape.ValueLength, nameof(valueGradient), Validate.ValueLayout, shape);
+        Validate.Backward(query, key, value, output, outputGradient, logSumExp, shape, queryGradient, keyGradient, valueGradient);
         long block = (long)shape.QueryCount * shape.KeyCount;
         if (withBiasGradient)
         {
             long expected = settings.Bias.IsEmpty ? BroadcastLength(biasGradient.Length, block, shape) : settings.Bias.Length;
             Validate.Length(biasGradient.Length, expected, nameof(biasGradient), settings.Bias.IsEmpty ? "[nq, nk], [heads, nq, nk] or [batch, heads, nq, nk]" : "the bias's layout", shape);
+            Validate.GradientOverlap(biasGradient, nameof(biasGradient), query, key, value, output, outputGradient, logSumExp);
+            Validate.NoOverlap(biasGradient, (ReadOnlySpan<float>)queryGradient, nameof(queryGradient), nameof(biasGradient));
+            Validate.NoOverlap(biasGradient, (ReadOnlySpan<float>)keyGradient, nameof(keyGradient), nameof(biasGradient));
+            Validate.NoOverlap(biasGradient, (ReadOnlySpan<float>)valueGradient, nameof(valueGradient), nameof(biasGradient));
         }
-
-        CheckGradientOverlap(queryGradient, nameof(queryGradient), query, key, value, output, outputGradient, logSumExp);
-        CheckGradientOverlap(keyGradient, nameof(keyGradient), query, key, value, output, outputGradient, logSumExp);
-        CheckGradientOverlap(valueGradient, nameof(valueGradient), query, key, value, output, outputGradient, logSumExp);
-        CheckGradientOverlap(biasGradient, nameof(biasGradient), query, key, value, output, outputGradient, logSumExp);
-        Validate.NoOverlap(keyGradient, (ReadOnlySpan<float>)queryGradient, nameof(queryGradient), nameof(keyGradient));
-        Validate.NoOverlap(valueGradient, (ReadOnlySpan<float>)queryGradient, nameof(queryGradient), nameof(valueGradient));
-        Validate.NoOverlap(valueGradient, (ReadOnlySpan<float>)keyGradient, nameof(keyGradient), nameof(valueGradient));
-        Validate.NoOverlap(biasGradient, (ReadOnlySpan<float>)queryGradient, nameof(queryGradient), nameof(biasGradient));
-        Validate.NoOverlap(biasGradient, (ReadOnlySpan<float>)keyGradient, nameof(keyGradient), nameof(biasGradient));
-        Validate.NoOverlap(biasGradient, (ReadOnlySpan<float>)valueGradient, nameof(valueGradient), nameof(biasGradient));
 
         float scale = settings.Scale ?? MathF.Pow(shape.HeadDim, settings.DefaultScaleExponent);
         if (!float.IsFinite(scale))
@@ -135,17 +121,6 @@ internal static unsafe partial class AttentionCore
 
         return new AttentionRun(kernel.Name, FlopCount.ExactAttentionBackward(
             shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, settings.Causal));
-    }
-
-    private static void CheckGradientOverlap(Span<float> gradient, string name, ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value,
-        ReadOnlySpan<float> output, ReadOnlySpan<float> outputGradient, ReadOnlySpan<float> logSumExp)
-    {
-        Validate.NoOverlap(gradient, query, nameof(query), name);
-        Validate.NoOverlap(gradient, key, nameof(key), name);
-        Validate.NoOverlap(gradient, value, nameof(value), name);
-        Validate.NoOverlap(gradient, output, nameof(output), name);
-        Validate.NoOverlap(gradient, outputGradient, nameof(outputGradient), name);
-        Validate.NoOverlap(gradient, logSumExp, nameof(logSumExp), name);
     }
 
     /// <summary>A bias gradient's length when no bias fixes it: one of the bias's broadcast layouts (else a length no layout has, so the check fails).</summary>

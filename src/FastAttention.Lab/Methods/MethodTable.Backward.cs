@@ -95,4 +95,16 @@ public static partial class MethodTable
         Memory<float>[] valueGradients = [.. g.Skip(1 + keyTensors).Select(a => a.AsMemory())];
         return TensorAttention.Backward(x.Query.Span, x.Keys, x.Values, output, outputGradient.Span, logSumExp, TensorShape(shape), g[0], keyGradients, valueGradients, TensorOptions(s));
     }
+
+    // lev: the forward's selections travel in its MethodRun; the backward flows to the kept keys only (the selection carries no gradient).
+    private static MethodRun LevTraining(MethodInputs x, AttentionShape shape, float[] output, float[] logSumExp, MethodSettings s) =>
+        new("lev-softmax", Selections: LevAttention.Compute(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, shape, output, logSumExp, LevOptions(s)));
+
+    private static AttentionRun LevGradients(MethodInputs x, AttentionShape shape, MethodRun run, float[] output, float[] logSumExp,
+        ReadOnlyMemory<float> outputGradient, float[][] g, MethodSettings s)
+    {
+        LevAttention.Backward(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, output, outputGradient.Span, logSumExp, run.Selections!, shape, g[0], g[1], g[2], LevOptions(s));
+        double kept = run.MeanKeptKeys ?? 0;
+        return new AttentionRun("lev-backward", 2.0 * shape.BatchSize * shape.HeadCount * shape.QueryCount * kept * ((3.0 * shape.HeadDim) + (2.0 * shape.ValueDim)));
+    }
 }

@@ -18,7 +18,8 @@ public static partial class MethodTable
             ["scale", "causal", "sketch", "seed"], Sketch, SketchFlops, ExactFlops, IsTensor: false)
             { Backward = Training(SketchTraining, SketchGradients, SketchFlops) },
         new("lev", "LevAttention: each head's keys selected by leverage score (--top N, or --eps E for the universal set), then softmax over the kept keys",
-            ["scale", "eps", "top", "keep-first", "keep-last"], Lev, LevFlops, ExactFlops, IsTensor: false) { Check = LevSelection },
+            ["scale", "eps", "top", "keep-first", "keep-last"], Lev, LevFlops, ExactFlops, IsTensor: false)
+            { Check = LevSelection, Backward = Training(LevTraining, LevGradients, LevFlops) },
         new("power", "power attention |s q.k|^p normalised per row (LevAttention's guaranteed case), on the exact kernels",
             ["scale", "causal", "kernel", "power"], Power, ExactFlops, null, IsTensor: false) { Backward = Training(PowerTraining, PowerGradients, ExactFlops) },
         new("tensor", "exact tensor (2-simplicial) attention over key pairs, n^3 work: 2 (d + dv) flops per (query, key, key) triple",
@@ -113,12 +114,14 @@ public static partial class MethodTable
 
     private static MethodRun Lev(MethodInputs x, AttentionShape shape, Span<float> output, MethodSettings s)
     {
-        if (s.Causal)
-        {
-            throw new ArgumentException("lev selects keys for every query at once and has no causal mask (decoding uses LevKvCache)", nameof(s));
-        }
+        IReadOnlyList<LevSelection> selections = LevAttention.Compute(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, shape, output, LevOptions(s));
+        return new MethodRun("lev-softmax", Selections: selections);
+    }
 
-        IReadOnlyList<LevSelection> selections = LevAttention.Compute(x.Query.Span, x.Keys[0].Span, x.Values[0].Span, shape, output, new LevAttentionOptions
+    /// <summary>lev has no causal mask: it selects keys for every query at once.</summary>
+    private static LevAttentionOptions LevOptions(MethodSettings s) => s.Causal
+        ? throw new ArgumentException("lev selects keys for every query at once and has no causal mask (decoding uses LevKvCache)", nameof(s))
+        : new()
         {
             Eps = s.Eps,
             Top = s.Top,
@@ -126,9 +129,7 @@ public static partial class MethodTable
             KeepFirst = s.KeepFirst,
             KeepLast = s.KeepLast,
             MaxDegreeOfParallelism = s.Threads,
-        });
-        return new MethodRun("lev-softmax", Selections: selections);
-    }
+        };
 
     private static MethodRun Power(MethodInputs x, AttentionShape shape, Span<float> output, MethodSettings s)
     {
