@@ -34,7 +34,7 @@ internal static class BackwardCommand
             MethodOptions.MethodOption(MethodTable.All.Select(m => (m.Name, (m.HasBackward ? string.Empty : "(no backward yet) ") + m.Summary)), "exact"),
             new("scale", "S", "score scale s (default 1/sqrt(d); power: 1; tensor: 1/d)"),
             new("causal", null, "causal mask, bottom-right aligned when nq != nk"),
-            new("power", "P", "power: the exponent p of |s q.k|^p (default 2)"),
+            new("power", "P", "power: the exponent p of |s q.k|^p (default 2); also --p") { Aliases = ["p"] },
             new("eps", "E", "poly: target relative error of the polynomial; lev: keep each head's universal set {j : leverage score >= E}"),
             new("degree", "G", "poly: force the polynomial degree"),
             new("sketch", "M", "sketch: sketch size m (default 32)"),

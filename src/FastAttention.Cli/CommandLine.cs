@@ -27,6 +27,9 @@ internal sealed record OptionSpec(string Name, string? ValueName, string Help)
 
     /// <summary>The only values the option takes, when it has a fixed list (help shows them; another value is a usage error naming them).</summary>
     public IReadOnlyList<string>? Values { get; init; }
+
+    /// <summary>Other spellings of the option (without dashes), e.g. <c>p</c> for <c>power</c>.</summary>
+    public IReadOnlyList<string> Aliases { get; init; } = [];
 }
 
 /// <summary>
@@ -63,6 +66,11 @@ internal sealed class CommandLineSyntax
                 if (option.Values is not null)
                 {
                     ((Option<string>)symbol).AcceptOnlyFromAmong([.. option.Values]);
+                }
+
+                foreach (string alias in option.Aliases)
+                {
+                    symbol.Aliases.Add("--" + alias);
                 }
 
                 command.Add(symbol);

@@ -130,6 +130,12 @@ public class CliBackwardTests : CliTest
         Assert.True(code == 0, stderr);
         AssertSame(Library(q, k, v, dO, shape, 0.5f, true, power: 3), Read(grads));
         Assert.NotEqual(Library(q, k, v, dO, shape, 0.5f, true).Dq, Read(grads).Dq); // not exact attention's
+
+        // --p is the spelling of --power.
+        string spelled = Path.Combine(dir, "p.npz");
+        (code, _, stderr) = Run([.. Inputs(dir), "--out", spelled, "--method", "power", "--p", "3", "--causal", "--scale", "0.5", "--threads", "1"]);
+        Assert.True(code == 0, stderr);
+        AssertSame(Read(grads), Read(spelled));
     }
 
     public static TheoryData<int[], int[], int[]> Ranks() => new()
