@@ -71,7 +71,9 @@ internal static class BackwardCommand
         TensorFiles.CheckTensorOutput(o, "out", ".npz");
         string outPath = o.Get("out")!;
 
-        string? nonFinite = settings.AllowNonFinite ? null : "Pass --allow-nonfinite to let non-finite values propagate through exact attention.";
+        string? nonFinite = settings.AllowNonFinite ? null
+            : entry.Accepts("allow-nonfinite") ? "Pass --allow-nonfinite to let non-finite values propagate through exact attention."
+            : $"{entry.Name} takes finite inputs only.";
         TensorData<float>[] tensors = [.. names.Select((name, i) => TensorFiles.Load(name, paths[i], nonFinite))];
         TensorData<float>[] inputs = tensors[..^1];
         TensorData<float> dout = tensors[^1];

@@ -26,6 +26,19 @@ internal static unsafe partial class AttentionCore
             Validate.NoOverlap(biasGradient, (ReadOnlySpan<float>)valueGradient, nameof(valueGradient), nameof(biasGradient));
         }
 
+        // The gradients are written while the bias and mask are read: they must not share memory with them either.
+        ApartFromOptions(queryGradient, nameof(queryGradient), settings);
+        ApartFromOptions(keyGradient, nameof(keyGradient), settings);
+        ApartFromOptions(valueGradient, nameof(valueGradient), settings);
+        ApartFromOptions(biasGradient, nameof(biasGradient), settings);
+
+        long full = block * shape.HeadCount * shape.BatchSize;
+        if (withBiasGradient && biasGradient.Length != full && full > Array.MaxLength)
+        {
+            Validate.Fail(nameof(biasGradient), "a broadcast bias gradient needs a [batch, heads, nq, nk] scratch larger than one array can hold", $"{full} elements ({shape})",
+                $"at most {Array.MaxLength}", "pass a [batch, heads, nq, nk] bias gradient (written in place), or split the batch or the heads into several calls");
+        }
+
         float scale = settings.Scale ?? MathF.Pow(shape.HeadDim, settings.DefaultScaleExponent);
         if (!float.IsFinite(scale))
         {
@@ -60,7 +73,6 @@ internal static unsafe partial class AttentionCore
         }
 
         // The kernel writes dS per (b, h, i, j); a broadcast bias's gradient sums it over the broadcast axes afterwards, in a fixed order.
-        long full = block * shape.HeadCount * shape.BatchSize;
         bool direct = withBiasGradient && biasGradient.Length == full;
         float[]? scores = withBiasGradient && !direct ? new float[full] : null;
         fixed (float* q = query)
@@ -123,6 +135,12 @@ internal static unsafe partial class AttentionCore
             shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, settings.Causal));
     }
 
+    private static void ApartFromOptions(Span<float> gradient, string name, in Settings settings)
+    {
+        Validate.NoOverlap(gradient, settings.Bias.Span, "options.Bias", name);
+        Validate.NoOverlap(gradient, settings.Mask.Span, "options.Mask", name);
+    }
+
     /// <summary>A bias gradient's length when no bias fixes it: one of the bias's broadcast layouts (else a length no layout has, so the check fails).</summary>
     private static long BroadcastLength(int length, long block, AttentionShape shape) =>
         length == block || length == block * shape.HeadCount || length == block * shape.HeadCount * shape.BatchSize ? length : block * shape.HeadCount * shape.BatchSize;
@@ -135,8 +153,8 @@ internal static unsafe partial class AttentionCore
         for (int bh = 0; bh < planes; bh++)
         {
             int target = biasGradient.Length == block ? 0 : bh % shape.HeadCount;
-            ReadOnlySpan<float> source = scores.AsSpan((int)(bh * block), (int)block);
-            Span<float> destination = biasGradient.Slice((int)(target * block), (int)block);
+            ReadOnlySpan<float> source = scores.AsSpan(checked((int)(bh * block)), checked((int)block));
+            Span<float> destination = biasGradient.Slice(checked((int)(target * block)), checked((int)block));
             System.Numerics.Tensors.TensorPrimitives.Add(destination, source, destination);
         }
     }

@@ -55,7 +55,11 @@ public static class FlopCount
     public static double TensorAttention(TensorAttentionShape shape, TensorAttentionOptions options) =>
         2.0 * FastAttention.TensorAttention.VisibleTuples(shape, options) * (shape.HeadDim + shape.ValueDim);
 
-    /// <summary>The backward of exact tensor attention, counted as 2.5 times the forward (<c>10 n^3 d</c> for order 3: recompute S, then dP, dQ, dK, dV), as exact attention's backward.</summary>
+    /// <summary>
+    /// The backward of exact tensor attention, counted by convention as 2.5 times the forward (<c>10 n^3 d</c> for order 3), the
+    /// ratio of exact attention's backward. The order-3 kernel does somewhat more (six products per (i, j1, j2): S, dP, dS K2, P V2,
+    /// and the two for dK2, dV2, about <c>6 (d + dv)</c> per triple), so GFLOP/s on this count understate its arithmetic rate.
+    /// </summary>
     /// <param name="shape">The dimensions.</param>
     /// <param name="options">Causal and windows (the rest is ignored).</param>
     /// <returns>The flop count.</returns>

@@ -65,6 +65,9 @@ public static partial class TensorAttention
         CheckWindowsAndFinite(query, keys, values, shape, options);
         CheckBackwardFinite(output, outputGradient, logSumExp, shape);
 
+        // The width follows the forced kernel (option or environment variable) as the forward's does, so a forced forward and
+        // its backward recompute the same scores; an unknown name is an error here too.
+        string width = KernelRegistry.SelectBackward(options.Kernel).Name["tiled-".Length..];
         int nq = shape.QueryCount, nk = shape.KeyCount, d = shape.HeadDim, dv = shape.ValueDim;
         float scale = options.Scale ?? (1f / d);
         float[] rowDot = RowDots(output, outputGradient, dv);
@@ -86,11 +89,11 @@ public static partial class TensorAttention
                     Query = q + qo, Key1 = k1 + ko, Key2 = k2 + ko, Value1 = v1 + vo, Value2 = v2 + vo, OutputGradient = dO + oo, LogSumExp = lse + ((long)h * nq), RowDot = dots + ((long)h * nq),
                     QueryGradient = dq + qo, Key1Gradient = dk1 + ko, Key2Gradient = dk2 + ko, Value1Gradient = dv1 + vo, Value2Gradient = dv2 + vo,
                 };
-                RunHead(head, nq, nk, d, dv, scale, ranges, options.MaxDegreeOfParallelism);
+                RunHead(width, head, nq, nk, d, dv, scale, ranges, options.MaxDegreeOfParallelism);
             }
         }
 
-        return new AttentionRun("tensor-backward-" + WidthName, FlopCount.TensorAttentionBackward(shape, options));
+        return new AttentionRun("tensor-backward-" + width, FlopCount.TensorAttentionBackward(shape, options));
     }
 
     /// <summary>
@@ -170,17 +173,14 @@ public static partial class TensorAttention
         return new AttentionRun("tensor-backward-tuples", FlopCount.TensorAttentionBackward(shape, options));
     }
 
-    /// <summary>The vector width the order-3 backward runs on, as the kernel names spell it.</summary>
-    private static string WidthName => Vector512.IsHardwareAccelerated ? "v512" : Vector256.IsHardwareAccelerated ? "v256" : "scalar";
-
-    /// <summary>One head on the widest accelerated vector width.</summary>
-    private static void RunHead(in TensorBackwardHead head, int nq, int nk, int d, int dv, float scale, Func<int, (int, int, int, int)> ranges, int threads)
+    /// <summary>One head on the vector width <paramref name="width"/> (v512, v256 or scalar).</summary>
+    private static void RunHead(string width, in TensorBackwardHead head, int nq, int nk, int d, int dv, float scale, Func<int, (int, int, int, int)> ranges, int threads)
     {
-        if (Vector512.IsHardwareAccelerated)
+        if (width == "v512")
         {
             TensorBackwardKernel<Simd512, Vector512<float>>.Run(head, nq, nk, d, dv, scale, ranges, threads);
         }
-        else if (Vector256.IsHardwareAccelerated)
+        else if (width == "v256")
         {
             TensorBackwardKernel<Simd256, Vector256<float>>.Run(head, nq, nk, d, dv, scale, ranges, threads);
         }

@@ -291,8 +291,16 @@ public class ExactBackwardTests
         Assert.Equal("valueGradient", Assert.Throws<ArgumentException>(() => ExactAttention.Backward(q, k, v, o, dO, lse, shape, dq, dk, dk)).ParamName);
         lse[2] = float.NaN;
         Assert.Equal("logSumExp", Assert.Throws<ArgumentException>(() => ExactAttention.Backward(q, k, v, o, dO, lse, shape, dq, dk, dv)).ParamName);
-        Assert.Throws<ArgumentException>(() => ExactAttention.Backward(q, k, v, o, dO, new float[5], shape, dq, dk, dv, new float[7], default));
-        Assert.Throws<ArgumentException>(() => ExactAttention.Backward(q, k, v, o, dO, new float[5], shape, dq, dk, dv, new ExactAttentionOptions { Kernel = "nope" }));
+        Assert.Equal("biasGradient", Assert.Throws<ArgumentException>(() => ExactAttention.Backward(q, k, v, o, dO, new float[5], shape, dq, dk, dv, new float[7], default)).ParamName);
+        Assert.Equal("options", Assert.Throws<ArgumentException>(() => ExactAttention.Backward(q, k, v, o, dO, new float[5], shape, dq, dk, dv, new ExactAttentionOptions { Kernel = "nope" })).ParamName);
+
+        // A gradient sharing memory with the bias (read while the gradients are written) is refused, not computed wrong.
+        float[] bias = new float[5 * 6];
+        var withBias = new ExactAttentionOptions { Bias = bias };
+        Assert.Equal("biasGradient", Assert.Throws<ArgumentException>(() => ExactAttention.Backward(q, k, v, o, dO, new float[5], shape, dq, dk, dv, bias, withBias)).ParamName);
+        float[] shared = new float[k.Length + bias.Length];
+        var overlapping = new ExactAttentionOptions { Bias = shared.AsMemory(k.Length - 1, bias.Length) };
+        Assert.Equal("keyGradient", Assert.Throws<ArgumentException>(() => ExactAttention.Backward(q, k, v, o, dO, new float[5], shape, dq, shared.AsSpan(0, k.Length), dv, overlapping)).ParamName);
     }
 
     /// <summary>Fast vs float64 reference, and the fast error no worse than twice a naive float32 backward's.</summary>

@@ -73,7 +73,7 @@ internal static class KernelRegistry
         {
             string source = string.IsNullOrWhiteSpace(forced) ? $"environment variable {EnvironmentVariable}" : "option Kernel";
             throw new ArgumentException(
-                $"Unknown kernel '{name}' (from {source}). Known kernels: {string.Join(", ", Attention.Select(k => k.Name))}.", nameof(forced));
+                $"Unknown kernel '{name}' (from {source}). Known kernels: {string.Join(", ", Attention.Select(k => k.Name))}.", "options");
         }
 
         return kernel.IsSupported() ? kernel : throw new NotSupportedException($"Kernel cannot run: {kernel.Name}: this CPU does not accelerate the vector width it needs.");
@@ -116,7 +116,7 @@ internal static class KernelRegistry
         {
             string source = string.IsNullOrWhiteSpace(forced) ? $"environment variable {EnvironmentVariable}" : "option Kernel";
             throw new ArgumentException(
-                $"Unknown kernel '{name}' (from {source}). Known kernels: {string.Join(", ", Attention.Select(k => k.Name))}.", nameof(forced));
+                $"Unknown kernel '{name}' (from {source}). Known kernels: {string.Join(", ", Attention.Select(k => k.Name))}.", "options");
         }
 
         return kernel.WhyNot(in args) is string reason ? throw new NotSupportedException($"Kernel cannot run: {reason}.") : kernel;
