@@ -63,6 +63,9 @@ internal static unsafe class TiledAttentionBackward<TS, TV>
     /// <summary>At most this many key blocks (dQ partials) per head: the partials cost <c>blocks nq d</c> floats.</summary>
     private const int MaxKeyBlocks = 8;
 
+    /// <summary>Floats the dQ partials may take together (128 MiB): many query heads over few kv heads get fewer blocks, down to one.</summary>
+    private const long PartialBudgetFloats = 32L << 20;
+
     private const int Rows = MicroKernel<TS, TV>.TallRows;
 
     /// <summary>Columns per micro-tile: four vectors where there are 32 registers (512-bit), else two (AVX2 has 16).</summary>
@@ -76,9 +79,10 @@ internal static unsafe class TiledAttentionBackward<TS, TV>
         int heads = a.Batch * a.Heads, groups = a.Batch * a.KvHeads;
         int keyTiles = (nk + KeyTile - 1) / KeyTile;
         int blocks = Math.Clamp((TargetItems + groups - 1) / groups, 1, Math.Min(MaxKeyBlocks, keyTiles));
+        long queryPlane = (long)paddedQueries * dp, gradientPlane = (long)paddedQueries * dvp;
+        blocks = (int)Math.Clamp(PartialBudgetFloats / (heads * queryPlane), 1, blocks); // from the shape alone, so the bits stay thread-count free
         int tilesPerBlock = (keyTiles + blocks - 1) / blocks;
         blocks = (keyTiles + tilesPerBlock - 1) / tilesPerBlock;
-        long queryPlane = (long)paddedQueries * dp, gradientPlane = (long)paddedQueries * dvp;
 
         using NativeBufferPool.Buffer queries = NativeBufferPool.Rent(heads * queryPlane);
         using NativeBufferPool.Buffer gradients = NativeBufferPool.Rent(heads * gradientPlane);
