@@ -22,13 +22,8 @@ internal sealed class ExactAttentionFunction : SingleTensorFunction<ExactAttenti
     public override Tensor forward(AutogradContext ctx, params object[] vars)
     {
         var options = (ExactAttentionOptions)vars[3];
-        // contiguous() returns the same storage when the tensor already is contiguous: the one copy is for the others.
-        var q = ((Tensor)vars[0]).contiguous();
-        var k = ((Tensor)vars[1]).contiguous();
-        var v = ((Tensor)vars[2]).contiguous();
-        var shape = TensorViews.Shape(q, k, v);
-        var output = empty([shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.ValueDim], ScalarType.Float32);
-        var logSumExp = empty([shape.BatchSize, shape.HeadCount, shape.QueryCount], ScalarType.Float32);
+        var (q, k, v, shape) = TensorViews.Contiguous(vars);
+        var (output, logSumExp) = TensorViews.Outputs(shape);
         ExactAttention.Compute(TensorViews.Floats(q), TensorViews.Floats(k), TensorViews.Floats(v), shape, TensorViews.Floats(output), TensorViews.Floats(logSumExp), options);
         ctx.save_for_backward([q, k, v, output.detach(), logSumExp]);
         ctx.save_data(OptionsKey, options);

@@ -48,6 +48,23 @@ internal static class TensorViews
         new(Size(query, 0, nameof(query)), Size(query, 1, nameof(query)), Size(query, 2, nameof(query)), Size(key, 2, nameof(key)),
             Size(query, 3, nameof(query)), Size(value, 3, nameof(value)), Size(key, 1, nameof(key)));
 
+    /// <summary>
+    /// The first three of an autograd node's arguments (the <c>[batch, heads, n, d]</c> query, key and value) as contiguous
+    /// tensors (the same storage when already contiguous, else one copy), and their attention shape.
+    /// </summary>
+    public static (Tensor Query, Tensor Key, Tensor Value, AttentionShape Shape) Contiguous(object[] vars)
+    {
+        var q = ((Tensor)vars[0]).contiguous();
+        var k = ((Tensor)vars[1]).contiguous();
+        var v = ((Tensor)vars[2]).contiguous();
+        return (q, k, v, Shape(q, k, v));
+    }
+
+    /// <summary>Uninitialised float32 output <c>[batch, heads, nq, dv]</c> and log-sum-exp <c>[batch, heads, nq]</c> tensors for a kernel to fill.</summary>
+    public static (Tensor Output, Tensor LogSumExp) Outputs(AttentionShape shape) =>
+        (empty([shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.ValueDim], ScalarType.Float32),
+         empty([shape.BatchSize, shape.HeadCount, shape.QueryCount], ScalarType.Float32));
+
     /// <summary>The float elements of a contiguous CPU float32 tensor, its storage itself (no copy).</summary>
     public static Span<float> Floats(Tensor contiguous) => MemoryMarshal.Cast<byte, float>(contiguous.bytes);
 

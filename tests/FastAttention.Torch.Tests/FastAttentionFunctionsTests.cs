@@ -185,9 +185,9 @@ public sealed class FastAttentionFunctionsTests
         Compare.Close(Values(tv.grad!), reference.Value, "dV", c, reference.ValueMagnitude);
     }
 
-    private static Tensor Float32(float[] data, long[] dims) => tensor(data, dims, dtype: float32);
+    private static Tensor Float32(float[] data, long[] dims) => Float32Tensors.Constant(data, dims);
 
-    private static Tensor Leaf32(float[] data, long[] dims) => tensor(data, dims, dtype: float32, requires_grad: true);
+    private static Tensor Leaf32(float[] data, long[] dims) => Float32Tensors.Leaf(data, dims);
 
-    private static float[] Values(Tensor t) => t.detach().contiguous().data<float>().ToArray();
+    private static float[] Values(Tensor t) => Float32Tensors.Values(t);
 }
