@@ -23,7 +23,7 @@ public static class FastAttentionFunctions
     /// <param name="causal">Whether to apply the bottom-right aligned causal mask.</param>
     /// <param name="scale">The score scale; null means <c>1 / sqrt(d)</c>.</param>
     /// <returns>The attention output, <c>[batch, heads, nq, dv]</c> at the query's rank, float32, tracking gradients when an input does.</returns>
-    /// <exception cref="ArgumentException">A tensor that is not float32, not on the CPU, of a rank other than 2 to 4 or of inconsistent shape (the message names it).</exception>
+    /// <exception cref="ArgumentException">A tensor that is not float32, not on the CPU, of a rank other than 2 to 4 or of inconsistent or empty shape (the message names it).</exception>
     public static Tensor ScaledDotProductAttention(Tensor query, Tensor key, Tensor value, bool causal = false, double? scale = null)
     {
         var (q, k, v) = Inputs(query, key, value, scale);
@@ -50,7 +50,7 @@ public static class FastAttentionFunctions
     /// <param name="keepFirst">Always keep the first this many keys (attention sinks; a ViT's CLS token).</param>
     /// <param name="keepLast">Always keep the last this many keys.</param>
     /// <returns>The attention output, <c>[batch, heads, nq, dv]</c> at the query's rank, float32, tracking gradients when an input does.</returns>
-    /// <exception cref="ArgumentException">A tensor that is not float32, not on the CPU, of a rank other than 2 to 4 or of inconsistent shape, or bad
+    /// <exception cref="ArgumentException">A tensor that is not float32, not on the CPU, of a rank other than 2 to 4 or of inconsistent or empty shape, or bad
     /// selection options (the message names the argument).</exception>
     public static Tensor LevAttention(Tensor query, Tensor key, Tensor value, int? top = null, double? eps = null, double power = 0, double? scale = null,
         int keepFirst = 0, int keepLast = 0)

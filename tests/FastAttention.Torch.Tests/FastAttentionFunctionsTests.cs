@@ -124,6 +124,21 @@ public sealed class FastAttentionFunctionsTests
         Assert.Equal("query", e.ParamName);
     }
 
+    [Theory]
+    [InlineData(0, 5)]
+    [InlineData(4, 0)]
+    [InlineData(0, 0)]
+    public void Empty_inputs_are_the_core_s_clear_error(int nq, int nk)
+    {
+        using var scope = TorchReference.Start();
+        var query = zeros([1L, 2, nq, 8], dtype: float32).requires_grad_(true);
+        var key = zeros([1L, 2, nk, 8], dtype: float32);
+        var e = Assert.Throws<ArgumentException>(() => FastAttentionFunctions.ScaledDotProductAttention(query, key, key));
+        Assert.Contains("empty tensors are an error", e.Message, StringComparison.Ordinal);
+        var lev = Assert.Throws<ArgumentException>(() => FastAttentionFunctions.LevAttention(query, key, key, top: 1));
+        Assert.Contains("at least 1", lev.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void Float64_input_is_a_named_error()
     {
