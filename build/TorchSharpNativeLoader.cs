@@ -46,7 +46,7 @@ internal static class TorchSharpNative
 
         try
         {
-            TorchSharp.torch.InitializeDeviceType(TorchSharp.DeviceType.CPU);
+            global::TorchSharp.torch.InitializeDeviceType(global::TorchSharp.DeviceType.CPU);
         }
         catch (Exception e) when (e is NotSupportedException or DllNotFoundException or TypeInitializationException)
         {

@@ -29,7 +29,7 @@ internal sealed class Step(TorchCase c)
     public float[] ValueGradient { get; } = new float[c.Shape.ValueLength];
 
     /// <summary>float64 leaves holding the inputs, for libtorch's autograd.</summary>
-    public (TorchSharp.torch.Tensor Q, TorchSharp.torch.Tensor K, TorchSharp.torch.Tensor V) Leaves() =>
+    public (global::TorchSharp.torch.Tensor Q, global::TorchSharp.torch.Tensor K, global::TorchSharp.torch.Tensor V) Leaves() =>
         (TorchReference.Leaf(Query, TorchReference.QueryDims(c.Shape)),
          TorchReference.Leaf(Key, TorchReference.KeyDims(c.Shape)),
          TorchReference.Leaf(Value, TorchReference.ValueDims(c.Shape)));

@@ -1,0 +1,84 @@
+using static TorchSharp.torch;
+
+namespace FastAttention.TorchSharp;
+
+/// <summary>
+/// Differentiable attention for TorchSharp over FastAttention's CPU kernels: the forward runs our kernel, and autograd's
+/// backward runs ours from the saved output and log-sum-exp. Inputs must be float32 CPU tensors; contiguous ones are read
+/// and written in place (no copy), others are copied once to contiguous memory.
+/// </summary>
+public static class FastAttentionFunctions
+{
+    /// <summary>
+    /// Scaled dot-product attention with PyTorch's layout, <c>softmax(scale Q K^T) V</c>, differentiable through
+    /// <see cref="ExactAttention.Backward(ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, AttentionShape, Span{float}, Span{float}, Span{float}, ExactAttentionOptions)"/>.
+    /// Grouped-query attention when the key and value have fewer heads than the query (query head <c>h</c> reads key/value head
+    /// <c>h / (heads / kvHeads)</c>, as PyTorch's <c>enable_gqa</c>). The causal mask is <b>bottom-right aligned</b>: query <c>i</c>
+    /// sees key <c>j</c> iff <c>j &lt;= i + nk - nq</c>, which equals PyTorch's top-left <c>is_causal</c> only when <c>nq == nk</c>; a row
+    /// that sees no key outputs zeros (and gets zero gradients) instead of NaN.
+    /// </summary>
+    /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>, <c>[heads, nq, d]</c> or <c>[nq, d]</c>, float32 on the CPU.</param>
+    /// <param name="key">Keys, <c>[batch, kvHeads, nk, d]</c> (the query's rank; kvHeads divides heads), float32 on the CPU.</param>
+    /// <param name="value">Values, <c>[batch, kvHeads, nk, dv]</c> (the query's rank), float32 on the CPU.</param>
+    /// <param name="causal">Whether to apply the bottom-right aligned causal mask.</param>
+    /// <param name="scale">The score scale; null means <c>1 / sqrt(d)</c>.</param>
+    /// <returns>The attention output, <c>[batch, heads, nq, dv]</c> at the query's rank, float32, tracking gradients when an input does.</returns>
+    /// <exception cref="ArgumentException">A tensor that is not float32, not on the CPU, of a rank other than 2 to 4 or of inconsistent or empty shape (the message names it).</exception>
+    public static Tensor ScaledDotProductAttention(Tensor query, Tensor key, Tensor value, bool causal = false, double? scale = null)
+    {
+        var (q, k, v) = Inputs(query, key, value, scale);
+        var options = new ExactAttentionOptions { Causal = causal, Scale = (float?)scale };
+        return AtQueryRank(ExactAttentionFunction.apply(q, k, v, options), query);
+    }
+
+    /// <summary>
+    /// LevAttention (docs/algorithms.md §4) with PyTorch's layout, differentiable through
+    /// <see cref="global::FastAttention.LevAttention.Backward"/>: per (batch, kv head) the keys are selected on this call's keys
+    /// (by leverage scores, or by p-sensitivity bounds when <paramref name="power"/> &gt; 0), the top <paramref name="top"/> or the
+    /// universal set at <paramref name="eps"/>, plus the always-kept first and last keys, and each query attends to the kept keys
+    /// only (no causal mask). The selection is a discrete choice and carries no gradient: the backward holds it fixed, the key
+    /// and value gradients are zero outside it, and how the keys influence which keys are kept is not part of the gradient.
+    /// Grouped-query heads share their kv head's selection. A non-finite gradient reaching the backward gives NaN gradients.
+    /// </summary>
+    /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>, <c>[heads, nq, d]</c> or <c>[nq, d]</c>, float32 on the CPU.</param>
+    /// <param name="key">Keys, <c>[batch, kvHeads, nk, d]</c> (the query's rank; kvHeads divides heads), float32 on the CPU.</param>
+    /// <param name="value">Values, <c>[batch, kvHeads, nk, dv]</c> (the query's rank), float32 on the CPU.</param>
+    /// <param name="top">Keep the k keys with the largest scores; exactly one of <paramref name="top"/> and <paramref name="eps"/> must be set.</param>
+    /// <param name="eps">Keep the universal set <c>{j : sigma_j &gt;= eps}</c>.</param>
+    /// <param name="power">0: softmax over the kept keys; p in (0, 4): power attention <c>|s q.k|^p</c>.</param>
+    /// <param name="scale">The score scale; null means <c>1 / sqrt(d)</c>.</param>
+    /// <param name="keepFirst">Always keep the first this many keys (attention sinks; a ViT's CLS token).</param>
+    /// <param name="keepLast">Always keep the last this many keys.</param>
+    /// <returns>The attention output, <c>[batch, heads, nq, dv]</c> at the query's rank, float32, tracking gradients when an input does.</returns>
+    /// <exception cref="ArgumentException">A tensor that is not float32, not on the CPU, of a rank other than 2 to 4 or of inconsistent or empty shape, or bad
+    /// selection options (the message names the argument).</exception>
+    public static Tensor LevAttention(Tensor query, Tensor key, Tensor value, int? top = null, double? eps = null, double power = 0, double? scale = null,
+        int keepFirst = 0, int keepLast = 0)
+    {
+        var (q, k, v) = Inputs(query, key, value, scale);
+        var options = new LevAttentionOptions { Top = top, Eps = eps, Power = power, Scale = (float?)scale, KeepFirst = keepFirst, KeepLast = keepLast };
+        return AtQueryRank(LevAttentionFunction.apply(q, k, v, options), query);
+    }
+
+    /// <summary>Checks the inputs and views them as <c>[batch, heads, n, d]</c>.</summary>
+    private static (Tensor Query, Tensor Key, Tensor Value) Inputs(Tensor query, Tensor key, Tensor value, double? scale)
+    {
+        TensorViews.RequireFloat32Cpu(query, nameof(query));
+        TensorViews.RequireFloat32Cpu(key, nameof(key));
+        TensorViews.RequireFloat32Cpu(value, nameof(value));
+        if (scale is { } s && !double.IsFinite(s))
+        {
+            throw new ArgumentException($"scale must be finite, not {s}.", nameof(scale));
+        }
+
+        return TensorViews.AsFourDimensional(query, key, value);
+    }
+
+    /// <summary>The <c>[batch, heads, nq, dv]</c> output at the query's rank.</summary>
+    private static Tensor AtQueryRank(Tensor output, Tensor query) => query.dim() switch
+    {
+        2 => output.squeeze(0).squeeze(0),
+        3 => output.squeeze(0),
+        _ => output,
+    };
+}
