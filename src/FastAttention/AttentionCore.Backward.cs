@@ -57,19 +57,8 @@ internal static unsafe partial class AttentionCore
             CheckFinite(output, nameof(output), shape.ValueDim);
             FiniteCheck.Require(outputGradient, nameof(outputGradient), shape.ValueDim,
                 "Non-finite output gradients are rejected by default; set AllowNonFinite to let them propagate.");
-            for (int row = 0; row < logSumExp.Length; row++)
-            {
-                if (float.IsNaN(logSumExp[row]) || float.IsPositiveInfinity(logSumExp[row]))
-                {
-                    Validate.Fail(nameof(logSumExp), "holds a value no forward returns", $"{logSumExp[row]} at row {row}", "a finite number, or -infinity for a row that saw no key",
-                        "pass the log-sum-exp the forward (Compute with logSumExp) returned for these inputs");
-                }
-            }
-
-            if (System.Numerics.Tensors.TensorPrimitives.IsNaNAny(settings.Bias.Span))
-            {
-                throw new ArgumentException($"Bias contains NaN at index {settings.Bias.Span.IndexOf(float.NaN)}; use -infinity to mask, or set AllowNonFinite to propagate.", "options");
-            }
+            Validate.LogSumExp(logSumExp);
+            CheckBiasNotNaN(settings);
         }
 
         // The kernel writes dS per (b, h, i, j); a broadcast bias's gradient sums it over the broadcast axes afterwards, in a fixed order.

@@ -47,10 +47,7 @@ internal static unsafe partial class AttentionCore
         {
             // K and V are checked here unless the kernel checks them in cache (decoding reads them once).
             CheckFinite(query, nameof(query), shape.HeadDim);
-            if (TensorPrimitives.IsNaNAny(settings.Bias.Span))
-            {
-                throw new ArgumentException($"Bias contains NaN at index {settings.Bias.Span.IndexOf(float.NaN)}; use -infinity to mask, or set AllowNonFinite to propagate.", "options");
-            }
+            CheckBiasNotNaN(settings);
         }
 
         AttentionKernel kernel;
@@ -238,6 +235,15 @@ internal static unsafe partial class AttentionCore
         throw new ArgumentException(
             $"{name} has {length} elements; expected [nq, nk] = {block}, [heads, nq, nk] = {block * shape.HeadCount} or [batch, heads, nq, nk] = {block * shape.HeadCount * shape.BatchSize}.",
             "options");
+    }
+
+    /// <summary>-infinity masks; NaN in the bias is an error unless non-finite values may propagate.</summary>
+    private static void CheckBiasNotNaN(in Settings settings)
+    {
+        if (TensorPrimitives.IsNaNAny(settings.Bias.Span))
+        {
+            throw new ArgumentException($"Bias contains NaN at index {settings.Bias.Span.IndexOf(float.NaN)}; use -infinity to mask, or set AllowNonFinite to propagate.", "options");
+        }
     }
 
     private static void CheckFinite(ReadOnlySpan<float> values, string name, int rowLength) =>

@@ -223,14 +223,7 @@ public static partial class TensorAttention
     {
         FiniteCheck.Require(outputGradient, nameof(outputGradient), shape.ValueDim, GradientWhy);
         FiniteCheck.Require(output, nameof(output), shape.ValueDim, "Pass the output the forward returned.");
-        for (int row = 0; row < logSumExp.Length; row++)
-        {
-            if (float.IsNaN(logSumExp[row]) || float.IsPositiveInfinity(logSumExp[row]))
-            {
-                FastAttention.Validate.Fail(nameof(logSumExp), "a log-sum-exp must be finite or -infinity", $"{logSumExp[row]} at row {row}", "the forward's log-sum-exp",
-                    "pass the log-sum-exp the forward returned with this output");
-            }
-        }
+        FastAttention.Validate.LogSumExp(logSumExp);
     }
 
     private static void Narrow(ReadOnlySpan<double> source, Span<float> target)

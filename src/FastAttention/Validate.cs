@@ -137,4 +137,17 @@ internal static class Validate
         NoOverlap(gradient, outputGradient, nameof(outputGradient), name);
         NoOverlap(gradient, logSumExp, nameof(logSumExp), name);
     }
+
+    /// <summary>A forward's log-sum-exp holds finite numbers, or -infinity for a row that saw no key; NaN and +infinity come from no forward.</summary>
+    internal static void LogSumExp(ReadOnlySpan<float> logSumExp)
+    {
+        for (int row = 0; row < logSumExp.Length; row++)
+        {
+            if (float.IsNaN(logSumExp[row]) || float.IsPositiveInfinity(logSumExp[row]))
+            {
+                Fail(nameof(logSumExp), "holds a value no forward returns", $"{logSumExp[row]} at row {row}", "a finite number, or -infinity for a row that saw no key",
+                    "pass the log-sum-exp the forward (Compute with logSumExp) returned for these inputs");
+            }
+        }
+    }
 }
