@@ -24,6 +24,26 @@ internal static unsafe class MicroKernel<TS, TV>
     // a[r * aRow + t * aCol]; B's row t starts at b + t * ldb; C's row r at c + r * ldc. The product is accumulated
     // from zero and added to C once, which keeps long sums blocked.
 
+    /// <summary>
+    /// Columns of the widest 6-row tile whose accumulators stay in registers: four vectors (<see cref="Run6"/>) where there are 32
+    /// vector registers (512-bit), two (<see cref="Run6x2"/>) on 16-register machines (AVX2, and the scalar fallback).
+    /// </summary>
+    public static int StripColumns => TS.Count == 16 ? Columns : 2 * TS.Count;
+
+    /// <summary>The 6-row tile <see cref="StripColumns"/> wide: <see cref="Run6"/> or <see cref="Run6x2"/>, same arguments.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void RunStrip(int k, float* a, nint aRow, nint aCol, float* b, nint ldb, float* c, nint ldc, float* scale)
+    {
+        if (TS.Count == 16)
+        {
+            Run6(k, a, aRow, aCol, b, ldb, c, ldc, scale);
+        }
+        else
+        {
+            Run6x2(k, a, aRow, aCol, b, ldb, c, ldc, scale);
+        }
+    }
+
     /// <summary>Rows of the taller tile (<see cref="Run6"/>).</summary>
     public const int TallRows = 6;
 

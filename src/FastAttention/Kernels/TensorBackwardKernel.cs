@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
 
 namespace FastAttention.Kernels;
 
@@ -43,7 +42,7 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
 
     /// <summary>Columns per micro-kernel call: 4 vectors (<see cref="MicroKernel{TS, TV}.Run6"/>) with 32 vector registers
     /// (AVX-512), 2 (<see cref="MicroKernel{TS, TV}.Run6x2"/>) with 16 (AVX2, and the scalar fallback), where Run6 spills.</summary>
-    private static int Columns => Vector512.IsHardwareAccelerated && TS.Count == Vector512<float>.Count ? MicroKernel<TS, TV>.Columns : 2 * TS.Count;
+    private static int Columns => MicroKernel<TS, TV>.StripColumns;
 
     private static int R => MicroKernel<TS, TV>.TallRows;
 
@@ -203,14 +202,7 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
         {
             for (int r = 0; r < m; r += R)
             {
-                if (Columns == MicroKernel<TS, TV>.Columns)
-                {
-                    MicroKernel<TS, TV>.Run6(depth, a + (r * aRow), aRow, aCol, b + j, (nint)ldb, c + (r * ldc) + j, (nint)ldc, ones);
-                }
-                else
-                {
-                    MicroKernel<TS, TV>.Run6x2(depth, a + (r * aRow), aRow, aCol, b + j, (nint)ldb, c + (r * ldc) + j, (nint)ldc, ones);
-                }
+                MicroKernel<TS, TV>.RunStrip(depth, a + (r * aRow), aRow, aCol, b + j, (nint)ldb, c + (r * ldc) + j, (nint)ldc, ones);
             }
         }
     }

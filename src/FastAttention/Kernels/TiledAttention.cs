@@ -51,7 +51,7 @@ internal static unsafe class TiledAttention<TS, TV>
     /// <summary>Keys per score micro-tile (and value columns per P V micro-tile): four vectors where there are 32 vector registers
     /// (512-bit), two on 16-register machines (AVX2), where a 6 x 4-vector tile's 24 accumulators spill (measured: the 6 x 2 form
     /// ran the same products about twice as fast per flop on a Zen 3). The per-element summation order is the same either way.</summary>
-    private static int Strip => TS.Count == 16 ? 4 * TS.Count : 2 * TS.Count;
+    private static int Strip => MicroKernel<TS, TV>.StripColumns;
 
     /// <summary>Keys are padded to a multiple of four vectors whatever the strip: the softmax passes run four chains.</summary>
     private static int KeyAlign => 4 * TS.Count;
@@ -176,7 +176,7 @@ internal static unsafe class TiledAttention<TS, TV>
                 float* panel = keys + ((long)(j0 + c) * d);
                 for (int r = FirstUnmasked(c, lastVisible, Rows); r < paddedRows; r += Rows)
                 {
-                    Tile(d, q + (r * d), d, 1, panel, Strip, s + (r * ScoreStride) + c, ScoreStride, null);
+                    MicroKernel<TS, TV>.RunStrip(d, q + (r * d), d, 1, panel, Strip, s + (r * ScoreStride) + c, ScoreStride, null);
                 }
             }
 
@@ -203,7 +203,7 @@ internal static unsafe class TiledAttention<TS, TV>
                 {
                     for (int r = FirstUnmasked(k0, lastVisible, Rows); r < paddedRows; r += Rows)
                     {
-                        Tile(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
+                        MicroKernel<TS, TV>.RunStrip(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
                     }
                 }
 
@@ -392,20 +392,6 @@ internal static unsafe class TiledAttention<TS, TV>
     }
 
     private static int RoundUp(int x, int multiple) => (x + multiple - 1) / multiple * multiple;
-
-    /// <summary>The 6-row micro-kernel <see cref="Strip"/> columns wide.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Tile(int k, float* a, nint aRow, nint aCol, float* b, nint ldb, float* c, nint ldc, float* scale)
-    {
-        if (TS.Count == 16)
-        {
-            MicroKernel<TS, TV>.Run6(k, a, aRow, aCol, b, ldb, c, ldc, scale);
-        }
-        else
-        {
-            MicroKernel<TS, TV>.Run6x2(k, a, aRow, aCol, b, ldb, c, ldc, scale);
-        }
-    }
 
     /// <summary>
     /// The first block of <paramref name="step"/> rows (a multiple of it) that sees key <paramref name="firstKey"/> or a

@@ -69,7 +69,7 @@ internal static unsafe class TiledAttentionBackward<TS, TV>
     private const int Rows = MicroKernel<TS, TV>.TallRows;
 
     /// <summary>Columns per micro-tile: four vectors where there are 32 registers (512-bit), else two (AVX2 has 16).</summary>
-    private static int Panel => TS.Count == 16 ? 4 * TS.Count : 2 * TS.Count;
+    private static int Panel => MicroKernel<TS, TV>.StripColumns;
 
     public static void Run(BackwardArgs g)
     {
@@ -201,8 +201,8 @@ internal static unsafe class TiledAttentionBackward<TS, TV>
                 {
                     for (int r = 0; r < tallRows; r += Rows)
                     {
-                        Tile(d, qp + ((long)(i0 + r) * dp), dp, 1, scratch.KeyPanels + ((long)c * d), panel, s + (r * ScoreStride) + c, ScoreStride, null);
-                        Tile(dv, gp + ((long)(i0 + r) * dvp), dvp, 1, scratch.ValuePanels + ((long)c * dv), panel, dS + (r * ScoreStride) + c, ScoreStride, null);
+                        MicroKernel<TS, TV>.RunStrip(d, qp + ((long)(i0 + r) * dp), dp, 1, scratch.KeyPanels + ((long)c * d), panel, s + (r * ScoreStride) + c, ScoreStride, null);
+                        MicroKernel<TS, TV>.RunStrip(dv, gp + ((long)(i0 + r) * dvp), dvp, 1, scratch.ValuePanels + ((long)c * dv), panel, dS + (r * ScoreStride) + c, ScoreStride, null);
                     }
                 }
 
@@ -214,12 +214,12 @@ internal static unsafe class TiledAttentionBackward<TS, TV>
                 {
                     for (int c = 0; c < dvp; c += panel)
                     {
-                        Tile(rows, s + r, 1, ScoreStride, gp + ((long)i0 * dvp) + c, dvp, scratch.ValueGradient + ((long)r * dvp) + c, dvp, ones);
+                        MicroKernel<TS, TV>.RunStrip(rows, s + r, 1, ScoreStride, gp + ((long)i0 * dvp) + c, dvp, scratch.ValueGradient + ((long)r * dvp) + c, dvp, ones);
                     }
 
                     for (int c = 0; c < dp; c += panel)
                     {
-                        Tile(rows, dS + r, 1, ScoreStride, qp + ((long)i0 * dp) + c, dp, scratch.KeyGradient + ((long)r * dp) + c, dp, ones);
+                        MicroKernel<TS, TV>.RunStrip(rows, dS + r, 1, ScoreStride, qp + ((long)i0 * dp) + c, dp, scratch.KeyGradient + ((long)r * dp) + c, dp, ones);
                     }
                 }
 
@@ -229,7 +229,7 @@ internal static unsafe class TiledAttentionBackward<TS, TV>
                 {
                     for (int r = 0; r < tallRows; r += Rows)
                     {
-                        Tile(cols, dS + (r * ScoreStride), ScoreStride, 1, scratch.KeyRows + c, dp, dq + ((long)r * dp) + c, dp, ones);
+                        MicroKernel<TS, TV>.RunStrip(cols, dS + (r * ScoreStride), ScoreStride, 1, scratch.KeyRows + c, dp, dq + ((long)r * dp) + c, dp, ones);
                     }
                 }
             }
@@ -324,20 +324,6 @@ internal static unsafe class TiledAttentionBackward<TS, TV>
                 long bh = ((long)b * a.Heads) + h;
                 new ReadOnlySpan<float>(gr, cols).CopyTo(new Span<float>(g.ScoreGradient + ((((bh * a.QueryCount) + i0 + r) * a.KeyCount) + j0), cols));
             }
-        }
-    }
-
-    /// <summary>The micro-kernel of this width: 6 x 4 vectors with 32 registers, 6 x 2 with 16 (see <see cref="Panel"/>).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Tile(int k, float* a, nint aRow, nint aCol, float* b, nint ldb, float* c, nint ldc, float* scale)
-    {
-        if (TS.Count == 16)
-        {
-            MicroKernel<TS, TV>.Run6(k, a, aRow, aCol, b, ldb, c, ldc, scale);
-        }
-        else
-        {
-            MicroKernel<TS, TV>.Run6x2(k, a, aRow, aCol, b, ldb, c, ldc, scale);
         }
     }
 
