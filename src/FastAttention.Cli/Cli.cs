@@ -31,6 +31,8 @@ internal static class Cli
         ExperimentCommand.Command,
         ReportCommand.Command,
         ConvertCommand.Command,
+        TrainCommand.Train,
+        TrainCommand.Eval,
     ];
 
     /// <summary>Runs one command line. <paramref name="terminal"/>, when given, shows progress (not with <c>--json</c>); <paramref name="cancellation"/> is Ctrl-C.</summary>

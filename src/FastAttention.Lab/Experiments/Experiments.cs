@@ -51,7 +51,7 @@ public sealed class ExperimentReport
 public static partial class Experiments
 {
     /// <summary>Every experiment's name.</summary>
-    public static IReadOnlyList<string> Names { get; } = ["bounded-entries", "sketch", "crossover", "tensor", "levattention"];
+    public static IReadOnlyList<string> Names { get; } = ["bounded-entries", "sketch", "crossover", "tensor", "levattention", "levattention-train"];
 
     /// <summary>Runs experiment <paramref name="name"/>.</summary>
     /// <param name="name">One of <see cref="Names"/>.</param>
@@ -75,6 +75,7 @@ public static partial class Experiments
             "crossover" => Crossover(s),
             "tensor" => Tensor(s),
             "levattention" => LevAttentionExperiment(s),
+            "levattention-train" => LevTrainExperiment(s),
             _ => throw new ArgumentException($"unknown experiment '{name}' (available: {string.Join(", ", Names)})", nameof(name)),
         };
     }

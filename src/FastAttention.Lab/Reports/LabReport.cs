@@ -34,7 +34,7 @@ public static class LabReport
     [
         ("1. Fast Attention Requires Bounded Entries (Alman & Song)", ["bounded-entries", "crossover", "sketch"]),
         ("2. Higher-order (tensor) attention (Alman & Song)", ["tensor"]),
-        ("3. LevAttention: universal sets from leverage scores (Kannan, Bhattacharyya, Kacham & Woodruff)", ["levattention"]),
+        ("3. LevAttention: universal sets from leverage scores (Kannan, Bhattacharyya, Kacham & Woodruff)", ["levattention", "levattention-train"]),
     ];
 
     /// <summary>The files every report writes whatever the experiments plot.</summary>

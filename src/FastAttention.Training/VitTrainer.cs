@@ -1,0 +1,267 @@
+using System.Diagnostics;
+using FastAttention.TorchSharp;
+using static TorchSharp.torch;
+
+namespace FastAttention.Training;
+
+/// <summary>How a call to <see cref="VitTrainer.Train"/> ended.</summary>
+/// <param name="Completed">Every epoch ran; false when the run was cancelled between steps.</param>
+/// <param name="State">Where the run is now (a checkpoint saved now resumes from here).</param>
+public sealed record TrainResult(bool Completed, TrainState State)
+{
+    /// <summary>The test accuracy after the last finished epoch, or null before the first.</summary>
+    public double? TestAccuracy => State.History.Count > 0 ? State.History[^1].TestAccuracy : null;
+}
+
+/// <summary>
+/// Trains a <see cref="VisionTransformer"/> on MNIST's training split with AdamW and a warm-up then cosine schedule,
+/// deterministically: for a fixed libtorch thread count the same options give the same bits, and a run saved by
+/// <see cref="Save"/> and resumed by <see cref="Resume"/> continues bit for bit (the data order is a function of the seed
+/// and epoch, random-key draws of the seed and step, and the checkpoint holds the weights and AdamW's moments).
+/// </summary>
+public sealed class VitTrainer : IDisposable
+{
+    private readonly MnistData data;
+    private readonly int[] train;
+    private readonly int[] test;
+    private readonly AdamW optimizer;
+
+    private VitTrainer(MnistData data, TrainOptions options, VisionTransformer model, TrainState state)
+    {
+        this.data = data;
+        Options = options;
+        Model = model;
+        State = state;
+        var trainAll = data.TrainIndices();
+        var testAll = data.TestIndices();
+        train = Spread(trainAll, options.TrainLimit);
+        test = Spread(testAll, options.TestLimit);
+        if (train.Length == 0 || test.Length == 0)
+        {
+            throw new ArgumentException($"data {data.Source}: {data.Count} images leave {train.Length} for training and {test.Length} for testing; both need at least one", nameof(data));
+        }
+
+        optimizer = new AdamW(model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), weightDecay: options.WeightDecay) { Steps = state.Step };
+    }
+
+    /// <summary>The run's options.</summary>
+    public TrainOptions Options { get; }
+
+    /// <summary>The model being trained.</summary>
+    public VisionTransformer Model { get; }
+
+    /// <summary>Where the run is.</summary>
+    public TrainState State { get; private set; }
+
+    /// <summary>Steps per epoch.</summary>
+    public int BatchesPerEpoch => (train.Length + Options.BatchSize - 1) / Options.BatchSize;
+
+    /// <summary>The training images used.</summary>
+    public int TrainCount => train.Length;
+
+    /// <summary>The test images used.</summary>
+    public int TestCount => test.Length;
+
+    /// <summary>libtorch's intra-op thread count for this process (results are bit-identical only at a fixed count).</summary>
+    public static int Threads
+    {
+        get
+        {
+            TorchRuntime.EnsureLoaded();
+            return get_num_threads();
+        }
+
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1);
+            TorchRuntime.EnsureLoaded();
+            set_num_threads(value);
+        }
+    }
+
+    /// <summary>Starts a run: seeds torch's generator with the run's seed and builds the model.</summary>
+    /// <param name="data">The digits.</param>
+    /// <param name="options">The run.</param>
+    /// <param name="initialWeights">Start from this model's weights instead of a fresh initialisation (fine-tuning); its shape must match.</param>
+    /// <returns>The trainer.</returns>
+    /// <exception cref="ArgumentException">Options that cannot make a run (the message names the option).</exception>
+    public static VitTrainer Create(MnistData data, TrainOptions options, VisionTransformer? initialWeights = null)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        TorchRuntime.EnsureLoaded();
+        manual_seed(options.Seed);
+        var model = new VisionTransformer(options.Model, i => options.Attention.Create(i, options.Seed));
+        if (initialWeights is not null)
+        {
+            if (initialWeights.Config != options.Model)
+            {
+                throw new ArgumentException($"the initial weights are of model {initialWeights.Config}, the run's is {options.Model}", nameof(initialWeights));
+            }
+
+            using var _ = no_grad();
+            var source = initialWeights.state_dict();
+            foreach (var (name, parameter) in model.named_parameters())
+            {
+                parameter.copy_(source[name]);
+            }
+        }
+
+        return new VitTrainer(data, options, model, new TrainState(0, 0, 0, []));
+    }
+
+    /// <summary>Continues the run saved in a checkpoint, with its options, weights, optimizer moments and position.</summary>
+    /// <param name="data">The digits (the same as the saved run's).</param>
+    /// <param name="path">The checkpoint.</param>
+    /// <returns>The trainer.</returns>
+    /// <exception cref="InvalidDataException">The checkpoint is unreadable, not a ViT run, or does not fit its own options (the message names the file).</exception>
+    public static VitTrainer Resume(MnistData data, string path)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        var saved = Checkpoint.Read(path);
+        TorchRuntime.EnsureLoaded();
+        var model = new VisionTransformer(saved.Options.Model, i => saved.Options.Attention.Create(i, saved.Options.Seed));
+        Checkpoint.Load(saved, model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), path);
+        var trainer = new VitTrainer(data, saved.Options, model, saved.State);
+        Checkpoint.Load(saved, trainer.optimizer.Moments().Select(m => ("optimizer." + m.Name, m.Moment)), path);
+        return trainer;
+    }
+
+    /// <summary>The learning rate of step <paramref name="step"/>: linear warm-up to the peak, then cosine decay to 0.</summary>
+    /// <param name="step">The 0-based step.</param>
+    /// <returns>The rate.</returns>
+    public double LearningRate(long step)
+    {
+        long total = (long)Options.Epochs * BatchesPerEpoch;
+        long warmup = Math.Max(1, (long)Math.Round(Options.WarmupFraction * total));
+        if (step < warmup)
+        {
+            return Options.LearningRate * (step + 1) / warmup;
+        }
+
+        double progress = total > warmup ? (double)(step - warmup) / (total - warmup) : 1;
+        return Options.LearningRate * 0.5 * (1 + Math.Cos(Math.PI * Math.Min(1, progress)));
+    }
+
+    /// <summary>Trains from <see cref="State"/> to the last epoch, or until cancelled (checked between steps).</summary>
+    /// <param name="progress">Receives a report after each step.</param>
+    /// <param name="cancellationToken">Stops the run at the next step boundary; <see cref="State"/> then resumes exactly there.</param>
+    /// <returns>How the call ended.</returns>
+    public TrainResult Train(IProgress<TrainProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        var clock = Stopwatch.StartNew();
+        long sessionImages = 0;
+        long sessionSteps = 0;
+        long totalSteps = (long)Options.Epochs * BatchesPerEpoch;
+        var epochClock = new Stopwatch();
+        while (State.Epoch < Options.Epochs)
+        {
+            int[] order = SplitMix.Shuffle(train, Options.Seed, State.Epoch);
+            double lossSum = State.EpochLossSum, secondsBefore = State.EpochSeconds;
+            long correct = State.EpochCorrect, seen = State.EpochSeen;
+            epochClock.Reset();
+            Model.train();
+            while (State.Batch < BatchesPerEpoch)
+            {
+                if (cancellationToken.IsCancellationRequested)
+                {
+                    State = State with { EpochLossSum = lossSum, EpochCorrect = correct, EpochSeen = seen, EpochSeconds = secondsBefore + epochClock.Elapsed.TotalSeconds };
+                    return new TrainResult(false, State);
+                }
+
+                epochClock.Start();
+                int start = State.Batch * Options.BatchSize;
+                int count = Math.Min(Options.BatchSize, order.Length - start);
+                var (loss, right) = Step(order.AsSpan(start, count), LearningRate(State.Step));
+                epochClock.Stop();
+                lossSum += loss * count;
+                correct += right;
+                seen += count;
+                sessionImages += count;
+                sessionSteps++;
+                State = State with { Batch = State.Batch + 1, Step = State.Step + 1 };
+                double rate = sessionImages / clock.Elapsed.TotalSeconds;
+                var remaining = TimeSpan.FromSeconds((totalSteps - State.Step) * clock.Elapsed.TotalSeconds / sessionSteps);
+                progress?.Report(new TrainProgress(State.Epoch + 1, Options.Epochs, State.Batch, BatchesPerEpoch, lossSum / seen, (double)correct / seen, rate, remaining));
+            }
+
+            double accuracy = Evaluate();
+            double seconds = secondsBefore + epochClock.Elapsed.TotalSeconds;
+            var record = new EpochRecord(State.Epoch + 1, lossSum / seen, (double)correct / seen, accuracy, seconds, seen / Math.Max(seconds, 1e-9));
+            State = new TrainState(State.Epoch + 1, 0, State.Step, [.. State.History, record]);
+        }
+
+        return new TrainResult(true, State);
+    }
+
+    /// <summary>The share of the test images the model classifies right, with its current attention.</summary>
+    /// <returns>The accuracy in [0, 1].</returns>
+    public double Evaluate()
+    {
+        Model.eval();
+        long right = 0;
+        const int chunk = 250;
+        using var _ = no_grad();
+        for (int start = 0; start < test.Length; start += chunk)
+        {
+            using var scope = NewDisposeScope();
+            var indices = test.AsSpan(start, Math.Min(chunk, test.Length - start));
+            var (images, labels) = Batch(indices);
+            right += Model.forward(images).argmax(1).eq(labels).sum().item<long>();
+        }
+
+        return (double)right / test.Length;
+    }
+
+    /// <summary>Writes the run (weights, AdamW moments, options, position, history) to a safetensors checkpoint.</summary>
+    /// <param name="path">The file; written to a temporary file beside it, then renamed.</param>
+    public void Save(string path) =>
+        Checkpoint.Write(path, Options, State,
+            [.. Model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), .. optimizer.Moments().Select(m => ("optimizer." + m.Name, m.Moment))]);
+
+    /// <summary>Releases the model and the optimizer's moments.</summary>
+    public void Dispose()
+    {
+        optimizer.Dispose();
+        Model.Dispose();
+    }
+
+    /// <summary>
+    /// The first <paramref name="limit"/> of <paramref name="indices"/> spread evenly over them (element <c>floor(i n / limit)</c>),
+    /// so a limited run still sees every digit (the data is sorted by digit); all of them when there is no limit.
+    /// </summary>
+    private static int[] Spread(int[] indices, int? limit) =>
+        limit is { } l && l < indices.Length ? [.. Enumerable.Range(0, l).Select(i => indices[(int)((long)i * indices.Length / l)])] : indices;
+
+    private (double Loss, long Right) Step(ReadOnlySpan<int> indices, double learningRate)
+    {
+        using var scope = NewDisposeScope();
+        foreach (var attention in Model.Attention.OfType<RandomKeysAttention>())
+        {
+            attention.Step = State.Step;
+        }
+
+        var (images, labels) = Batch(indices);
+        var logits = Model.forward(images);
+        var loss = nn.functional.cross_entropy(logits, labels);
+        Model.zero_grad();
+        loss.backward();
+        optimizer.Step(learningRate);
+        using var _ = no_grad();
+        return (loss.item<float>(), logits.argmax(1).eq(labels).sum().item<long>());
+    }
+
+    private (Tensor Images, Tensor Labels) Batch(ReadOnlySpan<int> indices)
+    {
+        var pixels = new float[indices.Length * MnistData.Pixels];
+        var labels = new long[indices.Length];
+        for (int b = 0; b < indices.Length; b++)
+        {
+            data.Images.AsSpan(indices[b] * MnistData.Pixels, MnistData.Pixels).CopyTo(pixels.AsSpan(b * MnistData.Pixels));
+            labels[b] = data.Labels[indices[b]];
+        }
+
+        return (tensor(pixels, [indices.Length, 1, MnistData.Side, MnistData.Side]), tensor(labels));
+    }
+}
