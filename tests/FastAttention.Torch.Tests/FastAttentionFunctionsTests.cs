@@ -183,7 +183,7 @@ public sealed class FastAttentionFunctionsTests
 
         // Ours through TorchSharp autograd: sum(O * W).backward().
         var (tq, tk, tv) = (Leaf32(q, TorchReference.QueryDims(s)), Leaf32(k, TorchReference.KeyDims(s)), Leaf32(v, TorchReference.ValueDims(s)));
-        var output = FastAttentionFunctions.ScaledDotProductAttention(tq, tk, tv, c.Causal, c.Scale);
+        var output = FastAttentionFunctions.ScaledDotProductAttention(tq, tk, tv, causal: c.Causal, scale: c.Scale);
         (output * Float32(weights, TorchReference.OutputDims(s))).sum().backward();
 
         // The forward is the library's, bit for bit.
