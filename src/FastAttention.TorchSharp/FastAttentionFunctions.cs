@@ -3,9 +3,10 @@ using static TorchSharp.torch;
 namespace FastAttention.TorchSharp;
 
 /// <summary>
-/// Differentiable attention for TorchSharp over FastAttention's CPU kernels: the forward runs our kernel, and autograd's
-/// backward runs ours from the saved output and log-sum-exp. Inputs must be float32 CPU tensors; contiguous ones are read
-/// and written in place (no copy), others are copied once to contiguous memory.
+/// Differentiable attention for TorchSharp over FastAttention's CPU kernels: exact (softmax, with PyTorch's attention mask),
+/// LevAttention, order-3 tensor, polynomial and sketched attention. Each forward runs our kernel, and autograd's backward
+/// runs ours from what the forward saved. Inputs must be float32 CPU tensors; contiguous ones are read and written in place
+/// (no copy), others are copied once to contiguous memory.
 /// </summary>
 public static partial class FastAttentionFunctions
 {

@@ -34,10 +34,7 @@ public sealed class FactorisedAttentionFunctionTests
     public void Forward_and_gradients_are_the_library_s_bit_for_bit(string name)
     {
         using var scope = TorchReference.Start();
-        var (s, options) = Cases[name];
-        var (q, k, v) = Inputs(s, options, 500 + name.Length);
-        var weights = Data.Normal(s.OutputLength, 501 + name.Length);
-        var (output, grads) = Ours(s, options, q, k, v, weights);
+        var (s, options, q, k, v, weights, output, grads) = Run(name, 500);
 
         var expected = Library(s, options, q, k, v);
         Assert.Equal(expected, output);
@@ -61,10 +58,7 @@ public sealed class FactorisedAttentionFunctionTests
     public void Gradients_match_central_finite_differences_of_the_library_forward(string name)
     {
         using var scope = TorchReference.Start();
-        var (s, options) = Cases[name];
-        var (q, k, v) = Inputs(s, options, 600 + name.Length);
-        var weights = Data.Normal(s.OutputLength, 601 + name.Length);
-        var (_, grads) = Ours(s, options, q, k, v, weights);
+        var (s, options, q, k, v, weights, _, grads) = Run(name, 600);
 
         // The polynomial is fitted to R = s max|q_i| max|k_j| and then held fixed: perturbing the longest query or key row moves
         // R (and the coefficients) as well, which the gradient leaves out by design, so those rows are not probed.
@@ -173,6 +167,16 @@ public sealed class FactorisedAttentionFunctionTests
         Assert.Equal("polynomial(degree=4, causal)", polynomial.Describe());
         Assert.Equal("polynomial(eps=1E-05)", new PolynomialAttentionModule(relativeError: 1e-5).Describe());
         Assert.Equal("sketched(m=16, seed=2)", sketched.Describe());
+    }
+
+    /// <summary>A named case's seeded inputs and output weights, and our output and gradients on them.</summary>
+    private static (AttentionShape Shape, object Options, float[] Q, float[] K, float[] V, float[] Weights, float[] Output, float[][] Gradients) Run(string name, int seed)
+    {
+        var (s, options) = Cases[name];
+        var (q, k, v) = Inputs(s, options, seed + name.Length);
+        var weights = Data.Normal(s.OutputLength, seed + 1 + name.Length);
+        var (output, grads) = Ours(s, options, q, k, v, weights);
+        return (s, options, q, k, v, weights, output, grads);
     }
 
     /// <summary>Seeded inputs; for the polynomial, queries and keys shrunk so that the score range suits small degrees.</summary>
