@@ -74,3 +74,63 @@ public sealed class TorchSdpaModule(bool causal = false) : AttentionModule(nameo
     /// <inheritdoc/>
     public override string Describe() => causal ? "torch-sdpa(causal)" : "torch-sdpa";
 }
+
+/// <summary>
+/// The polynomial method on FastAttention's factorised engine (<see cref="FastAttentionFunctions.PolynomialAttention"/>): softmax
+/// attention with <c>e^x</c> replaced by a polynomial fitted to each call's proven score range, linear in n.
+/// </summary>
+/// <param name="degree">Force the degree; null chooses the smallest that reaches <paramref name="relativeError"/>.</param>
+/// <param name="relativeError">The polynomial's target relative error; null means 1e-3.</param>
+/// <param name="causal">Apply the bottom-right aligned causal mask.</param>
+/// <param name="scale">The score scale; null means <c>1 / sqrt(d)</c>.</param>
+public sealed class PolynomialAttentionModule(int? degree = null, double? relativeError = null, bool causal = false, double? scale = null)
+    : AttentionModule(nameof(PolynomialAttentionModule))
+{
+    /// <inheritdoc/>
+    public override Tensor forward(Tensor input1, Tensor input2, Tensor input3) =>
+        FastAttentionFunctions.PolynomialAttention(input1, input2, input3, degree, relativeError, causal, scale);
+
+    /// <inheritdoc/>
+    public override string Describe() =>
+        $"polynomial({(degree is { } g ? $"degree={g}" : $"eps={relativeError ?? 1e-3:G3}")}{(causal ? ", causal" : "")})";
+}
+
+/// <summary>
+/// Sketched degree-4 polynomial attention (PolySketchFormer; <see cref="FastAttentionFunctions.SketchedAttention"/>): <b>not
+/// softmax</b>, weights approximating <c>(q.k)^4</c> from a fixed seeded sketch, linear in n.
+/// </summary>
+/// <param name="sketchSize">m, the sketch's columns.</param>
+/// <param name="seed">The sketch's seed (the same for every call, forward and backward).</param>
+/// <param name="causal">Apply the bottom-right aligned causal mask.</param>
+/// <param name="scale">The score scale; null means <c>1 / sqrt(d)</c> (it cancels).</param>
+public sealed class SketchedAttentionModule(int sketchSize = SketchedAttention.DefaultSketchSize, long seed = 0, bool causal = false, double? scale = null)
+    : AttentionModule(nameof(SketchedAttentionModule))
+{
+    /// <inheritdoc/>
+    public override Tensor forward(Tensor input1, Tensor input2, Tensor input3) =>
+        FastAttentionFunctions.SketchedAttention(input1, input2, input3, sketchSize, seed, causal, scale);
+
+    /// <inheritdoc/>
+    public override string Describe() => $"sketched(m={sketchSize}, seed={seed}{(causal ? ", causal" : "")})";
+}
+
+/// <summary>
+/// Order-3 tensor attention as a TorchSharp module (<see cref="FastAttentionFunctions.TensorAttention"/>):
+/// <c>forward(query, key1, key2, value1, value2)</c> with query <c>[batch, heads, nq, d]</c>, keys <c>[batch, heads, nk, d]</c> and
+/// values <c>[batch, heads, nk, dv]</c> gives <c>[batch, heads, nq, dv]</c>. Parameterless.
+/// </summary>
+/// <param name="causal">Apply the bottom-right aligned causal limit to both key indices.</param>
+/// <param name="window">Sliding windows <c>(w1, w2)</c> (imply causal); null means none.</param>
+/// <param name="scale">The score scale; null means <c>1 / d</c>.</param>
+public sealed class TensorAttentionModule(bool causal = false, (int First, int Second)? window = null, double? scale = null)
+    : nn.Module<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(nameof(TensorAttentionModule))
+{
+    /// <inheritdoc/>
+    public override Tensor forward(Tensor input1, Tensor input2, Tensor input3, Tensor input4, Tensor input5) =>
+        FastAttentionFunctions.TensorAttention(input1, input2, input3, input4, input5, causal, window, scale);
+
+    /// <summary>A short description for logs and reports, such as <c>tensor(window=(8, 8))</c>.</summary>
+    /// <returns>The description.</returns>
+    public string Describe() =>
+        window is { } w ? $"tensor(window=({w.First}, {w.Second}))" : causal ? "tensor(causal)" : "tensor";
+}

@@ -48,9 +48,9 @@ internal sealed class LevAttentionFunction : SingleTensorFunction<LevAttentionFu
         var selections = (IReadOnlyList<LevSelection>)ctx.get_data(SelectionsKey);
         var shape = TensorViews.Shape(q, k, v);
         var dO = grad_output.to_type(ScalarType.Float32).contiguous();
-        if (!dO.isfinite().all().item<bool>())
+        if (TensorViews.NonFinite(dO))
         {
-            return [full_like(q, float.NaN), full_like(k, float.NaN), full_like(v, float.NaN), null!];
+            return TensorViews.NaNGradients(q, k, v);
         }
 
         var (dQ, dK, dV) = (empty_like(q), empty_like(k), empty_like(v));

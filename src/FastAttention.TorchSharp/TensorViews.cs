@@ -24,24 +24,56 @@ internal static class TensorViews
     /// <summary>The query, key and value as <c>[batch, heads, n, d]</c> views (ranks 2, 3 and 4 accepted, all the same rank).</summary>
     public static (Tensor Query, Tensor Key, Tensor Value) AsFourDimensional(Tensor query, Tensor key, Tensor value)
     {
+        var lifted = AsFourDimensional([(query, nameof(query)), (key, nameof(key)), (value, nameof(value))]);
+        return (lifted[0], lifted[1], lifted[2]);
+    }
+
+    /// <summary>
+    /// Float32 CPU tensors of one rank (2, 3 or 4; the first one's) as <c>[batch, heads, n, d]</c> views; the first is the
+    /// query, whose rank the others must share. Errors name the tensor.
+    /// </summary>
+    public static Tensor[] AsFourDimensional(ReadOnlySpan<(Tensor Tensor, string Name)> tensors)
+    {
+        foreach (var (tensor, name) in tensors)
+        {
+            RequireFloat32Cpu(tensor, name);
+        }
+
+        var (query, queryName) = tensors[0];
         long rank = query.dim();
         if (rank is < 2 or > 4)
         {
-            throw new ArgumentException($"query must have rank 2 ([n, d]), 3 ([heads, n, d]) or 4 ([batch, heads, n, d]), not {rank}.", nameof(query));
+            throw new ArgumentException($"{queryName} must have rank 2 ([n, d]), 3 ([heads, n, d]) or 4 ([batch, heads, n, d]), not {rank}.", queryName);
         }
 
-        if (key.dim() != rank)
+        var lifted = new Tensor[tensors.Length];
+        for (int i = 0; i < tensors.Length; i++)
         {
-            throw new ArgumentException($"key must have the query's rank {rank}, not {key.dim()}.", nameof(key));
+            var (tensor, name) = tensors[i];
+            if (tensor.dim() != rank)
+            {
+                throw new ArgumentException($"{name} must have the {queryName}'s rank {rank}, not {tensor.dim()}.", name);
+            }
+
+            lifted[i] = Lift(tensor);
         }
 
-        if (value.dim() != rank)
-        {
-            throw new ArgumentException($"value must have the query's rank {rank}, not {value.dim()}.", nameof(value));
-        }
-
-        return (Lift(query), Lift(key), Lift(value));
+        return lifted;
     }
+
+    /// <summary>The <c>[batch, heads, nq, dv]</c> output at the query's rank (2: <c>[nq, dv]</c>, 3: <c>[heads, nq, dv]</c>).</summary>
+    public static Tensor AtRank(Tensor output, long rank) => rank switch
+    {
+        2 => output.squeeze(0).squeeze(0),
+        3 => output.squeeze(0),
+        _ => output,
+    };
+
+    /// <summary>Whether an output gradient holds NaN or infinity (then a backward returns NaN gradients instead of throwing).</summary>
+    public static bool NonFinite(Tensor outputGradient) => !outputGradient.isfinite().all().item<bool>();
+
+    /// <summary>NaN gradients shaped like the inputs, and no gradient for the trailing options argument.</summary>
+    public static List<Tensor> NaNGradients(params Tensor[] inputs) => [.. inputs.Select(t => full_like(t, float.NaN)), null!];
 
     /// <summary>The attention shape of <c>[batch, heads, n, d]</c> query, key and value tensors (the core validates the rest).</summary>
     public static AttentionShape Shape(Tensor query, Tensor key, Tensor value) =>
@@ -75,7 +107,8 @@ internal static class TensorViews
         _ => t,
     };
 
-    private static int Size(Tensor t, int axis, string name)
+    /// <summary>Dimension <paramref name="axis"/> of <paramref name="t"/> as an int (the core's sizes), or an error naming the tensor.</summary>
+    public static int Size(Tensor t, int axis, string name)
     {
         long size = t.size(axis);
         return size <= int.MaxValue ? (int)size : throw new ArgumentException($"{name} dimension {axis} is {size}, more than {int.MaxValue}.", name);

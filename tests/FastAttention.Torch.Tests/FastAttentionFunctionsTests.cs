@@ -153,6 +153,32 @@ public sealed class FastAttentionFunctionsTests
     }
 
     [Fact]
+    public void A_tensor_off_the_cpu_is_a_named_error_for_every_function()
+    {
+        // libtorch's meta device holds shapes without storage: the cheapest non-CPU device on a CPU-only machine.
+        using var scope = TorchReference.Start();
+        var x = randn(1, 1, 4, 8);
+        var meta = empty([1L, 1, 4, 8], device: new Device(global::TorchSharp.DeviceType.META));
+        Func<Tensor>[] calls =
+        [
+            () => FastAttentionFunctions.ScaledDotProductAttention(x, meta, x),
+            () => FastAttentionFunctions.LevAttention(x, meta, x, top: 1),
+            () => FastAttentionFunctions.PolynomialAttention(x, meta, x),
+            () => FastAttentionFunctions.SketchedAttention(x, meta, x),
+            () => FastAttentionFunctions.TensorAttention(x, meta, x, x, x),
+        ];
+        foreach (var call in calls)
+        {
+            var e = Assert.Throws<ArgumentException>(call);
+            Assert.Contains("CPU", e.Message, StringComparison.Ordinal);
+            Assert.True(e.ParamName is "key" or "key1", e.ParamName);
+        }
+
+        var mask = Assert.Throws<ArgumentException>(() => FastAttentionFunctions.ScaledDotProductAttention(x, x, x, empty([4L, 4], device: new Device(global::TorchSharp.DeviceType.META))));
+        Assert.Equal("mask", mask.ParamName);
+    }
+
+    [Fact]
     public void Wrong_rank_is_a_named_error()
     {
         using var scope = TorchReference.Start();
@@ -183,7 +209,7 @@ public sealed class FastAttentionFunctionsTests
 
         // Ours through TorchSharp autograd: sum(O * W).backward().
         var (tq, tk, tv) = (Leaf32(q, TorchReference.QueryDims(s)), Leaf32(k, TorchReference.KeyDims(s)), Leaf32(v, TorchReference.ValueDims(s)));
-        var output = FastAttentionFunctions.ScaledDotProductAttention(tq, tk, tv, c.Causal, c.Scale);
+        var output = FastAttentionFunctions.ScaledDotProductAttention(tq, tk, tv, causal: c.Causal, scale: c.Scale);
         (output * Float32(weights, TorchReference.OutputDims(s))).sum().backward();
 
         // The forward is the library's, bit for bit.
