@@ -26,7 +26,7 @@ internal static class TrainCommand
             new("epochs", "E", "passes over the 8,000 training images (default 5)"),
             new("seed", "S", "seeds the initialisation, data order and random draws (default 0)"),
             new("batch", "B", "images per step (default 64)"),
-            new("lr", "R", "peak learning rate of the warm-up + cosine schedule (default 0.002)"),
+            new("lr", "R", "peak learning rate of the warm-up + cosine schedule (default 0.003)"),
             new("train-limit", "N", "train on N training images spread over the split (quick runs)"),
             new("checkpoint", "F.safetensors", "where to save the run: after every epoch, at the end and on Ctrl-C (default vit-ATTENTION-seedS.safetensors)"),
             new("resume", "F.safetensors", "continue the run saved in F (its options, weights, optimizer and position); needs --checkpoint naming another file"),
@@ -106,7 +106,7 @@ internal static class TrainCommand
 
         if (!result.Completed)
         {
-            Console.Error.WriteLine($"fastattn: train: cancelled at epoch {result.State.Epoch + 1}, step {result.State.Batch}; saved to {checkpoint} (continue with --resume {checkpoint} --checkpoint OTHER.safetensors)");
+            o.Notices.WriteLine($"fastattn: train: cancelled at epoch {result.State.Epoch + 1}, step {result.State.Batch}; saved to {checkpoint} (continue with --resume {checkpoint} --checkpoint OTHER.safetensors)");
             return ExitCode.Cancelled;
         }
 

@@ -29,7 +29,7 @@ public static partial class FastAttentionFunctions
         (int First, int Second)? window = null, double? scale = null)
     {
         var t = Inputs([(query, nameof(query)), (key1, nameof(key1)), (key2, nameof(key2)), (value1, nameof(value1)), (value2, nameof(value2))], scale);
-        var options = new TensorAttentionOptions { Causal = causal, Scale = (float?)scale, Windows = window is { } w ? [w.First, w.Second] : null };
+        var options = new TensorAttentionOptions { Causal = causal, Scale = (float?)scale, MaxDegreeOfParallelism = TorchRuntime.KernelThreads, Windows = window is { } w ? [w.First, w.Second] : null };
         return TensorViews.AtRank(TensorAttentionFunction.apply(t[0], t[1], t[2], t[3], t[4], options), query.dim());
     }
 
@@ -53,7 +53,7 @@ public static partial class FastAttentionFunctions
     public static Tensor PolynomialAttention(Tensor query, Tensor key, Tensor value, int? degree = null, double? relativeError = null, bool causal = false, double? scale = null)
     {
         var (q, k, v) = Inputs(query, key, value, scale);
-        var options = new PolynomialAttentionOptions { Degree = degree, RelativeError = relativeError, Causal = causal, Scale = (float?)scale };
+        var options = new PolynomialAttentionOptions { Degree = degree, RelativeError = relativeError, Causal = causal, Scale = (float?)scale, MaxDegreeOfParallelism = TorchRuntime.KernelThreads };
         return TensorViews.AtRank(FactorisedAttentionFunction.apply(q, k, v, options), query.dim());
     }
 
@@ -86,7 +86,7 @@ public static partial class FastAttentionFunctions
             throw new ArgumentOutOfRangeException(nameof(sketchSize), sketchSize, $"The sketch size must lie in 1 .. {maxSketchSize} (it carries m (m + 1) / 2 features).");
         }
 
-        var options = new SketchedAttentionOptions { SketchSize = sketchSize, Seed = seed, Causal = causal, Scale = (float?)scale };
+        var options = new SketchedAttentionOptions { SketchSize = sketchSize, Seed = seed, Causal = causal, Scale = (float?)scale, MaxDegreeOfParallelism = TorchRuntime.KernelThreads };
         return TensorViews.AtRank(FactorisedAttentionFunction.apply(q, k, v, options), query.dim());
     }
 }

@@ -35,7 +35,7 @@ public static partial class FastAttentionFunctions
     {
         var (q, k, v) = Inputs(query, key, value, scale);
         var (boolMask, bias) = AttentionMask.Prepare(mask, q, k);
-        var options = new ExactAttentionOptions { Causal = causal, Scale = (float?)scale, Mask = boolMask };
+        var options = new ExactAttentionOptions { Causal = causal, Scale = (float?)scale, Mask = boolMask, MaxDegreeOfParallelism = TorchRuntime.KernelThreads };
         return TensorViews.AtRank(ExactAttentionFunction.apply(q, k, v, bias!, options), query.dim());
     }
 
@@ -64,7 +64,7 @@ public static partial class FastAttentionFunctions
         int keepFirst = 0, int keepLast = 0)
     {
         var (q, k, v) = Inputs(query, key, value, scale);
-        var options = new LevAttentionOptions { Top = top, Eps = eps, Power = power, Scale = (float?)scale, KeepFirst = keepFirst, KeepLast = keepLast };
+        var options = new LevAttentionOptions { Top = top, Eps = eps, Power = power, Scale = (float?)scale, KeepFirst = keepFirst, KeepLast = keepLast, MaxDegreeOfParallelism = TorchRuntime.KernelThreads };
         return TensorViews.AtRank(LevAttentionFunction.apply(q, k, v, options), query.dim());
     }
 

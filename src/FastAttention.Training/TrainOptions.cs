@@ -16,7 +16,7 @@ public sealed record TrainOptions
     public int BatchSize { get; init; } = 64;
 
     /// <summary>The peak learning rate, reached at the end of the warm-up.</summary>
-    public double LearningRate { get; init; } = 2e-3;
+    public double LearningRate { get; init; } = 3e-3;
 
     /// <summary>AdamW's decoupled weight decay.</summary>
     public double WeightDecay { get; init; } = 0.05;

@@ -10,7 +10,7 @@ namespace FastAttention.Training;
 /// <param name="Depth">The number of transformer blocks.</param>
 /// <param name="Heads">The attention heads per block (head dim = Dim / Heads).</param>
 /// <param name="MlpDim">The hidden width of each block's MLP.</param>
-public readonly record struct VitConfig(int Patch = 2, int Dim = 64, int Depth = 3, int Heads = 4, int MlpDim = 128)
+public readonly record struct VitConfig(int Patch = 2, int Dim = 64, int Depth = 2, int Heads = 2, int MlpDim = 128)
 {
     /// <summary>The default model (<c>new VitConfig()</c> without arguments is all zeros; use this).</summary>
     public static VitConfig Default { get; } = new(Patch: 2);
@@ -76,9 +76,11 @@ public sealed class VisionTransformer : nn.Module<Tensor, Tensor>
         register_module("head", head);
         using (no_grad())
         {
-            // timm's ViT initialisation: a normal of std 0.02 cut at two deviations for positions, CLS and linear weights,
-            // zero biases. (Clamped, not redrawn: TorchSharp 0.107's trunc_normal_ leaves the tensor at ~0.)
-            TruncatedNormal(posEmbed);
+            // Positions start as MAE's fixed 2-D sine-cosine table (the CLS position at zero) and are learned from there:
+            // with timm's small random start a model of 2x2 patches spends its first hundreds of steps learning where a
+            // patch is. The rest is timm's initialisation: a normal of std 0.02 cut at two deviations for CLS and linear
+            // weights, zero biases. (Clamped, not redrawn: TorchSharp 0.107's trunc_normal_ leaves the tensor at ~0.)
+            posEmbed.copy_(SineCosinePositions(MnistData.Side / config.Patch, config.Dim));
             TruncatedNormal(clsToken);
             foreach (var (name, parameter) in named_parameters())
             {
@@ -125,6 +127,34 @@ public sealed class VisionTransformer : nn.Module<Tensor, Tensor>
         }
 
         return head.forward(norm.forward(x).select(1, 0));
+    }
+
+    /// <summary>
+    /// MAE's 2-D sine-cosine positions, <c>[1, 1 + side^2, dim]</c>: row 0 (CLS) zero; patch (r, c) gets, in its first half,
+    /// <c>sin(r w_t), cos(r w_t)</c> and in its second half the same of <c>c</c>, with <c>w_t = 10000^(-t / (dim / 4))</c>.
+    /// Widths that are not a multiple of 4 leave the last columns zero.
+    /// </summary>
+    private static Tensor SineCosinePositions(int side, int dim)
+    {
+        var table = new float[(1 + side * side) * dim];
+        int quarter = dim / 4;
+        for (int r = 0; r < side; r++)
+        {
+            for (int c = 0; c < side; c++)
+            {
+                int row = (1 + r * side + c) * dim;
+                for (int t = 0; t < quarter; t++)
+                {
+                    double w = Math.Pow(10000, -(double)t / quarter);
+                    table[row + t] = (float)Math.Sin(r * w);
+                    table[row + quarter + t] = (float)Math.Cos(r * w);
+                    table[row + 2 * quarter + t] = (float)Math.Sin(c * w);
+                    table[row + 3 * quarter + t] = (float)Math.Cos(c * w);
+                }
+            }
+        }
+
+        return tensor(table, [1, 1 + side * side, dim]);
     }
 
     private static void TruncatedNormal(Tensor parameter) => nn.init.normal_(parameter, 0, 0.02).clamp_(-0.04, 0.04);

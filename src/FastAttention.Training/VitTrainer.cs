@@ -62,7 +62,10 @@ public sealed class VitTrainer : IDisposable
     /// <summary>The test images used.</summary>
     public int TestCount => test.Length;
 
-    /// <summary>libtorch's intra-op thread count for this process (results are bit-identical only at a fixed count).</summary>
+    /// <summary>
+    /// The threads this process trains with: libtorch's intra-op thread count and FastAttention's kernels'
+    /// (<see cref="TorchRuntime.KernelThreads"/>). Results are bit-identical only at a fixed count.
+    /// </summary>
     public static int Threads
     {
         get
@@ -76,6 +79,7 @@ public sealed class VitTrainer : IDisposable
             ArgumentOutOfRangeException.ThrowIfLessThan(value, 1);
             TorchRuntime.EnsureLoaded();
             set_num_threads(value);
+            TorchRuntime.KernelThreads = value;
         }
     }
 
@@ -212,6 +216,21 @@ public sealed class VitTrainer : IDisposable
         }
 
         return (double)right / test.Length;
+    }
+
+    /// <summary>The class logits of the first <paramref name="count"/> test images (in split order), with the current attention.</summary>
+    /// <param name="count">How many test images (at most <see cref="TestCount"/>).</param>
+    /// <returns>One row of 10 logits per image.</returns>
+    public float[][] Logits(int count)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(count);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(count, test.Length);
+        Model.eval();
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        var (images, _) = Batch(test.AsSpan(0, count));
+        var logits = Model.forward(images).data<float>().ToArray();
+        return [.. Enumerable.Range(0, count).Select(i => logits[(i * MnistData.Classes)..((i + 1) * MnistData.Classes)])];
     }
 
     /// <summary>Writes the run (weights, AdamW moments, options, position, history) to a safetensors checkpoint.</summary>

@@ -48,7 +48,7 @@ public static partial class Experiments
         int total = seeds * (runs.Count + 2);
         int done = 0;
         var speed = new List<(double Ours, double Torch)>();
-        for (int seed = 0; seed < seeds; seed++)
+        for (int seed = s.Seed; seed < s.Seed + seeds; seed++)
         {
             VitTrainer? softmax = null;
             try
@@ -127,7 +127,7 @@ public static partial class Experiments
         md.AppendLine("trained with softmax loses much more. PolySketchFormer claims a model trained with the sketched polynomial attention");
         md.AppendLine("matches softmax.");
         md.AppendLine();
-        md.AppendLine(string.Create(inv, $"**Setup**: ViT {config.Dim} wide, {config.Depth} blocks, {config.Heads} heads of {config.Dim / config.Heads}, MLP {config.MlpDim}, patch {config.Patch}x{config.Patch}: {config.Tokens - 1} patches + CLS = **{config.Tokens} keys per head**. Trained from scratch with AdamW (peak learning rate {options.LearningRate}, weight decay {options.WeightDecay}, {options.WarmupFraction:P0} warm-up then cosine), batch {options.BatchSize}, {epochs} epochs, on {options.TrainLimit?.ToString("N0", inv) ?? "8,000"} training digits; test accuracy on {options.TestLimit?.ToString("N0", inv) ?? "2,000"} test digits (image i is a test image when i mod 5 = 4: data/mnist/README.md). {seeds} seed(s) (0..{seeds - 1}; the seed sets the initialisation, the data order and the random keys). Every selecting attention keeps the CLS key besides its k. {s.MachineLine} Rerun: `fastattn experiment levattention-train{(s.Full ? " --full" : string.Empty)} --out DIR`; one run by hand: `fastattn train vit --attention lev --top 32 --epochs {epochs}`."));
+        md.AppendLine(string.Create(inv, $"**Setup**: ViT {config.Dim} wide, {config.Depth} blocks, {config.Heads} heads of {config.Dim / config.Heads}, MLP {config.MlpDim}, patch {config.Patch}x{config.Patch}: {config.Tokens - 1} patches + CLS = **{config.Tokens} keys per head**. Trained from scratch with AdamW (peak learning rate {options.LearningRate}, weight decay {options.WeightDecay}, {options.WarmupFraction:P0} warm-up then cosine), batch {options.BatchSize}, {epochs} epochs, on {options.TrainLimit?.ToString("N0", inv) ?? "8,000"} training digits; test accuracy on {options.TestLimit?.ToString("N0", inv) ?? "2,000"} test digits (image i is a test image when i mod 5 = 4: data/mnist/README.md). {seeds} seed(s) ({s.Seed}..{s.Seed + seeds - 1}; the seed sets the initialisation, the data order and the random keys). Every selecting attention keeps the CLS key besides its k. {s.MachineLine} Rerun: `fastattn experiment levattention-train{(s.Full ? " --full" : string.Empty)} --out DIR`; one run by hand: `fastattn train vit --attention lev --top 32 --epochs {epochs}`."));
         md.AppendLine();
         md.AppendLine("| run | test accuracy % (mean) | spread over seeds | seconds per epoch | training images/s |");
         md.AppendLine("|---|---|---|---|---|");
