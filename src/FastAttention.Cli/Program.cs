@@ -8,6 +8,12 @@ internal static class Program
     /// <summary>How long a command gets after Ctrl-C to reach a cancellation point before the process leaves anyway.</summary>
     private static readonly TimeSpan Grace = TimeSpan.FromSeconds(2);
 
+    /// <summary>
+    /// Set while a command that stops at its own cancellation points and then saves its work (training) runs: Ctrl-C
+    /// then waits for it instead of leaving after <see cref="Grace"/>; a second Ctrl-C still leaves at once.
+    /// </summary>
+    public static volatile bool HoldExitAfterCtrlC;
+
     private static int Main(string[] args)
     {
         using var cancel = new CancellationTokenSource();
@@ -29,6 +35,11 @@ internal static class Program
             _ = Task.Run(async () =>
             {
                 await Task.Delay(Grace).ConfigureAwait(false);
+                if (HoldExitAfterCtrlC)
+                {
+                    return;
+                }
+
                 TensorFiles.DeleteTempFilesInFlight();
                 await Console.Error.WriteLineAsync("fastattn: cancelled").ConfigureAwait(false);
                 Environment.Exit(ExitCode.Cancelled);

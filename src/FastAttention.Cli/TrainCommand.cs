@@ -71,6 +71,11 @@ internal static class TrainCommand
         SetThreads(o);
         MnistData data = LoadData(o);
         using VitTrainer trainer = resume is null ? VitTrainer.Create(data, options!) : Resume(data, resume);
+        if (resume is not null && VitTrainer.SavedThreads(resume) is int saved && saved != VitTrainer.Threads)
+        {
+            o.Notices.WriteLine($"fastattn: train: {resume} was saved by a run on {saved} threads and this one has {VitTrainer.Threads}: libtorch's results differ between thread counts, so the continued run is not bit-identical to an uninterrupted one (pass --threads {saved})");
+        }
+
         bool json = o.Flag("json");
         if (!json)
         {
@@ -81,27 +86,46 @@ internal static class TrainCommand
         var progress = Progress.Current;
         int reported = trainer.State.History.Count;
         TrainResult result;
-        while (true)
+        // Training stops at its own step boundaries after Ctrl-C and then saves: the tool must not leave before that.
+        Program.HoldExitAfterCtrlC = true;
+        try
         {
-            // One epoch per call, so every finished epoch is saved (and printed) before the next starts.
-            var epochEnd = new CancellationTokenSource();
-            using var linked = CancellationTokenSource.CreateLinkedTokenSource(progress.Cancellation, epochEnd.Token);
-            result = trainer.Train(new Reporter(progress, trainer, epochEnd), linked.Token);
-            Save(trainer, checkpoint);
-            for (; reported < result.State.History.Count; reported++)
+            while (true)
             {
-                var e = result.State.History[reported];
-                if (!json)
+                // One epoch per call, so every finished epoch is saved (and printed) before the next starts.
+                using var epochEnd = new CancellationTokenSource();
+                using var linked = CancellationTokenSource.CreateLinkedTokenSource(progress.Cancellation, epochEnd.Token);
+                try
                 {
-                    stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"epoch {e.Epoch}/{trainer.Options.Epochs}: loss {e.Loss:F4}, train accuracy {e.TrainAccuracy:P2}, test accuracy {e.TestAccuracy:P2}, {e.ImagesPerSecond:F0} images/s, {e.Seconds:F1} s"));
+                    result = trainer.Train(new Reporter(progress, trainer, epochEnd), linked.Token);
+                }
+                catch (TrainingDivergedException e)
+                {
+                    o.Notices.WriteLine($"fastattn: train: {e.Message}; {checkpoint} holds the run as of the last finished epoch");
+                    return ExitCode.Failure;
+                }
+
+                progress.Show("saving " + Path.GetFileName(checkpoint));
+                trainer.Save(checkpoint);
+                for (; reported < result.State.History.Count; reported++)
+                {
+                    var e = result.State.History[reported];
+                    if (!json)
+                    {
+                        stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                            $"epoch {e.Epoch}/{trainer.Options.Epochs}: loss {e.Loss:F4}, train accuracy {e.TrainAccuracy:P2}, test accuracy {e.TestAccuracy:P2}, {e.ImagesPerSecond:F0} images/s, {e.Seconds:F1} s"));
+                    }
+                }
+
+                if (result.Completed || progress.Cancellation.IsCancellationRequested)
+                {
+                    break;
                 }
             }
-
-            if (result.Completed || progress.Cancellation.IsCancellationRequested)
-            {
-                break;
-            }
+        }
+        finally
+        {
+            Program.HoldExitAfterCtrlC = false;
         }
 
         if (!result.Completed)
@@ -120,7 +144,7 @@ internal static class TrainCommand
                 {
                     w.WriteStartObject();
                     w.WriteNumber("epoch", e.Epoch);
-                    w.WriteNumber("loss", e.Loss);
+                    Number(w, "loss", e.Loss);
                     w.WriteNumber("trainAccuracy", e.TrainAccuracy);
                     w.WriteNumber("testAccuracy", e.TestAccuracy);
                     w.WriteNumber("seconds", e.Seconds);
@@ -129,7 +153,7 @@ internal static class TrainCommand
                 }
 
                 w.WriteEndArray();
-                w.WriteNumber("testAccuracy", result.TestAccuracy ?? double.NaN);
+                Number(w, "testAccuracy", result.TestAccuracy ?? double.NaN);
             });
         }
         else
@@ -145,7 +169,7 @@ internal static class TrainCommand
         RequireVit(o, "eval");
         string checkpoint = o.Required("eval", "checkpoint");
         AttentionChoice? swap = o.Get("attention") is string name ? AttentionChoice.Parse(name, o.Int("top", 1, 1 << 20) ?? 32) : null;
-        if (swap is null && o.Get("top") is not null)
+        if (o.Get("top") is not null && swap?.Kind is not (AttentionKind.Lev or AttentionKind.Random or AttentionKind.Norm))
         {
             throw new UsageException("eval: --top applies with --attention lev, random or norm");
         }
@@ -252,8 +276,18 @@ internal static class TrainCommand
         }
     }
 
-    private static void Save(VitTrainer trainer, string checkpoint) =>
-        TensorFiles.WriteAtomically(checkpoint, force: true, trainer.Save);
+    /// <summary>A number, or null when it is not finite (JSON has no NaN).</summary>
+    private static void Number(Utf8JsonWriter w, string name, double value)
+    {
+        if (double.IsFinite(value))
+        {
+            w.WriteNumber(name, value);
+        }
+        else
+        {
+            w.WriteNull(name);
+        }
+    }
 
     private static void WriteRun(Utf8JsonWriter w, VitTrainer trainer, string checkpoint)
     {

@@ -35,6 +35,12 @@ internal static class AttentionMask
         }
 
         long[] target = [query.size(0), query.size(1), query.size(2), key.size(2)];
+        if (mask.dim() == 0)
+        {
+            // A 0-d mask is almost always a causal flag passed by position (the mask comes before causal, as in PyTorch).
+            throw new ArgumentException($"{name} must have at least one dimension; to mask causally, name the argument: causal: true.", name);
+        }
+
         if (mask.dim() > 4)
         {
             throw new ArgumentException($"{name} must have rank at most 4 (broadcastable to [batch, heads, nq, nk] = [{string.Join(", ", target)}]), not {mask.dim()}.", name);

@@ -14,17 +14,24 @@ internal static class Checkpoint
 {
     public const string Format = "fastattention-vit/1";
 
-    private static readonly JsonSerializerOptions Json = new() { Converters = { new JsonStringEnumConverter(JsonNamingPolicy.CamelCase) }, PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
+    // Strict enums (a number is not an attention kind); NaN losses of a diverging run stay writable.
+    private static readonly JsonSerializerOptions Json = new()
+    {
+        Converters = { new JsonStringEnumConverter(JsonNamingPolicy.CamelCase, allowIntegerValues: false) },
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
+        NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
 
-    /// <summary>What a checkpoint file holds.</summary>
-    public sealed record Saved(TrainOptions Options, TrainState State, IReadOnlyDictionary<string, TensorData<float>> Tensors);
+    /// <summary>What a checkpoint file holds: the run, its position, its tensors, the data's fingerprint and the thread count it was saved with.</summary>
+    public sealed record Saved(TrainOptions Options, TrainState State, IReadOnlyDictionary<string, TensorData<float>> Tensors, string? Data, int? Threads);
 
-    public static void Write(string path, TrainOptions options, TrainState state, IEnumerable<(string Name, Tensor Value)> tensors)
+    public static void Write(string path, TrainOptions options, TrainState state, string data, int threads, IEnumerable<(string Name, Tensor Value)> tensors)
     {
         ArgumentNullException.ThrowIfNull(path);
         var entries = tensors.Select(t =>
         {
-            using var cpu = t.Value.detach().contiguous();
+            using var detached = t.Value.detach();
+            using var cpu = detached.contiguous();
             return new KeyValuePair<string, TensorData>(t.Name, new TensorData<float>(cpu.data<float>().ToArray(), [.. cpu.shape.Select(s => (int)s)]));
         }).ToList();
         var metadata = new Dictionary<string, string>
@@ -32,9 +39,11 @@ internal static class Checkpoint
             ["format"] = Format,
             ["options"] = JsonSerializer.Serialize(options, Json),
             ["state"] = JsonSerializer.Serialize(state, Json),
+            ["data"] = data,
+            ["threads"] = threads.ToString(System.Globalization.CultureInfo.InvariantCulture),
         };
         string full = Path.GetFullPath(path);
-        string temp = Path.Combine(Path.GetDirectoryName(full) ?? ".", $".{Path.GetFileName(full)}.{Environment.ProcessId}.tmp");
+        string temp = Path.Combine(Path.GetDirectoryName(full) ?? ".", $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
         try
         {
             SafeTensorsFile.Write(temp, entries, metadata);
@@ -74,7 +83,18 @@ internal static class Checkpoint
                 throw new InvalidDataException($"checkpoint {path}: its options cannot make a run: {e.Message}", e);
             }
 
-            return new Saved(options, state, SafeTensorsFile.ReadAllFloat32(path));
+            CheckState(state, options, path);
+            // Every tensor is read before any model is built: the model the options describe must hold exactly the file's
+            // parameters, so a doctored configuration cannot make us allocate more than the file holds.
+            var tensors = SafeTensorsFile.ReadAllFloat32(path);
+            long stored = tensors.Where(t => !t.Key.StartsWith("optimizer.", StringComparison.Ordinal)).Sum(t => t.Value.ElementCount);
+            if (stored != options.Model.ParameterCount)
+            {
+                throw new InvalidDataException($"checkpoint {path}: holds {stored:N0} model parameters, but its model {options.Model} has {options.Model.ParameterCount:N0}");
+            }
+
+            int? threads = metadata.TryGetValue("threads", out string? t) && int.TryParse(t, System.Globalization.CultureInfo.InvariantCulture, out int n) ? n : null;
+            return new Saved(options, state, tensors, metadata.GetValueOrDefault("data"), threads);
         }
         catch (TensorFileException e)
         {
@@ -106,6 +126,15 @@ internal static class Checkpoint
             var value = saved.Tensors[name];
             using var source = tensor(value.Data, [.. value.Shape.Select(s => (long)s)]);
             target.copy_(source);
+        }
+    }
+
+    private static void CheckState(TrainState state, TrainOptions options, string path)
+    {
+        if (state.History is null || state.Epoch < 0 || state.Epoch > options.Epochs || state.History.Count != state.Epoch || state.Batch < 0 || state.Step < 0
+            || state.EpochSeen < 0 || state.EpochCorrect < 0 || state.EpochCorrect > state.EpochSeen)
+        {
+            throw new InvalidDataException($"checkpoint {path}: its position (epoch {state.Epoch} of {options.Epochs}, step {state.Batch}, {state.History?.Count ?? 0} finished epochs) is not one a run reaches");
         }
     }
 

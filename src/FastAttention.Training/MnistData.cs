@@ -43,6 +43,22 @@ public sealed class MnistData
     /// <summary>Where the data came from (a path, or the embedded copy).</summary>
     public string Source { get; }
 
+    /// <summary>
+    /// Identifies the data a run trained on (image count and a SHA-256 prefix of the normalised pixels and labels), so a
+    /// checkpoint resumes only on the same data.
+    /// </summary>
+    public string Fingerprint => fingerprint ??= ComputeFingerprint();
+
+    private string? fingerprint;
+
+    private string ComputeFingerprint()
+    {
+        using var hash = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        hash.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(Images.AsSpan()));
+        hash.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(Labels.AsSpan()));
+        return $"{Count} images, sha256 {Convert.ToHexStringLower(hash.GetHashAndReset())[..16]}";
+    }
+
     /// <summary>The 10,000 digits embedded in this assembly (data/mnist/mnist.npz).</summary>
     /// <returns>The data.</returns>
     public static MnistData LoadEmbedded()

@@ -44,7 +44,9 @@ public sealed record TrainOptions
         Check(WarmupFraction is >= 0 and < 1, nameof(WarmupFraction), $"warm-up fraction must be in [0, 1), not {WarmupFraction}");
         Check(TrainLimit is null or >= 1, nameof(TrainLimit), $"train limit must be at least 1, not {TrainLimit}");
         Check(TestLimit is null or >= 1, nameof(TestLimit), $"test limit must be at least 1, not {TestLimit}");
+        Check(Enum.IsDefined(Attention.Kind), nameof(Attention), $"attention kind {(int)Attention.Kind} is not one of {string.Join(", ", AttentionChoice.Names)}");
         Check(Attention.Top >= 1, nameof(Attention), $"top must be at least 1, not {Attention.Top}");
+        Check(Attention.SketchSize is >= 1 and <= SketchedAttention.MaxSketchSize, nameof(Attention), $"sketch size must be in 1..{SketchedAttention.MaxSketchSize}, not {Attention.SketchSize}");
     }
 
     private static void Check(bool ok, string name, string message)
@@ -85,5 +87,5 @@ public sealed record EpochRecord(int Epoch, double Loss, double TrainAccuracy, d
 /// <param name="Loss">The epoch's mean training loss so far.</param>
 /// <param name="Accuracy">The epoch's training accuracy so far.</param>
 /// <param name="ImagesPerSecond">Training images per second in this session.</param>
-/// <param name="Remaining">The estimated time to the end of the run, or null before the first step.</param>
+/// <param name="Remaining">The estimated time to the end of the run, from this session's pace.</param>
 public readonly record struct TrainProgress(int Epoch, int Epochs, int Batch, int Batches, double Loss, double Accuracy, double ImagesPerSecond, TimeSpan? Remaining);

@@ -18,6 +18,17 @@ public readonly record struct VitConfig(int Patch = 2, int Dim = 64, int Depth =
     /// <summary>Tokens per image: the patches plus the CLS token.</summary>
     public int Tokens => (MnistData.Side / Patch) * (MnistData.Side / Patch) + 1;
 
+    /// <summary>The number of parameters (floats) of the model.</summary>
+    public long ParameterCount
+    {
+        get
+        {
+            long dim = Dim, mlp = MlpDim;
+            long block = (4 * dim) + (3 * dim * dim) + (3 * dim) + (dim * dim) + dim + (mlp * dim) + mlp + (dim * mlp) + dim;
+            return (dim * Patch * Patch) + dim + dim + ((long)Tokens * dim) + (Depth * block) + (2 * dim) + (MnistData.Classes * dim) + MnistData.Classes;
+        }
+    }
+
     /// <summary>Throws an <see cref="ArgumentException"/> naming the field that cannot make a model.</summary>
     public void Validate()
     {
@@ -76,11 +87,12 @@ public sealed class VisionTransformer : nn.Module<Tensor, Tensor>
         register_module("head", head);
         using (no_grad())
         {
-            // Positions start as MAE's fixed 2-D sine-cosine table (the CLS position at zero) and are learned from there:
+            // Positions start as a fixed 2-D sine-cosine table like MAE's (row coordinate first; the CLS position at zero) and are learned from there:
             // with timm's small random start a model of 2x2 patches spends its first hundreds of steps learning where a
             // patch is. The rest is timm's initialisation: a normal of std 0.02 cut at two deviations for CLS and linear
             // weights, zero biases. (Clamped, not redrawn: TorchSharp 0.107's trunc_normal_ leaves the tensor at ~0.)
-            posEmbed.copy_(SineCosinePositions(MnistData.Side / config.Patch, config.Dim));
+            using var table = SineCosinePositions(MnistData.Side / config.Patch, config.Dim);
+            posEmbed.copy_(table);
             TruncatedNormal(clsToken);
             foreach (var (name, parameter) in named_parameters())
             {
@@ -130,7 +142,7 @@ public sealed class VisionTransformer : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>
-    /// MAE's 2-D sine-cosine positions, <c>[1, 1 + side^2, dim]</c>: row 0 (CLS) zero; patch (r, c) gets, in its first half,
+    /// 2-D sine-cosine positions as MAE's (which puts the column coordinate first), <c>[1, 1 + side^2, dim]</c>: row 0 (CLS) zero; patch (r, c) gets, in its first half,
     /// <c>sin(r w_t), cos(r w_t)</c> and in its second half the same of <c>c</c>, with <c>w_t = 10000^(-t / (dim / 4))</c>.
     /// Widths that are not a multiple of 4 leave the last columns zero.
     /// </summary>

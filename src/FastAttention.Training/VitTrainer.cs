@@ -4,6 +4,10 @@ using static TorchSharp.torch;
 
 namespace FastAttention.Training;
 
+/// <summary>The training loss stopped being finite (the run diverged); the weights are those of the last finite step.</summary>
+/// <param name="message">What happened, where, and what to try.</param>
+public sealed class TrainingDivergedException(string message) : Exception(message);
+
 /// <summary>How a call to <see cref="VitTrainer.Train"/> ended.</summary>
 /// <param name="Completed">Every epoch ran; false when the run was cancelled between steps.</param>
 /// <param name="State">Where the run is now (a checkpoint saved now resumes from here).</param>
@@ -26,21 +30,13 @@ public sealed class VitTrainer : IDisposable
     private readonly int[] test;
     private readonly AdamW optimizer;
 
-    private VitTrainer(MnistData data, TrainOptions options, VisionTransformer model, TrainState state)
+    private VitTrainer(MnistData data, TrainOptions options, VisionTransformer model, TrainState state, (int[] Train, int[] Test) split)
     {
         this.data = data;
         Options = options;
         Model = model;
         State = state;
-        var trainAll = data.TrainIndices();
-        var testAll = data.TestIndices();
-        train = Spread(trainAll, options.TrainLimit);
-        test = Spread(testAll, options.TestLimit);
-        if (train.Length == 0 || test.Length == 0)
-        {
-            throw new ArgumentException($"data {data.Source}: {data.Count} images leave {train.Length} for training and {test.Length} for testing; both need at least one", nameof(data));
-        }
-
+        (train, test) = split;
         optimizer = new AdamW(model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), weightDecay: options.WeightDecay) { Steps = state.Step };
     }
 
@@ -94,25 +90,34 @@ public sealed class VitTrainer : IDisposable
         ArgumentNullException.ThrowIfNull(data);
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
+        if (initialWeights is not null && initialWeights.Config != options.Model)
+        {
+            throw new ArgumentException($"the initial weights are of model {initialWeights.Config}, the run's is {options.Model}", nameof(initialWeights));
+        }
+
+        var split = Split(data, options);
         TorchRuntime.EnsureLoaded();
         manual_seed(options.Seed);
         var model = new VisionTransformer(options.Model, i => options.Attention.Create(i, options.Seed));
-        if (initialWeights is not null)
+        try
         {
-            if (initialWeights.Config != options.Model)
+            if (initialWeights is not null)
             {
-                throw new ArgumentException($"the initial weights are of model {initialWeights.Config}, the run's is {options.Model}", nameof(initialWeights));
+                using var _ = no_grad();
+                var source = initialWeights.state_dict();
+                foreach (var (name, parameter) in model.named_parameters())
+                {
+                    parameter.copy_(source[name]);
+                }
             }
 
-            using var _ = no_grad();
-            var source = initialWeights.state_dict();
-            foreach (var (name, parameter) in model.named_parameters())
-            {
-                parameter.copy_(source[name]);
-            }
+            return new VitTrainer(data, options, model, new TrainState(0, 0, 0, []), split);
         }
-
-        return new VitTrainer(data, options, model, new TrainState(0, 0, 0, []));
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Continues the run saved in a checkpoint, with its options, weights, optimizer moments and position.</summary>
@@ -124,13 +129,46 @@ public sealed class VitTrainer : IDisposable
     {
         ArgumentNullException.ThrowIfNull(data);
         var saved = Checkpoint.Read(path);
+        if (saved.Data is { } trainedOn && trainedOn != data.Fingerprint)
+        {
+            throw new InvalidDataException($"checkpoint {path}: the run was trained on other data ({trainedOn}) than {data.Source} ({data.Fingerprint}); resume with the same --data");
+        }
+
+        var split = Split(data, saved.Options);
         TorchRuntime.EnsureLoaded();
         var model = new VisionTransformer(saved.Options.Model, i => saved.Options.Attention.Create(i, saved.Options.Seed));
-        Checkpoint.Load(saved, model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), path);
-        var trainer = new VitTrainer(data, saved.Options, model, saved.State);
-        Checkpoint.Load(saved, trainer.optimizer.Moments().Select(m => ("optimizer." + m.Name, m.Moment)), path);
-        return trainer;
+        VitTrainer? trainer = null;
+        try
+        {
+            Checkpoint.Load(saved, model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), path);
+            trainer = new VitTrainer(data, saved.Options, model, saved.State, split);
+            if (saved.State.Batch > trainer.BatchesPerEpoch)
+            {
+                throw new InvalidDataException($"checkpoint {path}: its position (step {saved.State.Batch} of the epoch) is past the epoch's {trainer.BatchesPerEpoch} steps");
+            }
+
+            Checkpoint.Load(saved, trainer.optimizer.Moments().Select(m => ("optimizer." + m.Name, m.Moment)), path);
+            return trainer;
+        }
+        catch
+        {
+            if (trainer is not null)
+            {
+                trainer.Dispose();
+            }
+            else
+            {
+                model.Dispose();
+            }
+
+            throw;
+        }
     }
+
+    /// <summary>The thread count the checkpoint at <paramref name="path"/> was saved with (null when it does not say), for a notice when resuming with another.</summary>
+    /// <param name="path">A checkpoint.</param>
+    /// <returns>The thread count, or null.</returns>
+    public static int? SavedThreads(string path) => Checkpoint.Read(path).Threads;
 
     /// <summary>The learning rate of step <paramref name="step"/>: linear warm-up to the peak, then cosine decay to 0.</summary>
     /// <param name="step">The 0-based step.</param>
@@ -190,7 +228,12 @@ public sealed class VitTrainer : IDisposable
                 progress?.Report(new TrainProgress(State.Epoch + 1, Options.Epochs, State.Batch, BatchesPerEpoch, lossSum / seen, (double)correct / seen, rate, remaining));
             }
 
-            double accuracy = Evaluate();
+            if (Evaluate(cancellationToken) is not double accuracy)
+            {
+                State = State with { EpochLossSum = lossSum, EpochCorrect = correct, EpochSeen = seen, EpochSeconds = secondsBefore + epochClock.Elapsed.TotalSeconds };
+                return new TrainResult(false, State);
+            }
+
             double seconds = secondsBefore + epochClock.Elapsed.TotalSeconds;
             var record = new EpochRecord(State.Epoch + 1, lossSum / seen, (double)correct / seen, accuracy, seconds, seen / Math.Max(seconds, 1e-9));
             State = new TrainState(State.Epoch + 1, 0, State.Step, [.. State.History, record]);
@@ -201,7 +244,10 @@ public sealed class VitTrainer : IDisposable
 
     /// <summary>The share of the test images the model classifies right, with its current attention.</summary>
     /// <returns>The accuracy in [0, 1].</returns>
-    public double Evaluate()
+    public double Evaluate() => Evaluate(CancellationToken.None)!.Value;
+
+    /// <summary>The share of test images classified right, or null when cancelled (checked between chunks of 250 images).</summary>
+    private double? Evaluate(CancellationToken cancellationToken)
     {
         Model.eval();
         long right = 0;
@@ -209,6 +255,11 @@ public sealed class VitTrainer : IDisposable
         using var _ = no_grad();
         for (int start = 0; start < test.Length; start += chunk)
         {
+            if (cancellationToken.IsCancellationRequested)
+            {
+                return null;
+            }
+
             using var scope = NewDisposeScope();
             var indices = test.AsSpan(start, Math.Min(chunk, test.Length - start));
             var (images, labels) = Batch(indices);
@@ -236,7 +287,7 @@ public sealed class VitTrainer : IDisposable
     /// <summary>Writes the run (weights, AdamW moments, options, position, history) to a safetensors checkpoint.</summary>
     /// <param name="path">The file; written to a temporary file beside it, then renamed.</param>
     public void Save(string path) =>
-        Checkpoint.Write(path, Options, State,
+        Checkpoint.Write(path, Options, State, data.Fingerprint, Threads,
             [.. Model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), .. optimizer.Moments().Select(m => ("optimizer." + m.Name, m.Moment))]);
 
     /// <summary>Releases the model and the optimizer's moments.</summary>
@@ -244,6 +295,18 @@ public sealed class VitTrainer : IDisposable
     {
         optimizer.Dispose();
         Model.Dispose();
+    }
+
+    /// <summary>The training and test images a run uses; throws before any model is built when either is empty.</summary>
+    private static (int[] Train, int[] Test) Split(MnistData data, TrainOptions options)
+    {
+        int[] train = Spread(data.TrainIndices(), options.TrainLimit), test = Spread(data.TestIndices(), options.TestLimit);
+        if (train.Length == 0 || test.Length == 0)
+        {
+            throw new ArgumentException($"data {data.Source}: {data.Count} images leave {train.Length} for training and {test.Length} for testing; both need at least one", nameof(data));
+        }
+
+        return (train, test);
     }
 
     /// <summary>
@@ -264,11 +327,18 @@ public sealed class VitTrainer : IDisposable
         var (images, labels) = Batch(indices);
         var logits = Model.forward(images);
         var loss = nn.functional.cross_entropy(logits, labels);
+        float value = loss.item<float>();
+        if (!float.IsFinite(value))
+        {
+            // Before the update: the weights stay those of the last good step (and the last checkpoint stays usable).
+            throw new TrainingDivergedException($"training diverged at epoch {State.Epoch + 1}, step {State.Batch + 1}: the loss is {value}; try a lower learning rate (--lr)");
+        }
+
         Model.zero_grad();
         loss.backward();
         optimizer.Step(learningRate);
         using var _ = no_grad();
-        return (loss.item<float>(), logits.argmax(1).eq(labels).sum().item<long>());
+        return (value, logits.argmax(1).eq(labels).sum().item<long>());
     }
 
     private (Tensor Images, Tensor Labels) Batch(ReadOnlySpan<int> indices)

@@ -8,8 +8,11 @@ namespace FastAttention.Tests;
 public class CliTrainTests : CliTest
 {
     /// <summary>A run of 64 images (two steps of 32) on the embedded digits.</summary>
-    private static string[] Short(string checkpoint, params string[] more) =>
-        ["train", "vit", "--epochs", "1", "--train-limit", "64", "--batch", "32", "--threads", "1", "--checkpoint", checkpoint, .. more];
+    private static string[] Short(string checkpoint, params string[] more) => Epochs(1, checkpoint, more);
+
+    /// <summary>A run of 64 images (two steps of 32) a given number of epochs.</summary>
+    private static string[] Epochs(int epochs, string checkpoint, params string[] more) =>
+        ["train", "vit", "--epochs", epochs.ToString(System.Globalization.CultureInfo.InvariantCulture), "--train-limit", "64", "--batch", "32", "--threads", "1", "--checkpoint", checkpoint, .. more];
 
     [Fact]
     public void Train_json_ends_with_test_accuracy_and_eval_swaps_the_attention()
@@ -43,30 +46,40 @@ public class CliTrainTests : CliTest
         string dir = Data.TempDir();
         string checkpoint = Path.Combine(dir, "run.safetensors");
         using var cancel = new CancellationTokenSource();
-        // "Ctrl-C" as soon as the run announces itself: the trainer stops before its first step and saves.
-        var stdout = new CancelOnLine("training ViT", cancel);
+        // "Ctrl-C" when the first of two epochs is reported: the trainer stops at its next step boundary (after the
+        // epoch's evaluation and save) and saves again.
+        var stdout = new CancelOnLine("epoch 1/2:", cancel);
         var stderr = new StringWriter();
-        int code = FastAttention.Cli.Cli.Run(Short(checkpoint, "--attention", "random", "--top", "8"), stdout, stderr, null, cancel.Token);
+        string[] run = Epochs(2, checkpoint, "--attention", "random", "--top", "8");
+        int code = FastAttention.Cli.Cli.Run(run, stdout, stderr, null, cancel.Token);
         Assert.Equal(130, code);
         Assert.Contains($"saved to {checkpoint}", stderr.ToString());
-        Assert.True(File.Exists(checkpoint));
         Assert.Empty(Directory.GetFiles(dir, "*.tmp"));
+        string state = SafeTensorsFile.Metadata(checkpoint)["state"];
+        Assert.Contains("\"epoch\":1", state, StringComparison.Ordinal);
 
         string continued = Path.Combine(dir, "continued.safetensors");
         var (resumeCode, output, errors) = Run("train", "vit", "--resume", checkpoint, "--checkpoint", continued, "--threads", "1", "--json");
         Assert.True(resumeCode == 0, errors);
         using var json = JsonDocument.Parse(output);
         Assert.Equal("random", json.RootElement.GetProperty("attention").GetString());
-        Assert.Equal(1, json.RootElement.GetProperty("history").GetArrayLength());
+        Assert.Equal(2, json.RootElement.GetProperty("history").GetArrayLength());
 
-        // The same run without the interruption: the same weights, bit for bit.
+        // The same run without the interruption: the same weights and moments, bit for bit, and the same position.
         string straight = Path.Combine(dir, "straight.safetensors");
-        Assert.Equal(0, Run(Short(straight, "--attention", "random", "--top", "8", "--json")).Code);
+        Assert.Equal(0, Run(Epochs(2, straight, "--attention", "random", "--top", "8", "--json")).Code);
         var expected = SafeTensorsFile.ReadAllFloat32(straight);
-        foreach (var (name, tensor) in SafeTensorsFile.ReadAllFloat32(continued))
+        var actual = SafeTensorsFile.ReadAllFloat32(continued);
+        Assert.Equal(expected.Keys.Order(), actual.Keys.Order());
+        foreach (var (name, tensor) in actual)
         {
             Assert.True(expected[name].Data.AsSpan().SequenceEqual(tensor.Data), $"{name} differs");
         }
+
+        using var a = JsonDocument.Parse(SafeTensorsFile.Metadata(straight)["state"]);
+        using var b = JsonDocument.Parse(SafeTensorsFile.Metadata(continued)["state"]);
+        Assert.Equal(a.RootElement.GetProperty("step").GetInt64(), b.RootElement.GetProperty("step").GetInt64());
+        Assert.Equal(a.RootElement.GetProperty("history")[1].GetProperty("loss").GetDouble(), b.RootElement.GetProperty("history")[1].GetProperty("loss").GetDouble());
     }
 
     [Theory]

@@ -206,6 +206,16 @@ public sealed class TrainingTests
             }
 
             Assert.Equal(full.State.History.Select(e => (e.Loss, e.TrainAccuracy, e.TestAccuracy)), rest.State.History.Select(e => (e.Loss, e.TrainAccuracy, e.TestAccuracy)));
+            Assert.Equal((full.State.Epoch, full.State.Batch, full.State.Step), (rest.State.Epoch, rest.State.Batch, rest.State.Step));
+
+            // The optimizer's moments too (they steer every later step).
+            string a = Path.Combine(dir, "a.safetensors"), b = Path.Combine(dir, "b.safetensors");
+            straight.Save(a);
+            resumed.Save(b);
+            var moments = SafeTensorsFile.ReadAllFloat32(a).Where(t => t.Key.StartsWith("optimizer.", StringComparison.Ordinal)).ToList();
+            var resumedMoments = SafeTensorsFile.ReadAllFloat32(b);
+            Assert.NotEmpty(moments);
+            Assert.All(moments, m => Assert.True(m.Value.Data.AsSpan().SequenceEqual(resumedMoments[m.Key].Data), $"{m.Key} differs"));
         }
         finally
         {
@@ -248,11 +258,38 @@ public sealed class TrainingTests
                 trainer.Save(good);
             }
 
-            var tensors = SafeTensorsFile.ReadAll(good).Select(t => t.Key == "head.weight" ? new KeyValuePair<string, TensorData>(t.Key, new TensorData<float>(new float[20], 2, 10)) : t);
-            string reshaped = Path.Combine(dir, "reshaped.safetensors");
-            SafeTensorsFile.Write(reshaped, tensors, SafeTensorsFile.Metadata(good));
-            var error = Assert.Throws<InvalidDataException>(() => VitTrainer.Resume(Digits.Value, reshaped));
-            Assert.Contains("tensor head.weight has shape [2, 10], the model needs [10, 16]", error.Message);
+            string Replace(string name, int[] shape)
+            {
+                var tensors = SafeTensorsFile.ReadAll(good).Select(t => t.Key == "head.weight" ? new KeyValuePair<string, TensorData>(t.Key, new TensorData<float>(new float[shape[0] * shape[1]], shape)) : t);
+                string file = Path.Combine(dir, name);
+                SafeTensorsFile.Write(file, tensors, SafeTensorsFile.Metadata(good));
+                return file;
+            }
+
+            // The same number of floats in another shape: named by the shape check.
+            var error = Assert.Throws<InvalidDataException>(() => VitTrainer.Resume(Digits.Value, Replace("reshaped.safetensors", [16, 10])));
+            Assert.Contains("tensor head.weight has shape [16, 10], the model needs [10, 16]", error.Message);
+            // Fewer floats than the model: refused before any model is built.
+            error = Assert.Throws<InvalidDataException>(() => VitTrainer.Resume(Digits.Value, Replace("smaller.safetensors", [2, 10])));
+            Assert.Contains("model parameters, but its model", error.Message);
+
+            // A position no run reaches, and an attention kind given as a number.
+            var metadata = SafeTensorsFile.Metadata(good).ToDictionary();
+            string Doctor(string name, string key, string from, string to)
+            {
+                string file = Path.Combine(dir, name);
+                var changed = new Dictionary<string, string>(metadata) { [key] = metadata[key].Replace(from, to, StringComparison.Ordinal) };
+                Assert.NotEqual(metadata[key], changed[key]);
+                SafeTensorsFile.Write(file, SafeTensorsFile.ReadAll(good), changed);
+                return file;
+            }
+
+            Assert.Contains("is not one a run reaches", Assert.Throws<InvalidDataException>(() => VitTrainer.Resume(Digits.Value, Doctor("position.safetensors", "state", "\"epoch\":0", "\"epoch\":7"))).Message);
+            Assert.Contains("metadata 'options' is not valid", Assert.Throws<InvalidDataException>(() => VitTrainer.Resume(Digits.Value, Doctor("kind.safetensors", "options", "\"softmax\"", "5"))).Message);
+
+            // Other data than the run trained on.
+            var other = MnistData.Load(WriteDigits(dir, 50));
+            Assert.Contains("trained on other data", Assert.Throws<InvalidDataException>(() => VitTrainer.Resume(other, good)).Message);
 
             string truncated = Path.Combine(dir, "truncated.safetensors");
             File.WriteAllBytes(truncated, File.ReadAllBytes(good)[..200]);
@@ -291,6 +328,49 @@ public sealed class TrainingTests
         scores = scores.masked_fill(mask.unsqueeze(2).logical_not(), double.NegativeInfinity);
         var expected = matmul(scores.softmax(-1), v.to_type(ScalarType.Float64));
         Assert.True((output.to_type(ScalarType.Float64) - expected).abs().max().item<double>() < 1e-5);
+    }
+
+    [Fact]
+    public void Selected_keys_gradients_match_float64_autograd_of_softmax_over_the_kept_keys()
+    {
+        using var scope = TorchReference.Start();
+        manual_seed(2);
+        var q = randn(2, 2, 9, 5).requires_grad_();
+        var k = randn(2, 2, 23, 5).requires_grad_();
+        var v = randn(2, 2, 23, 3).requires_grad_();
+        var weight = randn(2, 2, 9, 3);
+        using var norm = new LargestNormKeysAttention(6, 2);
+        (norm.forward(q, k, v) * weight).sum().backward();
+
+        // float64 reference: softmax over keys 0, 1 and the 6 largest-norm keys among the rest, differentiated by autograd.
+        var q64 = q.detach().to_type(ScalarType.Float64).requires_grad_();
+        var k64 = k.detach().to_type(ScalarType.Float64).requires_grad_();
+        var v64 = v.detach().to_type(ScalarType.Float64).requires_grad_();
+        var top = k64.detach().narrow(2, 2, 21).square().sum(-1).topk(6, dim: 2).indexes + 2;
+        var kept = zeros(2, 2, 23, dtype: ScalarType.Bool);
+        kept.narrow(2, 0, 2).fill_(true);
+        kept.scatter_(2, top, ones_like(top, dtype: ScalarType.Bool));
+        var scores = (matmul(q64, k64.transpose(2, 3)) / Math.Sqrt(5)).masked_fill(kept.unsqueeze(2).logical_not(), double.NegativeInfinity);
+        (matmul(scores.softmax(-1), v64) * weight.to_type(ScalarType.Float64)).sum().backward();
+        foreach (var (ours, reference, name) in new[] { (q.grad!, q64.grad!, "dQ"), (k.grad!, k64.grad!, "dK"), (v.grad!, v64.grad!, "dV") })
+        {
+            double error = (ours.to_type(ScalarType.Float64) - reference).abs().max().item<double>();
+            Assert.True(error < 1e-5, $"{name}: max error {error}");
+        }
+
+        // Keys outside the selection get no gradient.
+        var outside = kept.logical_not().unsqueeze(-1).expand(-1, -1, -1, 5);
+        Assert.Equal(0, k.grad!.masked_select(outside).abs().max().item<float>());
+    }
+
+    /// <summary>An .npz of the first <paramref name="count"/> embedded digits (raw pixels), for runs on other data.</summary>
+    private static string WriteDigits(string dir, int count)
+    {
+        var data = Digits.Value;
+        float[] pixels = [.. data.Images.Take(count * MnistData.Pixels).Select(x => MathF.Round(((x * MnistData.Std) + MnistData.Mean) * 255))];
+        string path = Path.Combine(dir, $"digits{count}.npz");
+        NpzFile.Write(path, [new("images", new TensorData<float>(pixels, count, 28, 28)), new("labels", new TensorData<float>([.. data.Labels.Take(count).Select(l => (float)l)], count))]);
+        return path;
     }
 
     /// <summary>Cancels after a number of steps (the progress report comes after each step).</summary>

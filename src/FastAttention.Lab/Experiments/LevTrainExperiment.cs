@@ -57,14 +57,20 @@ public static partial class Experiments
                 {
                     s.Progress.Step($"seed {seed}: training {label}", (double)done++ / total);
                     var trainer = VitTrainer.Create(data, baseOptions with { Attention = attention, Seed = seed });
-                    Train(s, trainer, Row(key, label), $"seed {seed} {label}");
-                    if (key == "a")
+                    try
                     {
-                        softmax = trainer;
+                        Train(s, trainer, Row(key, label), $"seed {seed} {label}");
                     }
-                    else
+                    finally
                     {
-                        trainer.Dispose();
+                        if (key == "a")
+                        {
+                            softmax = trainer;
+                        }
+                        else
+                        {
+                            trainer.Dispose();
+                        }
                     }
                 }
 
@@ -88,7 +94,7 @@ public static partial class Experiments
                 }
 
                 // Speed: the same ViT, same weights, with our softmax kernels and with TorchSharp's own SDPA.
-                speed.Add(StepSpeed(data, baseOptions with { Seed = seed }, s.Full ? 30 : 8));
+                speed.Add(StepSpeed(data, baseOptions with { Seed = seed }, s.Full ? 30 : 8, s.Progress.Cancellation));
             }
             finally
             {
@@ -127,7 +133,7 @@ public static partial class Experiments
         md.AppendLine("trained with softmax loses much more. PolySketchFormer claims a model trained with the sketched polynomial attention");
         md.AppendLine("matches softmax.");
         md.AppendLine();
-        md.AppendLine(string.Create(inv, $"**Setup**: ViT {config.Dim} wide, {config.Depth} blocks, {config.Heads} heads of {config.Dim / config.Heads}, MLP {config.MlpDim}, patch {config.Patch}x{config.Patch}: {config.Tokens - 1} patches + CLS = **{config.Tokens} keys per head**. Trained from scratch with AdamW (peak learning rate {options.LearningRate}, weight decay {options.WeightDecay}, {options.WarmupFraction:P0} warm-up then cosine), batch {options.BatchSize}, {epochs} epochs, on {options.TrainLimit?.ToString("N0", inv) ?? "8,000"} training digits; test accuracy on {options.TestLimit?.ToString("N0", inv) ?? "2,000"} test digits (image i is a test image when i mod 5 = 4: data/mnist/README.md). {seeds} seed(s) ({s.Seed}..{s.Seed + seeds - 1}; the seed sets the initialisation, the data order and the random keys). Every selecting attention keeps the CLS key besides its k. {s.MachineLine} Rerun: `fastattn experiment levattention-train{(s.Full ? " --full" : string.Empty)} --out DIR`; one run by hand: `fastattn train vit --attention lev --top 32 --epochs {epochs}`."));
+        md.AppendLine(string.Create(inv, $"**Setup**: ViT {config.Dim} wide, {config.Depth} blocks, {config.Heads} heads of {config.Dim / config.Heads}, MLP {config.MlpDim}, patch {config.Patch}x{config.Patch}: {config.Tokens - 1} patches + CLS = **{config.Tokens} keys per head**. Trained from scratch with AdamW (peak learning rate {options.LearningRate}, weight decay {options.WeightDecay}, {options.WarmupFraction:P0} warm-up then cosine), batch {options.BatchSize}, {epochs} epochs, on {Math.Min(options.TrainLimit ?? int.MaxValue, data.TrainIndices().Length):N0} training digits; test accuracy on {Math.Min(options.TestLimit ?? int.MaxValue, data.TestIndices().Length):N0} test digits (image i is a test image when i mod 5 = 4: data/mnist/README.md). {seeds} seed(s) ({s.Seed}..{s.Seed + seeds - 1}; the seed sets the initialisation, the data order and the random keys). LevAttention keeps the union of its top-k and the CLS key (k or k + 1 keys, as the library's `KeepFirst` does); the random and largest-norm baselines always keep the CLS key plus k others (k + 1), which if anything favours them. {s.MachineLine} Rerun: `fastattn experiment levattention-train{(s.Full ? " --full" : string.Empty)} --out DIR`; one run by hand: `fastattn train vit --attention lev --top 32 --epochs {epochs}`."));
         md.AppendLine();
         md.AppendLine("| run | test accuracy % (mean) | spread over seeds | seconds per epoch | training images/s |");
         md.AppendLine("|---|---|---|---|---|");
@@ -162,29 +168,35 @@ public static partial class Experiments
         md.AppendLine(string.Create(inv, $"The same ViT and batch trained with FastAttention's exact softmax kernels ({nameof(AttentionKind.Softmax).ToLowerInvariant()}) and with TorchSharp's `scaled_dot_product_attention` (libtorch's kernels and autograd), alternating in this run (best of two short runs each, after a warm-up): **{ours:F0} images/s with ours, {torch:F0} with TorchSharp's, {ours / torch:F2}x**. Attention forward and backward alone at the model's shape [{options.BatchSize}, {config.Heads}, {config.Tokens}, {config.Dim / config.Heads}], median of 5: ours {attentionOurs * 1e3:F1} ms, TorchSharp's {attentionTorch * 1e3:F1} ms ({attentionTorch / attentionOurs:F2}x ours); times {config.Depth} blocks that is **{shareOurs:P0} of a training step with ours** and {shareTorch:P0} with TorchSharp's."));
         md.AppendLine();
         md.AppendLine(string.Create(inv, $"Reading: (b) keeps {b / a:P1} of softmax's accuracy; the swapped-in softmax model (f) reaches {Pct(f)}% and after one epoch of fine-tuning with LevAttention (g) {Pct(g)}%."));
+        // A quick run is a smoke test of the protocol (one seed, 2 epochs of 2,000 digits): its numbers are shown, its
+        // verdicts are not given. The speed claim allows 5% for noise between the alternating runs.
+        Verdict Judge(params bool[] conditions) => s.Full ? Claim.Of(conditions) : Verdict.NotMeasured;
+        string Quick(string measured) => s.Full ? measured : measured + " Quick run (1 seed, 2 epochs, 2,000 digits): no verdict; rerun with --full.";
         var claims = new List<Claim>
         {
             new(Sources.Lev, $"A ViT trained from scratch with LevAttention top-{mainTop} of {config.Tokens} keys keeps at least 90% of the softmax ViT's test accuracy.",
-                string.Create(inv, $"(b) {Pct(b)}% vs (a) {Pct(a)}%: {b / a:P1} ({seeds} seed(s), {epochs} epochs)."), Claim.Of(b >= 0.9 * a)),
+                Quick(string.Create(inv, $"(b) {Pct(b)}% vs (a) {Pct(a)}%: {b / a:P1} ({seeds} seed(s), {epochs} epochs).")), Judge(b >= 0.9 * a)),
             new(Sources.Lev, $"Leverage-score selection trains at least as well as {mainTop} random keys and as the {mainTop} largest-norm keys.",
-                string.Create(inv, $"(b) {Pct(b)}% vs (c) random {Pct(c)}% and (d) largest-norm {Pct(d)}%."), Claim.Of(b >= c, b >= d)),
+                Quick(string.Create(inv, $"(b) {Pct(b)}% vs (c) random {Pct(c)}% and (d) largest-norm {Pct(d)}%.")), Judge(b >= c, b >= d)),
             new(Sources.Lev, "LevAttention put into a model trained with softmax does worse than a model trained with it.",
-                string.Create(inv, $"(f) softmax model with top-{mainTop} swapped in {Pct(f)}% vs (b) {Pct(b)}%; after one epoch of fine-tuning (g) {Pct(g)}%."), Claim.Of(f < b)),
+                Quick(string.Create(inv, $"(f) softmax model with top-{mainTop} swapped in {Pct(f)}% vs (b) {Pct(b)}%; after one epoch of fine-tuning (g) {Pct(g)}%.")), Judge(f < b)),
             new(Sources.PolySketch, "A model trained with sketched polynomial attention is within 2 points of softmax.",
-                string.Create(inv, $"(e) {Pct(e)}% vs (a) {Pct(a)}%: {100 * (e - a):+0.00;-0.00} points."), Claim.Of(Math.Abs(e - a) <= 0.02)),
+                Quick(string.Create(inv, $"(e) {Pct(e)}% vs (a) {Pct(a)}%: {100 * (e - a):+0.00;-0.00} points.")), Judge(Math.Abs(e - a) <= 0.02)),
             new(Sources.Library, "Our attention is not what makes a training step slower: the ViT trains at least as fast with our kernels as with TorchSharp's SDPA.",
-                string.Create(inv, $"{ours:F0} vs {torch:F0} images/s ({ours / torch:F2}x); attention {shareOurs:P0} of a step with ours, {shareTorch:P0} with TorchSharp's."), Claim.Of(ours >= torch)),
+                string.Create(inv, $"{ours:F0} vs {torch:F0} images/s ({ours / torch:F2}x; within 5% counts as partly); attention {shareOurs:P0} of a step with ours, {shareTorch:P0} with TorchSharp's."),
+                ours >= torch ? Verdict.Holds : ours >= 0.95 * torch ? Verdict.Partly : Verdict.DoesNotHold),
         };
         return new ExperimentReport("levattention-train", md.ToString(), new Dictionary<string, SvgPlot> { ["levattention-train-curves.svg"] = plot }, claims);
     }
 
     /// <summary>Images per second of training steps with our softmax and with TorchSharp's SDPA, alternating, on the same weights.</summary>
-    private static (double Ours, double Torch) StepSpeed(MnistData data, TrainOptions options, int steps)
+    private static (double Ours, double Torch) StepSpeed(MnistData data, TrainOptions options, int steps, CancellationToken cancellation)
     {
         double Rate(AttentionKind kind)
         {
             using var trainer = VitTrainer.Create(data, options with { Attention = new(kind), Epochs = 1, TrainLimit = steps * options.BatchSize, TestLimit = 1 });
-            trainer.Train(null, CancellationToken.None);
+            trainer.Train(null, cancellation);
+            cancellation.ThrowIfCancellationRequested();
             return trainer.State.History[^1].ImagesPerSecond;
         }
 
