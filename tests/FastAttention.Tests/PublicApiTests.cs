@@ -12,10 +12,9 @@ namespace FastAttention.Tests;
 /// </summary>
 public class PublicApiTests
 {
-    private static string Dump()
+    private static string Dump(Assembly library)
     {
         var text = new StringBuilder();
-        Assembly library = typeof(ExactAttention).Assembly;
         foreach (Type type in library.GetExportedTypes().OrderBy(t => t.FullName, StringComparer.Ordinal))
         {
             string kind = type.IsEnum ? "enum" : type.IsInterface ? "interface" : type.IsValueType ? "struct" : type.IsAbstract && type.IsSealed ? "static class" : "class";
@@ -34,11 +33,22 @@ public class PublicApiTests
         return text.ToString().ReplaceLineEndings("\n");
     }
 
-    [Fact]
-    public void Public_api_matches_the_committed_snapshot()
+    /// <summary>Each public assembly and its snapshot: the core, and the two TorchSharp satellites (their public surface is a package's too).</summary>
+    public static TheoryData<string> Assemblies() => ["FastAttention", "FastAttention.TorchSharp", "FastAttention.Training"];
+
+    [Theory]
+    [MemberData(nameof(Assemblies))]
+    public void Public_api_matches_the_committed_snapshot(string assembly)
     {
-        string path = Path.Combine(Data.RepoRoot, "tests", "FastAttention.Tests", "PublicApi.txt");
-        string actual = Dump();
+        string file = assembly == "FastAttention" ? "PublicApi.txt" : $"PublicApi.{assembly["FastAttention.".Length..]}.txt";
+        string path = Path.Combine(Data.RepoRoot, "tests", "FastAttention.Tests", file);
+        Assembly library = assembly switch
+        {
+            "FastAttention" => typeof(ExactAttention).Assembly,
+            "FastAttention.TorchSharp" => typeof(FastAttention.TorchSharp.FastAttentionFunctions).Assembly,
+            _ => typeof(FastAttention.Training.VitTrainer).Assembly,
+        };
+        string actual = Dump(library);
 
         // Read the committed snapshot before update mode may overwrite it, so the comparison is always
         // between the reflection dump and what was committed, never between the file and itself.
