@@ -71,7 +71,7 @@ internal static class TrainCommand
         SetThreads(o);
         MnistData data = LoadData(o);
         using VitTrainer trainer = resume is null ? VitTrainer.Create(data, options!) : Resume(data, resume);
-        if (resume is not null && VitTrainer.SavedThreads(resume) is int saved && saved != VitTrainer.Threads)
+        if (trainer.SavedThreads is int saved && saved != VitTrainer.Threads)
         {
             o.Notices.WriteLine($"fastattn: train: {resume} was saved by a run on {saved} threads and this one has {VitTrainer.Threads}: libtorch's results differ between thread counts, so the continued run is not bit-identical to an uninterrupted one (pass --threads {saved})");
         }
@@ -93,11 +93,9 @@ internal static class TrainCommand
             while (true)
             {
                 // One epoch per call, so every finished epoch is saved (and printed) before the next starts.
-                using var epochEnd = new CancellationTokenSource();
-                using var linked = CancellationTokenSource.CreateLinkedTokenSource(progress.Cancellation, epochEnd.Token);
                 try
                 {
-                    result = trainer.Train(new Reporter(progress, trainer, epochEnd), linked.Token);
+                    result = trainer.Train(new Reporter(progress), progress.Cancellation, epochs: 1);
                 }
                 catch (TrainingDivergedException e)
                 {
@@ -303,8 +301,8 @@ internal static class TrainCommand
         w.WriteNumber("trainImages", trainer.TrainCount);
     }
 
-    /// <summary>Shows each step on the progress line and ends the <see cref="VitTrainer.Train"/> call at the epoch's end.</summary>
-    private sealed class Reporter(Progress progress, VitTrainer trainer, CancellationTokenSource epochEnd) : IProgress<TrainProgress>
+    /// <summary>Shows each step on the progress line.</summary>
+    private sealed class Reporter(Progress progress) : IProgress<TrainProgress>
     {
         public void Report(TrainProgress value)
         {
@@ -312,10 +310,6 @@ internal static class TrainCommand
             progress.Show(string.Create(CultureInfo.InvariantCulture,
                 $"epoch {value.Epoch}/{value.Epochs} step {value.Batch}/{value.Batches} loss {value.Loss:F3} acc {value.Accuracy:P1} {value.ImagesPerSecond:F0} img/s{eta}"),
                 ((value.Epoch - 1) * (double)value.Batches + value.Batch) / ((double)value.Epochs * value.Batches));
-            if (value.Batch == trainer.BatchesPerEpoch)
-            {
-                epochEnd.Cancel();
-            }
         }
     }
 }

@@ -9,7 +9,7 @@ namespace FastAttention.Training;
 public sealed class TrainingDivergedException(string message) : Exception(message);
 
 /// <summary>How a call to <see cref="VitTrainer.Train"/> ended.</summary>
-/// <param name="Completed">Every epoch ran; false when the run was cancelled between steps.</param>
+/// <param name="Completed">Every epoch ran; false when the run was cancelled between steps or stopped after the epochs a call asked for.</param>
 /// <param name="State">Where the run is now (a checkpoint saved now resumes from here).</param>
 public sealed record TrainResult(bool Completed, TrainState State)
 {
@@ -48,6 +48,9 @@ public sealed class VitTrainer : IDisposable
 
     /// <summary>Where the run is.</summary>
     public TrainState State { get; private set; }
+
+    /// <summary>The thread count the resumed checkpoint was saved with (null for a new run, or a checkpoint that does not say), for a notice when resuming with another.</summary>
+    public int? SavedThreads { get; private init; }
 
     /// <summary>Steps per epoch.</summary>
     public int BatchesPerEpoch => (train.Length + Options.BatchSize - 1) / Options.BatchSize;
@@ -141,7 +144,7 @@ public sealed class VitTrainer : IDisposable
         try
         {
             Checkpoint.Load(saved, model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), path);
-            trainer = new VitTrainer(data, saved.Options, model, saved.State, split);
+            trainer = new VitTrainer(data, saved.Options, model, saved.State, split) { SavedThreads = saved.Threads };
             if (saved.State.Batch > trainer.BatchesPerEpoch)
             {
                 throw new InvalidDataException($"checkpoint {path}: its position (step {saved.State.Batch} of the epoch) is past the epoch's {trainer.BatchesPerEpoch} steps");
@@ -165,11 +168,6 @@ public sealed class VitTrainer : IDisposable
         }
     }
 
-    /// <summary>The thread count the checkpoint at <paramref name="path"/> was saved with (null when it does not say), for a notice when resuming with another.</summary>
-    /// <param name="path">A checkpoint.</param>
-    /// <returns>The thread count, or null.</returns>
-    public static int? SavedThreads(string path) => Checkpoint.Read(path).Threads;
-
     /// <summary>The learning rate of step <paramref name="step"/>: linear warm-up to the peak, then cosine decay to 0.</summary>
     /// <param name="step">The 0-based step.</param>
     /// <returns>The rate.</returns>
@@ -186,18 +184,25 @@ public sealed class VitTrainer : IDisposable
         return Options.LearningRate * 0.5 * (1 + Math.Cos(Math.PI * Math.Min(1, progress)));
     }
 
-    /// <summary>Trains from <see cref="State"/> to the last epoch, or until cancelled (checked between steps).</summary>
+    /// <summary>Trains from <see cref="State"/> to the last epoch (or <paramref name="epochs"/> more), or until cancelled (checked between steps).</summary>
     /// <param name="progress">Receives a report after each step.</param>
     /// <param name="cancellationToken">Stops the run at the next step boundary; <see cref="State"/> then resumes exactly there.</param>
+    /// <param name="epochs">Return after this many more epochs have finished (null: run to the last epoch); a caller that saves after every epoch passes 1.</param>
     /// <returns>How the call ended.</returns>
-    public TrainResult Train(IProgress<TrainProgress>? progress = null, CancellationToken cancellationToken = default)
+    public TrainResult Train(IProgress<TrainProgress>? progress = null, CancellationToken cancellationToken = default, int? epochs = null)
     {
+        if (epochs is < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(epochs), epochs, "epochs must be at least 1 (or null for all).");
+        }
+
+        int stopAt = epochs is { } more ? Math.Min(Options.Epochs, State.Epoch + more) : Options.Epochs;
         var clock = Stopwatch.StartNew();
         long sessionImages = 0;
         long sessionSteps = 0;
         long totalSteps = (long)Options.Epochs * BatchesPerEpoch;
         var epochClock = new Stopwatch();
-        while (State.Epoch < Options.Epochs)
+        while (State.Epoch < stopAt)
         {
             int[] order = SplitMix.Shuffle(train, Options.Seed, State.Epoch);
             double lossSum = State.EpochLossSum, secondsBefore = State.EpochSeconds;
@@ -239,7 +244,7 @@ public sealed class VitTrainer : IDisposable
             State = new TrainState(State.Epoch + 1, 0, State.Step, [.. State.History, record]);
         }
 
-        return new TrainResult(true, State);
+        return new TrainResult(State.Epoch == Options.Epochs, State);
     }
 
     /// <summary>The share of the test images the model classifies right, with its current attention.</summary>

@@ -241,6 +241,24 @@ public sealed class TrainingTests
     }
 
     [Fact]
+    public void Training_an_epoch_at_a_time_gives_the_bits_of_one_call()
+    {
+        using var whole = VitTrainer.Create(Digits.Value, Tiny(epochs: 2));
+        whole.Train();
+        using var stepwise = VitTrainer.Create(Digits.Value, Tiny(epochs: 2));
+        var first = stepwise.Train(epochs: 1);
+        Assert.False(first.Completed);
+        Assert.Equal((1, 0, 4L), (first.State.Epoch, first.State.Batch, first.State.Step));
+        Assert.True(stepwise.Train(epochs: 1).Completed);
+        Assert.Throws<ArgumentOutOfRangeException>(() => stepwise.Train(epochs: 0));
+        var expected = whole.Model.state_dict();
+        foreach (var (name, value) in stepwise.Model.state_dict())
+        {
+            Assert.Equal(expected[name].data<float>().ToArray(), value.data<float>().ToArray());
+        }
+    }
+
+    [Fact]
     public void Damaged_or_foreign_checkpoints_are_one_line_errors()
     {
         string dir = Directory.CreateTempSubdirectory("fa-bad-ckpt").FullName;
