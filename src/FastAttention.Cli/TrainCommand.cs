@@ -11,8 +11,8 @@ namespace FastAttention.Cli;
 /// </summary>
 internal static class TrainCommand
 {
-    private static readonly OptionSpec Model = new("model", "vit", "the model to train (vit: a ViT on 28x28 digits, 2x2 patches = 197 tokens)") { Values = ["vit"] };
-    private static readonly OptionSpec Attention = new("attention", "A", "the attention: softmax (default), lev (top-k keys by leverage score), random (k random keys), norm (k largest-norm keys), sketch (sketched polynomial), torch (TorchSharp's own SDPA)") { Values = [.. AttentionChoice.Names] };
+    private static readonly OptionSpec Model = new("model", "vit", "the model to train (vit: a ViT on 28x28 digits, 2x2 patches = 197 tokens; match3 or match2: one layer of tensor or softmax attention on the Match3 / Match2 task)") { Values = ["vit", "match3", "match2"] };
+    private static readonly OptionSpec Attention = new("attention", "A", "the attention: softmax (default for vit), lev (top-k keys by leverage score), random (k random keys), norm (k largest-norm keys), sketch (sketched polynomial), torch (TorchSharp's own SDPA); tensor (default for match3) or softmax for match3/match2") { Values = [.. AttentionChoice.Names, "tensor"] };
     private static readonly OptionSpec Top = new("top", "K", "keys each query keeps besides the CLS token, for lev, random and norm (default 32)");
     private static readonly OptionSpec Data = new("data", "F.npz", "digits to use instead of the embedded 10,000: an .npz with images [n, 28, 28] (0..255) and labels [n]; image i is a test image when i mod 5 == 4");
     private static readonly OptionSpec Threads = new("threads", "T", "libtorch and kernel threads (default: all cores); results are bit-identical at a fixed count");
@@ -20,7 +20,7 @@ internal static class TrainCommand
 
     public static Command Train { get; } = new(
         "train",
-        "train a model (vit) on MNIST digits with softmax, LevAttention, random, norm or sketched attention; safetensors checkpoints, Ctrl-C saves, --resume continues",
+        "train a model: vit on MNIST digits with softmax, LevAttention, random, norm or sketched attention (safetensors checkpoints, Ctrl-C saves, --resume continues); match3 / match2 with tensor or softmax attention on fresh sequences",
         [
             Model, Attention, Top,
             new("epochs", "E", "passes over the 8,000 training images (default 5)"),
@@ -33,6 +33,7 @@ internal static class TrainCommand
             Data, Threads,
             new("force", null, "overwrite an existing --checkpoint"),
             JsonFlag,
+            .. MatchCommand.Options,
         ],
         RunTrain)
     { Positional = "model" };
@@ -50,7 +51,17 @@ internal static class TrainCommand
 
     private static int RunTrain(ParsedOptions o, TextWriter stdout)
     {
+        if (o.Get("model") is "match3" or "match2")
+        {
+            return MatchCommand.Run(o, stdout, o.Get("model") == "match3" ? MatchKind.Match3 : MatchKind.Match2);
+        }
+
         RequireVit(o, "train");
+        if (MatchCommand.Options.FirstOrDefault(spec => o.Get(spec.Name) is not null || o.Flag(spec.Name)) is { } matchOnly)
+        {
+            throw new UsageException($"train: --{matchOnly.Name} applies to 'train match3' and 'train match2', not to vit");
+        }
+
         string? resume = o.Get("resume");
         string[] runOptions = ["attention", "top", "epochs", "seed", "batch", "lr", "train-limit"];
         if (resume is not null && runOptions.FirstOrDefault(name => o.Get(name) is not null) is string given)
@@ -206,7 +217,7 @@ internal static class TrainCommand
     {
         if (o.Get("model") is not "vit")
         {
-            throw new UsageException($"{command}: name the model: 'fastattn {command} vit' (the only model so far)");
+            throw new UsageException($"{command}: name the model: 'fastattn {command} vit' (the only model with checkpoints)");
         }
     }
 
