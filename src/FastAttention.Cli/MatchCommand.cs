@@ -17,12 +17,13 @@ internal static class MatchCommand
         new("layers", "L", "match3/match2: attention layers (default 1)"),
         new("n", "N", "match3/match2: sequence length (default 32)"),
         new("m", "M", "match3/match2: the modulus (default: the smallest prime >= 2 N^2)"),
-        new("steps", "S", "match3/match2: optimizer steps, each on a fresh batch (default 4000)"),
+        new("steps", "S", "match3/match2: optimizer steps, each on a fresh batch (default: match3 4000, 3000 at N >= 64, 1500 at N >= 128; match2 600)"),
         new("frequencies", "F", "match3/match2: Fourier frequencies of the value embedding (default 32)"),
-        new("curriculum", "N0", "match3/match2: start at length N0 and grow to N over the first half of the steps"),
+        new("curriculum", "N0", "match3/match2: start at length N0 and grow to N over the first half of the steps (default 8 for match3 at N > 16; N for none)"),
         new("causal", null, "match3/match2: the causal task (witnesses j <= i) with a causal model"),
-        new("window", "W1,W2", "match3/match2: tensor attention with sliding windows (w1, w2); implies --causal and plants witnesses within max(w1, w2)"),
+        new("window", "W1,W2", "match3/match2: tensor attention with sliding windows (w1, w2); implies --causal and plants the witnesses within w1 and w2 positions"),
         new("weight-decay", "W", "match3/match2: AdamW's weight decay (default 0.01)"),
+        new("scale", "S", "match3/match2: the attention's score scale (default 1/d for tensor, 1/sqrt(d) for softmax)"),
         new("test", "T", "match3/match2: fresh test sequences (default 512)"),
     ];
 
@@ -146,19 +147,20 @@ internal static class MatchCommand
         bool causal = o.Flag("causal") || window is not null;
         int n = o.Int("n", 1, 4096) ?? 32;
         int m = o.Int("m", 2, int.MaxValue) ?? MatchTask.DefaultModulus(kind, n);
-        var task = new MatchTask(kind, n, m, causal, window is { } ww ? Math.Max(ww.Item1, ww.Item2) : null);
+        var task = new MatchTask(kind, n, m, causal, kind == MatchKind.Match3 ? window?.Item1 : window is { } w2 ? Math.Min(w2.Item1, w2.Item2) : null, kind == MatchKind.Match3 ? window?.Item2 : null);
         var config = new MatchModelConfig(attention, HeadDim: o.Int("head-dim", 1, 1024) ?? 64, Heads: o.Int("heads", 1, 64) ?? 1, Layers: o.Int("layers", 1, 16) ?? 1,
-            Frequencies: o.Int("frequencies", 1, 4096) ?? 32, Causal: causal, Window: window);
-        var defaults = new MatchOptions(task, config);
+            Frequencies: o.Int("frequencies", 1, 4096) ?? 32, Causal: causal, Window: window, Scale: o.Double("scale", positive: true));
+        var defaults = MatchOptions.Recommended(task, config);
         var options = defaults with
         {
-            Steps = o.Int("steps", 1, 10_000_000) ?? 4000,
+            Steps = o.Int("steps", 1, 10_000_000) ?? defaults.Steps,
             BatchSize = o.Int("batch", 1, 1 << 16) ?? defaults.BatchSize,
             LearningRate = o.Double("lr", positive: true) ?? defaults.LearningRate,
             WeightDecay = o.Double("weight-decay") ?? defaults.WeightDecay,
             Seed = o.Int("seed", 0, int.MaxValue) ?? 0,
             TestSequences = o.Int("test", 1, 1 << 20) ?? defaults.TestSequences,
-            CurriculumFrom = o.Int("curriculum", 1, n),
+            CurriculumFrom = o.Get("curriculum") is null ? defaults.CurriculumFrom : o.Int("curriculum", 1, n) is int from && from < n ? from : null,
+            EvalEvery = o.Get("steps") is null ? defaults.EvalEvery : Math.Max(1, (o.Int("steps", 1, 10_000_000) ?? 1) / 20),
         };
         try
         {

@@ -29,9 +29,35 @@ public static partial class FastAttentionFunctions
         (int First, int Second)? window = null, double? scale = null)
     {
         var t = Inputs([(query, nameof(query)), (key1, nameof(key1)), (key2, nameof(key2)), (value1, nameof(value1)), (value2, nameof(value2))], scale);
-        var options = new TensorAttentionOptions { Causal = causal, Scale = (float?)scale, MaxDegreeOfParallelism = TorchRuntime.KernelThreads, Windows = window is { } w ? [w.First, w.Second] : null };
-        return TensorViews.AtRank(TensorAttentionFunction.apply(t[0], t[1], t[2], t[3], t[4], options), query.dim());
+        return TensorViews.AtRank(TensorAttentionFunction.apply(t[0], t[1], t[2], t[3], t[4], TensorOptions(causal, window, scale), false), query.dim());
     }
+
+    /// <summary>
+    /// <see cref="TensorAttention"/> that also returns each query's log-sum-exp <c>L_i = ln sum_(j1,j2) e^(S_i,(j1,j2))</c> (natural log),
+    /// differentiable too (<c>dL_i / dS = P</c>): a model can read how strongly a query matches any pair, which the normalised output
+    /// hides (an attention sink is a function of it). A query that sees no pair has <c>L = -inf</c>, zero output and zero gradient.
+    /// </summary>
+    /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>, <c>[heads, nq, d]</c> or <c>[nq, d]</c>, float32 on the CPU.</param>
+    /// <param name="key1">First keys, <c>[batch, heads, nk, d]</c> (the query's rank), float32 on the CPU.</param>
+    /// <param name="key2">Second keys, <c>[batch, heads, nk, d]</c>.</param>
+    /// <param name="value1">First values, <c>[batch, heads, nk, dv]</c>.</param>
+    /// <param name="value2">Second values, <c>[batch, heads, nk, dv]</c>.</param>
+    /// <param name="causal">Whether to apply the bottom-right aligned causal limit to both key indices.</param>
+    /// <param name="window">Sliding windows <c>(w1, w2)</c>, each at least 1; null means none.</param>
+    /// <param name="scale">The score scale; null means <c>1 / d</c>.</param>
+    /// <returns>The output <c>[batch, heads, nq, dv]</c> and the log-sum-exp <c>[batch, heads, nq]</c> (at the query's rank), views of one tensor.</returns>
+    /// <exception cref="ArgumentException">As <see cref="TensorAttention"/>.</exception>
+    public static (Tensor Output, Tensor LogSumExp) TensorAttentionWithLogSumExp(Tensor query, Tensor key1, Tensor key2, Tensor value1, Tensor value2, bool causal = false,
+        (int First, int Second)? window = null, double? scale = null)
+    {
+        var t = Inputs([(query, nameof(query)), (key1, nameof(key1)), (key2, nameof(key2)), (value1, nameof(value1)), (value2, nameof(value2))], scale);
+        var both = TensorViews.AtRank(TensorAttentionFunction.apply(t[0], t[1], t[2], t[3], t[4], TensorOptions(causal, window, scale), true), query.dim());
+        long dv = both.size(-1) - 1;
+        return (both.narrow(-1, 0, dv), both.select(-1, dv));
+    }
+
+    private static TensorAttentionOptions TensorOptions(bool causal, (int First, int Second)? window, double? scale) =>
+        new() { Causal = causal, Scale = (float?)scale, MaxDegreeOfParallelism = TorchRuntime.KernelThreads, Windows = window is { } w ? [w.First, w.Second] : null };
 
     /// <summary>
     /// The polynomial method (Alman and Song; docs/algorithms.md §2) with PyTorch's layout: softmax attention with <c>e^x</c> replaced

@@ -12,17 +12,19 @@ namespace FastAttention.TorchSharp;
 internal sealed class TensorAttentionFunction : SingleTensorFunction<TensorAttentionFunction>
 {
     private const string OptionsKey = "options";
+    private const string WithLogSumExpKey = "lse";
 
     /// <inheritdoc/>
     public override string Name => "FastAttentionTensorAttention";
 
     /// <summary>Runs the core's order-3 forward with log-sum-exp.</summary>
     /// <param name="ctx">The autograd context the backward reads.</param>
-    /// <param name="vars">Query, key1, key2, value1, value2 (tensors) and the <see cref="TensorAttentionOptions"/>.</param>
-    /// <returns>The output, <c>[batch, heads, nq, dv]</c>.</returns>
+    /// <param name="vars">Query, key1, key2, value1, value2 (tensors), the <see cref="TensorAttentionOptions"/> and whether to return the log-sum-exp too.</param>
+    /// <returns>The output, <c>[batch, heads, nq, dv]</c>; with the log-sum-exp, <c>[batch, heads, nq, dv + 1]</c> whose last channel is <c>L_i</c>.</returns>
     public override Tensor forward(AutogradContext ctx, params object[] vars)
     {
         var options = (TensorAttentionOptions)vars[5];
+        bool withLogSumExp = (bool)vars[6];
         var inputs = Enumerable.Range(0, 5).Select(i => ((Tensor)vars[i]).contiguous()).ToArray();
         var shape = Shape(inputs);
         var output = empty([inputs[0].size(0), inputs[0].size(1), shape.QueryCount, shape.ValueDim], ScalarType.Float32);
@@ -31,7 +33,8 @@ internal sealed class TensorAttentionFunction : SingleTensorFunction<TensorAtten
             TensorViews.Floats(inputs[3]), TensorViews.Floats(inputs[4]), shape, TensorViews.Floats(output), TensorViews.Floats(logSumExp), options);
         ctx.save_for_backward([.. inputs, output.detach(), logSumExp]);
         ctx.save_data(OptionsKey, options);
-        return output;
+        ctx.save_data(WithLogSumExpKey, withLogSumExp);
+        return withLogSumExp ? cat([output, logSumExp.unsqueeze(-1)], -1) : output;
     }
 
     /// <summary>
@@ -46,18 +49,22 @@ internal sealed class TensorAttentionFunction : SingleTensorFunction<TensorAtten
         var saved = ctx.get_saved_variables();
         var inputs = saved.Take(5).ToArray();
         var (output, logSumExp) = (saved[5], saved[6]);
-        var dO = grad_output.to_type(ScalarType.Float32).contiguous();
-        if (TensorViews.NonFinite(dO))
+        bool withLogSumExp = (bool)ctx.get_data(WithLogSumExpKey);
+        var gradient = grad_output.to_type(ScalarType.Float32);
+        long dv = output.size(-1);
+        var dO = withLogSumExp ? gradient.narrow(-1, 0, dv).contiguous() : gradient.contiguous();
+        var dL = withLogSumExp ? gradient.select(-1, dv).contiguous() : null;
+        if (TensorViews.NonFinite(dO) || (dL is not null && TensorViews.NonFinite(dL)))
         {
-            return TensorViews.NaNGradients(inputs);
+            return [.. TensorViews.NaNGradients(inputs), null!];
         }
 
         var options = (TensorAttentionOptions)ctx.get_data(OptionsKey);
         var grads = inputs.Select(t => empty_like(t)).ToArray();
         global::FastAttention.TensorAttention.Backward(TensorViews.Floats(inputs[0]), TensorViews.Floats(inputs[1]), TensorViews.Floats(inputs[2]),
             TensorViews.Floats(inputs[3]), TensorViews.Floats(inputs[4]), TensorViews.Floats(output), TensorViews.Floats(dO), TensorViews.Floats(logSumExp), Shape(inputs),
-            TensorViews.Floats(grads[0]), TensorViews.Floats(grads[1]), TensorViews.Floats(grads[2]), TensorViews.Floats(grads[3]), TensorViews.Floats(grads[4]), options);
-        return [.. grads, null!];
+            TensorViews.Floats(grads[0]), TensorViews.Floats(grads[1]), TensorViews.Floats(grads[2]), TensorViews.Floats(grads[3]), TensorViews.Floats(grads[4]), options, dL is null ? default : TensorViews.Floats(dL));
+        return [.. grads, null!, null!];
     }
 
     /// <summary>The core's order-3 shape, batch folded into heads: <c>h = batch heads</c> (the core checks the five lengths against it).</summary>

@@ -22,7 +22,9 @@ public enum MatchKind
 /// <param name="Causal">Label position <c>i</c> from the prefix <c>j &lt;= i</c> only.</param>
 /// <param name="Span">Causal only: planted witnesses lie within this many positions before <c>i</c> (<c>i - Span &lt; j &lt; i</c>), so windows
 /// <c>(w1, w2)</c> of at least the span see one; the label still counts every witness in the prefix. Null: anywhere in the prefix.</param>
-public sealed record MatchTask(MatchKind Kind, int Length, int Modulus, bool Causal = false, int? Span = null)
+/// <param name="Span2">Causal Match3 only: the second planted witness lies within this many positions before <c>i</c> (null: <see cref="Span"/>),
+/// for windows <c>(w1, w2)</c> with <c>w2 &lt; w1</c>.</param>
+public sealed record MatchTask(MatchKind Kind, int Length, int Modulus, bool Causal = false, int? Span = null, int? Span2 = null)
 {
     /// <summary>The smallest modulus at which the generator can always draw a negative: more than the values a full sequence can forbid.</summary>
     /// <param name="kind">The task.</param>
@@ -31,8 +33,9 @@ public sealed record MatchTask(MatchKind Kind, int Length, int Modulus, bool Cau
     public static int MinimumModulus(MatchKind kind, int length)
     {
         long m = Math.Max(0, length - 1);
-        // Match3: v + a + b (m(m+1)/2 pair sums), 2v + a (m values), 3v (at most 3 roots); Match2: v + a (m values), 2v (at most 2 roots).
-        long forbidden = kind == MatchKind.Match3 ? (m * (m + 1) / 2) + m + 3 : m + 2;
+        // Match3: v + a + b (m(m+1)/2 pair sums), 2v + a (at most 2 roots for each of m values), 3v (at most 3 roots);
+        // Match2: v + a (m values), 2v (at most 2 roots).
+        long forbidden = kind == MatchKind.Match3 ? (m * (m + 1) / 2) + (2 * m) + 3 : m + 2;
         return (int)Math.Min(int.MaxValue, forbidden + 1);
     }
 
@@ -72,11 +75,16 @@ public sealed record MatchTask(MatchKind Kind, int Length, int Modulus, bool Cau
         {
             throw new ArgumentException(Causal ? $"span {span} must be at least 1." : "a span applies to the causal task only.", nameof(Span));
         }
+
+        if (Span2 is { } span2 && (Span is null || span2 < 1 || Kind != MatchKind.Match3))
+        {
+            throw new ArgumentException($"the second span {span2} needs a span, causal Match3, and must be at least 1.", nameof(Span2));
+        }
     }
 
     /// <inheritdoc/>
     public override string ToString() =>
-        $"{Kind}(N={Length}, M={Modulus}{(Causal ? ", causal" : "")}{(Span is { } s ? $", span={s}" : "")})";
+        $"{Kind}(N={Length}, M={Modulus}{(Causal ? ", causal" : "")}{(Span is { } s ? $", span={s}" : "")}{(Span2 is { } s2 ? $"/{s2}" : "")})";
 
     private static bool IsPrime(long p)
     {
@@ -308,14 +316,15 @@ public static class MatchData
         bool three = task.Kind == MatchKind.Match3;
         for (int i = 0; i < task.Length; i++)
         {
-            // Witnesses strictly before i, within the span: j in [lo, i).
+            // Witnesses strictly before i, within the spans: j1 in [lo, i), j2 in [lo2, i).
             int lo = task.Span is { } span ? Math.Max(0, i - span + 1) : 0;
-            bool positive = i > lo && random.Below(2) == 0;
+            int lo2 = task.Span2 is { } span2 ? Math.Max(0, i - span2 + 1) : lo;
+            bool positive = i > Math.Max(lo, lo2) && random.Below(2) == 0;
             int v;
             if (positive)
             {
                 int j1 = lo + random.Below(i - lo);
-                v = three ? (int)((2L * m - values[j1] - values[lo + random.Below(i - lo)]) % m) : (m - values[j1]) % m;
+                v = three ? (int)((2L * m - values[j1] - values[lo2 + random.Below(i - lo2)]) % m) : (m - values[j1]) % m;
             }
             else
             {

@@ -23,9 +23,10 @@ public enum MatchAttention
 /// <param name="Hidden">The per-position classifier's hidden width.</param>
 /// <param name="Causal">Position i attends to positions j &lt;= i only.</param>
 /// <param name="Window">Tensor attention's sliding windows <c>(w1, w2)</c> (imply causal); null means none.</param>
+/// <param name="Scale">The score scale; null means the attention's default (<c>1 / d</c> for tensor, <c>1 / sqrt(d)</c> for softmax).</param>
 public readonly record struct MatchModelConfig(
     MatchAttention Attention, int Width = 64, int HeadDim = 64, int Heads = 1, int Layers = 1, int Frequencies = 32, int Hidden = 128,
-    bool Causal = false, (int First, int Second)? Window = null)
+    bool Causal = false, (int First, int Second)? Window = null, double? Scale = null)
 {
     /// <summary>The model variants the experiment compares, all of width 64.</summary>
     /// <param name="name"><c>tensor</c> (one tensor head, d = 64), <c>softmax</c> (one softmax head, d = 64), <c>softmax-heads</c> (3 softmax heads
@@ -53,14 +54,14 @@ public readonly record struct MatchModelConfig(
         {
             long width = Width, inner = (long)Heads * HeadDim;
             long embed = (2L * Frequencies * width) + width;
-            long layer = (2 * width) + (width * Projections * inner) + (inner * width);
+            long layer = (width * Projections * inner) + (inner * width) + Heads;
             long head = (2 * width) + (width * Hidden) + Hidden + Hidden + 1;
             return embed + (Layers * layer) + head;
         }
     }
 
     /// <summary>The parameters of the attention layers alone (projections in and out).</summary>
-    public long AttentionParameterCount => Layers * (long)Heads * HeadDim * Width * (Projections + 1);
+    public long AttentionParameterCount => Layers * (((long)Heads * HeadDim * Width * (Projections + 1)) + Heads);
 
     /// <summary>Throws an <see cref="ArgumentException"/> naming the field that cannot make a model.</summary>
     public void Validate()
@@ -87,10 +88,14 @@ public readonly record struct MatchModelConfig(
 }
 
 /// <summary>
-/// A per-position classifier for <see cref="MatchTask"/>s: each value is embedded by fixed Fourier features
-/// <c>cos, sin(2 pi f x / M)</c> at F frequencies drawn once from <c>1..(M-1)/2</c> (then a learned linear map to the width),
-/// followed by pre-norm attention layers <c>h + out(attn(norm(h)))</c> and a GELU MLP giving one logit per position.
-/// No positions are embedded: the task does not depend on order (the causal variant's order comes from the mask).
+/// A per-position classifier for <see cref="MatchTask"/>s. Each value is embedded by fixed Fourier features
+/// <c>cos, sin(2 pi f x / M)</c> at F frequencies drawn once from <c>1..(M-1)/2</c>, then a learned linear map to the width D
+/// (the token embedding). Attention layers add <c>out(attn(h))</c> to the stream. Each head also reports its log-sum-exp
+/// <c>L_i</c> (how strongly query i matches its best keys or key pairs; an attention sink reads the same quantity), which goes
+/// to the logit through a learned weight per head, beside a GELU MLP on the normalised stream:
+/// <c>logit_i = mlp(norm(h_i)) + sum_heads a_h L_h,i</c>. No positions are embedded: the task does not depend on order (the
+/// causal variant's order comes from the mask). Tensor heads run on FastAttention's kernels (forward and backward, log-sum-exp
+/// included); softmax heads on libtorch's operations.
 /// </summary>
 public sealed class MatchModel : nn.Module<Tensor, Tensor>
 {
@@ -145,12 +150,15 @@ public sealed class MatchModel : nn.Module<Tensor, Tensor>
         // (f x mod M) in integers, so the angle keeps full precision for any M.
         var angle = (input.unsqueeze(-1) * frequencies).remainder(Modulus).to_type(ScalarType.Float32) * (float)(2 * Math.PI / Modulus);
         var h = embed.forward(cat([angle.cos(), angle.sin()], -1));
+        Tensor? matches = null;
         foreach (var layer in layers)
         {
-            h = layer.forward(h);
+            (h, var match) = layer.Run(h);
+            matches = matches is null ? match : matches + match;
         }
 
-        return fc2.forward(nn.functional.gelu(fc1.forward(norm.forward(h)))).squeeze(-1).MoveToOuterDisposeScope();
+        var logits = fc2.forward(nn.functional.gelu(fc1.forward(norm.forward(h)))).squeeze(-1) + matches!;
+        return logits.MoveToOuterDisposeScope();
     }
 
     private static int[] DrawFrequencies(int modulus, int count, long seed)
@@ -168,38 +176,56 @@ public sealed class MatchModel : nn.Module<Tensor, Tensor>
         return [.. all.Take(take).Order()];
     }
 
-    /// <summary>One pre-norm attention layer: <c>h + out(attn(norm(h)))</c>.</summary>
+    /// <summary>One attention layer: <c>h + out(attn(h))</c> and its heads' weighted log-sum-exps.</summary>
     private sealed class Layer : nn.Module<Tensor, Tensor>
     {
         private readonly MatchModelConfig config;
-        private readonly nn.Module<Tensor, Tensor> norm;
         private readonly nn.Module<Tensor, Tensor> proj;
         private readonly nn.Module<Tensor, Tensor> output;
+        private readonly global::TorchSharp.Modules.Parameter matchWeight;
 
         public Layer(MatchModelConfig config)
             : base(nameof(Layer))
         {
             this.config = config;
-            norm = nn.LayerNorm(config.Width);
             proj = nn.Linear(config.Width, config.Projections * config.Heads * config.HeadDim, hasBias: false);
             output = nn.Linear(config.Heads * config.HeadDim, config.Width, hasBias: false);
-            register_module("norm", norm);
+            // Starts at 1 / (heads x layers): "a stronger match means more likely positive" from the first step, for every model alike.
+            matchWeight = new global::TorchSharp.Modules.Parameter(full(config.Heads, 1.0f / (config.Heads * config.Layers)));
             register_module("proj", proj);
             register_module("out", output);
+            register_parameter("match", matchWeight);
         }
 
-        public override Tensor forward(Tensor input)
+        public override Tensor forward(Tensor input) => Run(input).Stream;
+
+        public (Tensor Stream, Tensor Match) Run(Tensor input)
         {
             using var scope = NewDisposeScope();
             long batch = input.size(0), n = input.size(1);
             // [batch, n, projections, heads, d] -> [projections, batch, heads, n, d]
-            var parts = proj.forward(norm.forward(input)).view(batch, n, config.Projections, config.Heads, config.HeadDim).permute(2, 0, 3, 1, 4);
+            var parts = proj.forward(input).view(batch, n, config.Projections, config.Heads, config.HeadDim).permute(2, 0, 3, 1, 4);
             bool causal = config.Causal || config.Window is not null;
-            var attended = config.Attention == MatchAttention.Tensor
-                ? FastAttentionFunctions.TensorAttention(parts[0], parts[1], parts[2], parts[3], parts[4], causal, config.Window)
-                : FastAttentionFunctions.ScaledDotProductAttention(parts[0], parts[1], parts[2], causal: causal);
+            var (attended, logSumExp) = config.Attention == MatchAttention.Tensor
+                ? FastAttentionFunctions.TensorAttentionWithLogSumExp(parts[0], parts[1], parts[2], parts[3], parts[4], causal, config.Window, config.Scale)
+                : Softmax(parts[0], parts[1], parts[2], causal, config.Scale ?? 1 / Math.Sqrt(config.HeadDim));
             var merged = attended.transpose(1, 2).reshape(batch, n, config.Heads * config.HeadDim);
-            return (input + output.forward(merged)).MoveToOuterDisposeScope();
+            var match = (logSumExp * matchWeight.view(1, -1, 1)).sum(1); // [batch, n]
+            return ((input + output.forward(merged)).MoveToOuterDisposeScope(), match.MoveToOuterDisposeScope());
+        }
+
+        /// <summary>Softmax attention and its log-sum-exp on libtorch's operations, <c>[batch, heads, n, d]</c>.</summary>
+        private static (Tensor Output, Tensor LogSumExp) Softmax(Tensor q, Tensor k, Tensor v, bool causal, double scale)
+        {
+            var scores = matmul(q, k.transpose(-2, -1)) * scale;
+            if (causal)
+            {
+                long n = q.size(-2);
+                scores = scores.masked_fill(ones(n, n, ScalarType.Bool).triu(1), float.NegativeInfinity);
+            }
+
+            var logSumExp = scores.logsumexp(-1, keepdim: true);
+            return (matmul((scores - logSumExp).exp(), v), logSumExp.squeeze(-1));
         }
     }
 }

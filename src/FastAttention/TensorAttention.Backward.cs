@@ -31,11 +31,15 @@ public static partial class TensorAttention
     /// <param name="value1Gradient">dV1, <c>[h, nk, dv]</c>, written.</param>
     /// <param name="value2Gradient">dV2, <c>[h, nk, dv]</c>, written.</param>
     /// <param name="options">The forward's scale, causal flag and windows; threads.</param>
+    /// <param name="logSumExpGradient">Optional: the loss's gradient with respect to the log-sum-exp output <c>L_i</c> too, <c>[h, nq]</c>, finite
+    /// (for a model that reads how strongly a query matches, or merges partial results by their log-sum-exp). Since
+    /// <c>dL_i / dS = P</c>, it enters as <c>dS = P (dP - D_i + gL_i)</c>. Empty means none.</param>
     /// <returns>The kernel and the flops (<see cref="FlopCount.TensorAttentionBackward"/>).</returns>
     /// <exception cref="ArgumentException">A length, an overlap, the windows or a non-finite input (<paramref name="outputGradient"/> included) is invalid; the message names it.</exception>
     public static unsafe AttentionRun Backward(ReadOnlySpan<float> query, ReadOnlySpan<float> key1, ReadOnlySpan<float> key2, ReadOnlySpan<float> value1, ReadOnlySpan<float> value2,
         ReadOnlySpan<float> output, ReadOnlySpan<float> outputGradient, ReadOnlySpan<float> logSumExp, TensorAttentionShape shape,
-        Span<float> queryGradient, Span<float> key1Gradient, Span<float> key2Gradient, Span<float> value1Gradient, Span<float> value2Gradient, TensorAttentionOptions options = default)
+        Span<float> queryGradient, Span<float> key1Gradient, Span<float> key2Gradient, Span<float> value1Gradient, Span<float> value2Gradient, TensorAttentionOptions options = default,
+        ReadOnlySpan<float> logSumExpGradient = default)
     {
         RequireOrder3(shape);
         ReadOnlyMemory<float>[] keys = [key1.ToArray(), key2.ToArray()], values = [value1.ToArray(), value2.ToArray()];
@@ -64,6 +68,11 @@ public static partial class TensorAttention
         Apart(value2Gradient, nameof(value2Gradient), value1Gradient, nameof(value1Gradient));
         CheckWindowsAndFinite(query, keys, values, shape, options);
         CheckBackwardFinite(output, outputGradient, logSumExp, shape);
+        if (!logSumExpGradient.IsEmpty)
+        {
+            FastAttention.Validate.Length(logSumExpGradient.Length, (long)shape.HeadCount * shape.QueryCount, nameof(logSumExpGradient), "[h, nq]", shape);
+            FiniteCheck.Require(logSumExpGradient, nameof(logSumExpGradient), 1, GradientWhy);
+        }
 
         // The width follows the forced kernel (option or environment variable) as the forward's does, so a forced forward and
         // its backward recompute the same scores; an unknown name is an error here too.
@@ -71,6 +80,11 @@ public static partial class TensorAttention
         int nq = shape.QueryCount, nk = shape.KeyCount, d = shape.HeadDim, dv = shape.ValueDim;
         float scale = options.Scale ?? (1f / d);
         float[] rowDot = RowDots(output, outputGradient, dv);
+        for (int r = 0; r < logSumExpGradient.Length; r++)
+        {
+            rowDot[r] -= logSumExpGradient[r]; // dS = P (dP - (D - gL)): the log-sum-exp's own gradient is P gL
+        }
+
         TensorAttentionOptions limits = options;
         Func<int, (int, int, int, int)> ranges = i =>
         {

@@ -40,7 +40,7 @@ public static partial class TensorAttention
     /// <summary>
     /// Computes exact order-3 tensor attention into <paramref name="destination"/> and each query's log-sum-exp into
     /// <paramref name="logSumExp"/>: <c>L_i = ln sum_(j1,j2) e^(S_i,j1j2)</c> in base e, <c>-inf</c> for a query that sees no pair
-    /// (what <see cref="Backward(ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, TensorAttentionShape, Span{float}, Span{float}, Span{float}, Span{float}, Span{float}, TensorAttentionOptions)"/>
+    /// (what <see cref="Backward(ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, TensorAttentionShape, Span{float}, Span{float}, Span{float}, Span{float}, Span{float}, TensorAttentionOptions, ReadOnlySpan{float})"/>
     /// needs). It comes from the row statistics the forward merges with, so the output has the same bits as without it.
     /// </summary>
     /// <param name="query">Q, <c>[h, nq, d]</c>.</param>

@@ -65,6 +65,63 @@ public sealed class TensorAttentionFunctionTests
         }
     }
 
+    [Theory]
+    [MemberData(nameof(Named))]
+    public void Log_sum_exp_output_and_its_gradient_match_float64_autograd(string name)
+    {
+        using var scope = TorchReference.Start();
+        var (b, h, nq, nk, d, dv, causal, window, scale) = Cases[name];
+        var visibleRows = Visible(nq, nk, causal, window).Chunk(nk * nk).Select(row => row.Any(x => x)).ToArray();
+        var data = Inputs(b, h, nq, nk, d, dv, 700 + name.Length);
+        var weights = Data.Normal((long)b * h * nq * (dv + 1), 701 + name.Length);
+        // A query that sees no pair has L = -inf: give its log-sum-exp no weight (its gradient is zero either way).
+        for (int r = 0; r < b * h * nq; r++)
+        {
+            if (!visibleRows[r % nq])
+            {
+                weights[(r * (dv + 1)) + dv] = 0;
+            }
+        }
+
+        var leaves = data.Select(x => Float32Tensors.Leaf(x.Data, x.Dims)).ToArray();
+        var (output, logSumExp) = FastAttentionFunctions.TensorAttentionWithLogSumExp(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], causal, window, scale);
+        Assert.Equal([(long)b, h, nq, dv], output.shape);
+        Assert.Equal([(long)b, h, nq], logSumExp.shape);
+        Assert.Equal(Float32Tensors.Values(FastAttentionFunctions.TensorAttention(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], causal, window, scale)), Float32Tensors.Values(output));
+        var both = cat([output, where(logSumExp.isfinite(), logSumExp, zeros_like(logSumExp)).unsqueeze(-1)], -1);
+        (both * Float32Tensors.Constant(weights, [b, h, nq, dv + 1])).sum().backward();
+
+        double s = scale ?? (1.0 / d);
+        var visible = tensor(Visible(nq, nk, causal, window), [nq, nk * nk]);
+        Tensor Formula(Tensor[] x)
+        {
+            var scores = einsum("bhid,bhjd,bhkd->bhijk", x[0], x[1], x[2]).reshape(b, h, nq, nk * nk) * s;
+            var pairs = einsum("bhjv,bhkv->bhjkv", x[3], x[4]).reshape(b, h, nk * nk, dv);
+            var lse = scores.masked_fill(visible.logical_not(), -1e30).logsumexp(-1, keepdim: true); // finite in float32 too; a row that sees nothing has weight 0
+            return cat([matmul(Autograd.Softmax(scores, visible), pairs), lse], -1);
+        }
+
+        var reference = Autograd.Run(Formula, data, weights, ScalarType.Float64);
+        var naive = Autograd.Run(Formula, data, weights, ScalarType.Float32);
+        var ours = Float32Tensors.Values(both);
+        var lseValues = Float32Tensors.Values(logSumExp);
+        for (int r = 0; r < b * h * nq; r++)
+        {
+            if (!visibleRows[r % nq])
+            {
+                Assert.Equal(float.NegativeInfinity, lseValues[r]);
+                ours[(r * (dv + 1)) + dv] = (float)reference.Output[(r * (dv + 1)) + dv]; // the reference's stand-in for -inf is not ours to match
+            }
+        }
+
+        Autograd.Close(ours, reference.Output, naive.Output, $"output and log-sum-exp ({name})");
+        string[] names = ["dQ", "dK1", "dK2", "dV1", "dV2"];
+        for (int i = 0; i < 5; i++)
+        {
+            Autograd.Close(Float32Tensors.Values(leaves[i].grad!), reference.Gradients[i], naive.Gradients[i], $"{names[i]} with the log-sum-exp's gradient ({name})");
+        }
+    }
+
     [Fact]
     public void Lower_rank_non_contiguous_inputs_and_the_module_give_the_same_result()
     {

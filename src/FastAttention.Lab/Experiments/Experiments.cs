@@ -51,7 +51,7 @@ public sealed class ExperimentReport
 public static partial class Experiments
 {
     /// <summary>Every experiment's name.</summary>
-    public static IReadOnlyList<string> Names { get; } = ["bounded-entries", "sketch", "crossover", "tensor", "levattention", "levattention-train"];
+    public static IReadOnlyList<string> Names { get; } = ["bounded-entries", "sketch", "crossover", "tensor", "levattention", "levattention-train", "match3"];
 
     /// <summary>Runs experiment <paramref name="name"/>.</summary>
     /// <param name="name">One of <see cref="Names"/>.</param>
@@ -76,6 +76,7 @@ public static partial class Experiments
             "tensor" => Tensor(s),
             "levattention" => LevAttentionExperiment(s),
             "levattention-train" => LevTrainExperiment(s),
+            "match3" => MatchExperiment(s),
             _ => throw new ArgumentException($"unknown experiment '{name}' (available: {string.Join(", ", Names)})", nameof(name)),
         };
     }
@@ -88,6 +89,7 @@ public static partial class Experiments
         public const string Lev = "Kannan, Bhattacharyya, Kacham & Woodruff, LevAttention";
         public const string PolySketch = "PolySketchFormer (sketched polynomial attention)";
         public const string Library = "FastAttention's own goal";
+        public const string Simplicial = "Roy et al. 2025, Fast and Simplex (windowed 2-simplicial attention)";
     }
 
     /// <summary>One run's settings, log and progress, as the experiment bodies read them.</summary>
