@@ -147,7 +147,7 @@ internal static class MatchCommand
         bool causal = o.Flag("causal") || window is not null;
         int n = o.Int("n", 1, 4096) ?? 32;
         int m = o.Int("m", 2, int.MaxValue) ?? MatchTask.DefaultModulus(kind, n);
-        var task = new MatchTask(kind, n, m, causal, kind == MatchKind.Match3 ? window?.Item1 : window is { } w2 ? Math.Min(w2.Item1, w2.Item2) : null, kind == MatchKind.Match3 ? window?.Item2 : null);
+        var task = new MatchTask(kind, n, m, causal, kind == MatchKind.Match3 ? window?.Item1 : window is { } both ? Math.Min(both.Item1, both.Item2) : null, kind == MatchKind.Match3 ? window?.Item2 : null);
         var config = new MatchModelConfig(attention, HeadDim: o.Int("head-dim", 1, 1024) ?? 64, Heads: o.Int("heads", 1, 64) ?? 1, Layers: o.Int("layers", 1, 16) ?? 1,
             Frequencies: o.Int("frequencies", 1, 4096) ?? 32, Causal: causal, Window: window, Scale: o.Double("scale", positive: true));
         var defaults = MatchOptions.Recommended(task, config);

@@ -91,9 +91,10 @@ public readonly record struct MatchModelConfig(
 /// A per-position classifier for <see cref="MatchTask"/>s. Each value is embedded by fixed Fourier features
 /// <c>cos, sin(2 pi f x / M)</c> at F frequencies drawn once from <c>1..(M-1)/2</c>, then a learned linear map to the width D
 /// (the token embedding). Attention layers add <c>out(attn(h))</c> to the stream. Each head also reports its log-sum-exp
-/// <c>L_i</c> (how strongly query i matches its best keys or key pairs; an attention sink reads the same quantity), which goes
+/// <c>L_i</c> (how strongly query i matches its best keys or key pairs; an attention sink reads the same quantity), less the log
+/// of the keys or pairs the query sees (a log-mean-exp, so a model trained at one length reads the same at another), which goes
 /// to the logit through a learned weight per head, beside a GELU MLP on the normalised stream:
-/// <c>logit_i = mlp(norm(h_i)) + sum_heads a_h L_h,i</c>. No positions are embedded: the task does not depend on order (the
+/// <c>logit_i = mlp(norm(h_i)) + sum_heads a_h (L_h,i - ln visible_i)</c>. No positions are embedded: the task does not depend on order (the
 /// causal variant's order comes from the mask). Tensor heads run on FastAttention's kernels (forward and backward, log-sum-exp
 /// included); softmax heads on libtorch's operations.
 /// </summary>
@@ -210,8 +211,24 @@ public sealed class MatchModel : nn.Module<Tensor, Tensor>
                 ? FastAttentionFunctions.TensorAttentionWithLogSumExp(parts[0], parts[1], parts[2], parts[3], parts[4], causal, config.Window, config.Scale)
                 : Softmax(parts[0], parts[1], parts[2], causal, config.Scale ?? 1 / Math.Sqrt(config.HeadDim));
             var merged = attended.transpose(1, 2).reshape(batch, n, config.Heads * config.HeadDim);
-            var match = (logSumExp * matchWeight.view(1, -1, 1)).sum(1); // [batch, n]
+            // The log-mean-exp: minus the log of the keys (pairs) each query sees, so the read-out does not shift with the length.
+            var match = ((logSumExp - LogVisible(n)) * matchWeight.view(1, -1, 1)).sum(1); // [batch, n]
             return ((input + output.forward(merged)).MoveToOuterDisposeScope(), match.MoveToOuterDisposeScope());
+        }
+
+        /// <summary><c>ln</c> of the keys (tensor: key pairs) query i sees, <c>[n]</c>: all n, the prefix i + 1, or the windows' part of it.</summary>
+        private Tensor LogVisible(long n)
+        {
+            var counts = new float[n];
+            for (long i = 0; i < n; i++)
+            {
+                long seen = config.Causal || config.Window is not null ? i + 1 : n;
+                double visible = config.Attention == MatchAttention.Softmax ? seen
+                    : config.Window is { } w ? (double)Math.Min(seen, w.First) * Math.Min(seen, w.Second) : (double)seen * seen;
+                counts[i] = (float)Math.Log(visible);
+            }
+
+            return tensor(counts);
         }
 
         /// <summary>Softmax attention and its log-sum-exp on libtorch's operations, <c>[batch, heads, n, d]</c>.</summary>

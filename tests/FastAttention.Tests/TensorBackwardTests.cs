@@ -370,5 +370,75 @@ public class TensorBackwardTests
         Assert.Equal("queryGradient", overlap.ParamName);
         Assert.Contains("overlaps query", overlap.Message);
         Assert.Equal("logSumExp", Assert.Throws<ArgumentException>(() => TensorAttention.Compute(q, k, v, shape, output, new float[3])).ParamName);
+        ArgumentException LseFails(float[] g) => Assert.Throws<ArgumentException>(() =>
+            TensorAttention.Backward(q, k[0].Span, k[1].Span, v[0].Span, v[1].Span, output, dO, lse, shape, dq, dk1, dk2, dv1, dv2, default, g));
+        Assert.Equal("logSumExpGradient", LseFails(new float[3]).ParamName);
+        Assert.Equal("logSumExpGradient", LseFails([0, float.NaN, 0, 0]).ParamName);
+    }
+
+    [Fact]
+    public void The_log_sum_exp_gradient_adds_P_times_it_to_the_score_gradient()
+    {
+        // dL_i/dS = P, so with gL the score gradient is P (dP - D + gL): the same as the plain backward with D lowered by gL.
+        // A zero gL is the plain backward bit for bit; values' gradients never depend on it; and with dO = 0 the query
+        // gradient is s gL sum P (k1 o k2) computed here in float64.
+        var shape = new TensorAttentionShape(2, 5, 6, 3, 4);
+        (float[] q, ReadOnlyMemory<float>[] k, ReadOnlyMemory<float>[] v, float[] dO) = Inputs(shape, 8);
+        var output = new float[shape.OutputLength];
+        var lse = new float[shape.HeadCount * shape.QueryCount];
+        TensorAttention.Compute(q, k, v, shape, output, lse);
+        float[] Run(float[] outputGradient, float[]? g, out float[] dv1)
+        {
+            float[] dq = new float[shape.QueryLength], dk1 = new float[shape.KeyLength], dk2 = new float[shape.KeyLength], dv2 = new float[shape.ValueLength];
+            dv1 = new float[shape.ValueLength];
+            TensorAttention.Backward(q, k[0].Span, k[1].Span, v[0].Span, v[1].Span, output, outputGradient, lse, shape, dq, dk1, dk2, dv1, dv2, default, g);
+            return dq;
+        }
+
+        float[] gL = Data.Normal(lse.Length, 99);
+        Assert.Equal(Run(dO, null, out var plainDv1), Run(dO, new float[lse.Length], out _));
+        Assert.NotEqual(Run(dO, null, out _), Run(dO, gL, out var withDv1));
+        Assert.Equal(plainDv1, withDv1);
+
+        float[] onlyLse = Run(new float[dO.Length], gL, out _);
+        float[] k1 = k[0].ToArray(), k2 = k[1].ToArray();
+        int n = shape.KeyCount, d = shape.HeadDim;
+        double s = 1.0 / d;
+        for (int h = 0; h < shape.HeadCount; h++)
+        {
+            for (int i = 0; i < shape.QueryCount; i++)
+            {
+                var scores = new double[n * n];
+                for (int a = 0; a < n; a++)
+                {
+                    for (int b = 0; b < n; b++)
+                    {
+                        double dot = 0;
+                        for (int l = 0; l < d; l++)
+                        {
+                            dot += (double)q[(((h * shape.QueryCount) + i) * d) + l] * k1[(((h * n) + a) * d) + l] * k2[(((h * n) + b) * d) + l];
+                        }
+
+                        scores[(a * n) + b] = s * dot;
+                    }
+                }
+
+                double max = scores.Max(), z = scores.Sum(x => Math.Exp(x - max));
+                for (int l = 0; l < d; l++)
+                {
+                    double expected = 0;
+                    for (int a = 0; a < n; a++)
+                    {
+                        for (int b = 0; b < n; b++)
+                        {
+                            expected += Math.Exp(scores[(a * n) + b] - max) / z * k1[(((h * n) + a) * d) + l] * k2[(((h * n) + b) * d) + l];
+                        }
+                    }
+
+                    expected *= s * gL[(h * shape.QueryCount) + i];
+                    Assert.True(Math.Abs(onlyLse[(((h * shape.QueryCount) + i) * d) + l] - expected) <= 1e-5 + (1e-4 * Math.Abs(expected)), $"dq[{h}, {i}, {l}]: {onlyLse[(((h * shape.QueryCount) + i) * d) + l]} vs {expected}");
+                }
+            }
+        }
     }
 }
