@@ -15,17 +15,16 @@ public enum MatchAttention
 
 /// <summary>The shape of a <see cref="MatchModel"/>.</summary>
 /// <param name="Attention">Tensor or softmax attention.</param>
-/// <param name="Width">D, the token width (the same for every model compared).</param>
 /// <param name="HeadDim">d, each head's width.</param>
 /// <param name="Heads">Attention heads per layer.</param>
 /// <param name="Layers">Attention layers.</param>
-/// <param name="Frequencies">F, the fixed Fourier frequencies of the value embedding.</param>
+/// <param name="Frequencies">F, the fixed Fourier frequencies of the value embedding; the token width is <c>2 F</c>.</param>
 /// <param name="Hidden">The per-position classifier's hidden width.</param>
 /// <param name="Causal">Position i attends to positions j &lt;= i only.</param>
 /// <param name="Window">Tensor attention's sliding windows <c>(w1, w2)</c> (imply causal); null means none.</param>
 /// <param name="Scale">The score scale; null means the attention's default (<c>1 / d</c> for tensor, <c>1 / sqrt(d)</c> for softmax).</param>
 public readonly record struct MatchModelConfig(
-    MatchAttention Attention, int Width = 64, int HeadDim = 64, int Heads = 1, int Layers = 1, int Frequencies = 32, int Hidden = 128,
+    MatchAttention Attention, int HeadDim = 64, int Heads = 1, int Layers = 1, int Frequencies = 32, int Hidden = 128,
     bool Causal = false, (int First, int Second)? Window = null, double? Scale = null)
 {
     /// <summary>The model variants the experiment compares, all of width 64.</summary>
@@ -44,6 +43,9 @@ public readonly record struct MatchModelConfig(
     /// <summary>The variant names <see cref="Variant"/> knows.</summary>
     public static IReadOnlyList<string> Variants { get; } = ["tensor", "softmax", "softmax-heads", "softmax-2layer"];
 
+    /// <summary>D, the token width: the cosine and sine of each frequency (the same for every model compared).</summary>
+    public int Width => 2 * Frequencies;
+
     /// <summary>Projections per head: q, k1, k2, v1, v2 for tensor attention; q, k, v for softmax.</summary>
     public int Projections => Attention == MatchAttention.Tensor ? 5 : 3;
 
@@ -53,10 +55,9 @@ public readonly record struct MatchModelConfig(
         get
         {
             long width = Width, inner = (long)Heads * HeadDim;
-            long embed = (2L * Frequencies * width) + width;
             long layer = (width * Projections * inner) + (inner * width) + Heads;
             long head = (2 * width) + (width * Hidden) + Hidden + Hidden + 1;
-            return embed + (Layers * layer) + head;
+            return (Layers * layer) + head;
         }
     }
 
@@ -66,9 +67,9 @@ public readonly record struct MatchModelConfig(
     /// <summary>Throws an <see cref="ArgumentException"/> naming the field that cannot make a model.</summary>
     public void Validate()
     {
-        if (Width < 1 || HeadDim < 1 || Heads < 1 || Layers < 1 || Frequencies < 1 || Hidden < 1)
+        if (HeadDim < 1 || Heads < 1 || Layers < 1 || Frequencies < 1 || Hidden < 1)
         {
-            throw new ArgumentException($"width {Width}, head dim {HeadDim}, heads {Heads}, layers {Layers}, frequencies {Frequencies} and hidden {Hidden} must all be positive.", nameof(Width));
+            throw new ArgumentException($"head dim {HeadDim}, heads {Heads}, layers {Layers}, frequencies {Frequencies} and hidden {Hidden} must all be positive.", nameof(Width));
         }
 
         if (Window is { } w && (w.First < 1 || w.Second < 1))
@@ -84,13 +85,13 @@ public readonly record struct MatchModelConfig(
 
     /// <inheritdoc/>
     public override string ToString() =>
-        $"{(Attention == MatchAttention.Tensor ? "tensor" : "softmax")} {Layers}x{Heads}x{HeadDim} (width {Width}, F={Frequencies}{(Window is { } w ? $", window=({w.First}, {w.Second})" : Causal ? ", causal" : "")})";
+        $"{(Attention == MatchAttention.Tensor ? "tensor" : "softmax")} {Layers}x{Heads}x{HeadDim} (width {Width} = 2 x {Frequencies} frequencies{(Window is { } w ? $", window=({w.First}, {w.Second})" : Causal ? ", causal" : "")})";
 }
 
 /// <summary>
 /// A per-position classifier for <see cref="MatchTask"/>s. Each value is embedded by fixed Fourier features
-/// <c>cos, sin(2 pi f x / M)</c> at F frequencies drawn once from <c>1..(M-1)/2</c>, then a learned linear map to the width D
-/// (the token embedding). Attention layers add <c>out(attn(h))</c> to the stream. Each head also reports its log-sum-exp
+/// <c>cos, sin(2 pi f x / M)</c> at F frequencies drawn once from <c>1..(M-1)/2</c> (the token embedding, width <c>D = 2 F</c>;
+/// a learned linear map in front of the projections only slowed learning: see docs/training.md). Attention layers add <c>out(attn(h))</c> to the stream. Each head also reports its log-sum-exp
 /// <c>L_i</c> (how strongly query i matches its best keys or key pairs; an attention sink reads the same quantity), less the log
 /// of the keys or pairs the query sees (a log-mean-exp, so a model trained at one length reads the same at another), which goes
 /// to the logit through a learned weight per head, beside a GELU MLP on the normalised stream:
@@ -101,7 +102,6 @@ public readonly record struct MatchModelConfig(
 public sealed class MatchModel : nn.Module<Tensor, Tensor>
 {
     private readonly Tensor frequencies;
-    private readonly nn.Module<Tensor, Tensor> embed;
     private readonly global::TorchSharp.Modules.ModuleList<Layer> layers;
     private readonly nn.Module<Tensor, Tensor> norm;
     private readonly nn.Module<Tensor, Tensor> fc1;
@@ -120,13 +120,11 @@ public sealed class MatchModel : nn.Module<Tensor, Tensor>
         Modulus = modulus;
         Frequencies = DrawFrequencies(modulus, config.Frequencies, seed);
         frequencies = tensor(Frequencies.Select(f => (long)f).ToArray(), ScalarType.Int64);
-        embed = nn.Linear(2 * Frequencies.Count, config.Width);
         layers = nn.ModuleList([.. Enumerable.Range(0, config.Layers).Select(_ => new Layer(config))]);
         norm = nn.LayerNorm(config.Width);
         fc1 = nn.Linear(config.Width, config.Hidden);
         fc2 = nn.Linear(config.Hidden, 1);
         register_buffer("frequencies", frequencies);
-        register_module("embed", embed);
         register_module("layers", layers);
         register_module("norm", norm);
         register_module("fc1", fc1);
@@ -150,7 +148,12 @@ public sealed class MatchModel : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         // (f x mod M) in integers, so the angle keeps full precision for any M.
         var angle = (input.unsqueeze(-1) * frequencies).remainder(Modulus).to_type(ScalarType.Float32) * (float)(2 * Math.PI / Modulus);
-        var h = embed.forward(cat([angle.cos(), angle.sin()], -1));
+        var h = cat([angle.cos(), angle.sin()], -1);
+        if (Frequencies.Count < Config.Frequencies)
+        {
+            // A small modulus has fewer frequencies than asked: pad to the stated width.
+            h = nn.functional.pad(h, [0, 2 * (Config.Frequencies - Frequencies.Count)]);
+        }
         Tensor? matches = null;
         foreach (var layer in layers)
         {

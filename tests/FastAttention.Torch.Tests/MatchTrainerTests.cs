@@ -16,7 +16,7 @@ public sealed class MatchTrainerTests
     [InlineData("softmax-2layer")]
     public void The_stated_parameter_count_is_the_models(string variant)
     {
-        foreach (var config in new[] { MatchModelConfig.Variant(variant), MatchModelConfig.Variant(variant) with { Frequencies = 7, Width = 24, Hidden = 9 } })
+        foreach (var config in new[] { MatchModelConfig.Variant(variant), MatchModelConfig.Variant(variant) with { Frequencies = 7, Hidden = 9 } })
         {
             using var model = new MatchModel(config, 1009, 1);
             Assert.Equal(config.ParameterCount, model.parameters().Sum(p => p.numel()));
