@@ -15,6 +15,29 @@ public class CliTrainTests : CliTest
         ["train", "vit", "--epochs", epochs.ToString(System.Globalization.CultureInfo.InvariantCulture), "--train-limit", "64", "--batch", "32", "--threads", "1", "--checkpoint", checkpoint, .. more];
 
     [Fact]
+    public void Train_match2_learns_and_its_json_ends_with_test_accuracy_on_fresh_sequences()
+    {
+        var (code, stdout, stderr) = Run("train", "match2", "--n", "8", "--steps", "150", "--batch", "32", "--test", "128", "--threads", "1", "--json");
+        Assert.True(code == 0, stderr);
+        using var json = JsonDocument.Parse(stdout);
+        var root = json.RootElement;
+        Assert.Equal("testAccuracy", root.EnumerateObject().Last().Name);
+        Assert.True(root.GetProperty("testAccuracy").GetDouble() >= 0.9, stdout);
+        Assert.Equal("tensor", root.GetProperty("attention").GetString());
+        Assert.Equal(131, root.GetProperty("m").GetInt32()); // the smallest prime >= 2 N^2
+        Assert.Equal(8, root.GetProperty("n").GetInt32());
+        var curve = root.GetProperty("curve").EnumerateArray().Select(p => p.GetProperty("step").GetInt32()).ToList();
+        Assert.Equal([0, 7, 14], curve.Take(3)); // step 0, then every 150 / 20 = 7 steps, and the last
+        Assert.Equal(150, curve[^1]);
+        Assert.True(root.GetProperty("parameters").GetInt64() > 0);
+
+        (code, stdout, stderr) = Run("train", "match3", "--attention", "softmax", "--heads", "3", "--head-dim", "32", "--n", "6", "--steps", "5", "--threads", "1");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("training softmax 1x3x32", stdout);
+        Assert.Contains("fresh sequences", stdout);
+    }
+
+    [Fact]
     public void Train_json_ends_with_test_accuracy_and_eval_swaps_the_attention()
     {
         string dir = Data.TempDir();
@@ -87,6 +110,13 @@ public class CliTrainTests : CliTest
     [InlineData("train vit --attention bogus", 2, "bogus")]
     [InlineData("train vit --top 8", 2, "--top applies to --attention lev, random or norm")]
     [InlineData("train vit --epochs 0", 2, "--epochs must be an integer from 1")]
+    [InlineData("train match3 --n 32 --m 100", 2, "modulus M = 100 is too small for Match3 at N = 32")]
+    [InlineData("train match3 --attention lev", 2, "match3 takes tensor or softmax")]
+    [InlineData("train match3 --attention softmax --window 4,2", 2, "--window applies to --attention tensor")]
+    [InlineData("train match3 --window 4", 2, "expected two positive integers W1,W2")]
+    [InlineData("train match2 --top 4", 2, "--top applies to 'train vit', not to match2")]
+    [InlineData("train vit --n 8", 2, "--n applies to 'train match3' and 'train match2', not to vit")]
+    [InlineData("train match3 --curriculum 40 --n 32", 2, "--curriculum")]
     [InlineData("train vit --checkpoint out.npz", 2, "the extension must be .safetensors")]
     [InlineData("eval vit", 2, "--checkpoint is required")]
     [InlineData("eval vit --checkpoint none.safetensors", 3, "checkpoint none.safetensors: no such file")]
