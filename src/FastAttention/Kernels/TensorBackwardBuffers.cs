@@ -9,6 +9,18 @@ internal sealed unsafe class TensorBackwardBuffers : IDisposable
 {
     private readonly NativeBufferPool.Buffer[] _buffers = new NativeBufferPool.Buffer[3];
     private readonly long[] _floats = new long[3];
+    private double[] _sums = [];
+
+    /// <summary>A double buffer of at least <paramref name="length"/> elements for the chunk sums; contents are undefined.</summary>
+    public double[] Sums(int length)
+    {
+        if (_sums.Length < length)
+        {
+            _sums = new double[length];
+        }
+
+        return _sums;
+    }
 
     /// <summary>Slot <paramref name="slot"/> with room for at least <paramref name="floats"/> floats; contents are undefined.</summary>
     public float* Get(int slot, long floats)

@@ -60,11 +60,14 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
         // Zero-padded copies: K1 [rows1, dp], V1 [rows1, dvp], K2 [rows2, dp], V2 [rows2, dvp].
         long k1Size = (long)rows1 * dp, v1Size = (long)rows1 * dvp, k2Size = (long)rows2 * dp, v2Size = (long)rows2 * dvp;
         long shared = k1Size + v1Size + k2Size + v2Size;
+        // The products and packs read rows below nk + Columns + R only (a tile's rows rounded up to R, its columns to Columns):
+        // only those padding rows are cleared, and the rest of the copies is never read.
         float* k1 = buffers.Get(0, shared), v1 = k1 + k1Size, k2 = v1 + v1Size, v2 = k2 + k2Size;
-        Pad(head.Key1, nk, d, k1, rows1, dp);
-        Pad(head.Value1, nk, dv, v1, rows1, dvp);
-        Pad(head.Key2, nk, d, k2, rows2, dp);
-        Pad(head.Value2, nk, dv, v2, rows2, dvp);
+        int read = nk + Columns + R;
+        Pad(head.Key1, nk, d, k1, Math.Min(rows1, read), dp);
+        Pad(head.Value1, nk, dv, v1, Math.Min(rows1, read), dvp);
+        Pad(head.Key2, nk, d, k2, Math.Min(rows2, read), dp);
+        Pad(head.Value2, nk, dv, v2, Math.Min(rows2, read), dvp);
 
         // Each chunk's partial dK1, dV1, dK2, dV2, laid out like the padded copies. The products write rows below nk + R
         // only (dK2 and dV2 take j2 rows in groups of R), so only those are cleared and the rest is never read.
@@ -97,11 +100,12 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
         });
 
         // Sum the chunks in their fixed order (in double), scale by s, drop the padding.
-        Reduce(all, chunks, partial, 0, nk, d, dp, scale, head.Key1Gradient);
-        Reduce(all, chunks, partial, k1Size, nk, dv, dvp, 1f, head.Value1Gradient);
+        double[] sums = buffers.Sums(nk * Math.Max(d, dv));
+        Reduce(all, chunks, partial, 0, nk, d, dp, scale, head.Key1Gradient, sums);
+        Reduce(all, chunks, partial, k1Size, nk, dv, dvp, 1f, head.Value1Gradient, sums);
         float log2Scale = scale * VectorMath.Log2E; // A carried it: dK2's factor is s / (s log2 e), and 0 for s = 0 (A was 0)
-        Reduce(all, chunks, partial, k1Size + v1Size, nk, d, dp, log2Scale == 0 ? 0 : scale / (double)log2Scale, head.Key2Gradient);
-        Reduce(all, chunks, partial, k1Size + v1Size + k2Size, nk, dv, dvp, 1f, head.Value2Gradient);
+        Reduce(all, chunks, partial, k1Size + v1Size, nk, d, dp, log2Scale == 0 ? 0 : scale / (double)log2Scale, head.Key2Gradient, sums);
+        Reduce(all, chunks, partial, k1Size + v1Size + k2Size, nk, dv, dvp, 1f, head.Value2Gradient, sums);
     }
 
     /// <summary>One chunk's view: the shared padded inputs, its partial gradients and its thread's scratch.</summary>
@@ -294,21 +298,28 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
         }
     }
 
-    /// <summary>target[j, l] = factor * sum over chunks (in order, in double) of the chunk's partial at <paramref name="offset"/>.</summary>
-    private static void Reduce(float* all, int chunks, long partial, long offset, int nk, int width, int paddedWidth, double factor, float* target)
+    /// <summary>
+    /// target[j, l] = factor * sum over chunks (in order, in double) of the chunk's partial at <paramref name="offset"/>; the chunks
+    /// are added one whole partial at a time into <paramref name="sums"/> (sequential reads), each element in chunk order.
+    /// </summary>
+    private static void Reduce(float* all, int chunks, long partial, long offset, int nk, int width, int paddedWidth, double factor, float* target, double[] sums)
     {
-        for (int j = 0; j < nk; j++)
+        Array.Clear(sums, 0, nk * width);
+        for (int c = 0; c < chunks; c++)
         {
-            for (int l = 0; l < width; l++)
+            float* source = all + (c * partial) + offset;
+            for (int j = 0; j < nk; j++)
             {
-                double sum = 0;
-                for (int c = 0; c < chunks; c++)
+                for (int l = 0; l < width; l++)
                 {
-                    sum += all[(c * partial) + offset + ((long)j * paddedWidth) + l];
+                    sums[(j * width) + l] += source[((long)j * paddedWidth) + l];
                 }
-
-                target[((long)j * width) + l] = (float)(factor * sum);
             }
+        }
+
+        for (int x = 0; x < nk * width; x++)
+        {
+            target[x] = (float)(factor * sums[x]);
         }
     }
 
