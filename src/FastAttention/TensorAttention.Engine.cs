@@ -26,34 +26,45 @@ public static partial class TensorAttention
 
         /// <summary>
         /// Non-causal, no windows: every query sees every tuple; each head's queries go in groups that share the last key matrix.
-        /// Small heads (<see cref="HeadsInParallel"/>) run in parallel, one thread each; large ones one after another, each on
-        /// every thread. A call's bits do not depend on its threads, so a head's bits do not depend on the choice.
+        /// When a head's queries fit one call and the kernel is tiled, several heads share a call (up to <see cref="VirtualRowsPerCall"/>
+        /// rows): the tiled kernel's (head, query tile) items are independent, so a head's bits are those of a call of its own, and
+        /// the call's fixed costs (packing, scratch, three parallel regions) are paid once for all of them. Otherwise small heads
+        /// (<see cref="HeadsInParallel"/>) run in parallel, one thread each, and large ones one after another, each on every thread.
         /// </summary>
         public double RunShared()
         {
-            int nk = shape.KeyCount;
+            int nk = shape.KeyCount, nq = shape.QueryCount;
             long tuples = (long)Math.Pow(nk, Prefix);
-            int group = GroupOf(shape, tuples), groups = (shape.QueryCount + group - 1) / group;
-            int rows = (int)(Math.Min(group, shape.QueryCount) * tuples);
+            int group = GroupOf(shape, tuples), groups = (nq + group - 1) / group;
             int threads = options.MaxDegreeOfParallelism;
-            if (HeadsInParallel(shape.HeadCount, 2.0 * shape.QueryCount * tuples * nk * (D + Dv), threads))
+            if (group == nq && kernel.Name.StartsWith("tiled-", StringComparison.Ordinal))
             {
+                int perCall = (int)Math.Clamp(VirtualRowsPerCall / (nq * tuples), 1, shape.HeadCount);
+                using var work = new Workspace(Prefix, (int)(perCall * nq * tuples), D, Dv, nk);
+                for (int h0 = 0; h0 < shape.HeadCount; h0 += perCall)
+                {
+                    Call(work, h0, Math.Min(perCall, shape.HeadCount - h0), 0, nq, 0, nk - 1, threads);
+                }
+            }
+            else if (HeadsInParallel(shape.HeadCount, 2.0 * nq * tuples * nk * (D + Dv), threads))
+            {
+                int rows = (int)(Math.Min(group, nq) * tuples);
                 ParallelWork.Run(shape.HeadCount * groups, threads, () => new Workspace(Prefix, rows, D, Dv, nk), (item, work) =>
-                    CallGroup(work, item / groups, item % groups * group, group, 1));
+                    Call(work, item / groups, 1, item % groups * group, Math.Min(group, nq - (item % groups * group)), 0, nk - 1, 1));
             }
             else
             {
-                using var work = new Workspace(Prefix, rows, D, Dv, nk);
+                using var work = new Workspace(Prefix, (int)(Math.Min(group, nq) * tuples), D, Dv, nk);
                 for (int h = 0; h < shape.HeadCount; h++)
                 {
-                    for (int g = 0; g < groups; g++)
+                    for (int i0 = 0; i0 < nq; i0 += group)
                     {
-                        CallGroup(work, h, g * group, group, threads);
+                        Call(work, h, 1, i0, Math.Min(group, nq - i0), 0, nk - 1, threads);
                     }
                 }
             }
 
-            return (double)shape.HeadCount * shape.QueryCount * tuples * nk;
+            return (double)shape.HeadCount * nq * tuples * nk;
         }
 
         /// <summary>Causal or windowed: each query has its own key ranges; the (head, query) items run in parallel, heaviest (latest) queries first.</summary>
@@ -79,26 +90,19 @@ public static partial class TensorAttention
                     return;
                 }
 
-                Call(space, h, i, 1, lastLo, lastHi, 1);
+                Call(space, h, 1, i, 1, lastLo, lastHi, 1);
                 work[(h * nq) + i] = tuples * (lastHi - lastLo + 1);
             });
             return work.Sum(); // whole numbers below 2^53: exact in any order
         }
 
-        /// <summary>Queries i0 .. i0 + group (or to the end) of head h over every tuple.</summary>
-        private void CallGroup(Workspace work, int h, int i0, int group, int threads)
-        {
-            Array.Clear(work.Lo);
-            Array.Fill(work.Hi, shape.KeyCount - 1);
-            Call(work, h, i0, Math.Min(group, shape.QueryCount - i0), 0, shape.KeyCount - 1, threads);
-        }
-
         /// <summary>
-        /// Queries i0 .. i0+count of head h: virtual queries q_i o k1_j1 o ... over the prefix ranges [lo, hi] held in
-        /// <paramref name="work"/>, against the last key matrix rows lastLo .. lastHi; then each query's rows merged by their
-        /// softmax statistics. The buffers are the workspace's (one per worker, reused across calls).
+        /// Queries i0 .. i0+count of heads h0 .. h0+heads: virtual queries q_i o k1_j1 o ... over the prefix ranges [lo, hi] held in
+        /// <paramref name="work"/>, against the last key matrix rows lastLo .. lastHi (all of them when heads &gt; 1: the heads' keys
+        /// are then one contiguous block); then each query's rows merged by their softmax statistics. The buffers are the
+        /// workspace's (one per worker, reused across calls); items are (head, query) pairs, head-major.
         /// </summary>
-        private void Call(Workspace work, int h, int i0, int count, int lastLo, int lastHi, int threads)
+        private void Call(Workspace work, int h0, int heads, int i0, int count, int lastLo, int lastHi, int threads)
         {
             int[] lo = work.Lo, hi = work.Hi;
             int tuples = 1;
@@ -111,28 +115,28 @@ public static partial class TensorAttention
 
             // Virtual queries, tuple-major per query, the first index slowest (queries in parallel when threads allow).
             float[] vqs = work.VirtualQueries;
-            ForQueries(count, threads, work, (x, merge) =>
+            ForQueries(heads * count, threads, work, (item, merge) =>
             {
-                float* q = Query(h, i0 + x);
+                float* q = Query(h0 + (item / count), i0 + (item % count));
                 for (int tuple = 0; tuple < tuples; tuple++)
                 {
                     Decode(tuple, lo, hi, merge.Index);
-                    Span<float> row = vqs.AsSpan((int)((((long)x * tuples) + tuple) * D), D);
+                    Span<float> row = vqs.AsSpan((int)((((long)item * tuples) + tuple) * D), D);
                     new ReadOnlySpan<float>(q, D).CopyTo(row);
                     for (int t = 0; t < Prefix; t++)
                     {
-                        TensorPrimitives.Multiply(row, new ReadOnlySpan<float>(Key(t, h, merge.Index[t]), D), row);
+                        TensorPrimitives.Multiply(row, new ReadOnlySpan<float>(Key(t, h0 + (item / count), merge.Index[t]), D), row);
                     }
                 }
             });
 
             fixed (float* vq = work.VirtualQueries, po = work.Partial, ps = work.Stats)
             {
-                // Every virtual row attends to the same keys: one head of count x tuples rows.
-                AttentionArgs args = AttentionArgs.FromShape(new AttentionShape(1, 1, (int)rows, lastHi - lastLo + 1, D, Dv));
+                // Every virtual row of a head attends to the same keys: heads of count x tuples rows each.
+                AttentionArgs args = AttentionArgs.FromShape(new AttentionShape(1, heads, (int)rows, lastHi - lastLo + 1, D, Dv));
                 args.Query = vq;
-                args.Key = Key(Prefix, h, lastLo);
-                args.Value = Value(Prefix, h, lastLo);
+                args.Key = Key(Prefix, h0, lastLo);
+                args.Value = Value(Prefix, h0, lastLo);
                 args.Output = po;
                 args.RowStats = ps;
                 args.Scale = scale;
@@ -144,8 +148,9 @@ public static partial class TensorAttention
             // along dv, queries in parallel when threads allow. Products are summed in float in blocks of MergeBlock tuples, the
             // blocks in double (error ~ (MergeBlock + tuples / MergeBlock) ulp instead of tuples ulp).
             float[] partials = work.Partial, statistics = work.Stats;
-            ForQueries(count, threads, work, (x, merge) =>
+            ForQueries(heads * count, threads, work, (item, merge) =>
             {
+                int h = h0 + (item / count), x = item % count;
                 int[] index = merge.Index;
                 float[] product = merge.Product, block = merge.Block;
                 double[] acc = merge.Sum;
@@ -154,14 +159,14 @@ public static partial class TensorAttention
                 float max = float.NegativeInfinity;
                 for (int tuple = 0; tuple < tuples; tuple++)
                 {
-                    max = MathF.Max(max, statistics[2 * ((x * tuples) + tuple)]);
+                    max = MathF.Max(max, statistics[2 * ((item * tuples) + tuple)]);
                 }
 
                 double total = 0;
                 int inBlock = 0;
                 for (int tuple = 0; tuple < tuples && !float.IsNegativeInfinity(max); tuple++)
                 {
-                    int r = (x * tuples) + tuple;
+                    int r = (item * tuples) + tuple;
                     double w = statistics[(2 * r) + 1] * double.Exp2(statistics[2 * r] - (double)max); // the kernel's maxes are base 2
                     if (w == 0)
                     {
