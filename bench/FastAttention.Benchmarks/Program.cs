@@ -2,8 +2,17 @@ using BenchmarkDotNet.Running;
 
 namespace FastAttention.Benchmarks;
 
-/// <summary>Runs the benchmarks: <c>dotnet run -c Release --project bench/FastAttention.Benchmarks -- --filter '*'</c>.</summary>
+/// <summary>Runs the benchmarks: <c>dotnet run -c Release --project bench/FastAttention.Benchmarks -- --filter '*'</c>; <c>-- tensor-heads</c> runs <see cref="TensorHeadsTimer"/>.</summary>
 public static class Program
 {
-    public static void Main(string[] args) => BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+    public static void Main(string[] args)
+    {
+        if (args is ["tensor-heads", ..])
+        {
+            TensorHeadsTimer.Run(args); // a Stopwatch timer, not BenchmarkDotNet
+            return;
+        }
+
+        BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+    }
 }

@@ -42,32 +42,13 @@ public static partial class TensorAttention
         ReadOnlySpan<float> logSumExpGradient = default)
     {
         RequireOrder3(shape);
-        ReadOnlyMemory<float>[] keys = [key1.ToArray(), key2.ToArray()], values = [value1.ToArray(), value2.ToArray()];
-        CheckInputs(query, keys, values, shape);
-        CheckBackwardLengths(output, outputGradient, logSumExp, shape);
-        FastAttention.Validate.Length(queryGradient.Length, shape.QueryLength, nameof(queryGradient), "[h, nq, d]", shape);
-        FastAttention.Validate.Length(key1Gradient.Length, shape.KeyLength, nameof(key1Gradient), "[h, nk, d]", shape);
-        FastAttention.Validate.Length(key2Gradient.Length, shape.KeyLength, nameof(key2Gradient), "[h, nk, d]", shape);
-        FastAttention.Validate.Length(value1Gradient.Length, shape.ValueLength, nameof(value1Gradient), "[h, nk, dv]", shape);
-        FastAttention.Validate.Length(value2Gradient.Length, shape.ValueLength, nameof(value2Gradient), "[h, nk, dv]", shape);
-        var inputs = new BackwardInputs(query, key1, key2, value1, value2, output, outputGradient, logSumExp);
-        inputs.Apart(queryGradient, nameof(queryGradient));
-        inputs.Apart(key1Gradient, nameof(key1Gradient));
-        inputs.Apart(key2Gradient, nameof(key2Gradient));
-        inputs.Apart(value1Gradient, nameof(value1Gradient));
-        inputs.Apart(value2Gradient, nameof(value2Gradient));
-        Apart(key1Gradient, nameof(key1Gradient), queryGradient, nameof(queryGradient));
-        Apart(key2Gradient, nameof(key2Gradient), queryGradient, nameof(queryGradient));
-        Apart(key2Gradient, nameof(key2Gradient), key1Gradient, nameof(key1Gradient));
-        Apart(value1Gradient, nameof(value1Gradient), queryGradient, nameof(queryGradient));
-        Apart(value1Gradient, nameof(value1Gradient), key1Gradient, nameof(key1Gradient));
-        Apart(value1Gradient, nameof(value1Gradient), key2Gradient, nameof(key2Gradient));
-        Apart(value2Gradient, nameof(value2Gradient), queryGradient, nameof(queryGradient));
-        Apart(value2Gradient, nameof(value2Gradient), key1Gradient, nameof(key1Gradient));
-        Apart(value2Gradient, nameof(value2Gradient), key2Gradient, nameof(key2Gradient));
-        Apart(value2Gradient, nameof(value2Gradient), value1Gradient, nameof(value1Gradient));
-        CheckWindowsAndFinite(query, keys, values, shape, options);
-        CheckBackwardFinite(output, outputGradient, logSumExp, shape);
+        fixed (float* k1 = key1, k2 = key2, v1 = value1, v2 = value2)
+        {
+            ReadOnlyMemory<float>[] keys = [PinnedMemory.Over(k1, key1.Length), PinnedMemory.Over(k2, key2.Length)];
+            ReadOnlyMemory<float>[] values = [PinnedMemory.Over(v1, value1.Length), PinnedMemory.Over(v2, value2.Length)];
+            Check3(query, keys, values, output, outputGradient, logSumExp, shape, queryGradient, key1Gradient, key2Gradient, value1Gradient, value2Gradient, options);
+        }
+
         if (!logSumExpGradient.IsEmpty)
         {
             FastAttention.Validate.Length(logSumExpGradient.Length, (long)shape.HeadCount * shape.QueryCount, nameof(logSumExpGradient), "[h, nq]", shape);
@@ -92,18 +73,36 @@ public static partial class TensorAttention
             (int lo2, int hi2) = KeyRange(shape, limits, i, 1);
             return (lo1, hi1, lo2, hi2);
         };
+
+        // Small heads run in parallel, one thread each; large ones one after another on every thread. The chunks of a head
+        // and their order of summation are the same either way, so a head's bits do not depend on the choice.
+        int threads = options.MaxDegreeOfParallelism;
+        bool parallelHeads = HeadsInParallel(shape.HeadCount, FlopCount.TensorAttentionBackward(shape, options) / shape.HeadCount, threads);
         fixed (float* q = query, k1 = key1, k2 = key2, v1 = value1, v2 = value2, dO = outputGradient, lse = logSumExp, dots = rowDot)
         fixed (float* dq = queryGradient, dk1 = key1Gradient, dk2 = key2Gradient, dv1 = value1Gradient, dv2 = value2Gradient)
         {
-            for (int h = 0; h < shape.HeadCount; h++)
+            var heads = new TensorBackwardHead[shape.HeadCount];
+            for (int h = 0; h < heads.Length; h++)
             {
                 long qo = (long)h * nq * d, ko = (long)h * nk * d, vo = (long)h * nk * dv, oo = (long)h * nq * dv;
-                var head = new TensorBackwardHead
+                heads[h] = new TensorBackwardHead
                 {
                     Query = q + qo, Key1 = k1 + ko, Key2 = k2 + ko, Value1 = v1 + vo, Value2 = v2 + vo, OutputGradient = dO + oo, LogSumExp = lse + ((long)h * nq), RowDot = dots + ((long)h * nq),
                     QueryGradient = dq + qo, Key1Gradient = dk1 + ko, Key2Gradient = dk2 + ko, Value1Gradient = dv1 + vo, Value2Gradient = dv2 + vo,
                 };
-                RunHead(width, head, nq, nk, d, dv, scale, ranges, options.MaxDegreeOfParallelism);
+            }
+
+            if (parallelHeads)
+            {
+                ParallelWork.Run(heads.Length, threads, () => new TensorBackwardBuffers(), (h, buffers) => RunHead(width, heads[h], nq, nk, d, dv, scale, ranges, 1, buffers));
+            }
+            else
+            {
+                using var buffers = new TensorBackwardBuffers();
+                foreach (TensorBackwardHead head in heads)
+                {
+                    RunHead(width, head, nq, nk, d, dv, scale, ranges, threads, buffers);
+                }
             }
         }
 
@@ -187,20 +186,53 @@ public static partial class TensorAttention
         return new AttentionRun("tensor-backward-tuples", FlopCount.TensorAttentionBackward(shape, options));
     }
 
+    /// <summary>The order-3 backward's checks, in the validator's order: shape and input lengths, gradient lengths, overlaps, windows and finiteness.</summary>
+    private static void Check3(ReadOnlySpan<float> query, ReadOnlyMemory<float>[] keys, ReadOnlyMemory<float>[] values, ReadOnlySpan<float> output, ReadOnlySpan<float> outputGradient,
+        ReadOnlySpan<float> logSumExp, TensorAttentionShape shape, Span<float> queryGradient, Span<float> key1Gradient, Span<float> key2Gradient, Span<float> value1Gradient,
+        Span<float> value2Gradient, TensorAttentionOptions options)
+    {
+        ReadOnlySpan<float> key1 = keys[0].Span, key2 = keys[1].Span, value1 = values[0].Span, value2 = values[1].Span;
+        CheckInputs(query, keys, values, shape);
+        CheckBackwardLengths(output, outputGradient, logSumExp, shape);
+        FastAttention.Validate.Length(queryGradient.Length, shape.QueryLength, nameof(queryGradient), "[h, nq, d]", shape);
+        FastAttention.Validate.Length(key1Gradient.Length, shape.KeyLength, nameof(key1Gradient), "[h, nk, d]", shape);
+        FastAttention.Validate.Length(key2Gradient.Length, shape.KeyLength, nameof(key2Gradient), "[h, nk, d]", shape);
+        FastAttention.Validate.Length(value1Gradient.Length, shape.ValueLength, nameof(value1Gradient), "[h, nk, dv]", shape);
+        FastAttention.Validate.Length(value2Gradient.Length, shape.ValueLength, nameof(value2Gradient), "[h, nk, dv]", shape);
+        var inputs = new BackwardInputs(query, key1, key2, value1, value2, output, outputGradient, logSumExp);
+        inputs.Apart(queryGradient, nameof(queryGradient));
+        inputs.Apart(key1Gradient, nameof(key1Gradient));
+        inputs.Apart(key2Gradient, nameof(key2Gradient));
+        inputs.Apart(value1Gradient, nameof(value1Gradient));
+        inputs.Apart(value2Gradient, nameof(value2Gradient));
+        Apart(key1Gradient, nameof(key1Gradient), queryGradient, nameof(queryGradient));
+        Apart(key2Gradient, nameof(key2Gradient), queryGradient, nameof(queryGradient));
+        Apart(key2Gradient, nameof(key2Gradient), key1Gradient, nameof(key1Gradient));
+        Apart(value1Gradient, nameof(value1Gradient), queryGradient, nameof(queryGradient));
+        Apart(value1Gradient, nameof(value1Gradient), key1Gradient, nameof(key1Gradient));
+        Apart(value1Gradient, nameof(value1Gradient), key2Gradient, nameof(key2Gradient));
+        Apart(value2Gradient, nameof(value2Gradient), queryGradient, nameof(queryGradient));
+        Apart(value2Gradient, nameof(value2Gradient), key1Gradient, nameof(key1Gradient));
+        Apart(value2Gradient, nameof(value2Gradient), key2Gradient, nameof(key2Gradient));
+        Apart(value2Gradient, nameof(value2Gradient), value1Gradient, nameof(value1Gradient));
+        CheckWindowsAndFinite(query, keys, values, shape, options);
+        CheckBackwardFinite(output, outputGradient, logSumExp, shape);
+    }
+
     /// <summary>One head on the vector width <paramref name="width"/> (v512, v256 or scalar).</summary>
-    private static void RunHead(string width, in TensorBackwardHead head, int nq, int nk, int d, int dv, float scale, Func<int, (int, int, int, int)> ranges, int threads)
+    private static void RunHead(string width, in TensorBackwardHead head, int nq, int nk, int d, int dv, float scale, Func<int, (int, int, int, int)> ranges, int threads, TensorBackwardBuffers buffers)
     {
         if (width == "v512")
         {
-            TensorBackwardKernel<Simd512, Vector512<float>>.Run(head, nq, nk, d, dv, scale, ranges, threads);
+            TensorBackwardKernel<Simd512, Vector512<float>>.Run(head, nq, nk, d, dv, scale, ranges, threads, buffers);
         }
         else if (width == "v256")
         {
-            TensorBackwardKernel<Simd256, Vector256<float>>.Run(head, nq, nk, d, dv, scale, ranges, threads);
+            TensorBackwardKernel<Simd256, Vector256<float>>.Run(head, nq, nk, d, dv, scale, ranges, threads, buffers);
         }
         else
         {
-            TensorBackwardKernel<SimdScalar, float>.Run(head, nq, nk, d, dv, scale, ranges, threads);
+            TensorBackwardKernel<SimdScalar, float>.Run(head, nq, nk, d, dv, scale, ranges, threads, buffers);
         }
     }
 

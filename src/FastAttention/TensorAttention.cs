@@ -30,11 +30,14 @@ public static partial class TensorAttention
     /// <param name="destination">Output, <c>[h, nq, dv]</c>.</param>
     /// <param name="options">Scale, causal, windows, threads.</param>
     /// <returns>The kernel used and the flops (<c>2 (d + dv)</c> per visible (query, j1, j2) triple).</returns>
-    public static AttentionRun Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key1, ReadOnlySpan<float> key2, ReadOnlySpan<float> value1, ReadOnlySpan<float> value2,
+    public static unsafe AttentionRun Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key1, ReadOnlySpan<float> key2, ReadOnlySpan<float> value1, ReadOnlySpan<float> value2,
         TensorAttentionShape shape, Span<float> destination, TensorAttentionOptions options = default)
     {
         RequireOrder3(shape);
-        return Compute(query, [key1.ToArray(), key2.ToArray()], [value1.ToArray(), value2.ToArray()], shape, destination, options);
+        fixed (float* k1 = key1, k2 = key2, v1 = value1, v2 = value2)
+        {
+            return Compute(query, [PinnedMemory.Over(k1, key1.Length), PinnedMemory.Over(k2, key2.Length)], [PinnedMemory.Over(v1, value1.Length), PinnedMemory.Over(v2, value2.Length)], shape, destination, options);
+        }
     }
 
     /// <summary>
@@ -54,11 +57,14 @@ public static partial class TensorAttention
     /// <param name="options">Scale, causal, windows, threads.</param>
     /// <returns>The kernel used and the flops.</returns>
     /// <exception cref="ArgumentException">As for the overload without <paramref name="logSumExp"/>, or its length is not <c>h nq</c>.</exception>
-    public static AttentionRun Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key1, ReadOnlySpan<float> key2, ReadOnlySpan<float> value1, ReadOnlySpan<float> value2,
+    public static unsafe AttentionRun Compute(ReadOnlySpan<float> query, ReadOnlySpan<float> key1, ReadOnlySpan<float> key2, ReadOnlySpan<float> value1, ReadOnlySpan<float> value2,
         TensorAttentionShape shape, Span<float> destination, Span<float> logSumExp, TensorAttentionOptions options = default)
     {
         RequireOrder3(shape);
-        return Compute(query, [key1.ToArray(), key2.ToArray()], [value1.ToArray(), value2.ToArray()], shape, destination, logSumExp, options);
+        fixed (float* k1 = key1, k2 = key2, v1 = value1, v2 = value2)
+        {
+            return Compute(query, [PinnedMemory.Over(k1, key1.Length), PinnedMemory.Over(k2, key2.Length)], [PinnedMemory.Over(v1, value1.Length), PinnedMemory.Over(v2, value2.Length)], shape, destination, logSumExp, options);
+        }
     }
 
     /// <summary>Computes exact order-k tensor attention into <paramref name="destination"/> and each query's log-sum-exp (base e, <c>-inf</c> for a query that sees no tuple) into <paramref name="logSumExp"/>; the output has the same bits as without it.</summary>
@@ -125,11 +131,7 @@ public static partial class TensorAttention
         fixed (float* q = query, o = destination)
         {
             var problem = new Problem(shape, (nint)q, pinned.Keys, pinned.Values, (nint)o, logSumExp, scale, options, kernel);
-            double visible = 0;
-            for (int h = 0; h < shape.HeadCount; h++)
-            {
-                visible += options.Causal || options.Windows is not null ? problem.RunPerQuery(h) : problem.RunShared(h);
-            }
+            double visible = options.Causal || options.Windows is not null ? problem.RunPerQuery() : problem.RunShared();
 
             FiniteCheck.RequireFiniteResult(destination, shape.ValueDim, scale);
 

@@ -4,7 +4,9 @@ namespace FastAttention.Kernels;
 /// Runs independent work items on up to <c>maxDegree</c> threads, handing items out one at a time
 /// from a shared counter so the threads finish together even when items differ in cost (causal
 /// tiles, edge blocks). Each thread creates its per-thread state once. Items must not depend on
-/// which thread runs them; then the results do not depend on the thread count.
+/// which thread runs them; then the results do not depend on the thread count. One worker runs the
+/// items in order on the calling thread (no task, no closure over a counter): the engines call this
+/// once per head or per small call, where a parallel region's launch would cost more than the work.
 /// </summary>
 internal static class ParallelWork
 {
@@ -14,6 +16,17 @@ internal static class ParallelWork
         int workers = Math.Min(items, maxDegree > 0 ? maxDegree : Environment.ProcessorCount);
         if (workers <= 0)
         {
+            return;
+        }
+
+        if (workers == 1)
+        {
+            using TState only = createState();
+            for (int item = 0; item < items; item++)
+            {
+                body(item, only);
+            }
+
             return;
         }
 

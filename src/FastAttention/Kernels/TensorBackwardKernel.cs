@@ -46,8 +46,13 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
 
     private static int R => MicroKernel<TS, TV>.TallRows;
 
-    /// <summary>Runs one head: <paramref name="ranges"/> gives each query's visible [lo, hi] for j1 and j2.</summary>
-    public static void Run(in TensorBackwardHead head, int nq, int nk, int d, int dv, float scale, Func<int, (int Lo1, int Hi1, int Lo2, int Hi2)> ranges, int threads)
+    /// <summary>
+    /// Runs one head: <paramref name="ranges"/> gives each query's visible [lo, hi] for j1 and j2. The padded copies, the
+    /// partials and (with one thread) the tile scratch come from <paramref name="buffers"/>, which a caller running many heads
+    /// keeps across them.
+    /// </summary>
+    public static void Run(in TensorBackwardHead head, int nq, int nk, int d, int dv, float scale, Func<int, (int Lo1, int Hi1, int Lo2, int Hi2)> ranges, int threads,
+        TensorBackwardBuffers buffers)
     {
         int dp = RoundUp(d, Columns), dvp = RoundUp(dv, Columns), t2 = Tile2;
         int rows1 = nk + Tile1, rows2 = nk + t2;
@@ -55,32 +60,38 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
         // Zero-padded copies: K1 [rows1, dp], V1 [rows1, dvp], K2 [rows2, dp], V2 [rows2, dvp].
         long k1Size = (long)rows1 * dp, v1Size = (long)rows1 * dvp, k2Size = (long)rows2 * dp, v2Size = (long)rows2 * dvp;
         long shared = k1Size + v1Size + k2Size + v2Size;
-        using NativeBufferPool.Buffer copies = NativeBufferPool.Rent(shared);
-        float* k1 = copies.Pointer, v1 = k1 + k1Size, k2 = v1 + v1Size, v2 = k2 + k2Size;
-        new Span<float>(k1, (int)shared).Clear();
-        Pad(head.Key1, nk, d, k1, dp);
-        Pad(head.Value1, nk, dv, v1, dvp);
-        Pad(head.Key2, nk, d, k2, dp);
-        Pad(head.Value2, nk, dv, v2, dvp);
+        // The products and packs read rows below nk + Columns + R only (a tile's rows rounded up to R, its columns to Columns):
+        // only those padding rows are cleared, and the rest of the copies is never read.
+        float* k1 = buffers.Get(0, shared), v1 = k1 + k1Size, k2 = v1 + v1Size, v2 = k2 + k2Size;
+        int read = nk + Columns + R;
+        Pad(head.Key1, nk, d, k1, Math.Min(rows1, read), dp);
+        Pad(head.Value1, nk, dv, v1, Math.Min(rows1, read), dvp);
+        Pad(head.Key2, nk, d, k2, Math.Min(rows2, read), dp);
+        Pad(head.Value2, nk, dv, v2, Math.Min(rows2, read), dvp);
 
-        // Each chunk's partial dK1, dV1, dK2, dV2, laid out like the padded copies.
+        // Each chunk's partial dK1, dV1, dK2, dV2, laid out like the padded copies. The products write rows below nk + R
+        // only (dK2 and dV2 take j2 rows in groups of R), so only those are cleared and the rest is never read.
         int chunks = Math.Min(nq, Chunks);
         long partial = k1Size + v1Size + k2Size + v2Size;
-        using NativeBufferPool.Buffer partials = NativeBufferPool.Rent(chunks * partial);
-        float* all = partials.Pointer;
+        float* all = buffers.Get(1, chunks * partial);
+        int written = Math.Min(nk + R, rows1);
         TensorBackwardHead h = head;
         nint k1n = (nint)k1, v1n = (nint)v1, k2n = (nint)k2, v2n = (nint)v2, alln = (nint)all;
         long scratchSize = ((long)Tile1 * (dp + dvp) * 2) + (2L * Tile1 * t2) + dp + R + ((long)rows2 * (d + dv));
-        ParallelWork.Run(chunks, threads, () => NativeBufferPool.Rent(scratchSize), (item, scratch) =>
+        Func<TensorBackwardBuffers.Lease> scratch = threads == 1 ? () => buffers.Borrow(2, scratchSize) : () => TensorBackwardBuffers.Lease.Rent(scratchSize);
+        ParallelWork.Run(chunks, threads, scratch, (item, lease) =>
         {
             int c = chunks - 1 - item; // later queries see more keys when causal: heaviest first
             float* mine = (float*)alln + (c * partial);
-            new Span<float>(mine, (int)partial).Clear();
+            new Span<float>(mine, written * dp).Clear();
+            new Span<float>(mine + k1Size, written * dvp).Clear();
+            new Span<float>(mine + k1Size + v1Size, written * dp).Clear();
+            new Span<float>(mine + k1Size + v1Size + k2Size, written * dvp).Clear();
             var work = new Chunk
             {
                 K1 = (float*)k1n, V1 = (float*)v1n, K2 = (float*)k2n, V2 = (float*)v2n,
                 DK1 = mine, DV1 = mine + k1Size, DK2 = mine + k1Size + v1Size, DV2 = mine + k1Size + v1Size + k2Size,
-                D = d, Dv = dv, Dp = dp, Dvp = dvp, Scratch = scratch.Pointer,
+                D = d, Dv = dv, Dp = dp, Dvp = dvp, Scratch = lease.Pointer,
             };
             for (int i = (int)((long)c * nq / chunks); i < (int)((long)(c + 1) * nq / chunks); i++)
             {
@@ -89,11 +100,12 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
         });
 
         // Sum the chunks in their fixed order (in double), scale by s, drop the padding.
-        Reduce(all, chunks, partial, 0, nk, d, dp, scale, head.Key1Gradient);
-        Reduce(all, chunks, partial, k1Size, nk, dv, dvp, 1f, head.Value1Gradient);
+        double[] sums = buffers.Sums(nk * Math.Max(d, dv));
+        Reduce(all, chunks, partial, 0, nk, d, dp, scale, head.Key1Gradient, sums);
+        Reduce(all, chunks, partial, k1Size, nk, dv, dvp, 1f, head.Value1Gradient, sums);
         float log2Scale = scale * VectorMath.Log2E; // A carried it: dK2's factor is s / (s log2 e), and 0 for s = 0 (A was 0)
-        Reduce(all, chunks, partial, k1Size + v1Size, nk, d, dp, log2Scale == 0 ? 0 : scale / (double)log2Scale, head.Key2Gradient);
-        Reduce(all, chunks, partial, k1Size + v1Size + k2Size, nk, dv, dvp, 1f, head.Value2Gradient);
+        Reduce(all, chunks, partial, k1Size + v1Size, nk, d, dp, log2Scale == 0 ? 0 : scale / (double)log2Scale, head.Key2Gradient, sums);
+        Reduce(all, chunks, partial, k1Size + v1Size + k2Size, nk, dv, dvp, 1f, head.Value2Gradient, sums);
     }
 
     /// <summary>One chunk's view: the shared padded inputs, its partial gradients and its thread's scratch.</summary>
@@ -126,10 +138,11 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
 
             // K2^T and V2^T over the query's j2 range, one contiguous [d][Tile2] block per j2 tile: the score products' B
             // panels then sit on a few pages (K2's transpose with a row stride of nk would put each of d rows on its own).
-            int tiles2 = (box.Hi2 - box.Lo2 + t2) / t2;
+            // Only the columns the products read are packed: the last tile's up to its width rounded to the micro-kernel's.
+            int tiles2 = (box.Hi2 - box.Lo2 + t2) / t2, packed = RoundUp(box.Hi2 - box.Lo2 + 1, Columns);
             float* k2t = ones + R, v2t = k2t + ((long)tiles2 * D * t2);
-            PackTransposed(K2 + ((long)box.Lo2 * Dp), Dp, D, tiles2, t2, k2t);
-            PackTransposed(V2 + ((long)box.Lo2 * Dvp), Dvp, Dv, tiles2, t2, v2t);
+            PackTransposed(K2 + ((long)box.Lo2 * Dp), Dp, D, packed, t2, k2t);
+            PackTransposed(V2 + ((long)box.Lo2 * Dvp), Dvp, Dv, packed, t2, v2t);
             float rowDot = head.RowDot[i];
             // A carries the forward's factor s log2 e, applied as the forward applies it (to q o k1, in float), so S is the
             // forward's base-2 score to the bit when it ran the tiled kernel: P = 2^(S - L log2 e) is then consistent with
@@ -256,21 +269,25 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
         }
     }
 
-    private static void Pad(float* source, int rows, int width, float* target, int paddedWidth)
+    /// <summary>rows x width of the source into the first rows of a [paddedRows, paddedWidth] target, zero everywhere else.</summary>
+    private static void Pad(float* source, int rows, int width, float* target, int paddedRows, int paddedWidth)
     {
         for (int r = 0; r < rows; r++)
         {
             new ReadOnlySpan<float>(source + ((long)r * width), width).CopyTo(new Span<float>(target + ((long)r * paddedWidth), width));
+            new Span<float>(target + ((long)r * paddedWidth) + width, paddedWidth - width).Clear();
         }
+
+        new Span<float>(target + ((long)rows * paddedWidth), (paddedRows - rows) * paddedWidth).Clear();
     }
 
-    /// <summary>Rows 0 .. tiles x tile of the padded source as tiles of <c>[width][tile]</c> (its transpose, tile by tile).</summary>
-    private static void PackTransposed(float* source, int stride, int width, int tiles, int tile, float* target)
+    /// <summary>Rows 0 .. count of the padded source as tiles of <c>[width][tile]</c> (its transpose, tile by tile); the rest of the last tile is left as it is.</summary>
+    private static void PackTransposed(float* source, int stride, int width, int count, int tile, float* target)
     {
-        for (int x = 0; x < tiles; x++)
+        for (int x = 0; x * tile < count; x++)
         {
             float* block = target + ((long)x * width * tile);
-            for (int j = 0; j < tile; j++)
+            for (int j = 0; j < Math.Min(tile, count - (x * tile)); j++)
             {
                 float* row = source + ((long)((x * tile) + j) * stride);
                 for (int l = 0; l < width; l++)
@@ -281,21 +298,28 @@ internal static unsafe class TensorBackwardKernel<TS, TV>
         }
     }
 
-    /// <summary>target[j, l] = factor * sum over chunks (in order, in double) of the chunk's partial at <paramref name="offset"/>.</summary>
-    private static void Reduce(float* all, int chunks, long partial, long offset, int nk, int width, int paddedWidth, double factor, float* target)
+    /// <summary>
+    /// target[j, l] = factor * sum over chunks (in order, in double) of the chunk's partial at <paramref name="offset"/>; the chunks
+    /// are added one whole partial at a time into <paramref name="sums"/> (sequential reads), each element in chunk order.
+    /// </summary>
+    private static void Reduce(float* all, int chunks, long partial, long offset, int nk, int width, int paddedWidth, double factor, float* target, double[] sums)
     {
-        for (int j = 0; j < nk; j++)
+        Array.Clear(sums, 0, nk * width);
+        for (int c = 0; c < chunks; c++)
         {
-            for (int l = 0; l < width; l++)
+            float* source = all + (c * partial) + offset;
+            for (int j = 0; j < nk; j++)
             {
-                double sum = 0;
-                for (int c = 0; c < chunks; c++)
+                for (int l = 0; l < width; l++)
                 {
-                    sum += all[(c * partial) + offset + ((long)j * paddedWidth) + l];
+                    sums[(j * width) + l] += source[((long)j * paddedWidth) + l];
                 }
-
-                target[((long)j * width) + l] = (float)(factor * sum);
             }
+        }
+
+        for (int x = 0; x < nk * width; x++)
+        {
+            target[x] = (float)(factor * sums[x]);
         }
     }
 

@@ -89,7 +89,8 @@ internal static unsafe class TiledAttention<TS, TV>
             // Pass 0: pack each (batch, kv head) of this pass once, in parallel chunks of keys (one head's packing
             // done serially was ~5% of a 4096-token call and capped the two-thread speed-up):
             // K into [nk/strip][d][strip] panels, V (if copied) into [nk][dv rounded up to a vector].
-            Parallel.For(0, passGroups * packChunks, options, item =>
+            // One thread (the tensor engine's small calls) packs inline: a parallel region costs more than a small pack.
+            ForEach(passGroups * packChunks, options, item =>
             {
                 int slot = item / packChunks, g = g0 + slot;
                 int j0 = item % packChunks * PackChunk, j1 = Math.Min(paddedKeys, j0 + PackChunk);
@@ -116,6 +117,22 @@ internal static unsafe class TiledAttention<TS, TV>
                 RunTile(in a, bh / a.Heads, bh % a.Heads, tile * QueryTile, keys + (slot * keyPanelSize), values, paddedValueDim, scratch);
             });
         }
+    }
+
+    /// <summary>Parallel.For over 0 .. count, or a plain loop when one thread (or one item) is all there is.</summary>
+    private static void ForEach(int count, ParallelOptions options, Action<int> body)
+    {
+        if (options.MaxDegreeOfParallelism == 1 || count == 1)
+        {
+            for (int item = 0; item < count; item++)
+            {
+                body(item);
+            }
+
+            return;
+        }
+
+        Parallel.For(0, count, options, body);
     }
 
     // Kernels are compiled fully optimised at once: tiering's instrumented and OSR versions run the
