@@ -17,7 +17,7 @@ internal static class MatchCommand
         new("layers", "L", "match3/match2: attention layers (default 1)"),
         new("n", "N", "match3/match2: sequence length (default 32)"),
         new("m", "M", "match3/match2: the modulus (default: the smallest prime >= 2 N^2)"),
-        new("steps", "S", "match3/match2: optimizer steps, each on a fresh batch (default: match3 4000, 3000 at N >= 64, 1500 at N >= 128; match2 600)"),
+        new("steps", "S", "match3/match2: optimizer steps, each on a fresh batch (default: match3 2000, match2 400)"),
         new("frequencies", "F", "match3/match2: Fourier frequencies of the value embedding (default 32)"),
         new("curriculum", "N0", "match3/match2: start at length N0 and grow to N over the first half of the steps (default 8 for match3 at N > 16; N for none)"),
         new("causal", null, "match3/match2: the causal task (witnesses j <= i) with a causal model"),
