@@ -151,7 +151,7 @@ public static partial class Experiments
 
         if (probe is double seconds)
         {
-            md.AppendLine(string.Create(inv, $"N = 128 is not trained here: one training step of the tensor head at N = 128 (batch {sample.BatchSize}, forward and backward over 128^3 query-pair scores per sequence) took {seconds:F2} s on this machine, so the recipe's {sample.Steps:N0} steps would take about {seconds * sample.Steps / 3600 * 0.6:F1} h even with the curriculum's shorter early steps (about 60% of the full-length cost). The model has no positions, so the N = 64 rows show how far one set of weights goes."));
+            md.AppendLine(string.Create(inv, $"N = 128 is not trained here: one training step of the tensor head at N = 128 (batch {sample.BatchSize}, forward and backward over 128^3 query-pair scores per sequence) took {seconds:F2} s on this machine, so the recipe's {sample.Steps:N0} steps would take about {seconds * sample.Steps / 3600 * 0.6:F1} h even with the curriculum's shorter early steps (about 60% of the full-length cost)."));
             md.AppendLine();
         }
 
