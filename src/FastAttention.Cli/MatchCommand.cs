@@ -145,8 +145,8 @@ internal static class MatchCommand
         }
 
         bool causal = o.Flag("causal") || window is not null;
-        int n = o.Int("n", 1, 4096) ?? 32;
-        int m = o.Int("m", 2, int.MaxValue) ?? MatchTask.DefaultModulus(kind, n);
+        int n = o.Int("n", 1, MatchTask.MaxLength) ?? 32;
+        int m = o.Int("m", 2, MatchTask.MaxModulus) ?? MatchTask.DefaultModulus(kind, n);
         var task = new MatchTask(kind, n, m, causal, kind == MatchKind.Match3 ? window?.Item1 : window is { } both ? Math.Min(both.Item1, both.Item2) : null, kind == MatchKind.Match3 ? window?.Item2 : null);
         var config = new MatchModelConfig(attention, HeadDim: o.Int("head-dim", 1, 1024) ?? 64, Heads: o.Int("heads", 1, 64) ?? 1, Layers: o.Int("layers", 1, 16) ?? 1,
             Frequencies: o.Int("frequencies", 1, 4096) ?? 32, Causal: causal, Window: window, Scale: o.Double("scale", positive: true));

@@ -53,7 +53,8 @@ internal sealed class TensorAttentionFunction : SingleTensorFunction<TensorAtten
         var gradient = grad_output.to_type(ScalarType.Float32);
         long dv = output.size(-1);
         var dO = withLogSumExp ? gradient.narrow(-1, 0, dv).contiguous() : gradient.contiguous();
-        var dL = withLogSumExp ? gradient.select(-1, dv).contiguous() : null;
+        // A query that sees no pair (L = -inf) has P = 0: whatever reaches its log-sum-exp does not matter, so it is zeroed.
+        var dL = withLogSumExp ? where(logSumExp.isneginf(), zeros_like(logSumExp), gradient.select(-1, dv)).contiguous() : null;
         if (TensorViews.NonFinite(dO) || (dL is not null && TensorViews.NonFinite(dL)))
         {
             return [.. TensorViews.NaNGradients(inputs), null!];

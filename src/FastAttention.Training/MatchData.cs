@@ -26,6 +26,12 @@ public enum MatchKind
 /// for windows <c>(w1, w2)</c> with <c>w2 &lt; w1</c>.</param>
 public sealed record MatchTask(MatchKind Kind, int Length, int Modulus, bool Causal = false, int? Span = null, int? Span2 = null)
 {
+    /// <summary>The longest sequence a task may have.</summary>
+    public const int MaxLength = 2048;
+
+    /// <summary>The largest modulus a task may have (2^24).</summary>
+    public const int MaxModulus = 1 << 24;
+
     /// <summary>The smallest modulus at which the generator can always draw a negative: more than the values a full sequence can forbid.</summary>
     /// <param name="kind">The task.</param>
     /// <param name="length">The sequence length.</param>
@@ -60,9 +66,14 @@ public sealed record MatchTask(MatchKind Kind, int Length, int Modulus, bool Cau
     /// <summary>Throws an <see cref="ArgumentException"/> naming the field that cannot make a task.</summary>
     public void Validate()
     {
-        if (Length < 1 || Length > 1 << 16)
+        if (Length < 1 || Length > MaxLength)
         {
-            throw new ArgumentException($"sequence length N = {Length} must be in 1..65536.", nameof(Length));
+            throw new ArgumentException($"sequence length N = {Length} must be in 1..{MaxLength}.", nameof(Length));
+        }
+
+        if (Modulus > MaxModulus)
+        {
+            throw new ArgumentException($"modulus M = {Modulus} is larger than {MaxModulus:N0} (the generator keeps tables of M entries per sequence).", nameof(Modulus));
         }
 
         int minimum = MinimumModulus(Kind, Length);
@@ -191,7 +202,7 @@ public static class MatchData
                 {
                     for (int b = a; b < n; b++)
                     {
-                        present[(values[a] + values[b]) % m] = true;
+                        present[(int)(((long)values[a] + values[b]) % m)] = true;
                     }
                 }
                 else
@@ -210,7 +221,7 @@ public static class MatchData
                 {
                     for (int j = 0; j <= i; j++)
                     {
-                        present[(values[i] + values[j]) % m] = true;
+                        present[(int)(((long)values[i] + values[j]) % m)] = true;
                     }
                 }
                 else
@@ -348,7 +359,7 @@ public static class MatchData
             {
                 foreach (int a in written)
                 {
-                    pairSum[(a + v) % m] = true;
+                    pairSum[(int)(((long)a + v) % m)] = true;
                 }
 
                 pairSum[(int)(2L * v % m)] = true;

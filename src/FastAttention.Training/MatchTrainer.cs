@@ -106,7 +106,7 @@ public sealed record MatchResult(bool Completed, IReadOnlyList<MatchPoint> Curve
     /// <summary>The first step whose test accuracy reached <paramref name="accuracy"/>, or null.</summary>
     /// <param name="accuracy">The level.</param>
     /// <returns>The step.</returns>
-    public int? StepReaching(double accuracy) => Curve.FirstOrDefault(p => p.TestAccuracy >= accuracy) is { Step: > 0 } p ? p.Step : null;
+    public int? StepReaching(double accuracy) => Curve.Where(p => p.Step > 0).FirstOrDefault(p => p.TestAccuracy >= accuracy) is { Step: > 0 } p ? p.Step : null;
 }
 
 /// <summary>

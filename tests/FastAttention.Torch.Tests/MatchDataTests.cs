@@ -85,6 +85,42 @@ public sealed class MatchDataTests
         Assert.True(hits / (300.0 * n) < 0.4, $"uniform sequences gave {hits / (300.0 * n):P1} positives");
     }
 
+    [Theory]
+    [InlineData(40, 8, 8)]
+    [InlineData(64, 16, 8)]
+    [InlineData(33, 5, 2)]
+    public void Every_causal_positive_has_a_witness_pair_inside_windows_of_the_spans(int n, int span, int span2)
+    {
+        // The windowed model sees j1 in (i - w1, i] and j2 in (i - w2, i]: with (w1, w2) = (span, span2) it must see a witness of every positive.
+        var task = new MatchTask(MatchKind.Match3, n, MatchTask.DefaultModulus(MatchKind.Match3, n), Causal: true, Span: span, Span2: span2);
+        var (values, labels) = MatchData.Batch(task, seed: 6, first: 0, count: 100);
+        int positives = 0;
+        for (int s = 0; s < 100; s++)
+        {
+            for (int i = 0; i < n; i++)
+            {
+                if (!labels[(s * n) + i])
+                {
+                    continue;
+                }
+
+                positives++;
+                bool seen = false;
+                for (int j1 = Math.Max(0, i - span + 1); j1 <= i && !seen; j1++)
+                {
+                    for (int j2 = Math.Max(0, i - span2 + 1); j2 <= i && !seen; j2++)
+                    {
+                        seen = ((long)values[(s * n) + i] + values[(s * n) + j1] + values[(s * n) + j2]) % task.Modulus == 0;
+                    }
+                }
+
+                Assert.True(seen, $"sequence {s}, position {i}: positive with no witness inside windows ({span}, {span2})");
+            }
+        }
+
+        Assert.InRange(positives / (100.0 * n), 0.4, 0.55);
+    }
+
     [Fact]
     public void The_same_seed_and_index_give_the_same_sequence_and_other_seeds_differ()
     {
@@ -106,6 +142,8 @@ public sealed class MatchDataTests
         Assert.Contains("M = 100 is too small", e.Message);
         Assert.Contains($"M >= {MatchTask.MinimumModulus(MatchKind.Match3, 32)}", e.Message);
         Assert.Throws<ArgumentException>(() => new MatchTask(MatchKind.Match3, 0, 101).Validate());
+        Assert.Contains("larger than", Assert.Throws<ArgumentException>(() => new MatchTask(MatchKind.Match3, 8, int.MaxValue).Validate()).Message);
+        Assert.Throws<ArgumentException>(() => new MatchTask(MatchKind.Match3, MatchTask.MaxLength + 1, MatchTask.MaxModulus).Validate());
         Assert.Throws<ArgumentException>(() => new MatchTask(MatchKind.Match3, 4, 101, Span: 2).Validate());
         var task = new MatchTask(MatchKind.Match3, 3, 101);
         Assert.Contains("position 1", Assert.Throws<ArgumentException>(() => MatchData.BruteForceLabels(task, [1, 101, 3])).Message);

@@ -41,7 +41,7 @@ public static partial class Experiments
             }
         }
 
-        // M: the smallest prime that leaves room for negatives (about N^2 / 2) and a much larger one (8 N^2), at the main length.
+        // M at N = 16: the smallest prime that leaves room for negatives (about N^2 / 2) and a much larger one (8 N^2).
         int modulusLength = 16;
         foreach (int m in s.Full ? new[] { NextPrime(MatchTask.MinimumModulus(MatchKind.Match3, modulusLength)), NextPrime(8 * modulusLength * modulusLength) } : [])
         {
@@ -181,21 +181,23 @@ public static partial class Experiments
         // Verdicts. A quick run is a smoke test (N = 8, short runs): numbers shown, no verdicts.
         Verdict Judge(params bool[] conditions) => s.Full ? Claim.Of(conditions) : Verdict.NotMeasured;
         string Quick(string measured) => s.Full ? measured : measured + " Quick run (N = 8, short runs): no verdict; rerun with --full.";
-        double Accuracy(MatchKind kind, int n, string model) =>
-            rows.FirstOrDefault(r => r.Kind == kind && r.Length == n && r.Model == model && r.Modulus == MatchTask.DefaultModulus(kind, n))?.Accuracy ?? double.NaN;
-        var perLength = lengths.Select(n => (N: n, Tensor: Accuracy(MatchKind.Match3, n, "tensor"), Softmax: Math.Max(Accuracy(MatchKind.Match3, n, "softmax"), Accuracy(MatchKind.Match3, n, "softmax-heads")))).ToList();
+        MatchRow? Row(MatchKind kind, int n, string model) =>
+            rows.FirstOrDefault(r => r.Kind == kind && r.Length == n && r.Model == model && r.Modulus == MatchTask.DefaultModulus(kind, n));
+        // The tensor head's final accuracy against one-layer softmax's best anywhere on its curve.
+        var perLength = lengths.Select(n => (N: n, Tensor: Row(MatchKind.Match3, n, "tensor")?.Accuracy ?? double.NaN,
+            Softmax: Math.Max(Row(MatchKind.Match3, n, "softmax")?.Best ?? double.NaN, Row(MatchKind.Match3, n, "softmax-heads")?.Best ?? double.NaN))).ToList();
         var match2 = rows.Where(r => r.Kind == MatchKind.Match2).ToList();
         var claims = new List<Claim>
         {
             new(Sources.Tensor, "One head of tensor attention learns Match3 to at least 95% test accuracy where one-layer softmax attention of the same size stays at least 15 points lower.",
-                Quick(string.Join("; ", perLength.Select(p => string.Create(inv, $"N = {p.N}: tensor {Pct(p.Tensor)}%, best one-layer softmax ((b), (c)) {Pct(p.Softmax)}%"))) + "."),
+                Quick(string.Join("; ", perLength.Select(p => string.Create(inv, $"N = {p.N}: tensor {Pct(p.Tensor)}%, one-layer softmax ((b), (c)) at best {Pct(p.Softmax)}%"))) + "."),
                 Judge([.. perLength.Select(p => p.Tensor >= 0.95 && p.Softmax <= p.Tensor - 0.15)])),
             new(Sources.Tensor, "Every model learns the pairwise control Match2 (at least 95% test accuracy).",
                 Quick(string.Join("; ", match2.Select(r => string.Create(inv, $"N = {r.Length} {MatchLabels[r.Model]} {Pct(r.Accuracy)}%"))) + "."),
                 Judge([.. match2.Select(r => r.Accuracy >= 0.95)])),
-            new(Sources.Simplicial, "Windowed 2-simplicial attention whose windows cover the witnesses learns the causal task as well as the full causal tensor (within 2 points) and trains faster.",
+            new(Sources.Simplicial, "Windowed 2-simplicial attention whose windows cover the witnesses learns the causal task (at least 95%) as well as the full causal tensor (within 2 points) and trains at least 1.2x as fast.",
                 Quick(string.Create(inv, $"N = {causalTask.Length}: windows ({window.W1}, {window.W2}) {Pct(windowed.Accuracy)}% in {windowed.Seconds:F0} s, full causal {Pct(full.Accuracy)}% in {full.Seconds:F0} s ({speedup:F2}x).")),
-                Judge(windowed.Accuracy >= full.Accuracy - 0.02, speedup > 1)),
+                Judge(windowed.Accuracy >= 0.95, windowed.Accuracy >= full.Accuracy - 0.02, speedup >= 1.2)),
         };
         return new ExperimentReport("match3", md.ToString(), new Dictionary<string, SvgPlot> { ["match3-accuracy.svg"] = byLength, ["match3-curves.svg"] = curves }, claims);
     }
