@@ -1,4 +1,5 @@
 using FastAttention.TorchSharp;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace FastAttention.Training;
@@ -106,6 +107,15 @@ public sealed class MatchModel : nn.Module<Tensor, Tensor>
     private readonly nn.Module<Tensor, Tensor> norm;
     private readonly nn.Module<Tensor, Tensor> fc1;
     private readonly nn.Module<Tensor, Tensor> fc2;
+    private readonly Scalar modulusScalar;
+    private readonly Scalar angleScale;
+
+    /// <summary>
+    /// The Scalar 1 the model's additions pass as alpha, held for the process: TorchSharp's implicit conversions make a new
+    /// Scalar per call that nothing references during the native call, and a garbage collection then can free it mid-call
+    /// (seen once as libtorch's "toFloat" assertion in a long in-process run). Every Scalar here is a field, kept alive.
+    /// </summary>
+    private static readonly Scalar One = 1.ToScalar();
 
     /// <summary>Creates the model, initialised from torch's generator (seed it with <c>torch.manual_seed</c> first).</summary>
     /// <param name="config">The shape.</param>
@@ -119,6 +129,8 @@ public sealed class MatchModel : nn.Module<Tensor, Tensor>
         Config = config;
         Modulus = modulus;
         Frequencies = DrawFrequencies(modulus, config.Frequencies, seed);
+        modulusScalar = ((long)modulus).ToScalar();
+        angleScale = ((float)(2 * Math.PI / modulus)).ToScalar();
         frequencies = tensor(Frequencies.Select(f => (long)f).ToArray(), ScalarType.Int64);
         layers = nn.ModuleList([.. Enumerable.Range(0, config.Layers).Select(_ => new Layer(config))]);
         norm = nn.LayerNorm(config.Width);
@@ -147,7 +159,7 @@ public sealed class MatchModel : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         // (f x mod M) in integers, so the angle keeps full precision for any M.
-        var angle = (input.unsqueeze(-1) * frequencies).remainder(Modulus).to_type(ScalarType.Float32) * (float)(2 * Math.PI / Modulus);
+        var angle = (input.unsqueeze(-1) * frequencies).remainder(modulusScalar).to_type(ScalarType.Float32).mul(angleScale);
         var h = cat([angle.cos(), angle.sin()], -1);
         if (Frequencies.Count < Config.Frequencies)
         {
@@ -158,10 +170,11 @@ public sealed class MatchModel : nn.Module<Tensor, Tensor>
         foreach (var layer in layers)
         {
             (h, var match) = layer.Run(h);
-            matches = matches is null ? match : matches + match;
+            matches = matches is null ? match : matches.add(match, One);
         }
 
-        var logits = fc2.forward(nn.functional.gelu(fc1.forward(norm.forward(h)))).squeeze(-1) + matches!;
+        var logits = fc2.forward(nn.functional.gelu(fc1.forward(norm.forward(h)))).squeeze(-1).add(matches!, One);
+        GC.KeepAlive(this);
         return logits.MoveToOuterDisposeScope();
     }
 
@@ -183,6 +196,8 @@ public sealed class MatchModel : nn.Module<Tensor, Tensor>
     /// <summary>One attention layer: <c>h + out(attn(h))</c> and its heads' weighted log-sum-exps.</summary>
     private sealed class Layer : nn.Module<Tensor, Tensor>
     {
+        private static readonly Scalar NegativeInfinity = float.NegativeInfinity.ToScalar();
+        private readonly Scalar softmaxScale;
         private readonly MatchModelConfig config;
         private readonly nn.Module<Tensor, Tensor> proj;
         private readonly nn.Module<Tensor, Tensor> output;
@@ -192,6 +207,7 @@ public sealed class MatchModel : nn.Module<Tensor, Tensor>
             : base(nameof(Layer))
         {
             this.config = config;
+            softmaxScale = (config.Scale ?? (1 / Math.Sqrt(config.HeadDim))).ToScalar();
             proj = nn.Linear(config.Width, config.Projections * config.Heads * config.HeadDim, hasBias: false);
             output = nn.Linear(config.Heads * config.HeadDim, config.Width, hasBias: false);
             // Starts at 1 / (heads x layers): "a stronger match means more likely positive" from the first step, for every model alike.
@@ -212,11 +228,11 @@ public sealed class MatchModel : nn.Module<Tensor, Tensor>
             bool causal = config.Causal || config.Window is not null;
             var (attended, logSumExp) = config.Attention == MatchAttention.Tensor
                 ? FastAttentionFunctions.TensorAttentionWithLogSumExp(parts[0], parts[1], parts[2], parts[3], parts[4], causal, config.Window, config.Scale)
-                : Softmax(parts[0], parts[1], parts[2], causal, config.Scale ?? 1 / Math.Sqrt(config.HeadDim));
+                : Softmax(parts[0], parts[1], parts[2], causal);
             var merged = attended.transpose(1, 2).reshape(batch, n, config.Heads * config.HeadDim);
             // The log-mean-exp: minus the log of the keys (pairs) each query sees, so the read-out does not shift with the length.
-            var match = ((logSumExp - LogVisible(n)) * matchWeight.view(1, -1, 1)).sum(1); // [batch, n]
-            return ((input + output.forward(merged)).MoveToOuterDisposeScope(), match.MoveToOuterDisposeScope());
+            var match = logSumExp.sub(LogVisible(n)).mul(matchWeight.view(1, -1, 1)).sum(1); // [batch, n]
+            return (input.add(output.forward(merged), One).MoveToOuterDisposeScope(), match.MoveToOuterDisposeScope());
         }
 
         /// <summary><c>ln</c> of the keys (tensor: key pairs) query i sees, <c>[n]</c>: all n, the prefix i + 1, or the windows' part of it.</summary>
@@ -235,17 +251,17 @@ public sealed class MatchModel : nn.Module<Tensor, Tensor>
         }
 
         /// <summary>Softmax attention and its log-sum-exp on libtorch's operations, <c>[batch, heads, n, d]</c>.</summary>
-        private static (Tensor Output, Tensor LogSumExp) Softmax(Tensor q, Tensor k, Tensor v, bool causal, double scale)
+        private (Tensor Output, Tensor LogSumExp) Softmax(Tensor q, Tensor k, Tensor v, bool causal)
         {
-            var scores = matmul(q, k.transpose(-2, -1)) * scale;
+            var scores = matmul(q, k.transpose(-2, -1)).mul(softmaxScale);
             if (causal)
             {
                 long n = q.size(-2);
-                scores = scores.masked_fill(ones(n, n, ScalarType.Bool).triu(1), float.NegativeInfinity);
+                scores = scores.masked_fill(ones(n, n, ScalarType.Bool).triu(1), NegativeInfinity);
             }
 
             var logSumExp = scores.logsumexp(-1, keepdim: true);
-            return (matmul((scores - logSumExp).exp(), v), logSumExp.squeeze(-1));
+            return (matmul(scores.sub(logSumExp).exp(), v), logSumExp.squeeze(-1));
         }
     }
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using FastAttention.TorchSharp;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace FastAttention.Training;
@@ -116,6 +117,8 @@ public sealed record MatchResult(bool Completed, IReadOnlyList<MatchPoint> Curve
 /// </summary>
 public sealed class MatchTrainer : IDisposable
 {
+    /// <summary>Held for the process (see <see cref="MatchModel"/>'s note on Scalars).</summary>
+    private static readonly Scalar Zero = 0.ToScalar();
     private readonly AdamW optimizer;
     private readonly (Tensor Values, Tensor Labels) test;
 
@@ -224,7 +227,7 @@ public sealed class MatchTrainer : IDisposable
         {
             long count = Math.Min(chunk, Options.TestSequences - start);
             var logits = Model.forward(test.Values.narrow(0, start, count));
-            right += logits.gt(0).eq(test.Labels.narrow(0, start, count)).sum().item<long>();
+            right += logits.gt(Zero).eq(test.Labels.narrow(0, start, count)).sum().item<long>();
         }
 
         return (double)right / ((long)Options.TestSequences * Options.Task.Length);
@@ -268,6 +271,6 @@ public sealed class MatchTrainer : IDisposable
         loss.backward();
         optimizer.Step(LearningRate(step));
         using var _ = no_grad();
-        return (value, logits.gt(0).eq(labels).sum().item<long>());
+        return (value, logits.gt(Zero).eq(labels).sum().item<long>());
     }
 }
