@@ -33,7 +33,7 @@ public static class LabReport
     private static readonly (string Title, string[] Experiments)[] Papers =
     [
         ("1. Fast Attention Requires Bounded Entries (Alman & Song)", ["bounded-entries", "crossover", "sketch"]),
-        ("2. Higher-order (tensor) attention (Alman & Song)", ["tensor", "match3"]),
+        ("2. Higher-order (tensor) attention (Alman & Song)", ["tensor"]),
         ("3. LevAttention: universal sets from leverage scores (Kannan, Bhattacharyya, Kacham & Woodruff)", ["levattention", "levattention-train"]),
     ];
 
