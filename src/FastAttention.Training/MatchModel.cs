@@ -111,9 +111,9 @@ public sealed class MatchModel : nn.Module<Tensor, Tensor>
     private readonly Scalar angleScale;
 
     /// <summary>
-    /// The Scalar 1 the model's additions pass as alpha, held for the process: TorchSharp's implicit conversions make a new
-    /// Scalar per call that nothing references during the native call, and a garbage collection then can free it mid-call
-    /// (seen once as libtorch's "toFloat" assertion in a long in-process run). Every Scalar here is a field, kept alive.
+    /// The Scalar 1 the model's additions pass as alpha, held for the process. TorchSharp's implicit conversions make a new
+    /// Scalar per call that nothing references during the native call; a long in-process run hit libtorch's "toFloat"
+    /// assertion there, and a Scalar freed mid-call is the suspected cause (not confirmed). Every Scalar here is a field.
     /// </summary>
     private static readonly Scalar One = 1.ToScalar();
 
