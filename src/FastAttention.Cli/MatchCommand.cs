@@ -151,16 +151,17 @@ internal static class MatchCommand
         var config = new MatchModelConfig(attention, HeadDim: o.Int("head-dim", 1, 1024) ?? 64, Heads: o.Int("heads", 1, 64) ?? 1, Layers: o.Int("layers", 1, 16) ?? 1,
             Frequencies: o.Int("frequencies", 1, 4096) ?? 32, Causal: causal, Window: window, Scale: o.Double("scale", positive: true));
         var defaults = MatchOptions.Recommended(task, config);
+        int? steps = o.Int("steps", 1, 10_000_000);
         var options = defaults with
         {
-            Steps = o.Int("steps", 1, 10_000_000) ?? defaults.Steps,
+            Steps = steps ?? defaults.Steps,
             BatchSize = o.Int("batch", 1, 1 << 16) ?? defaults.BatchSize,
             LearningRate = o.Double("lr", positive: true) ?? defaults.LearningRate,
             WeightDecay = o.Double("weight-decay") ?? defaults.WeightDecay,
             Seed = o.Int("seed", 0, int.MaxValue) ?? 0,
             TestSequences = o.Int("test", 1, 1 << 20) ?? defaults.TestSequences,
             CurriculumFrom = o.Get("curriculum") is null ? defaults.CurriculumFrom : o.Int("curriculum", 1, n) is int from && from < n ? from : null,
-            EvalEvery = o.Get("steps") is null ? defaults.EvalEvery : Math.Max(1, (o.Int("steps", 1, 10_000_000) ?? 1) / 20),
+            EvalEvery = steps is int given ? Math.Max(1, given / 20) : defaults.EvalEvery,
         };
         try
         {
