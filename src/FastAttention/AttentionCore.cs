@@ -33,12 +33,7 @@ internal static unsafe partial class AttentionCore
         }
 
 
-        float scale = settings.Scale ?? MathF.Pow(shape.HeadDim, settings.DefaultScaleExponent);
-        if (!float.IsFinite(scale))
-        {
-            throw new ArgumentOutOfRangeException("options", scale, "Scale must be a finite number.");
-        }
-
+        float scale = ResolveScale(settings, shape);
         long block = (long)shape.QueryCount * shape.KeyCount;
         (long biasBatch, long biasHead) = BroadcastStrides(settings.Bias.Length, block, shape, "Bias");
         (long maskBatch, long maskHead) = BroadcastStrides(settings.Mask.Length, block, shape, "Mask");
@@ -65,6 +60,8 @@ internal static unsafe partial class AttentionCore
             args.Query = q;
             args.Key = k;
             args.Value = v;
+            args.KeyStore = KvOperand.Float32(k, shape.KeyCount, shape.HeadDim);
+            args.ValueStore = KvOperand.Float32(v, shape.KeyCount, shape.ValueDim);
             args.Output = o;
             args.Bias = settings.Bias.IsEmpty ? null : bias;
             args.Mask = settings.Mask.IsEmpty ? null : mask;
@@ -117,6 +114,155 @@ internal static unsafe partial class AttentionCore
 
         return new AttentionRun(kernel.Name, FlopCount.ExactAttention(
             shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, settings.Causal));
+    }
+
+    /// <summary>
+    /// Runs attention on keys and values in a storage type (<see cref="KvTensor"/>); the run carries the storage's error bound
+    /// (<see cref="KvErrorBound"/>; zero for float32). Keys and values must share one type.
+    /// </summary>
+    public static AttentionRun Run(ReadOnlySpan<float> query, KvTensor key, KvTensor value, AttentionShape shape, Span<float> destination, Span<float> logSumExp, bool withLogSumExp,
+        in Settings settings)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        ArgumentNullException.ThrowIfNull(value);
+        Validate.Shape(shape);
+        Validate.Length(query.Length, shape.QueryLength, nameof(query), Validate.QueryLayout, shape);
+        Validate.Length(key.Length, shape.KeyLength, nameof(key), Validate.KeyLayout, shape);
+        Validate.Length(value.Length, shape.ValueLength, nameof(value), Validate.ValueLayout, shape);
+        if (key.RowLength != shape.HeadDim || value.RowLength != shape.ValueDim)
+        {
+            Validate.Fail(key.RowLength != shape.HeadDim ? nameof(key) : nameof(value), "the row length does not match the shape",
+                $"key rows of {key.RowLength}, value rows of {value.RowLength}", $"d = {shape.HeadDim}, dv = {shape.ValueDim}", "build the KvTensor with rowLength = d (keys) or dv (values)");
+        }
+
+        if (key.ElementType != value.ElementType)
+        {
+            Validate.Fail(nameof(value), "keys and values are stored in different types", $"key {KvElementTypes.Name(key.ElementType)}, value {KvElementTypes.Name(value.ElementType)}",
+                "one type for both", "encode keys and values with the same KvElementType");
+        }
+
+        Validate.Length(destination.Length, shape.OutputLength, nameof(destination), Validate.OutputLayout, shape);
+        Validate.NoOverlap(destination, query, nameof(query));
+        if (withLogSumExp)
+        {
+            Validate.Length(logSumExp.Length, (long)shape.BatchSize * shape.HeadCount * shape.QueryCount, nameof(logSumExp), "[batch, heads, nq]", shape);
+            Validate.NoOverlap(logSumExp, query, nameof(query), nameof(logSumExp));
+            Validate.NoOverlap(logSumExp, (ReadOnlySpan<float>)destination, nameof(destination), nameof(logSumExp));
+        }
+
+        float scale = ResolveScale(settings, shape);
+        long block = (long)shape.QueryCount * shape.KeyCount;
+        (long biasBatch, long biasHead) = BroadcastStrides(settings.Bias.Length, block, shape, "Bias");
+        (long maskBatch, long maskHead) = BroadcastStrides(settings.Mask.Length, block, shape, "Mask");
+        if (!settings.AllowNonFinite)
+        {
+            CheckFinite(query, nameof(query), shape.HeadDim);
+            CheckBiasNotNaN(settings);
+        }
+
+        float[]? statistics = withLogSumExp ? new float[2 * logSumExp.Length] : null;
+        long* firstNonFinite = stackalloc long[2] { long.MaxValue, long.MaxValue };
+        AttentionKernel kernel;
+        using (KvTensor.Pinned keys = key.Pin(shape.KeyCount))
+        using (KvTensor.Pinned values = value.Pin(shape.KeyCount))
+        {
+            fixed (float* q = query)
+            fixed (float* o = destination)
+            fixed (float* bias = settings.Bias.Span)
+            fixed (bool* mask = settings.Mask.Span)
+            fixed (float* stats = statistics)
+            {
+                AttentionArgs args = AttentionArgs.FromShape(shape);
+                args.Query = q;
+                args.KeyStore = keys.Operand;
+                args.ValueStore = values.Operand;
+                args.Key = keys.Operand.IsContiguousFloat32 ? (float*)keys.Operand.Data : null;
+                args.Value = values.Operand.IsContiguousFloat32 ? (float*)values.Operand.Data : null;
+                args.Output = o;
+                args.Bias = settings.Bias.IsEmpty ? null : bias;
+                args.Mask = settings.Mask.IsEmpty ? null : mask;
+                args.BiasBatchStride = biasBatch;
+                args.BiasHeadStride = biasHead;
+                args.MaskBatchStride = maskBatch;
+                args.MaskHeadStride = maskHead;
+                args.Scale = scale;
+                args.Causal = settings.Causal;
+                args.Power = settings.Power;
+                args.MaxDegreeOfParallelism = settings.MaxDegreeOfParallelism;
+                args.RowStats = stats;
+                kernel = KernelRegistry.Select(settings.Kernel, in args);
+                if (!settings.AllowNonFinite)
+                {
+                    if (kernel.ChecksFinite)
+                    {
+                        args.FirstNonFinite = firstNonFinite;
+                    }
+                    else
+                    {
+                        CheckFinite(key, nameof(key));
+                        CheckFinite(value, nameof(value));
+                    }
+                }
+
+                kernel.Run(args);
+            }
+        }
+
+        if (firstNonFinite[0] != long.MaxValue)
+        {
+            CheckFinite(key, nameof(key));
+        }
+
+        if (firstNonFinite[1] != long.MaxValue)
+        {
+            CheckFinite(value, nameof(value));
+        }
+
+        if (!settings.AllowNonFinite)
+        {
+            FiniteCheck.RequireFiniteResult(destination, shape.ValueDim, scale);
+        }
+
+        if (statistics is not null)
+        {
+            LogSumExp.FromRowStatistics(statistics, logSumExp);
+        }
+
+        return new AttentionRun(kernel.Name, FlopCount.ExactAttention(
+            shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, settings.Causal))
+        {
+            KvBound = StorageBound(query, key, value, shape, scale),
+        };
+    }
+
+    /// <summary>The storage error bound of a call (see <see cref="KvErrorBound"/>): zero for float32 keys and values.</summary>
+    internal static KvErrorBound StorageBound(ReadOnlySpan<float> query, KvTensor key, KvTensor value, AttentionShape shape, float scale)
+    {
+        if (key.ElementType == KvElementType.Float32 && value.ElementType == KvElementType.Float32)
+        {
+            return KvErrorBound.FromScoreError(key.ElementType, value.ElementType, 0, 0, 0);
+        }
+
+        (double[] keyErrors, _) = key.ErrorProfile(shape.KeyCount);
+        (double[] valueErrors, double maxAbs) = value.ErrorProfile(shape.KeyCount);
+        return KvErrorBound.Of(query, shape, scale, keyErrors, valueErrors.Length == 0 ? 0 : valueErrors.Max(), maxAbs, key.ElementType, value.ElementType);
+    }
+
+    private static float ResolveScale(in Settings settings, AttentionShape shape)
+    {
+        float scale = settings.Scale ?? MathF.Pow(shape.HeadDim, settings.DefaultScaleExponent);
+        return float.IsFinite(scale) ? scale : throw new ArgumentOutOfRangeException("options", scale, "Scale must be a finite number.");
+    }
+
+    private static void CheckFinite(KvTensor tensor, string name)
+    {
+        long at = tensor.FirstNonFinite();
+        if (at >= 0)
+        {
+            throw new ArgumentException(
+                $"{name} contains a non-finite {KvElementTypes.Name(tensor.ElementType)} value at [{at / tensor.RowLength}, {at % tensor.RowLength}] (flat index {at}). " +
+                "Non-finite inputs are rejected by default; set AllowNonFinite to let them propagate.", name);
+        }
     }
 
     /// <summary>The tensor-span overload: ranks 2, 3 or 4 read as [n, d], [h, n, d] or [b, h, n, d].</summary>

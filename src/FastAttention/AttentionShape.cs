@@ -46,4 +46,8 @@ public readonly record struct AttentionShape(int BatchSize, int HeadCount, int Q
 /// <summary>What an attention call did: the kernel that ran and the flops it counts.</summary>
 /// <param name="Kernel">The registry name of the kernel that ran.</param>
 /// <param name="Flops">Floating-point operations by the project's one convention (<c>4 n^2 d</c> for one head; causal counts visible pairs only).</param>
-public readonly record struct AttentionRun(string Kernel, double Flops);
+public readonly record struct AttentionRun(string Kernel, double Flops)
+{
+    /// <summary>For keys and values given as a <see cref="KvTensor"/>: how far their storage type can move the output (zero for float32); otherwise null.</summary>
+    public KvErrorBound? KvBound { get; init; }
+}

@@ -71,6 +71,36 @@ public static partial class ExactAttention
         ExactAttentionOptions options = default)
         => AttentionCore.Run(query, key, value, shape, destination, logSumExp, true, Settings(options));
 
+    /// <summary>
+    /// Computes attention with keys and values stored in a <see cref="KvElementType"/> (float16, bfloat16, q8 or float32), read
+    /// without widening them in memory: kernels widen in registers and compute in float32. The run's <see cref="AttentionRun.KvBound"/>
+    /// states how far the storage can move the output (<see cref="KvErrorBound"/>).
+    /// </summary>
+    /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>, float32.</param>
+    /// <param name="key">Keys, <c>[batch, kvHeads, nk, d]</c>, rows of d.</param>
+    /// <param name="value">Values, <c>[batch, kvHeads, nk, dv]</c>, rows of dv, the keys' type.</param>
+    /// <param name="shape">The dimensions.</param>
+    /// <param name="destination">Output, <c>[batch, heads, nq, dv]</c>, float32; must not overlap the query.</param>
+    /// <param name="options">Scale, masking, threads, kernel (the registry names carry the storage type, e.g. <c>splitkey-v512-bf16</c>).</param>
+    /// <returns>The kernel that ran, the flops counted and the storage error bound.</returns>
+    /// <exception cref="ArgumentException">As for the float32 overload; or keys and values differ in type or row length.</exception>
+    /// <exception cref="OverflowException">As for the float32 overload.</exception>
+    public static AttentionRun Compute(ReadOnlySpan<float> query, KvTensor key, KvTensor value, AttentionShape shape, Span<float> destination, ExactAttentionOptions options = default) =>
+        AttentionCore.Run(query, key, value, shape, destination, default, false, Settings(options));
+
+    /// <summary>As <see cref="Compute(ReadOnlySpan{float}, KvTensor, KvTensor, AttentionShape, Span{float}, ExactAttentionOptions)"/>, with each row's log-sum-exp.</summary>
+    /// <param name="query">Queries, <c>[batch, heads, nq, d]</c>, float32.</param>
+    /// <param name="key">Keys, <c>[batch, kvHeads, nk, d]</c>.</param>
+    /// <param name="value">Values, <c>[batch, kvHeads, nk, dv]</c>.</param>
+    /// <param name="shape">The dimensions.</param>
+    /// <param name="destination">Output, <c>[batch, heads, nq, dv]</c>.</param>
+    /// <param name="logSumExp">Log-sum-exp per row, <c>[batch, heads, nq]</c>.</param>
+    /// <param name="options">Scale, masking, threads, kernel.</param>
+    /// <returns>The kernel that ran, the flops counted and the storage error bound.</returns>
+    public static AttentionRun Compute(ReadOnlySpan<float> query, KvTensor key, KvTensor value, AttentionShape shape, Span<float> destination, Span<float> logSumExp,
+        ExactAttentionOptions options = default) =>
+        AttentionCore.Run(query, key, value, shape, destination, logSumExp, true, Settings(options));
+
     /// <summary>Computes attention on .NET tensor spans of rank 2 (<c>[n, d]</c>), 3 (<c>[heads, n, d]</c>) or 4 (<c>[batch, heads, n, d]</c>).</summary>
     /// <param name="query">Queries.</param>
     /// <param name="key">Keys (fewer heads than the query for grouped-query attention).</param>

@@ -9,8 +9,28 @@ namespace FastAttention.Kernels;
 internal unsafe struct AttentionArgs
 {
     public float* Query;
+
+    /// <summary>Float32 keys <c>[batch, kvHeads, nk, d]</c> when <see cref="KeyStore"/> is contiguous float32; null otherwise.</summary>
     public float* Key;
+
+    /// <summary>Float32 values when <see cref="ValueStore"/> is contiguous float32; null otherwise.</summary>
     public float* Value;
+
+    /// <summary>The keys as stored: any <see cref="KvElementType"/>, contiguous or paged. Callers that set only <see cref="Key"/> leave it
+    /// empty: kernels read <see cref="Keys"/>, which falls back to <see cref="Key"/>.</summary>
+    public KvOperand KeyStore;
+
+    /// <summary>The values as stored (the keys' type), or empty as <see cref="KeyStore"/>.</summary>
+    public KvOperand ValueStore;
+
+    /// <summary>
+    /// Sliding window: when &gt; 0, query i (at position <c>p = i + nk - nq</c>) sees key j only if <c>j &gt; p - Window</c>,
+    /// or <c>j &lt; Sinks</c> (attention sinks: the first keys stay visible); with <see cref="Causal"/> also <c>j &lt;= p</c>.
+    /// </summary>
+    public int Window;
+
+    /// <summary>Keys at the start that every query sees whatever the window (0 = none; used only with a window).</summary>
+    public int Sinks;
     public float* Output;
     public float* Bias;
     public bool* Mask;
@@ -60,6 +80,18 @@ internal unsafe struct AttentionArgs
     public long PackBudgetFloats;
 
     public readonly int GroupSize => Heads / KvHeads;
+
+    /// <summary>The keys as the kernels read them: <see cref="KeyStore"/>, or contiguous float32 over <see cref="Key"/> when it is empty.</summary>
+    public readonly KvOperand Keys => KeyStore.Data == null && KeyStore.Pages == null ? KvOperand.Float32(Key, KeyCount, HeadDim) : KeyStore;
+
+    /// <summary>The values as the kernels read them (see <see cref="Keys"/>).</summary>
+    public readonly KvOperand Values => ValueStore.Data == null && ValueStore.Pages == null ? KvOperand.Float32(Value, KeyCount, ValueDim) : ValueStore;
+
+    /// <summary>The storage type of keys and values.</summary>
+    public readonly KvElementType StorageType => Keys.Type;
+
+    /// <summary>Whether keys and values are plain contiguous float32 (the float32 kernels' input, <see cref="Key"/> and <see cref="Value"/>).</summary>
+    public readonly bool IsFloat32 => Keys.IsContiguousFloat32 && Values.IsContiguousFloat32;
 
     /// <summary>
     /// A power-attention score in the softmax's log domain: |x|^p = e^(p ln|x|), so the same online

@@ -28,16 +28,21 @@ internal static class KernelRegistry
     /// <summary>The environment variable that forces a kernel by name.</summary>
     public const string EnvironmentVariable = "FASTATTN_KERNEL";
 
+    /// <summary>Why a float32 kernel cannot read these keys and values (another storage type, paged, or a window), or null.</summary>
+    public static string? Float32Only(in AttentionArgs a) =>
+        !a.IsFloat32 ? $"keys and values are {KvElementTypes.Name(a.StorageType)}{(a.Keys.IsPaged ? " in pages" : "")}; this kernel reads contiguous f32"
+        : a.Window > 0 ? "a sliding window; this kernel has none" : null;
+
     /// <summary>Exact softmax (and power) attention kernels, fastest first.</summary>
     public static IReadOnlyList<AttentionKernel> Attention { get; } =
     [
         new("splitkey-v512", "decoding (at most 16 queries per head): keys split in fixed chunks, partials merged; 512-bit vectors",
-            () => Simd512.IsSupported, SplitKeyAttention<Simd512, Vector512<float>>.Run, SplitKeyAttention<Simd512, Vector512<float>>.Rejects, ChecksFinite: true),
+            () => Simd512.IsSupported, SplitKeyAttention<Simd512, Vector512<float>>.Run, (in AttentionArgs a) => Float32Only(in a) ?? SplitKeyAttention<Simd512, Vector512<float>>.Rejects(in a), ChecksFinite: true),
         new("splitkey-v256", "decoding (at most 16 queries per head): keys split in fixed chunks, partials merged; 256-bit vectors",
-            () => Simd256.IsSupported, SplitKeyAttention<Simd256, Vector256<float>>.Run, SplitKeyAttention<Simd256, Vector256<float>>.Rejects, ChecksFinite: true),
-        new("tiled-v512", "tiled online softmax, 512-bit vectors (AVX-512)", () => Simd512.IsSupported, TiledAttention<Simd512, Vector512<float>>.Run),
-        new("tiled-v256", "tiled online softmax, 256-bit vectors (AVX2)", () => Simd256.IsSupported, TiledAttention<Simd256, Vector256<float>>.Run),
-        new("tiled-scalar", "tiled online softmax, scalar (any CPU)", () => SimdScalar.IsSupported, TiledAttention<SimdScalar, float>.Run),
+            () => Simd256.IsSupported, SplitKeyAttention<Simd256, Vector256<float>>.Run, (in AttentionArgs a) => Float32Only(in a) ?? SplitKeyAttention<Simd256, Vector256<float>>.Rejects(in a), ChecksFinite: true),
+        new("tiled-v512", "tiled online softmax, 512-bit vectors (AVX-512)", () => Simd512.IsSupported, TiledAttention<Simd512, Vector512<float>>.Run, Float32Only),
+        new("tiled-v256", "tiled online softmax, 256-bit vectors (AVX2)", () => Simd256.IsSupported, TiledAttention<Simd256, Vector256<float>>.Run, Float32Only),
+        new("tiled-scalar", "tiled online softmax, scalar (any CPU)", () => SimdScalar.IsSupported, TiledAttention<SimdScalar, float>.Run, Float32Only),
     ];
 
     /// <summary>
