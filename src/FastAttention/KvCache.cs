@@ -1,0 +1,602 @@
+using System.Runtime.InteropServices;
+using FastAttention.Kernels;
+
+namespace FastAttention;
+
+/// <summary>Options for <see cref="KvCache"/>. The default stores float32 in pages of 256 tokens and attends with scale <c>1/sqrt(d)</c>, no window.</summary>
+public readonly record struct KvCacheOptions
+{
+    /// <summary>The page size <see cref="PageSize"/> = 0 stands for: 256 tokens.</summary>
+    public const int DefaultPageSize = 256;
+
+    /// <summary>How keys and values are stored (widened to float32 in registers as the kernels read them).</summary>
+    public KvElementType ElementType { get; init; }
+
+    /// <summary>Tokens per page: a power of two of at least 16; 0 means <see cref="DefaultPageSize"/>.</summary>
+    public int PageSize { get; init; }
+
+    /// <summary>Sliding window: when &gt; 0, the query at position p sees key j only if <c>j &gt; p - Window</c> (or <c>j &lt; Sinks</c>).</summary>
+    public int Window { get; init; }
+
+    /// <summary>Attention sinks: with a window, the first this many keys stay visible to every query.</summary>
+    public int Sinks { get; init; }
+
+    /// <summary>Score scale <c>s</c>; <see langword="null"/> means <c>1/sqrt(d)</c>.</summary>
+    public float? Scale { get; init; }
+
+    /// <summary>Worker threads; 0 means one per core.</summary>
+    public int MaxDegreeOfParallelism { get; init; }
+
+    /// <summary>Force a kernel by registry name (see <see cref="AttentionKernels"/>); <see langword="null"/> picks the fastest that takes paged input.</summary>
+    public string? Kernel { get; init; }
+}
+
+/// <summary>
+/// A decoding cache: keys and values appended a token or a block at a time, stored in a <see cref="KvElementType"/> in
+/// fixed-size pages of native memory (64-byte aligned), one run of pages per kv head. Growing never copies: a full page is
+/// followed by a new one, and only the page table (a small array of page addresses) is replaced when it fills.
+/// <see cref="Attend"/> runs exact attention of a block of queries (the last positions, bottom-right causal, grouped-query
+/// heads, sliding window and sinks) over the pages in place.
+/// <para>
+/// Threads: one writer, many readers. <see cref="Append(ReadOnlySpan{float}, ReadOnlySpan{float})"/> must not be called from two threads at once, but any number of
+/// threads may call <see cref="Attend"/> while one appends. A reader reads <see cref="Count"/> once and attends over that
+/// prefix: the writer stores a token's keys and values before it publishes the larger count, and pages never move, so a
+/// reader never sees a half-written token. <see cref="Dispose"/> must not run while any call does.
+/// </para>
+/// </summary>
+public sealed unsafe class KvCache : IDisposable
+{
+    private const int Alignment = 64;
+
+    private readonly int _kvHeads, _headDim, _valueDim, _pageRows;
+    private readonly KvElementType _type;
+    private readonly KvCacheOptions _options;
+    private readonly float _scale;
+
+    /// <summary>Byte offsets inside a page block: keys [PageRows, d], values [PageRows, dv], then (q8) their scales; each 64-byte aligned.</summary>
+    private readonly long _valueOffset, _keyScaleOffset, _valueScaleOffset, _pageBytes;
+
+    /// <summary>Per (kv head, key column) the largest rounding error stored so far, <c>[kvHeads, d]</c> (see <see cref="KvErrorBound"/>).</summary>
+    private readonly double[] _keyErrors;
+
+    /// <summary>The writer's row buffer for widening stored rows (max(d, dv) floats).</summary>
+    private readonly float[] _widened;
+
+    private PageTable _table;
+    private int _count;
+    private int _pages;
+    private long _blocks;
+    private double _valueError, _maxAbsValue;
+    private bool _disposed;
+
+    /// <summary>An empty cache.</summary>
+    /// <param name="kvHeads">Key/value heads.</param>
+    /// <param name="headDim">Key dimension d.</param>
+    /// <param name="valueDim">Value dimension dv.</param>
+    /// <param name="options">Storage type, page size, window, sinks, scale, threads, kernel.</param>
+    /// <exception cref="ArgumentException">A size is not positive, the page size is not a power of two of at least 16, the window or sinks are negative, or the scale is not finite.</exception>
+    public KvCache(int kvHeads, int headDim, int valueDim, KvCacheOptions options)
+    {
+        string sizes = $"kvHeads {kvHeads}, d {headDim}, dv {valueDim}";
+        Validate.Positive(kvHeads, "the kv head count", sizes, nameof(kvHeads));
+        Validate.Positive(headDim, "the head dimension d", sizes, nameof(headDim));
+        Validate.Positive(valueDim, "the value dimension dv", sizes, nameof(valueDim));
+        int pageRows = options.PageSize == 0 ? KvCacheOptions.DefaultPageSize : options.PageSize;
+        if (pageRows < 16 || (pageRows & (pageRows - 1)) != 0)
+        {
+            Validate.Fail(nameof(options), "the page size must be a power of two of at least 16", $"PageSize {options.PageSize}", "16, 32, 64, ...",
+                "kernels split keys in chunks that never cross a page; 0 means 256");
+        }
+
+        if (options.Window < 0 || options.Sinks < 0)
+        {
+            Validate.Fail(nameof(options), "the window and the sinks cannot be negative", $"Window {options.Window}, Sinks {options.Sinks}", "0 or more", "Window 0 means no window");
+        }
+
+        if (!Enum.IsDefined(options.ElementType))
+        {
+            Validate.Fail(nameof(options), "unknown element type", $"{(int)options.ElementType}", "Float32, Float16, BFloat16 or Q8", "see KvElementType");
+        }
+
+        float scale = options.Scale ?? (1f / MathF.Sqrt(headDim));
+        if (!float.IsFinite(scale))
+        {
+            Validate.Fail(nameof(options), "the scale must be a finite number", $"Scale {scale}", "a finite number", "null means 1/sqrt(d)");
+        }
+
+        _kvHeads = kvHeads;
+        _headDim = headDim;
+        _valueDim = valueDim;
+        _pageRows = pageRows;
+        _type = options.ElementType;
+        _options = options;
+        _scale = scale;
+        int size = KvElementTypes.SizeOf(_type);
+        _valueOffset = Align((long)pageRows * headDim * size);
+        _keyScaleOffset = _valueOffset + Align((long)pageRows * valueDim * size);
+        _valueScaleOffset = _keyScaleOffset + (_type == KvElementType.Q8 ? Align((long)pageRows * Blocks(headDim) * sizeof(Half)) : 0);
+        _pageBytes = _valueScaleOffset + (_type == KvElementType.Q8 ? Align((long)pageRows * Blocks(valueDim) * sizeof(Half)) : 0);
+        _keyErrors = new double[(long)kvHeads * headDim];
+        _widened = new float[Math.Max(headDim, valueDim)];
+        _table = new PageTable(0, kvHeads);
+    }
+
+    /// <summary>Frees the pages if <see cref="Dispose"/> was not called.</summary>
+    ~KvCache() => Free();
+
+    /// <summary>Tokens held (per kv head).</summary>
+    public int Count => Volatile.Read(ref _count);
+
+    /// <summary>Bytes the held tokens' keys and values take in the storage type, q8's scales included.</summary>
+    public long BytesUsed => (long)Count * _kvHeads * (KvElementTypes.RowBytes(_type, _headDim) + KvElementTypes.RowBytes(_type, _valueDim));
+
+    /// <summary>Bytes allocated: the pages (a page holds <see cref="KvCacheOptions.PageSize"/> tokens of one kv head) and the page tables.</summary>
+    public long BytesReserved => (Volatile.Read(ref _blocks) * _pageBytes) + Volatile.Read(ref _table).Bytes;
+
+    /// <summary>The storage type.</summary>
+    public KvElementType ElementType => _type;
+
+    /// <summary>Appends <c>t</c> tokens: their keys and values, encoded into the storage type.</summary>
+    /// <param name="keys">Keys, <c>[kvHeads, t, d]</c>, t at least 1; finite.</param>
+    /// <param name="values">Values, <c>[kvHeads, t, dv]</c>; finite.</param>
+    /// <exception cref="ArgumentException">A length does not match, a value is NaN or infinite, or lies outside the storage type's range
+    /// (float16 past +-65504, q8 blocks past +-65504 x 127); nothing is appended then.</exception>
+    /// <exception cref="ObjectDisposedException">The cache was disposed.</exception>
+    public void Append(ReadOnlySpan<float> keys, ReadOnlySpan<float> values) => Append(keys, values, nameof(keys), nameof(values));
+
+    /// <summary>Frees the pages. Calls after this throw <see cref="ObjectDisposedException"/>; no call may run meanwhile.</summary>
+    public void Dispose()
+    {
+        Free();
+        GC.SuppressFinalize(this);
+    }
+
+    /// <inheritdoc/>
+    public override string ToString() => $"{KvElementTypes.Name(_type)} KV cache of {Count} tokens ({Sizes}, pages of {_pageRows})";
+
+    /// <summary><see cref="Append(ReadOnlySpan{float}, ReadOnlySpan{float})"/>, with the messages naming the caller's parameters.</summary>
+    internal void Append(ReadOnlySpan<float> keys, ReadOnlySpan<float> values, string keyName, string valueName)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        long perToken = (long)_kvHeads * _headDim;
+        if (keys.Length == 0 || keys.Length % perToken != 0)
+        {
+            Validate.Fail(keyName, "length is not a whole number of tokens", $"{keys.Length} elements", $"a positive multiple of kvHeads d = {perToken}",
+                "pass [kvHeads, t, d] in C order, t tokens at least 1");
+        }
+
+        int t = (int)(keys.Length / perToken);
+        Validate.Length(values.Length, (long)_kvHeads * t * _valueDim, valueName, "[kvHeads, t, dv]", $"{Sizes}, t {t}");
+        const string Consequence = "The cache stores finite keys and values only.";
+        FiniteCheck.Require(keys, keyName, _headDim, Consequence);
+        FiniteCheck.Require(values, valueName, _valueDim, Consequence);
+        int count = _count;
+        if ((long)count + t > int.MaxValue)
+        {
+            Validate.Fail(keyName, "the cache would hold more tokens than an int counts", $"{count} + {t}", $"at most {int.MaxValue}", "start a new cache");
+        }
+
+        Store(count, t, keys, values, keyName, valueName);
+        Volatile.Write(ref _count, count + t);
+    }
+
+    /// <summary>
+    /// Exact softmax attention of <c>nq</c> queries per head over the tokens held when the call starts; the queries are the last
+    /// nq positions (query i at position <c>p = i + Count - nq</c>), so with <paramref name="causal"/> query i sees keys
+    /// <c>j &lt;= p</c>, and with a window only <c>j &gt; p - Window</c> or <c>j &lt; Sinks</c>. Query head h reads kv head
+    /// <c>h / (heads / kvHeads)</c>. A query that sees no key (or an empty cache) outputs zeros.
+    /// </summary>
+    /// <param name="query">Queries, <c>[heads, nq, d]</c>, float32, finite.</param>
+    /// <param name="heads">Query heads, a multiple of the kv heads.</param>
+    /// <param name="destination">Output, <c>[heads, nq, dv]</c>; must not overlap the query.</param>
+    /// <param name="causal">Bottom-right causal masking (the default: decoding).</param>
+    /// <returns>The kernel that ran, the flops counted and the storage error bound (<see cref="KvErrorBound"/>; zero for float32).</returns>
+    /// <exception cref="ArgumentException">The heads do not divide, a length does not match, the buffers overlap, or the query is not finite.</exception>
+    /// <exception cref="OverflowException">The inputs are finite but the result is not (see <see cref="ExactAttention"/>).</exception>
+    /// <exception cref="NotSupportedException">No kernel (or not the forced one) reads paged keys and values of this type here; the message says why.</exception>
+    /// <exception cref="ObjectDisposedException">The cache was disposed.</exception>
+    public AttentionRun Attend(ReadOnlySpan<float> query, int heads, Span<float> destination, bool causal = true)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        int count = Volatile.Read(ref _count);
+        return AttendPrefix(count, Volatile.Read(ref _table), query, heads, destination, causal);
+    }
+
+    /// <summary>The sizes as messages show them.</summary>
+    private string Sizes => $"kvHeads {_kvHeads}, d {_headDim}, dv {_valueDim}";
+
+    /// <summary>Attention over the first <paramref name="count"/> tokens (a reader's snapshot, or the slots <see cref="LevKvCache"/> selected).</summary>
+    internal AttentionRun AttendPrefix(int count, ReadOnlySpan<float> query, int heads, Span<float> destination, bool causal)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return AttendPrefix(count, _table, query, heads, destination, causal);
+    }
+
+    /// <summary>
+    /// Every stored key (or value) of the first <paramref name="count"/> tokens widened to float32, <c>[kvHeads, count, rowLength]</c>,
+    /// read through the same paged operand the kernels get (for tests).
+    /// </summary>
+    internal float[] Widened(bool values, int count)
+    {
+        PageTable table = Volatile.Read(ref _table);
+        int rowLength = values ? _valueDim : _headDim;
+        var result = new float[(long)_kvHeads * count * rowLength];
+        fixed (nint* pages = values ? table.Values : table.Keys)
+        fixed (nint* scales = values ? table.ValueScales : table.KeyScales)
+        fixed (float* o = result)
+        {
+            KvOperand operand = Operand(count, table.Capacity, pages, scales, rowLength);
+            for (int g = 0; g < _kvHeads; g++)
+            {
+                for (int j = 0; j < count; j++)
+                {
+                    operand.WidenRow(g, j, o + ((((long)g * count) + j) * rowLength));
+                }
+            }
+        }
+
+        GC.KeepAlive(this);
+        return result;
+    }
+
+    /// <summary>Widens the stored key of token <paramref name="slot"/> of kv head <paramref name="kvHead"/> into <paramref name="destination"/> (d floats).</summary>
+    internal void WidenKey(int kvHead, int slot, Span<float> destination)
+    {
+        fixed (float* o = destination)
+        {
+            KvWiden.Row(_type, KeyRow(_table, kvHead, slot), KeyScales(_table, kvHead, slot), _headDim, o);
+        }
+    }
+
+    /// <summary>Moves the last token into slot <paramref name="slot"/> and drops the last (the writer only; no reader may run).</summary>
+    internal void RemoveAt(int slot)
+    {
+        int last = _count - 1;
+        if (slot != last)
+        {
+            Swap(slot, last);
+        }
+
+        Volatile.Write(ref _count, last);
+    }
+
+    /// <summary>Exchanges the stored bytes of tokens <paramref name="a"/> and <paramref name="b"/> in every kv head (the writer only; no reader may run).</summary>
+    internal void Swap(int a, int b)
+    {
+        if (a == b)
+        {
+            return;
+        }
+
+        PageTable table = _table;
+        int size = KvElementTypes.SizeOf(_type);
+        for (int g = 0; g < _kvHeads; g++)
+        {
+            SwapBytes(KeyRow(table, g, a), KeyRow(table, g, b), _headDim * size);
+            SwapBytes(ValueRow(table, g, a), ValueRow(table, g, b), _valueDim * size);
+            if (_type == KvElementType.Q8)
+            {
+                SwapBytes((byte*)KeyScales(table, g, a), (byte*)KeyScales(table, g, b), Blocks(_headDim) * sizeof(Half));
+                SwapBytes((byte*)ValueScales(table, g, a), (byte*)ValueScales(table, g, b), Blocks(_valueDim) * sizeof(Half));
+            }
+        }
+    }
+
+    /// <summary>The first <paramref name="count"/> rows of every kv head as a paged operand over a pinned page table.</summary>
+    private KvOperand Operand(int count, int capacity, nint* pages, nint* scalePages, int rowLength) => new()
+    {
+        Type = _type,
+        Pages = (byte**)pages,
+        ScalePages = _type == KvElementType.Q8 ? (Half**)scalePages : null,
+        PageRows = _pageRows,
+        PagesPerGroup = capacity,
+        Rows = count,
+        RowLength = rowLength,
+    };
+
+    private static long Align(long bytes) => (bytes + Alignment - 1) / Alignment * Alignment;
+
+    private static int Blocks(int rowLength) => (rowLength + KvOperand.Q8Block - 1) / KvOperand.Q8Block;
+
+    private static void SwapBytes(byte* x, byte* y, int length)
+    {
+        var a = new Span<byte>(x, length);
+        var b = new Span<byte>(y, length);
+        for (int at = 0; at < length; at++)
+        {
+            (a[at], b[at]) = (b[at], a[at]);
+        }
+    }
+
+    private AttentionRun AttendPrefix(int count, PageTable table, ReadOnlySpan<float> query, int heads, Span<float> destination, bool causal)
+    {
+        // Validation order: heads, query length, destination length, overlap, values.
+        Validate.Positive(heads, "the head count", Sizes, nameof(heads));
+        if (heads % _kvHeads != 0)
+        {
+            Validate.Fail(nameof(heads), "kv heads must divide query heads", $"{heads} query heads for {_kvHeads} kv heads", $"a multiple of {_kvHeads}",
+                "grouped-query attention shares each kv head among heads / kvHeads query heads");
+        }
+
+        long perQuery = (long)heads * _headDim;
+        if (query.Length == 0 || query.Length % perQuery != 0)
+        {
+            Validate.Fail(nameof(query), "length is not a whole number of queries per head", $"{query.Length} elements", $"a positive multiple of heads d = {perQuery}",
+                "pass [heads, nq, d] in C order, nq at least 1");
+        }
+
+        int nq = (int)(query.Length / perQuery);
+        Validate.Length(destination.Length, (long)heads * nq * _valueDim, nameof(destination), "[heads, nq, dv]", $"{Sizes}, heads {heads}, nq {nq}");
+        Validate.NoOverlap(destination, query, nameof(query));
+        FiniteCheck.Require(query, nameof(query), _headDim, "Non-finite queries are rejected.");
+        if (count == 0)
+        {
+            destination.Clear();
+            return new AttentionRun("none", 0) { KvBound = KvErrorBound.FromScoreError(_type, _type, 0, 0, 0) };
+        }
+
+        var shape = new AttentionShape(1, heads, nq, count, _headDim, _valueDim, _kvHeads);
+        AttentionKernel kernel;
+        fixed (nint* keyPages = table.Keys)
+        fixed (nint* valuePages = table.Values)
+        fixed (nint* keyScalePages = table.KeyScales)
+        fixed (nint* valueScalePages = table.ValueScales)
+        fixed (float* q = query)
+        fixed (float* o = destination)
+        {
+            AttentionArgs args = AttentionArgs.FromShape(shape);
+            args.KeyStore = Operand(count, table.Capacity, keyPages, keyScalePages, _headDim);
+            args.ValueStore = Operand(count, table.Capacity, valuePages, valueScalePages, _valueDim);
+            args.Query = q;
+            args.Output = o;
+            args.Scale = _scale;
+            args.Causal = causal;
+            args.Window = _options.Window;
+            args.Sinks = _options.Sinks;
+            args.MaxDegreeOfParallelism = _options.MaxDegreeOfParallelism;
+            kernel = KernelRegistry.Select(_options.Kernel, in args);
+            kernel.Run(args);
+        }
+
+        // The pages are native memory: keep the finaliser from freeing them while the kernel reads them.
+        GC.KeepAlive(this);
+        FiniteCheck.RequireFiniteResult(destination, _valueDim, _scale);
+        return new AttentionRun(kernel.Name, FlopCount.ExactAttention(1, heads, nq, count, _headDim, _valueDim, causal)) { KvBound = Bound(query, shape) };
+    }
+
+    /// <summary>The storage error bound for these queries: the bounds kept per column grow with every token stored, so they hold for any prefix.</summary>
+    private KvErrorBound Bound(ReadOnlySpan<float> query, AttentionShape shape) =>
+        _type == KvElementType.Float32
+            ? KvErrorBound.FromScoreError(_type, _type, 0, 0, 0)
+            : KvErrorBound.Of(query, shape, _scale, _keyErrors, Volatile.Read(ref _valueError), Volatile.Read(ref _maxAbsValue), _type, _type);
+
+    /// <summary>Encodes tokens <paramref name="first"/> .. first + t into their pages (allocated as needed), then updates the error bounds.</summary>
+    private void Store(int first, int t, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, string keyName, string valueName)
+    {
+        EnsurePages(first + t);
+        PageTable table = _table;
+
+        // Encode everything before any bound changes: a value out of range throws with the count and the bounds untouched.
+        for (int g = 0; g < _kvHeads; g++)
+        {
+            for (int r = 0; r < t; r++)
+            {
+                int j = first + r;
+                EncodeRow(keys.Slice(((g * t) + r) * _headDim, _headDim), KeyRow(table, g, j), KeyScales(table, g, j), keyName, g, r);
+                EncodeRow(values.Slice(((g * t) + r) * _valueDim, _valueDim), ValueRow(table, g, j), ValueScales(table, g, j), valueName, g, r);
+            }
+        }
+
+        if (_type == KvElementType.Float32)
+        {
+            return;
+        }
+
+        fixed (float* row = _widened)
+        {
+            for (int g = 0; g < _kvHeads; g++)
+            {
+                for (int j = first; j < first + t; j++)
+                {
+                    Half* scales = KeyScales(table, g, j);
+                    KvWiden.Row(_type, KeyRow(table, g, j), scales, _headDim, row);
+                    for (int c = 0; c < _headDim; c++)
+                    {
+                        ref double column = ref _keyErrors[(g * _headDim) + c];
+                        column = Math.Max(column, ElementError(row[c], scales, c));
+                    }
+
+                    scales = ValueScales(table, g, j);
+                    KvWiden.Row(_type, ValueRow(table, g, j), scales, _valueDim, row);
+                    double error = _valueError, max = _maxAbsValue;
+                    for (int c = 0; c < _valueDim; c++)
+                    {
+                        error = Math.Max(error, ElementError(row[c], scales, c));
+                        max = Math.Max(max, Math.Abs(row[c]));
+                    }
+
+                    Volatile.Write(ref _valueError, error);
+                    Volatile.Write(ref _maxAbsValue, max);
+                }
+            }
+        }
+    }
+
+    /// <summary>The rounding error of a stored element: the type's for float16 and bfloat16, half the block's scale for q8.</summary>
+    private double ElementError(float stored, Half* scales, int column) =>
+        _type == KvElementType.Q8 ? 0.5 * (double)scales[column / KvOperand.Q8Block] : KvElementTypes.ElementError(_type, stored);
+
+    /// <summary>
+    /// One row rounded into the storage type, as <see cref="KvTensor.Encode"/> rounds it (to nearest, ties to even; q8 scales
+    /// are the block's largest magnitude over 127 rounded up to a float16), so the cache stores the same bits a tensor would.
+    /// </summary>
+    private void EncodeRow(ReadOnlySpan<float> source, byte* row, Half* scales, string name, int kvHead, int token)
+    {
+        switch (_type)
+        {
+            case KvElementType.Float32:
+                source.CopyTo(new Span<float>(row, source.Length));
+                break;
+            case KvElementType.Float16:
+                for (int c = 0; c < source.Length; c++)
+                {
+                    Half h = (Half)source[c];
+                    if (Half.IsInfinity(h))
+                    {
+                        OutOfRange(name, source[c], kvHead, token, c, "|x| <= 65504 for float16", "store these keys or values as bf16 or f32");
+                    }
+
+                    ((Half*)row)[c] = h;
+                }
+
+                break;
+            case KvElementType.BFloat16:
+                for (int c = 0; c < source.Length; c++)
+                {
+                    ((ushort*)row)[c] = KvTensor.ToBFloat16(source[c]);
+                }
+
+                break;
+            default:
+                for (int c0 = 0, blk = 0; c0 < source.Length; c0 += KvOperand.Q8Block, blk++)
+                {
+                    ReadOnlySpan<float> block = source.Slice(c0, Math.Min(KvOperand.Q8Block, source.Length - c0));
+                    float max = 0f;
+                    for (int c = 0; c < block.Length; c++)
+                    {
+                        max = Math.Max(max, Math.Abs(block[c]));
+                    }
+
+                    Half scale = KvTensor.Q8Scale(max);
+                    if (Half.IsInfinity(scale))
+                    {
+                        int at = c0;
+                        for (int c = 0; c < block.Length; c++)
+                        {
+                            at = Math.Abs(block[c]) == max ? c0 + c : at;
+                        }
+
+                        OutOfRange(name, source[at], kvHead, token, at, "|x| <= 65504 x 127 for q8's float16 block scales", "store these keys or values as bf16 or f32");
+                    }
+
+                    scales[blk] = scale;
+                    float s = (float)scale;
+                    for (int c = 0; c < block.Length; c++)
+                    {
+                        ((sbyte*)row)[c0 + c] = s == 0f ? (sbyte)0 : (sbyte)Math.Clamp(MathF.Round(block[c] / s, MidpointRounding.ToEven), -127f, 127f);
+                    }
+                }
+
+                break;
+        }
+    }
+
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    private void OutOfRange(string name, float value, int kvHead, int token, int column, string expected, string hint) =>
+        Validate.Fail(name, $"a value lies outside the range of {KvElementTypes.Name(_type)}", $"{value:G6} at [kv head {kvHead}, token {token}, column {column}]", expected, hint);
+
+    /// <summary>Allocates pages until every kv head holds <paramref name="rows"/> tokens; the table is replaced (not changed in place) when it must grow.</summary>
+    private void EnsurePages(int rows)
+    {
+        int needed = (int)(((long)rows + _pageRows - 1) / _pageRows);
+        if (needed > _table.Capacity)
+        {
+            // Readers may hold the old table: build a new one and publish it whole; the pages it points at stay where they are.
+            Volatile.Write(ref _table, _table.Grow(Math.Max(needed, Math.Max(4, 2 * _table.Capacity)), _kvHeads));
+        }
+
+        PageTable table = _table;
+        for (; _pages < needed; _pages++)
+        {
+            for (int g = 0; g < _kvHeads; g++)
+            {
+                long at = ((long)g * table.Capacity) + _pages;
+                if (table.Keys[at] != 0)
+                {
+                    continue;
+                }
+
+                // Zeroed so that no uninitialised bits (a NaN pattern) ever sit inside a page a kernel reads.
+                byte* block = (byte*)NativeMemory.AlignedAlloc((nuint)_pageBytes, Alignment);
+                NativeMemory.Clear(block, (nuint)_pageBytes);
+                table.Keys[at] = (nint)block;
+                table.Values[at] = (nint)(block + _valueOffset);
+                if (_type == KvElementType.Q8)
+                {
+                    table.KeyScales[at] = (nint)(block + _keyScaleOffset);
+                    table.ValueScales[at] = (nint)(block + _valueScaleOffset);
+                }
+
+                Volatile.Write(ref _blocks, _blocks + 1);
+            }
+        }
+    }
+
+    private byte* KeyRow(PageTable table, int g, int j) =>
+        (byte*)table.Keys[((long)g * table.Capacity) + (j / _pageRows)] + ((long)(j % _pageRows) * _headDim * KvElementTypes.SizeOf(_type));
+
+    private byte* ValueRow(PageTable table, int g, int j) =>
+        (byte*)table.Values[((long)g * table.Capacity) + (j / _pageRows)] + ((long)(j % _pageRows) * _valueDim * KvElementTypes.SizeOf(_type));
+
+    private Half* KeyScales(PageTable table, int g, int j) => _type != KvElementType.Q8
+        ? null
+        : (Half*)table.KeyScales[((long)g * table.Capacity) + (j / _pageRows)] + ((long)(j % _pageRows) * Blocks(_headDim));
+
+    private Half* ValueScales(PageTable table, int g, int j) => _type != KvElementType.Q8
+        ? null
+        : (Half*)table.ValueScales[((long)g * table.Capacity) + (j / _pageRows)] + ((long)(j % _pageRows) * Blocks(_valueDim));
+
+    private void Free()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        foreach (nint block in _table.Keys)
+        {
+            if (block != 0)
+            {
+                NativeMemory.AlignedFree((void*)block);
+            }
+        }
+
+        _blocks = 0;
+    }
+
+    /// <summary>
+    /// Page addresses, <c>[kvHeads, Capacity]</c> (page p of kv head g at <c>g Capacity + p</c>, the layout of
+    /// <see cref="KvOperand.Pages"/>): the keys', the values' and (q8) their scales', all inside one allocation per (kv head, page).
+    /// Managed arrays, so a reader that snapshotted an old table keeps it alive as long as it needs it.
+    /// </summary>
+    internal sealed class PageTable(int capacity, int kvHeads)
+    {
+        public int Capacity { get; } = capacity;
+
+        public nint[] Keys { get; } = new nint[(long)capacity * kvHeads];
+
+        public nint[] Values { get; } = new nint[(long)capacity * kvHeads];
+
+        public nint[] KeyScales { get; } = new nint[(long)capacity * kvHeads];
+
+        public nint[] ValueScales { get; } = new nint[(long)capacity * kvHeads];
+
+        public long Bytes => 4L * Keys.Length * sizeof(nint);
+
+        /// <summary>A table of <paramref name="capacity"/> pages per kv head holding this one's entries.</summary>
+        public PageTable Grow(int capacity, int kvHeads)
+        {
+            var grown = new PageTable(capacity, kvHeads);
+            for (int g = 0; g < kvHeads; g++)
+            {
+                Array.Copy(Keys, (long)g * Capacity, grown.Keys, (long)g * capacity, Capacity);
+                Array.Copy(Values, (long)g * Capacity, grown.Values, (long)g * capacity, Capacity);
+                Array.Copy(KeyScales, (long)g * Capacity, grown.KeyScales, (long)g * capacity, Capacity);
+                Array.Copy(ValueScales, (long)g * Capacity, grown.ValueScales, (long)g * capacity, Capacity);
+            }
+
+            return grown;
+        }
+    }
+}
