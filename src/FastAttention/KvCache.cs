@@ -118,7 +118,7 @@ public sealed unsafe class KvCache : IDisposable
         _pageBytes = _valueScaleOffset + (_type == KvElementType.Q8 ? Align((long)pageRows * Blocks(valueDim) * sizeof(Half)) : 0);
         _keyErrors = new double[(long)kvHeads * headDim];
         _widened = new float[Math.Max(headDim, valueDim)];
-        _table = new PageTable(0, kvHeads);
+        _table = new PageTable(0, kvHeads, _type == KvElementType.Q8);
     }
 
     /// <summary>Frees the pages if <see cref="Dispose"/> was not called.</summary>
@@ -438,18 +438,21 @@ public sealed unsafe class KvCache : IDisposable
                 source.CopyTo(new Span<float>(row, source.Length));
                 break;
             case KvElementType.Float16:
+            {
+                // Round to nearest even, as the (Half) conversion KvTensor.Encode uses; a finite input that rounds to infinity is out of range.
+                var halves = new Span<Half>(row, source.Length);
+                System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(source, halves);
                 for (int c = 0; c < source.Length; c++)
                 {
-                    Half h = (Half)source[c];
-                    if (Half.IsInfinity(h))
+                    if (Half.IsInfinity(halves[c]))
                     {
                         OutOfRange(name, source[c], kvHead, token, c, "|x| <= 65504 for float16", "store these keys or values as bf16 or f32");
                     }
-
-                    ((Half*)row)[c] = h;
                 }
 
                 break;
+            }
+
             case KvElementType.BFloat16:
                 for (int c = 0; c < source.Length; c++)
                 {
@@ -570,33 +573,41 @@ public sealed unsafe class KvCache : IDisposable
     /// <see cref="KvOperand.Pages"/>): the keys', the values' and (q8) their scales', all inside one allocation per (kv head, page).
     /// Managed arrays, so a reader that snapshotted an old table keeps it alive as long as it needs it.
     /// </summary>
-    internal sealed class PageTable(int capacity, int kvHeads)
+    internal sealed class PageTable(int capacity, int kvHeads, bool scales)
     {
         public int Capacity { get; } = capacity;
+
+        /// <summary>Whether the table has the q8 scale arrays.</summary>
+        public bool HasScales { get; } = scales;
 
         public nint[] Keys { get; } = new nint[(long)capacity * kvHeads];
 
         public nint[] Values { get; } = new nint[(long)capacity * kvHeads];
 
-        public nint[] KeyScales { get; } = new nint[(long)capacity * kvHeads];
+        /// <summary>q8 only; empty otherwise.</summary>
+        public nint[] KeyScales { get; } = scales ? new nint[(long)capacity * kvHeads] : [];
 
-        public nint[] ValueScales { get; } = new nint[(long)capacity * kvHeads];
+        /// <summary>q8 only; empty otherwise.</summary>
+        public nint[] ValueScales { get; } = scales ? new nint[(long)capacity * kvHeads] : [];
 
-        public long Bytes => 4L * Keys.Length * sizeof(nint);
+        public long Bytes => (long)(Keys.Length + Values.Length + KeyScales.Length + ValueScales.Length) * sizeof(nint);
 
-        /// <summary>A table of <paramref name="capacity"/> pages per kv head holding this one's entries.</summary>
-        public PageTable Grow(int capacity, int kvHeads)
+        /// <summary>A table of <paramref name="grown"/> pages per kv head holding this one's entries.</summary>
+        public PageTable Grow(int grown, int kvHeads)
         {
-            var grown = new PageTable(capacity, kvHeads);
+            var table = new PageTable(grown, kvHeads, HasScales);
             for (int g = 0; g < kvHeads; g++)
             {
-                Array.Copy(Keys, (long)g * Capacity, grown.Keys, (long)g * capacity, Capacity);
-                Array.Copy(Values, (long)g * Capacity, grown.Values, (long)g * capacity, Capacity);
-                Array.Copy(KeyScales, (long)g * Capacity, grown.KeyScales, (long)g * capacity, Capacity);
-                Array.Copy(ValueScales, (long)g * Capacity, grown.ValueScales, (long)g * capacity, Capacity);
+                Array.Copy(Keys, (long)g * Capacity, table.Keys, (long)g * grown, Capacity);
+                Array.Copy(Values, (long)g * Capacity, table.Values, (long)g * grown, Capacity);
+                if (HasScales)
+                {
+                    Array.Copy(KeyScales, (long)g * Capacity, table.KeyScales, (long)g * grown, Capacity);
+                    Array.Copy(ValueScales, (long)g * Capacity, table.ValueScales, (long)g * grown, Capacity);
+                }
             }
 
-            return grown;
+            return table;
         }
     }
 }
