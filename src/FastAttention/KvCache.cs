@@ -361,7 +361,27 @@ public sealed unsafe class KvCache : IDisposable
         // The pages are native memory: keep the finaliser from freeing them while the kernel reads them.
         GC.KeepAlive(this);
         FiniteCheck.RequireFiniteResult(destination, _valueDim, _scale);
-        return new AttentionRun(kernel.Name, FlopCount.ExactAttention(1, heads, nq, count, _headDim, _valueDim, causal)) { KvBound = Bound(query, shape) };
+        return new AttentionRun(kernel.Name, 2.0 * heads * VisiblePairs(nq, count, causal) * (_headDim + _valueDim)) { KvBound = Bound(query, shape) };
+    }
+
+    /// <summary>The (query, key) pairs the causal limit, the window and the sinks let through: FlopCount's convention counts only those.</summary>
+    private double VisiblePairs(int nq, int n, bool causal)
+    {
+        if (_options.Window == 0)
+        {
+            return FlopCount.VisiblePairs(nq, n, causal);
+        }
+
+        double total = 0;
+        for (long i = 0; i < nq; i++)
+        {
+            long p = i + n - nq;
+            long last = causal ? Math.Min(p, n - 1) : n - 1;
+            long first = Math.Max(0, p - _options.Window + 1);
+            total += Math.Max(0, last - first + 1) + Math.Max(0, Math.Min(Math.Min(_options.Sinks, first), last + 1));
+        }
+
+        return total;
     }
 
     /// <summary>The storage error bound for these queries: the bounds kept per column grow with every token stored, so they hold for any prefix.</summary>
@@ -551,7 +571,8 @@ public sealed unsafe class KvCache : IDisposable
 
     private void Free()
     {
-        if (_disposed)
+        // A constructor that threw leaves no table for the finaliser.
+        if (_disposed || _table is null)
         {
             return;
         }

@@ -74,6 +74,7 @@ public class KvCacheTests
                     AttentionRun run = cache.Attend(q, heads, output, causal);
                     string what = $"{KvElementTypes.Name(type)} page {pageSize} d {d} block {block} window {window} sinks {sinks} nq {nq} causal {causal} ({run.Kernel})";
                     Tolerance.AssertExact(output, Expected(q, ks, vs, heads, kvHeads, nq, n, d, dv, causal, window, sinks), what);
+                    Assert.Equal(2.0 * heads * Mask(nq, n, causal, window, sinks).Count(x => x) * (d + dv), run.Flops);
 
                     // Against the values before rounding, the storage's own bound holds (plus the float32 kernel's rounding).
                     double[] original = Expected(q, k, v, heads, kvHeads, nq, n, d, dv, causal, window, sinks);
@@ -306,7 +307,11 @@ public class KvCacheTests
     }
 
     /// <summary>The float64 reference with causal limit, window and sinks as an explicit mask (AttentionArgs' rule).</summary>
-    private static double[] Expected(float[] q, float[] k, float[] v, int heads, int kvHeads, int nq, int n, int d, int dv, bool causal, int window, int sinks)
+    private static double[] Expected(float[] q, float[] k, float[] v, int heads, int kvHeads, int nq, int n, int d, int dv, bool causal, int window, int sinks) =>
+        Reference.Attention(q, k, v, new AttentionShape(1, heads, nq, n, d, dv, kvHeads), new Reference.Options(Mask: Mask(nq, n, causal, window, sinks)));
+
+    /// <summary>Which keys each query sees, <c>[nq, n]</c>: the rule of AttentionArgs.Window, written out.</summary>
+    private static bool[] Mask(int nq, int n, bool causal, int window, int sinks)
     {
         var mask = new bool[nq * n];
         for (int i = 0; i < nq; i++)
@@ -318,6 +323,6 @@ public class KvCacheTests
             }
         }
 
-        return Reference.Attention(q, k, v, new AttentionShape(1, heads, nq, n, d, dv, kvHeads), new Reference.Options(Mask: mask));
+        return mask;
     }
 }
