@@ -242,10 +242,13 @@ public sealed unsafe class KvCache : IDisposable
     /// <summary>Widens the stored key of token <paramref name="slot"/> of kv head <paramref name="kvHead"/> into <paramref name="destination"/> (d floats).</summary>
     internal void WidenKey(int kvHead, int slot, Span<float> destination)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         fixed (float* o = destination)
         {
             KvWiden.Row(_type, KeyRow(_table, kvHead, slot), KeyScales(_table, kvHead, slot), _headDim, o);
         }
+
+        GC.KeepAlive(this);
     }
 
     /// <summary>Moves the last token into slot <paramref name="slot"/> and drops the last (the writer only; no reader may run).</summary>
@@ -263,6 +266,7 @@ public sealed unsafe class KvCache : IDisposable
     /// <summary>Exchanges the stored bytes of tokens <paramref name="a"/> and <paramref name="b"/> in every kv head (the writer only; no reader may run).</summary>
     internal void Swap(int a, int b)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         if (a == b)
         {
             return;
@@ -280,6 +284,8 @@ public sealed unsafe class KvCache : IDisposable
                 SwapBytes((byte*)ValueScales(table, g, a), (byte*)ValueScales(table, g, b), Blocks(_valueDim) * sizeof(Half));
             }
         }
+
+        GC.KeepAlive(this);
     }
 
     /// <summary>The first <paramref name="count"/> rows of every kv head as a paged operand over a pinned page table.</summary>

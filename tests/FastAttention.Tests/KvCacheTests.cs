@@ -279,6 +279,11 @@ public class KvCacheTests
         Assert.True(cache.BytesReserved < 16384, $"{cache.BytesReserved} bytes reserved");
         Assert.Equal(4 * top, cache.CandidateCount);
         Assert.Contains(n - 1L, cache.Selected);
+
+        cache.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => cache.Append(k.AsSpan(0, d), v.AsSpan(0, 1)));
+        Assert.Throws<ObjectDisposedException>(() => cache.Attend(k.AsSpan(0, d), new float[1]));
+        Assert.Throws<ObjectDisposedException>(() => cache.Selected);
     }
 
     /// <summary>Appends n tokens in blocks of <paramref name="block"/>; returns the keys and values as <c>[kvHeads, n, d]</c> and <c>[kvHeads, n, dv]</c>.</summary>
