@@ -350,16 +350,11 @@ public sealed unsafe class KvCache : IDisposable
         fixed (float* q = query)
         fixed (float* o = destination)
         {
-            AttentionArgs args = AttentionArgs.FromShape(shape);
-            args.KeyStore = Operand(count, table.Capacity, keyPages, keyScalePages, _headDim);
-            args.ValueStore = Operand(count, table.Capacity, valuePages, valueScalePages, _valueDim);
-            args.Query = q;
-            args.Output = o;
-            args.Scale = _scale;
-            args.Causal = causal;
+            var settings = new AttentionCore.Settings(_options.Scale, -0.5f, causal, default, default, _options.MaxDegreeOfParallelism, false, _options.Kernel, 0f);
+            AttentionArgs args = AttentionCore.Arguments(shape, settings, _scale, q, Operand(count, table.Capacity, keyPages, keyScalePages, _headDim),
+                Operand(count, table.Capacity, valuePages, valueScalePages, _valueDim), o, null, null, null);
             args.Window = _options.Window;
             args.Sinks = _options.Sinks;
-            args.MaxDegreeOfParallelism = _options.MaxDegreeOfParallelism;
             kernel = KernelRegistry.Select(_options.Kernel, in args);
             kernel.Run(args);
         }
