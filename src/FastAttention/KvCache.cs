@@ -56,8 +56,13 @@ public sealed unsafe class KvCache : IDisposable
     /// <summary>Byte offsets inside a page block: keys [PageRows, d], values [PageRows, dv], then (q8) their scales; each 64-byte aligned.</summary>
     private readonly long _valueOffset, _keyScaleOffset, _valueScaleOffset, _pageBytes;
 
-    /// <summary>Per (kv head, key column) the largest rounding error stored so far, <c>[kvHeads, d]</c> (see <see cref="KvErrorBound"/>).</summary>
-    private readonly double[] _keyErrors;
+    /// <summary>
+    /// What the storage error bound needs, kept as tokens are stored (see <see cref="KvErrorBound"/>): float16 and bfloat16
+    /// round each element within an error that grows with its magnitude, so per (kv head, key column) the largest stored
+    /// magnitude, <c>[kvHeads, d]</c>; q8 within half its block's scale, so per (kv head, key block) the largest scale,
+    /// <c>[kvHeads, ceil(d / 32)]</c>.
+    /// </summary>
+    private readonly float[] _keyPeaks;
 
     /// <summary>The writer's row buffer for widening stored rows (max(d, dv) floats).</summary>
     private readonly float[] _widened;
@@ -66,7 +71,7 @@ public sealed unsafe class KvCache : IDisposable
     private int _count;
     private int _pages;
     private long _blocks;
-    private double _valueError, _maxAbsValue;
+    private float _valuePeak, _valueScalePeak;
     private bool _disposed;
 
     /// <summary>An empty cache.</summary>
@@ -116,7 +121,7 @@ public sealed unsafe class KvCache : IDisposable
         _keyScaleOffset = _valueOffset + Align((long)pageRows * valueDim * size);
         _valueScaleOffset = _keyScaleOffset + (_type == KvElementType.Q8 ? Align((long)pageRows * Blocks(headDim) * sizeof(Half)) : 0);
         _pageBytes = _valueScaleOffset + (_type == KvElementType.Q8 ? Align((long)pageRows * Blocks(valueDim) * sizeof(Half)) : 0);
-        _keyErrors = new double[(long)kvHeads * headDim];
+        _keyPeaks = new float[(long)kvHeads * (_type == KvElementType.Q8 ? Blocks(headDim) : headDim)];
         _widened = new float[Math.Max(headDim, valueDim)];
         _table = new PageTable(0, kvHeads, _type == KvElementType.Q8);
     }
@@ -386,10 +391,30 @@ public sealed unsafe class KvCache : IDisposable
     }
 
     /// <summary>The storage error bound for these queries: the bounds kept per column grow with every token stored, so they hold for any prefix.</summary>
-    private KvErrorBound Bound(ReadOnlySpan<float> query, AttentionShape shape) =>
-        _type == KvElementType.Float32
-            ? KvErrorBound.FromScoreError(_type, _type, 0, 0, 0)
-            : KvErrorBound.Of(query, shape, _scale, _keyErrors, Volatile.Read(ref _valueError), Volatile.Read(ref _maxAbsValue), _type, _type);
+    internal KvErrorBound Bound(ReadOnlySpan<float> query, AttentionShape shape)
+    {
+        if (_type == KvElementType.Float32)
+        {
+            return KvErrorBound.FromScoreError(_type, _type, 0, 0, 0);
+        }
+
+        // The errors grow with the magnitude (or the scale), so the largest one stored is that of the largest magnitude.
+        bool q8 = _type == KvElementType.Q8;
+        var keyErrors = new double[(long)_kvHeads * _headDim];
+        for (int g = 0; g < _kvHeads; g++)
+        {
+            for (int c = 0; c < _headDim; c++)
+            {
+                keyErrors[(g * _headDim) + c] = q8
+                    ? 0.5 * _keyPeaks[(g * Blocks(_headDim)) + (c / KvOperand.Q8Block)]
+                    : KvElementTypes.ElementError(_type, _keyPeaks[(g * _headDim) + c]);
+            }
+        }
+
+        float peak = Volatile.Read(ref _valuePeak);
+        double valueError = q8 ? 0.5 * Volatile.Read(ref _valueScalePeak) : KvElementTypes.ElementError(_type, peak);
+        return KvErrorBound.Of(query, shape, _scale, keyErrors, valueError, peak, _type, _type);
+    }
 
     /// <summary>Encodes tokens <paramref name="first"/> .. first + t into their pages (allocated as needed), then updates the error bounds.</summary>
     private void Store(int first, int t, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, string keyName, string valueName)
@@ -413,39 +438,49 @@ public sealed unsafe class KvCache : IDisposable
             return;
         }
 
+        bool q8 = _type == KvElementType.Q8;
+        int keyBlocks = Blocks(_headDim), valueBlocks = Blocks(_valueDim);
+        float valuePeak = _valuePeak, valueScalePeak = _valueScalePeak;
         fixed (float* row = _widened)
         {
+            Span<float> widened = _widened.AsSpan(0, _valueDim);
             for (int g = 0; g < _kvHeads; g++)
             {
+                Span<float> peaks = _keyPeaks.AsSpan(g * (q8 ? keyBlocks : _headDim), q8 ? keyBlocks : _headDim);
                 for (int j = first; j < first + t; j++)
                 {
-                    Half* scales = KeyScales(table, g, j);
-                    KvWiden.Row(_type, KeyRow(table, g, j), scales, _headDim, row);
-                    for (int c = 0; c < _headDim; c++)
+                    if (q8)
                     {
-                        ref double column = ref _keyErrors[(g * _headDim) + c];
-                        column = Math.Max(column, ElementError(row[c], scales, c));
+                        Half* scales = KeyScales(table, g, j);
+                        for (int blk = 0; blk < keyBlocks; blk++)
+                        {
+                            peaks[blk] = Math.Max(peaks[blk], (float)scales[blk]);
+                        }
+
+                        scales = ValueScales(table, g, j);
+                        for (int blk = 0; blk < valueBlocks; blk++)
+                        {
+                            valueScalePeak = Math.Max(valueScalePeak, (float)scales[blk]);
+                        }
+                    }
+                    else
+                    {
+                        KvWiden.Row(_type, KeyRow(table, g, j), null, _headDim, row);
+                        System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(peaks, _widened.AsSpan(0, _headDim), peaks);
                     }
 
-                    scales = ValueScales(table, g, j);
-                    KvWiden.Row(_type, ValueRow(table, g, j), scales, _valueDim, row);
-                    double error = _valueError, max = _maxAbsValue;
-                    for (int c = 0; c < _valueDim; c++)
-                    {
-                        error = Math.Max(error, ElementError(row[c], scales, c));
-                        max = Math.Max(max, Math.Abs(row[c]));
-                    }
-
-                    Volatile.Write(ref _valueError, error);
-                    Volatile.Write(ref _maxAbsValue, max);
+                    KvWiden.Row(_type, ValueRow(table, g, j), ValueScales(table, g, j), _valueDim, row);
+                    valuePeak = Math.Max(valuePeak, Math.Abs(System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(widened)));
                 }
+
+                // MaxMagnitude keeps the sign of the larger element: the peaks are magnitudes.
+                System.Numerics.Tensors.TensorPrimitives.Abs(peaks, peaks);
             }
         }
-    }
 
-    /// <summary>The rounding error of a stored element: the type's for float16 and bfloat16, half the block's scale for q8.</summary>
-    private double ElementError(float stored, Half* scales, int column) =>
-        _type == KvElementType.Q8 ? 0.5 * (double)scales[column / KvOperand.Q8Block] : KvElementTypes.ElementError(_type, stored);
+        Volatile.Write(ref _valuePeak, valuePeak);
+        Volatile.Write(ref _valueScalePeak, valueScalePeak);
+    }
 
     /// <summary>
     /// One row rounded into the storage type, as <see cref="KvTensor.Encode"/> rounds it (to nearest, ties to even; q8 scales

@@ -55,6 +55,40 @@ public class KvCacheTests
     }
 
     [Theory]
+    [InlineData(KvElementType.Float32)]
+    [InlineData(KvElementType.Float16)]
+    [InlineData(KvElementType.BFloat16)]
+    [InlineData(KvElementType.Q8)]
+    public void The_bound_kept_while_appending_is_the_bound_of_the_same_tensors(KvElementType type)
+    {
+        // Magnitudes from 1e-9 to 1e3 reach float16's subnormals and q8's small and large scales.
+        const int kvHeads = 2, heads = 4, d = 59, dv = 40, n = 150, nq = 3;
+        using var cache = new KvCache(kvHeads, d, dv, new KvCacheOptions { ElementType = type, PageSize = 16 });
+        float[] k = Data.Normal((long)kvHeads * n * d, 61), v = Data.Normal((long)kvHeads * n * dv, 62);
+        for (int x = 0; x < k.Length; x++)
+        {
+            k[x] *= MathF.Pow(10, (x % 13) - 9);
+        }
+
+        for (int x = 0; x < v.Length; x++)
+        {
+            v[x] *= MathF.Pow(10, (x % 7) - 4);
+        }
+
+        for (int first = 0; first < n; first += 11)
+        {
+            int t = Math.Min(11, n - first);
+            cache.Append(Block(k, kvHeads, n, d, first, t), Block(v, kvHeads, n, dv, first, t));
+        }
+
+        float[] q = Data.Normal(heads * nq * d, 63);
+        var shape = new AttentionShape(1, heads, nq, n, d, dv, kvHeads);
+        KvErrorBound expected = AttentionCore.StorageBound(q, KvTensor.Encode(k, d, type), KvTensor.Encode(v, dv, type), shape, 1f / MathF.Sqrt(d));
+        Assert.Equal(expected, cache.Bound(q, shape));
+        Assert.Equal(type == KvElementType.Float32, expected.Absolute == 0);
+    }
+
+    [Theory]
     [MemberData(nameof(AttentionGrid))]
     public void Attend_matches_the_float64_reference_over_the_stored_values(KvElementType type, int pageSize, int d, int block)
     {
