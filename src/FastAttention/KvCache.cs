@@ -38,8 +38,8 @@ public readonly record struct KvCacheOptions
 /// <see cref="Attend"/> runs exact attention of a block of queries (the last positions, bottom-right causal, grouped-query
 /// heads, sliding window and sinks) over the pages in place.
 /// <para>
-/// Threads: one writer, many readers. <see cref="Append(ReadOnlySpan{float}, ReadOnlySpan{float})"/> must not be called from two threads at once, but any number of
-/// threads may call <see cref="Attend"/> while one appends. A reader reads <see cref="Count"/> once and attends over that
+/// Threads: one writer, many readers. <see cref="Append(ReadOnlySpan{float}, ReadOnlySpan{float})"/> must not be called
+/// from two threads at once, but any number of threads may call <see cref="Attend"/> while one appends. A reader reads <see cref="Count"/> once and attends over that
 /// prefix: the writer stores a token's keys and values before it publishes the larger count, and pages never move, so a
 /// reader never sees a half-written token. <see cref="Dispose"/> must not run while any call does.
 /// </para>
@@ -313,10 +313,10 @@ public sealed unsafe class KvCache : IDisposable
     {
         var a = new Span<byte>(x, length);
         var b = new Span<byte>(y, length);
-        for (int at = 0; at < length; at++)
-        {
-            (a[at], b[at]) = (b[at], a[at]);
-        }
+        Span<byte> held = length <= 1024 ? stackalloc byte[length] : new byte[length];
+        a.CopyTo(held);
+        b.CopyTo(a);
+        held.CopyTo(b);
     }
 
     private AttentionRun AttendPrefix(int count, PageTable table, ReadOnlySpan<float> query, int heads, Span<float> destination, bool causal)
