@@ -244,6 +244,13 @@ public sealed unsafe class KvCache : IDisposable
         return result;
     }
 
+    /// <summary>The address of page <paramref name="page"/> of kv head <paramref name="kvHead"/> (for tests: pages never move).</summary>
+    internal nint PageAddress(int kvHead, int page)
+    {
+        PageTable table = Volatile.Read(ref _table);
+        return table.Keys[((long)kvHead * table.Capacity) + page];
+    }
+
     /// <summary>Widens the stored key of token <paramref name="slot"/> of kv head <paramref name="kvHead"/> into <paramref name="destination"/> (d floats).</summary>
     internal void WidenKey(int kvHead, int slot, Span<float> destination)
     {

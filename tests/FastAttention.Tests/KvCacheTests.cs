@@ -32,9 +32,15 @@ public class KvCacheTests
         var data = new TheoryData<KvElementType, int, int, int>();
         foreach (KvElementType type in Types)
         {
-            foreach ((int pageSize, int d, int block) in new[] { (16, 8, 1), (16, 59, 7), (256, 64, 256), (16, 128, 7), (256, 59, 1) })
+            foreach (int pageSize in new[] { 16, 256 })
             {
-                data.Add(type, pageSize, d, block);
+                foreach (int d in new[] { 8, 59, 64, 128 })
+                {
+                    foreach (int block in new[] { 1, 7, 256 })
+                    {
+                        data.Add(type, pageSize, d, block);
+                    }
+                }
             }
         }
 
@@ -122,6 +128,21 @@ public class KvCacheTests
                 }
             }
         }
+    }
+
+    [Fact]
+    public void Pages_stay_where_they_were_allocated_while_the_page_table_grows()
+    {
+        const int kvHeads = 3, d = 8;
+        using var cache = new KvCache(kvHeads, d, d, new KvCacheOptions { ElementType = KvElementType.Q8, PageSize = 16 });
+        Fill(cache, kvHeads, 20, d, d, 20, seed: 1);
+        nint[] before = [.. Enumerable.Range(0, kvHeads).SelectMany(g => new[] { cache.PageAddress(g, 0), cache.PageAddress(g, 1) })];
+        long reserved = cache.BytesReserved;
+        Fill(cache, kvHeads, 1000, d, d, 1, seed: 2);
+        nint[] after = [.. Enumerable.Range(0, kvHeads).SelectMany(g => new[] { cache.PageAddress(g, 0), cache.PageAddress(g, 1) })];
+        Assert.Equal(before, after);
+        Assert.All(after, address => Assert.Equal(0, address % 64));
+        Assert.True(cache.BytesReserved > reserved);
     }
 
     [Fact]
