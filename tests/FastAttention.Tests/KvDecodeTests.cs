@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using FastAttention.Kernels;
 using FastAttention.Tests.Support;
 
@@ -169,9 +170,11 @@ public unsafe class KvDecodeTests
                 for (int x = 0; x < 65536; x += 16)
                 {
                     Vector512<float> v = KvWiden.Load512(type, (byte*)bits, null, x);
+                    Vector512<float> fast = type == KvElementType.Float16 && Avx512F.IsSupported ? DecodeWidening.Half512(Vector256.Load((short*)bits + x)) : v;
                     for (int lane = 0; lane < 16; lane++)
                     {
                         Check(x + lane, v[lane], "Load512");
+                        Check(x + lane, fast[lane], "the decoding kernel's Half512");
                     }
                 }
             }
