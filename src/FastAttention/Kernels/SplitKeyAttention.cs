@@ -613,6 +613,13 @@ internal static unsafe class SplitKeyAttention<TS, TV, TE>
                 float* sc = values.Scales(0);
                 for (int j = 0; j < count; j++, v += stride, sc += blocks)
                 {
+                    if (c == 0)
+                    {
+                        // The first block of columns reads part of each row; the rest of the row, read by the next blocks,
+                        // is requested with it, PrefetchDistance ahead (the hardware prefetchers miss this strided pattern).
+                        Prefetch(v, stride);
+                    }
+
                     TV x0 = Load(v, sc, c), x1 = Load(v, sc, c + w), x2 = Load(v, sc, c + (2 * w)), x3 = Load(v, sc, c + (3 * w));
                     TV pj = TS.Broadcast(p0[j]);
                     a0 = TS.MultiplyAdd(pj, x0, a0);
