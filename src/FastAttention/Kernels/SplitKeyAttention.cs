@@ -1026,6 +1026,6 @@ internal static class DecodeWidening
         // 0xf8: a | (b & c).
         Vector512<uint> signed = Avx512F.TernaryLogic(finite, shifted, Vector512.Create(0x80000000u), 0xf8);
         Vector512<uint> special = Vector512.GreaterThanOrEqual(magnitude, Vector512.Create(0x0f800000u));
-        return Avx512F.TernaryLogic(signed, special, Vector512.Create(0x7f800000u), 0xf8).AsSingle();
+        return Vector512.ConditionalSelect(special, signed | Vector512.Create(0x7f800000u), signed).AsSingle(); // a masked or
     }
 }
