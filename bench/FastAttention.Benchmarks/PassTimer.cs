@@ -22,14 +22,26 @@ public static unsafe class PassTimer
         double seconds = args.Length > 1 ? double.Parse(args[1], CultureInfo.InvariantCulture) : 1.0;
         bool wide = !(args.Length > 2 && args[2] == "v256") && Vector512.IsHardwareAccelerated;
         Console.WriteLine($"{Environment.ProcessorCount} cores, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {(wide ? "v512" : "v256")} replay, {seconds} s per case");
-        var peaks = new Dictionary<int, double> { [1] = FmaPeak.Measure(1), [2] = FmaPeak.Measure(2) };
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"FMA peak: {peaks[1]:F1} GFLOP/s (1 thread), {peaks[2]:F1} GFLOP/s (2 threads)"));
+        // The peak is the best of several measurements, taken again before every case: on a shared machine one measurement
+        // can fall in a moment of contention and put a kernel above 100%.
+        var peaks = new Dictionary<int, double> { [1] = 0, [2] = 0 };
+        void MeasurePeaks()
+        {
+            for (int i = 0; i < 3; i++)
+            {
+                peaks[1] = Math.Max(peaks[1], FmaPeak.Measure(1));
+                peaks[2] = Math.Max(peaks[2], FmaPeak.Measure(2));
+            }
+        }
+
+        var results = new List<(int N, int D, int Threads, double Median, double Min, double Flops)>();
         foreach (int n in new[] { 1024, 4096 })
         {
             foreach (int d in new[] { 64, 128 })
             {
                 foreach (int threads in new[] { 1, 2 })
                 {
+                    MeasurePeaks();
                     var shape = AttentionShape.SingleHead(n, d);
                     var random = new Random(7);
                     float[] Fill(long length) => [.. Enumerable.Range(0, (int)length).Select(_ => (float)((random.NextDouble() * 2) - 1))];
@@ -55,10 +67,19 @@ public static unsafe class PassTimer
                     double ms = 1e3 / Stopwatch.Frequency;
                     double threadMs = best[..^1].Sum() * ms;
                     string shares = string.Join(", ", Passes.Select((pass, i) => string.Create(CultureInfo.InvariantCulture, $"{pass} {best[i] * ms / threads:F2} ms ({100 * best[i] / best[..^1].Sum():F1}%)")));
-                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"n={n} d={d} {threads} thr: kernel median {median:F2} ms (min {min:F2}), {flops / median / 1e6:F1} GFLOP/s = {100 * flops / median / 1e6 / peaks[threads]:F0}% of peak (min: {100 * flops / min / 1e6 / peaks[threads]:F0}%); replay wall {best[^1] * ms:F2} ms, per thread: {shares}; untimed {(best[^1] * ms * threads) - threadMs:F2} thread-ms"));
+                    MeasurePeaks();
+                    string replay = string.Create(CultureInfo.InvariantCulture, $"replay wall {best[^1] * ms:F2} ms, per thread: {shares}; untimed {(best[^1] * ms * threads) - threadMs:F2} thread-ms");
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"n={n} d={d} {threads} thr: kernel median {median:F2} ms (min {min:F2}); {replay}"));
+                    results.Add((n, d, threads, median, min, flops));
                 }
             }
+        }
+
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"FMA peak (best of all measurements): {peaks[1]:F1} GFLOP/s (1 thread), {peaks[2]:F1} GFLOP/s (2 threads)"));
+        foreach ((int n, int d, int threads, double median, double min, double flops) in results)
+        {
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"n={n} d={d} {threads} thr: median {median:F2} ms = {flops / median / 1e6:F1} GFLOP/s = {100 * flops / median / 1e6 / peaks[threads]:F0}% of peak; min {min:F2} ms = {100 * flops / min / 1e6 / peaks[threads]:F0}%"));
         }
     }
 
@@ -227,6 +248,11 @@ public static unsafe class PassTimer
             Alpha = Alloc(120);
             Ones = Alloc(120);
             new Span<float>(Ones, 120).Fill(1f);
+
+            // Touched once here, as the kernel's pooled buffers are: otherwise the first tile's page faults land in "scale Q".
+            new Span<float>(Query, 120 * d).Clear();
+            new Span<float>(Scores, 120 * (512 + 16)).Clear();
+            new Span<float>(Output, 120 * d).Clear();
         }
 
         public double[] Ticks { get; } = new double[Passes.Length];
