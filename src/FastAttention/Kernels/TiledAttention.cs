@@ -10,7 +10,7 @@ namespace FastAttention.Kernels;
 /// <list type="number">
 /// <item>S = (s Q_tile) K_tile^T by the shared 6-row micro-kernel (4 vectors wide with 512-bit registers, <see cref="MicroKernel{TS, TV}.Run6"/>;
 /// 2 with 256-bit, <see cref="MicroKernel{TS, TV}.Run6x2"/>) over packed key panels;</item>
-/// <item>bias, mask, causal limit and key padding applied to S (masked scores become -inf);</item>
+/// <item>bias, mask, causal limit, sliding window and key padding applied to S (masked scores become -inf);</item>
 /// <item>per row: m' = max(m, rowmax S), alpha = 2^(m - m'), P = 2^(S - m'), l = alpha l + sum P (S carries a factor log2 e, so 2^S = e^(s q.k));</item>
 /// <item>O = alpha O + P V_tile by the same micro-kernel, accumulating each chunk from zero (blocked summation);</item>
 /// <item>after the last key tile, out = O / l (a row that saw no key outputs zeros).</item>
@@ -18,7 +18,7 @@ namespace FastAttention.Kernels;
 /// Keys and values are read through <see cref="AttentionArgs.Keys"/> and <see cref="AttentionArgs.Values"/> in any storage type,
 /// contiguous or paged: packing widens them to float32 exactly, so a typed run gives the bits of the float32 run on the decoded
 /// values. A sliding window (<see cref="AttentionArgs.Window"/>, with sinks) is masked in step 2, and key tiles and micro-tiles
-/// that no row of a tile sees are skipped, so a window of w keys costs about w keys per query, not nk.
+/// that no row of a tile sees are skipped, so a window of w keys costs about w + 120 (a query tile's spread) keys per query, not nk.
 /// Work items never share state, so the output bits do not depend on the thread count.
 /// The tile sizes and the passes below are internal for the benchmarks' per-pass timer (bench PassTimer), which replays them.
 /// </summary>
