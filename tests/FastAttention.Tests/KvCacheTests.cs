@@ -105,7 +105,8 @@ public class KvCacheTests
             using var cache = new KvCache(kvHeads, d, dv, new KvCacheOptions { ElementType = type, PageSize = pageSize, Window = window, Sinks = sinks });
             (float[] k, float[] v) = Fill(cache, kvHeads, n, d, dv, block, seed: d);
             float[] ks = cache.Widened(values: false, n), vs = cache.Widened(values: true, n);
-            foreach (int nq in new[] { 1, 7 })
+            // 1 and 7 queries per head take the split-key (decoding) kernels, 33 the tiled ones (a third of the grid: its reference is the slow part).
+            foreach (int nq in block == 7 ? new[] { 1, 7, 33 } : new[] { 1, 7 })
             {
                 foreach (bool causal in new[] { true, false })
                 {
@@ -125,6 +126,39 @@ public class KvCacheTests
                         Assert.True(Math.Abs(output[x] - original[x]) <= bound.Absolute + Tolerance.ExactAtol + (Tolerance.ExactRtol * Math.Abs(original[x])),
                             $"{what}: element {x} is {output[x]}, unrounded reference {original[x]}, bound {bound.Absolute:E3}");
                     }
+                }
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData(KvElementType.Float32)]
+    [InlineData(KvElementType.Float16)]
+    [InlineData(KvElementType.BFloat16)]
+    [InlineData(KvElementType.Q8)]
+    public void Every_kernel_of_the_storage_type_reads_the_pages(KvElementType type)
+    {
+        const int kvHeads = 2, heads = 4, d = 59, dv = 33, n = 150;
+        string suffix = type == KvElementType.Float32 ? "" : "-" + KvElementTypes.Name(type);
+        string[] kernels = [.. AttentionKernels.All
+            .Where(k => k.IsSupported && KvElementTypes.Names.Skip(1).All(other => !k.Name.EndsWith("-" + other, StringComparison.Ordinal) || "-" + other == suffix)
+                && (suffix.Length == 0 || k.Name.EndsWith(suffix, StringComparison.Ordinal)))
+            .Select(k => k.Name)];
+        Assert.NotEmpty(kernels);
+        foreach (string kernel in kernels)
+        {
+            foreach ((int window, int sinks) in new[] { (0, 0), (20, 3) })
+            {
+                using var cache = new KvCache(kvHeads, d, dv, new KvCacheOptions { ElementType = type, PageSize = 16, Window = window, Sinks = sinks, Kernel = kernel });
+                Fill(cache, kvHeads, n, d, dv, 13, seed: 71);
+                float[] ks = cache.Widened(values: false, n), vs = cache.Widened(values: true, n);
+                foreach (int nq in kernel.StartsWith("splitkey", StringComparison.Ordinal) ? new[] { 1, 16 } : new[] { 1, 17, 150 })
+                {
+                    float[] q = Data.Normal((long)heads * nq * d, nq);
+                    var output = new float[heads * nq * dv];
+                    AttentionRun run = cache.Attend(q, heads, output);
+                    Assert.Equal(kernel, run.Kernel);
+                    Tolerance.AssertExact(output, Expected(q, ks, vs, heads, kvHeads, nq, n, d, dv, causal: true, window, sinks), $"{kernel} window {window} nq {nq}");
                 }
             }
         }
@@ -168,7 +202,7 @@ public class KvCacheTests
     {
         // One writer appends blocks of 8 through several page-table growths (pages of 16) while two readers attend:
         // every output must be the reference over some prefix of whole blocks between the counts seen before and after.
-        const int kvHeads = 2, heads = 4, d = 16, dv = 8, blocks = 60, blockSize = 8, n = blocks * blockSize;
+        const int kvHeads = 2, heads = 4, d = 16, dv = 8, blocks = 300, blockSize = 8, n = blocks * blockSize;
         using var cache = new KvCache(kvHeads, d, dv, new KvCacheOptions { ElementType = KvElementType.BFloat16, PageSize = 16, MaxDegreeOfParallelism = 1 });
         float[] k = Data.Normal((long)kvHeads * n * d, 5), v = Data.Normal((long)kvHeads * n * dv, 6);
         float[] q = Data.Normal(heads * d, 7);
