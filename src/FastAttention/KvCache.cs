@@ -3,11 +3,15 @@ using FastAttention.Kernels;
 
 namespace FastAttention;
 
-/// <summary>Options for <see cref="KvCache"/>. The default stores float32 in pages of 256 tokens and attends with scale <c>1/sqrt(d)</c>, no window.</summary>
+/// <summary>Options for <see cref="KvCache"/>. The default stores float32 in pages of 1024 tokens and attends with scale <c>1/sqrt(d)</c>, no window.</summary>
 public readonly record struct KvCacheOptions
 {
-    /// <summary>The page size <see cref="PageSize"/> = 0 stands for: 256 tokens.</summary>
-    public const int DefaultPageSize = 256;
+    /// <summary>
+    /// The page size <see cref="PageSize"/> = 0 stands for: 1024 tokens. The split-key kernels' chunks stop at page ends, and
+    /// decoding 32,768 tokens ran 10-25% faster on pages of 1024 than of 256 (AMD EPYC family 25 model 17, 2026-12-02); a
+    /// partly filled last page costs at most 1023 tokens per kv head.
+    /// </summary>
+    public const int DefaultPageSize = 1024;
 
     /// <summary>How keys and values are stored (widened to float32 in registers as the kernels read them).</summary>
     public KvElementType ElementType { get; init; }
@@ -90,7 +94,7 @@ public sealed unsafe class KvCache : IDisposable
         if (pageRows < 16 || (pageRows & (pageRows - 1)) != 0)
         {
             Validate.Fail(nameof(options), "the page size must be a power of two of at least 16", $"PageSize {options.PageSize}", "16, 32, 64, ...",
-                "kernels split keys in chunks that never cross a page; 0 means 256");
+                "kernels split keys in chunks that never cross a page; 0 means 1024");
         }
 
         if (options.Window < 0 || options.Sinks < 0)

@@ -362,7 +362,7 @@ public class KvCacheTests
             most = Math.Max(most, cache.BytesReserved);
         }
 
-        // At most 39 tokens are ever held: one page of 256 slots serves the whole stream.
+        // At most 39 tokens are ever held: one page of slots serves the whole stream.
         Assert.Equal(cache.HeldCount * (KvElementTypes.RowBytes(KvElementType.Q8, d) + KvElementTypes.RowBytes(KvElementType.Q8, 1)), cache.BytesUsed);
         Assert.Equal(most, cache.BytesReserved);
         Assert.True(cache.BytesReserved < 16384, $"{cache.BytesReserved} bytes reserved");
