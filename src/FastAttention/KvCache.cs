@@ -42,9 +42,10 @@ public readonly record struct KvCacheOptions
 /// heads, sliding window and sinks) over the pages in place.
 /// <para>
 /// Threads: one writer, many readers. <see cref="Append(ReadOnlySpan{float}, ReadOnlySpan{float})"/> must not be called
-/// from two threads at once, but any number of threads may call <see cref="Attend"/> while one appends. A reader reads <see cref="Count"/> once and attends over that
-/// prefix: the writer stores a token's keys and values before it publishes the larger count, and pages never move, so a
-/// reader never sees a half-written token. <see cref="Dispose"/> must not run while any call does.
+/// from two threads at once, but any number of threads may call <see cref="Attend"/> while one appends. A reader reads
+/// <see cref="Count"/> once and attends over that prefix: the writer stores a token's keys and values before it publishes
+/// the larger count, and pages never move, so a reader never sees a half-written token. <see cref="Dispose"/> must not run
+/// while any call does.
 /// </para>
 /// </summary>
 public sealed unsafe partial class KvCache : IDisposable
