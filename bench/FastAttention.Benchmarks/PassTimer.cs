@@ -12,7 +12,7 @@ namespace FastAttention.Benchmarks;
 /// d = dv) path with a Stopwatch timestamp between its passes (packing K; per query tile the query scaling, then per key tile
 /// S = Q K^T, the masks, the softmax rows and O += P V; the final normalisation). It calls the kernel's own micro-kernel, masks and
 /// softmax, so the passes cost what they cost in the kernel; times are summed over threads. Beside it the real kernel's time and its
-/// share of the measured FMA peak. Run: <c>dotnet run -c Release --project bench/FastAttention.Benchmarks -- passes [seconds per case] [v512|v256]</c>.
+/// share of the measured FMA peak. Run: <c>dotnet run -c Release --project bench/FastAttention.Benchmarks -- passes [seconds per case] [v512|v256] [threads, e.g. 1,2]</c>.
 /// </summary>
 public static unsafe class PassTimer
 {
@@ -22,6 +22,7 @@ public static unsafe class PassTimer
     {
         double seconds = args.Length > 1 ? double.Parse(args[1], CultureInfo.InvariantCulture) : 1.0;
         bool wide = !(args.Length > 2 && args[2] == "v256") && Vector512.IsHardwareAccelerated;
+        int[] threadCounts = args.Length > 3 ? [.. args[3].Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture))] : [1, 2];
         Console.WriteLine($"{Environment.ProcessorCount} cores, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {(wide ? "v512" : "v256")} replay, {seconds} s per case");
         // FmaPeak measures once per process and thread count (it caches), here first, before any kernel has heated the core.
         var peaks = new Dictionary<int, double> { [1] = FmaPeak.Measure(1), [2] = FmaPeak.Measure(2) };
@@ -30,7 +31,7 @@ public static unsafe class PassTimer
         {
             foreach (int d in new[] { 64, 128 })
             {
-                foreach (int threads in new[] { 1, 2 })
+                foreach (int threads in threadCounts)
                 {
                     var shape = AttentionShape.SingleHead(n, d);
                     var random = new Random(7);
