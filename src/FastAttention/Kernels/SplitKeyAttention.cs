@@ -22,6 +22,8 @@ namespace FastAttention.Kernels;
 /// output bits are the same for every thread count; every score and output element is summed in the same order whether its
 /// row runs alone or in a block of four.
 /// </summary>
+/// <remarks>Locals are not zeroed: the scores and widened scales on the stack are written before they are read.</remarks>
+[SkipLocalsInit]
 internal static unsafe class SplitKeyAttention<TS, TV, TE>
     where TS : struct, ISimd<TV>
     where TV : struct
