@@ -324,6 +324,9 @@ public class ExactBackwardTests
         Assert.Equal("logSumExp", Assert.Throws<ArgumentException>(() => ExactAttention.Backward(q, k, v, o, dO, lse, shape, dq, dk, dv)).ParamName);
         Assert.Equal("biasGradient", Assert.Throws<ArgumentException>(() => ExactAttention.Backward(q, k, v, o, dO, new float[5], shape, dq, dk, dv, new float[7], default)).ParamName);
         Assert.Equal("options", Assert.Throws<ArgumentException>(() => ExactAttention.Backward(q, k, v, o, dO, new float[5], shape, dq, dk, dv, new ExactAttentionOptions { Kernel = "nope" })).ParamName);
+        var typed = Assert.Throws<ArgumentException>(() => ExactAttention.Backward(q, k, v, o, dO, lse, shape, dq, dk, dv, new ExactAttentionOptions { Kernel = "tiled-scalar-q8" }));
+        Assert.Contains("forward pass only", typed.Message, StringComparison.Ordinal);
+        Assert.Contains("force tiled-scalar", typed.Message, StringComparison.Ordinal);
 
         // A gradient sharing memory with the bias (read while the gradients are written) is refused, not computed wrong.
         float[] bias = new float[5 * 6];

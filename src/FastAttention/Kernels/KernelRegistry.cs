@@ -108,6 +108,13 @@ internal static class KernelRegistry
             wanted = "tiled-" + wanted["splitkey-".Length..];
         }
 
+        if (KvElementTypes.Names.Skip(1).FirstOrDefault(type => wanted.EndsWith("-" + type, StringComparison.OrdinalIgnoreCase)) is string stored
+            && Attention.Any(k => string.Equals(k.Name, name.Trim(), StringComparison.OrdinalIgnoreCase)))
+        {
+            throw new ArgumentException(
+                $"Kernel '{name.Trim()}' reads {stored} keys and values in the forward pass only; backward passes run on float32 (force {wanted[..^(stored.Length + 1)]}).", "options");
+        }
+
         BackwardKernel? kernel = Backward.FirstOrDefault(k => string.Equals(k.Name, wanted, StringComparison.OrdinalIgnoreCase));
         if (kernel is null)
         {
