@@ -34,9 +34,7 @@ internal static unsafe partial class AttentionCore
 
 
         float scale = ResolveScale(settings, shape);
-        long block = (long)shape.QueryCount * shape.KeyCount;
-        (long biasBatch, long biasHead) = BroadcastStrides(settings.Bias.Length, block, shape, "Bias");
-        (long maskBatch, long maskHead) = BroadcastStrides(settings.Mask.Length, block, shape, "Mask");
+        CheckBroadcast(settings, shape);
 
         if (!settings.AllowNonFinite)
         {
@@ -56,24 +54,8 @@ internal static unsafe partial class AttentionCore
         fixed (bool* mask = settings.Mask.Span)
         fixed (float* stats = statistics)
         {
-            AttentionArgs args = AttentionArgs.FromShape(shape);
-            args.Query = q;
-            args.Key = k;
-            args.Value = v;
-            args.KeyStore = KvOperand.Float32(k, shape.KeyCount, shape.HeadDim);
-            args.ValueStore = KvOperand.Float32(v, shape.KeyCount, shape.ValueDim);
-            args.Output = o;
-            args.Bias = settings.Bias.IsEmpty ? null : bias;
-            args.Mask = settings.Mask.IsEmpty ? null : mask;
-            args.BiasBatchStride = biasBatch;
-            args.BiasHeadStride = biasHead;
-            args.MaskBatchStride = maskBatch;
-            args.MaskHeadStride = maskHead;
-            args.Scale = scale;
-            args.Causal = settings.Causal;
-            args.Power = settings.Power;
-            args.MaxDegreeOfParallelism = settings.MaxDegreeOfParallelism;
-            args.RowStats = stats;
+            AttentionArgs args = Arguments(shape, settings, scale, q, KvOperand.Float32(k, shape.KeyCount, shape.HeadDim), KvOperand.Float32(v, shape.KeyCount, shape.ValueDim),
+                o, bias, mask, stats);
             kernel = KernelRegistry.Select(settings.Kernel, in args);
             if (!settings.AllowNonFinite)
             {
@@ -151,9 +133,7 @@ internal static unsafe partial class AttentionCore
         }
 
         float scale = ResolveScale(settings, shape);
-        long block = (long)shape.QueryCount * shape.KeyCount;
-        (long biasBatch, long biasHead) = BroadcastStrides(settings.Bias.Length, block, shape, "Bias");
-        (long maskBatch, long maskHead) = BroadcastStrides(settings.Mask.Length, block, shape, "Mask");
+        CheckBroadcast(settings, shape);
         if (!settings.AllowNonFinite)
         {
             CheckFinite(query, nameof(query), shape.HeadDim);
@@ -172,24 +152,7 @@ internal static unsafe partial class AttentionCore
             fixed (bool* mask = settings.Mask.Span)
             fixed (float* stats = statistics)
             {
-                AttentionArgs args = AttentionArgs.FromShape(shape);
-                args.Query = q;
-                args.KeyStore = keys.Operand;
-                args.ValueStore = values.Operand;
-                args.Key = keys.Operand.IsContiguousFloat32 ? (float*)keys.Operand.Data : null;
-                args.Value = values.Operand.IsContiguousFloat32 ? (float*)values.Operand.Data : null;
-                args.Output = o;
-                args.Bias = settings.Bias.IsEmpty ? null : bias;
-                args.Mask = settings.Mask.IsEmpty ? null : mask;
-                args.BiasBatchStride = biasBatch;
-                args.BiasHeadStride = biasHead;
-                args.MaskBatchStride = maskBatch;
-                args.MaskHeadStride = maskHead;
-                args.Scale = scale;
-                args.Causal = settings.Causal;
-                args.Power = settings.Power;
-                args.MaxDegreeOfParallelism = settings.MaxDegreeOfParallelism;
-                args.RowStats = stats;
+                AttentionArgs args = Arguments(shape, settings, scale, q, keys.Operand, values.Operand, o, bias, mask, stats);
                 kernel = KernelRegistry.Select(settings.Kernel, in args);
                 if (!settings.AllowNonFinite)
                 {
@@ -246,6 +209,41 @@ internal static unsafe partial class AttentionCore
         (double[] keyErrors, _) = key.ErrorProfile(shape.KeyCount);
         (double[] valueErrors, double maxAbs) = value.ErrorProfile(shape.KeyCount);
         return KvErrorBound.Of(query, shape, scale, keyErrors, valueErrors.Length == 0 ? 0 : valueErrors.Max(), maxAbs, key.ElementType, value.ElementType);
+    }
+
+    /// <summary>The kernel arguments of a call: shape, pinned operands, scale and the settings' masking and threads.</summary>
+    private static AttentionArgs Arguments(AttentionShape shape, in Settings settings, float scale, float* q, KvOperand keys, KvOperand values, float* o, float* bias, bool* mask, float* stats)
+    {
+        long block = (long)shape.QueryCount * shape.KeyCount;
+        (long biasBatch, long biasHead) = BroadcastStrides(settings.Bias.Length, block, shape, "Bias");
+        (long maskBatch, long maskHead) = BroadcastStrides(settings.Mask.Length, block, shape, "Mask");
+        AttentionArgs args = AttentionArgs.FromShape(shape);
+        args.Query = q;
+        args.KeyStore = keys;
+        args.ValueStore = values;
+        args.Key = keys.IsContiguousFloat32 ? (float*)keys.Data : null;
+        args.Value = values.IsContiguousFloat32 ? (float*)values.Data : null;
+        args.Output = o;
+        args.Bias = settings.Bias.IsEmpty ? null : bias;
+        args.Mask = settings.Mask.IsEmpty ? null : mask;
+        args.BiasBatchStride = biasBatch;
+        args.BiasHeadStride = biasHead;
+        args.MaskBatchStride = maskBatch;
+        args.MaskHeadStride = maskHead;
+        args.Scale = scale;
+        args.Causal = settings.Causal;
+        args.Power = settings.Power;
+        args.MaxDegreeOfParallelism = settings.MaxDegreeOfParallelism;
+        args.RowStats = stats;
+        return args;
+    }
+
+    /// <summary>Bias and mask lengths are checked before any work (the strides are recomputed when the arguments are built).</summary>
+    private static void CheckBroadcast(in Settings settings, AttentionShape shape)
+    {
+        long block = (long)shape.QueryCount * shape.KeyCount;
+        BroadcastStrides(settings.Bias.Length, block, shape, "Bias");
+        BroadcastStrides(settings.Mask.Length, block, shape, "Mask");
     }
 
     private static float ResolveScale(in Settings settings, AttentionShape shape)
