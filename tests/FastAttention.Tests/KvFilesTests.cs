@@ -336,7 +336,7 @@ public class KvFilesTests
         return new ReadOnlySpan<byte>(pinned.Operand.Data, (int)bytes).ToArray();
     }
 
-    private static byte[] Bytes(Half[] values, bool bigEndian)
+    internal static byte[] Bytes(Half[] values, bool bigEndian)
     {
         var bytes = new byte[2 * values.Length];
         for (int i = 0; i < values.Length; i++)
@@ -363,7 +363,7 @@ public class KvFilesTests
     }
 
     /// <summary>A version 1.0 .npy file with the given header fields and payload bytes, as NumPy lays it out.</summary>
-    private static string WriteNpy(string descr, string shape, byte[] payload, bool fortranOrder = false)
+    internal static string WriteNpy(string descr, string shape, byte[] payload, bool fortranOrder = false)
     {
         string dict = $"{{'descr': '{descr}', 'fortran_order': {(fortranOrder ? "True" : "False")}, 'shape': {shape}, }}";
         int total = (10 + dict.Length + 1 + 63) / 64 * 64;
