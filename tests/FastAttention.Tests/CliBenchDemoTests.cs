@@ -112,10 +112,14 @@ public class CliBenchDemoTests : CliTest
         Assert.False(root.TryGetProperty("readBandwidthMachineGBps", out _)); // only with --bandwidth
     }
 
-    [Fact]
-    public void Bench_kv_dtype_bandwidth_reads_the_stored_bytes_and_the_machine()
+    [Theory]
+    [InlineData("f32")]
+    [InlineData("f16")]
+    [InlineData("bf16")]
+    [InlineData("q8")]
+    public void Bench_kv_dtype_bandwidth_reads_the_stored_bytes_and_the_machine(string dtype)
     {
-        (int code, string stdout, string stderr) = Run("bench", "--n", "1", "--nk", "4096", "--d", "64", "--heads", "2", "--repeat", "3", "--kv-dtype", "f32", "--bandwidth", "--json");
+        (int code, string stdout, string stderr) = Run("bench", "--n", "1", "--nk", "4096", "--d", "64", "--heads", "2", "--repeat", "3", "--kv-dtype", dtype, "--bandwidth", "--json");
         Assert.True(code == 0, stderr);
         using JsonDocument json = JsonDocument.Parse(stdout);
         JsonElement root = json.RootElement;

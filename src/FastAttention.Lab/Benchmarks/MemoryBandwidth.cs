@@ -63,7 +63,9 @@ public static class MemoryBandwidth
             uint sum = 0;
             foreach (Array array in arrays)
             {
-                Span<uint> words = MemoryMarshal.Cast<byte, uint>(MemoryMarshal.CreateSpan(ref MemoryMarshal.GetArrayDataReference(array), Buffer.ByteLength(array)));
+                // Buffer.ByteLength refuses Half[], which is no primitive: the size comes from the element type.
+                int bytes = checked(array.Length * Marshal.SizeOf(array.GetType().GetElementType()!));
+                Span<uint> words = MemoryMarshal.Cast<byte, uint>(MemoryMarshal.CreateSpan(ref MemoryMarshal.GetArrayDataReference(array), bytes));
                 long share = (words.Length + threads - 1) / threads, start = Math.Min(words.Length, t * share);
                 sum += TensorPrimitives.Sum<uint>(words.Slice((int)start, (int)Math.Min(share, words.Length - start)));
             }
