@@ -2,7 +2,8 @@ using BenchmarkDotNet.Running;
 
 namespace FastAttention.Benchmarks;
 
-/// <summary>Runs the benchmarks: <c>dotnet run -c Release --project bench/FastAttention.Benchmarks -- --filter '*'</c>; <c>-- tensor-heads</c> runs <see cref="TensorHeadsTimer"/>.</summary>
+/// <summary>Runs the benchmarks: <c>dotnet run -c Release --project bench/FastAttention.Benchmarks -- --filter '*'</c>; <c>-- tensor-heads</c> runs <see cref="TensorHeadsTimer"/>,
+/// <c>-- decode-kv</c> <see cref="DecodeKvTimer"/>, <c>-- prefill</c> <see cref="PrefillTimer"/>, <c>-- passes</c> <see cref="PassTimer"/>.</summary>
 public static class Program
 {
     public static void Main(string[] args)
@@ -10,6 +11,24 @@ public static class Program
         if (args is ["tensor-heads", ..])
         {
             TensorHeadsTimer.Run(args); // a Stopwatch timer, not BenchmarkDotNet
+            return;
+        }
+
+        if (args is ["decode-kv", ..])
+        {
+            DecodeKvTimer.Run(args); // a Stopwatch timer of the decoding kernel per storage type
+            return;
+        }
+
+        if (args is ["prefill", ..])
+        {
+            PrefillTimer.Run(args);
+            return;
+        }
+
+        if (args is ["passes", ..])
+        {
+            PassTimer.Run(args);
             return;
         }
 

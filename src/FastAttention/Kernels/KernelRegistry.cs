@@ -28,21 +28,49 @@ internal static class KernelRegistry
     /// <summary>The environment variable that forces a kernel by name.</summary>
     public const string EnvironmentVariable = "FASTATTN_KERNEL";
 
-    /// <summary>Why a float32 kernel cannot read these keys and values (another storage type, paged, or a window), or null.</summary>
-    public static string? Float32Only(in AttentionArgs a) =>
-        !a.IsFloat32 ? $"keys and values are {KvElementTypes.Name(a.StorageType)}{(a.Keys.IsPaged ? " in pages" : "")}; this kernel reads contiguous f32"
-        : a.Window > 0 ? "a sliding window; this kernel has none" : null;
+    /// <summary>
+    /// The split-key decoding kernel of one vector width reading one storage type: named <c>splitkey-{width}</c> for float32 (contiguous or
+    /// paged, with or without a window) and <c>splitkey-{width}-{type}</c> for the others; it rejects keys and values of any other type.
+    /// </summary>
+    private static AttentionKernel SplitKey<TS, TV, TE>(string width, string vectors, Func<bool> isSupported)
+        where TS : struct, ISimd<TV>
+        where TV : struct
+        where TE : struct, IKvElement
+    {
+        string type = KvElementTypes.Name(TE.Type);
+        string name = TE.Type == KvElementType.Float32 ? $"splitkey-{width}" : $"splitkey-{width}-{type}";
+        return new(name, $"decoding (at most 16 queries per head): keys split in fixed chunks, partials merged; {type} keys and values, {vectors}",
+            isSupported, SplitKeyAttention<TS, TV, TE>.Run, SplitKeyAttention<TS, TV, TE>.Rejects, ChecksFinite: true);
+    }
+
+    /// <summary>
+    /// A tiled kernel per storage type, in the order f32 (the plain name), f16, bf16, q8 (the name with the type's suffix). Each reads
+    /// its type contiguous or in pages, with or without a sliding window; the widening is in its packing, so one entry point serves all.
+    /// </summary>
+    private static IEnumerable<AttentionKernel> Tiled(string name, string vectors, Func<bool> isSupported, Action<AttentionArgs> run) =>
+        Enum.GetValues<KvElementType>().Select(type => new AttentionKernel(
+            type == KvElementType.Float32 ? name : $"{name}-{KvElementTypes.Name(type)}",
+            $"tiled online softmax, {KvElementTypes.Name(type)} keys and values (widened as packed), {vectors}",
+            isSupported,
+            run,
+            (in AttentionArgs a) => a.StorageType != type || a.Values.Type != type
+                ? $"keys and values are {KvElementTypes.Name(a.StorageType)}; this kernel reads {KvElementTypes.Name(type)}"
+                : null));
 
     /// <summary>Exact softmax (and power) attention kernels, fastest first.</summary>
     public static IReadOnlyList<AttentionKernel> Attention { get; } =
     [
-        new("splitkey-v512", "decoding (at most 16 queries per head): keys split in fixed chunks, partials merged; 512-bit vectors",
-            () => Simd512.IsSupported, SplitKeyAttention<Simd512, Vector512<float>>.Run, (in AttentionArgs a) => Float32Only(in a) ?? SplitKeyAttention<Simd512, Vector512<float>>.Rejects(in a), ChecksFinite: true),
-        new("splitkey-v256", "decoding (at most 16 queries per head): keys split in fixed chunks, partials merged; 256-bit vectors",
-            () => Simd256.IsSupported, SplitKeyAttention<Simd256, Vector256<float>>.Run, (in AttentionArgs a) => Float32Only(in a) ?? SplitKeyAttention<Simd256, Vector256<float>>.Rejects(in a), ChecksFinite: true),
-        new("tiled-v512", "tiled online softmax, 512-bit vectors (AVX-512)", () => Simd512.IsSupported, TiledAttention<Simd512, Vector512<float>>.Run, Float32Only),
-        new("tiled-v256", "tiled online softmax, 256-bit vectors (AVX2)", () => Simd256.IsSupported, TiledAttention<Simd256, Vector256<float>>.Run, Float32Only),
-        new("tiled-scalar", "tiled online softmax, scalar (any CPU)", () => SimdScalar.IsSupported, TiledAttention<SimdScalar, float>.Run, Float32Only),
+        SplitKey<Simd512, Vector512<float>, KvFloat32>("v512", "512-bit vectors", () => Simd512.IsSupported),
+        SplitKey<Simd512, Vector512<float>, KvFloat16>("v512", "512-bit vectors", () => Simd512.IsSupported),
+        SplitKey<Simd512, Vector512<float>, KvBFloat16>("v512", "512-bit vectors", () => Simd512.IsSupported),
+        SplitKey<Simd512, Vector512<float>, KvQ8>("v512", "512-bit vectors", () => Simd512.IsSupported),
+        SplitKey<Simd256, Vector256<float>, KvFloat32>("v256", "256-bit vectors", () => Simd256.IsSupported),
+        SplitKey<Simd256, Vector256<float>, KvFloat16>("v256", "256-bit vectors", () => Simd256.IsSupported),
+        SplitKey<Simd256, Vector256<float>, KvBFloat16>("v256", "256-bit vectors", () => Simd256.IsSupported),
+        SplitKey<Simd256, Vector256<float>, KvQ8>("v256", "256-bit vectors", () => Simd256.IsSupported),
+        .. Tiled("tiled-v512", "512-bit vectors (AVX-512)", () => Simd512.IsSupported, TiledAttention<Simd512, Vector512<float>>.Run),
+        .. Tiled("tiled-v256", "256-bit vectors (AVX2)", () => Simd256.IsSupported, TiledAttention<Simd256, Vector256<float>>.Run),
+        .. Tiled("tiled-scalar", "scalar (any CPU)", () => SimdScalar.IsSupported, TiledAttention<SimdScalar, float>.Run),
     ];
 
     /// <summary>

@@ -10,12 +10,17 @@ namespace FastAttention.Kernels;
 /// <list type="number">
 /// <item>S = (s Q_tile) K_tile^T by the shared 6-row micro-kernel (4 vectors wide with 512-bit registers, <see cref="MicroKernel{TS, TV}.Run6"/>;
 /// 2 with 256-bit, <see cref="MicroKernel{TS, TV}.Run6x2"/>) over packed key panels;</item>
-/// <item>bias, mask, causal limit and key padding applied to S (masked scores become -inf);</item>
+/// <item>bias, mask, causal limit, sliding window and key padding applied to S (masked scores become -inf);</item>
 /// <item>per row: m' = max(m, rowmax S), alpha = 2^(m - m'), P = 2^(S - m'), l = alpha l + sum P (S carries a factor log2 e, so 2^S = e^(s q.k));</item>
 /// <item>O = alpha O + P V_tile by the same micro-kernel, accumulating each chunk from zero (blocked summation);</item>
 /// <item>after the last key tile, out = O / l (a row that saw no key outputs zeros).</item>
 /// </list>
+/// Keys and values are read through <see cref="AttentionArgs.Keys"/> and <see cref="AttentionArgs.Values"/> in any storage type,
+/// contiguous or paged: packing widens them to float32 exactly, so a typed run gives the bits of the float32 run on the decoded
+/// values. A sliding window (<see cref="AttentionArgs.Window"/>, with sinks) is masked in step 2, and key tiles and micro-tiles
+/// that no row of a tile sees are skipped, so a window of w keys costs about w + 120 (a query tile's spread) keys per query, not nk.
 /// Work items never share state, so the output bits do not depend on the thread count.
+/// The tile sizes and the passes below are internal for the benchmarks' per-pass timer (bench PassTimer), which replays them.
 /// </summary>
 internal static unsafe class TiledAttention<TS, TV>
     where TS : struct, ISimd<TV>
@@ -28,23 +33,23 @@ internal static unsafe class TiledAttention<TS, TV>
     private const int PackChunk = 1024;
 
     /// <summary>Query rows per work item: a multiple of <see cref="RowAlign"/>.</summary>
-    private const int QueryTile = 120;
+    internal const int QueryTile = 120;
 
     /// <summary>Keys per tile: S (120 x 528 floats, 253 KiB) stays in L2; the per-row softmax bookkeeping is amortised over 32 vectors.</summary>
-    private const int KeyTile = 512;
+    internal const int KeyTile = 512;
 
     /// <summary>Row stride of the score tile: one cache line more than <see cref="KeyTile"/>, so the rows of a
     /// micro-tile do not alias in the L1 cache (4 KiB aliasing) or in store-to-load forwarding.</summary>
-    private const int ScoreStride = KeyTile + 16;
+    internal const int ScoreStride = KeyTile + 16;
 
     /// <summary>Keys per P V chunk: 128 rows of V (32 KiB at dv = 64) stay in L1 across the row blocks; O is read and written once per chunk.</summary>
-    private const int ValueChunk = 128;
+    internal const int ValueChunk = 128;
 
     /// <summary>Query rows per micro-tile of both products (6 rows x 4 vectors = 24 independent FMA chains).</summary>
     private const int Rows = MicroKernel<TS, TV>.TallRows;
 
     /// <summary>Padded rows are a multiple of this (6-row, 8-row and 4-row tiles all divide it; so does <see cref="QueryTile"/>).</summary>
-    private const int RowAlign = 24;
+    internal const int RowAlign = 24;
 
     private static int Width => TS.Count;
 
@@ -56,17 +61,40 @@ internal static unsafe class TiledAttention<TS, TV>
     /// <summary>Keys are padded to a multiple of four vectors whatever the strip: the softmax passes run four chains.</summary>
     private static int KeyAlign => 4 * TS.Count;
 
+    /// <summary>Runs the kernel on keys and values of any storage type (they share one; see <see cref="AttentionArgs.StorageType"/>).</summary>
     public static void Run(AttentionArgs a)
     {
+        switch (a.StorageType)
+        {
+            case KvElementType.Float32:
+                Run<KvFloat32>(a);
+                break;
+            case KvElementType.Float16:
+                Run<KvFloat16>(a);
+                break;
+            case KvElementType.BFloat16:
+                Run<KvBFloat16>(a);
+                break;
+            default:
+                Run<KvQ8>(a);
+                break;
+        }
+    }
+
+    private static void Run<TE>(AttentionArgs a)
+        where TE : struct, IKvElement
+    {
+        KvOperand keyStore = a.Keys, valueStore = a.Values;
         int paddedKeys = RoundUp(a.KeyCount, KeyAlign);
         int paddedValueDim = RoundUp(a.ValueDim, Width);
         int groups = a.Batch * a.KvHeads;
         long keyPanelSize = (long)paddedKeys * a.HeadDim;
 
-        // V is read in place when its rows are whole vectors (the P V product reads only real keys, never the
-        // padding of the last key panel); otherwise it is copied into zero-padded rows.
-        bool copyValues = paddedValueDim != a.ValueDim;
+        // V is read in place when it is contiguous float32 with rows of whole vectors (the P V product reads only real keys,
+        // never the padding of the last key panel); otherwise it is widened into zero-padded rows.
+        bool copyValues = paddedValueDim != a.ValueDim || !valueStore.IsContiguousFloat32;
         long valueBlockSize = copyValues ? (long)paddedKeys * paddedValueDim : (long)a.KeyCount * a.ValueDim;
+        float* inPlaceValues = copyValues ? null : (float*)valueStore.Data;
 
         // Kv heads are packed and run in passes whose packed keys (and copied values) fit the budget: one pooled buffer
         // however many heads there are, extra memory O(n d) per pass (a whole 32-head, 32768-key, d = 128 cache packed
@@ -88,16 +116,16 @@ internal static unsafe class TiledAttention<TS, TV>
 
             // Pass 0: pack each (batch, kv head) of this pass once, in parallel chunks of keys (one head's packing
             // done serially was ~5% of a 4096-token call and capped the two-thread speed-up):
-            // K into [nk/strip][d][strip] panels, V (if copied) into [nk][dv rounded up to a vector].
+            // K into [nk/strip][d][strip] panels, V (if copied) into [nk][dv rounded up to a vector], both widened to float32.
             // One thread (the tensor engine's small calls) packs inline: a parallel region costs more than a small pack.
             ForEach(passGroups * packChunks, options, item =>
             {
                 int slot = item / packChunks, g = g0 + slot;
                 int j0 = item % packChunks * PackChunk, j1 = Math.Min(paddedKeys, j0 + PackChunk);
-                PackKeys(a.Key + ((long)g * a.KeyCount * a.HeadDim), a.KeyCount, a.HeadDim, keys + (slot * keyPanelSize), j0, j1);
+                PackKeys<TE>(in keyStore, g, keys + (slot * keyPanelSize), j0, j1);
                 if (copyValues)
                 {
-                    PackValues(a.Value + ((long)g * a.KeyCount * a.ValueDim), a.KeyCount, a.ValueDim, copied + (slot * valueBlockSize), paddedValueDim, j0, j1);
+                    PackValues<TE>(in valueStore, g, copied + (slot * valueBlockSize), paddedValueDim, j0, j1);
                 }
             });
 
@@ -113,7 +141,7 @@ internal static unsafe class TiledAttention<TS, TV>
                     : (item / queryTiles, item % queryTiles);
                 int bh = (g0 * a.GroupSize) + local;
                 int slot = local / a.GroupSize;
-                float* values = copyValues ? copied + (slot * valueBlockSize) : a.Value + ((g0 + slot) * valueBlockSize);
+                float* values = copyValues ? copied + (slot * valueBlockSize) : inPlaceValues + ((g0 + slot) * valueBlockSize);
                 RunTile(in a, bh / a.Heads, bh % a.Heads, tile * QueryTile, keys + (slot * keyPanelSize), values, paddedValueDim, scratch);
             });
         }
@@ -147,7 +175,6 @@ internal static unsafe class TiledAttention<TS, TV>
         float* query = a.Query + (((bh * a.QueryCount) + i0) * d);
         float* output = a.Output + (((bh * a.QueryCount) + i0) * a.ValueDim);
         float* q = scratch.Query;
-        float* s = scratch.Scores;
         float* o = scratch.Output;
 
         // The scale is folded into the query tile once (times log2 e: the softmax works in base 2, see
@@ -166,76 +193,26 @@ internal static unsafe class TiledAttention<TS, TV>
 
         NativeMemory.Clear(o, (nuint)(paddedRows * paddedValueDim * sizeof(float)));
 
-        // How step 4 splits the value columns: four-vector groups, then a pair, then single vectors.
-        int wide = paddedValueDim / Strip * Strip;
-        int pair = Strip > 2 * Width && paddedValueDim - wide >= 2 * Width ? 2 * Width : 0;
-
-        // Causal, bottom-right aligned: query i sees keys j <= i + (nk - nq). Key tiles past the
-        // last row's limit are skipped entirely.
-        long causalOffset = (long)a.KeyCount - a.QueryCount;
-        int keyEnd = a.Causal ? (int)Math.Clamp(i0 + rows + causalOffset, 0, a.KeyCount) : a.KeyCount;
-
-        for (int j0 = 0; j0 < keyEnd; j0 += KeyTile)
+        // Which keys row r of the tile sees (causal bottom-right aligned, window, sinks): see Visibility. Key tiles that no row
+        // sees are never visited: with a window, the keys run in up to two ranges, the sinks and the band from the first row's
+        // window start (rounded down to a whole panel) to the last row's causal limit.
+        var seen = new Visibility(in a, i0, rows);
+        long keyEnd = Math.Clamp(seen.LastKey(rows - 1) + 1, 0, a.KeyCount);
+        long bandStart = Math.Clamp(seen.FirstKey(0), 0, keyEnd) / KeyAlign * KeyAlign;
+        long sinkEnd = Math.Min(seen.Sinks, keyEnd);
+        if (sinkEnd >= bandStart)
         {
-            int cols = Math.Min(KeyTile, keyEnd - j0);
-            int paddedCols = RoundUp(cols, KeyAlign);
+            bandStart = 0;
+            sinkEnd = 0;
+        }
 
-            // Causal: the last key of this tile that row r sees (relative to j0). A micro-tile whose first key lies
-            // past its last row's limit is all masked and is skipped by both products: step 2 writes its scores
-            // as -inf, and its weights are 0 (its rows' rescale factors are 1 unless a key of this tile, hence
-            // key j0 and the first chunk, is visible to them).
-            long lastVisible = a.Causal ? i0 + causalOffset - j0 : long.MaxValue - QueryTile;
-
-            // 1. Scores, panel by panel: each key panel (strip x d floats) stays in L1 while every
-            //    row block of the query tile is multiplied against it.
-            for (int c = 0; c < paddedCols; c += Strip)
+        for (int range = 0; range < 2; range++)
+        {
+            (int start, int end) = range == 0 ? (0, (int)sinkEnd) : ((int)bandStart, (int)keyEnd);
+            for (int j0 = start; j0 < end; j0 += KeyTile)
             {
-                float* panel = keys + ((long)(j0 + c) * d);
-                for (int r = FirstUnmasked(c, lastVisible, Rows); r < paddedRows; r += Rows)
-                {
-                    MicroKernel<TS, TV>.RunStrip(d, q + (r * d), d, 1, panel, Strip, s + (r * ScoreStride) + c, ScoreStride, null);
-                }
-            }
-
-            // 2. Score transform and masking.
-            ApplyMasks(in a, b, h, i0, rows, paddedRows, j0, cols, paddedCols, causalOffset, s);
-
-            // 3. Online softmax; row r's rescale factor goes to Alpha[r].
-            for (int r = 0; r < paddedRows; r++)
-            {
-                SoftmaxRow(s + (r * ScoreStride), paddedCols, ref scratch.Max[r], ref scratch.Sum[r], out scratch.Alpha[r]);
-            }
-
-            // 4. O = alpha O + P V, in chunks of keys so each chunk of V stays in L1 while every row
-            //    block uses it; alpha rescales O on the first chunk only.
-            //    Value columns go a strip (four vectors, or two on AVX2) at a time in 6-row tiles; with 512-bit vectors a
-            //    remaining pair (dv = 32) in 8-row tiles, as RunNarrow's 4 FMAs per 5 loads would starve the FMA pipes;
-            //    a last single vector in RunNarrow.
-            for (int k0 = 0; k0 < cols; k0 += ValueChunk)
-            {
-                int chunk = Math.Min(ValueChunk, cols - k0);
-                float* v = values + ((long)(j0 + k0) * paddedValueDim);
-                float* alpha = k0 == 0 ? scratch.Alpha : scratch.Ones;
-                for (int c = 0; c < wide; c += Strip)
-                {
-                    for (int r = FirstUnmasked(k0, lastVisible, Rows); r < paddedRows; r += Rows)
-                    {
-                        MicroKernel<TS, TV>.RunStrip(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
-                    }
-                }
-
-                for (int r = FirstUnmasked(k0, lastVisible, MicroKernel<TS, TV>.TwoRows); pair > 0 && r < paddedRows; r += MicroKernel<TS, TV>.TwoRows)
-                {
-                    MicroKernel<TS, TV>.RunTwo(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + wide, paddedValueDim, o + (r * paddedValueDim) + wide, paddedValueDim, alpha + r);
-                }
-
-                for (int c = wide + pair; c < paddedValueDim; c += Width)
-                {
-                    for (int r = FirstUnmasked(k0, lastVisible, MicroKernel<TS, TV>.Rows); r < paddedRows; r += MicroKernel<TS, TV>.Rows)
-                    {
-                        MicroKernel<TS, TV>.RunNarrow(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
-                    }
-                }
+                int cols = Math.Min(KeyTile, end - j0);
+                ProcessKeyTile(in a, b, h, i0, rows, paddedRows, j0, cols, keys, values, paddedValueDim, in seen, scratch);
             }
         }
 
@@ -262,8 +239,96 @@ internal static unsafe class TiledAttention<TS, TV>
         }
     }
 
+    /// <summary>Steps 1-4 on keys j0 .. j0 + cols: the tile's scores, masks, online softmax and P V into the scratch's O.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void ApplyMasks(in AttentionArgs a, int b, int h, int i0, int rows, int paddedRows, int j0, int cols, int paddedCols, long causalOffset, float* s)
+    private static void ProcessKeyTile(in AttentionArgs a, int b, int h, int i0, int rows, int paddedRows, int j0, int cols, float* keys, float* values,
+        int paddedValueDim, in Visibility seen, Scratch scratch)
+    {
+        int d = a.HeadDim;
+        float* q = scratch.Query;
+        float* s = scratch.Scores;
+        float* o = scratch.Output;
+        int paddedCols = RoundUp(cols, KeyAlign);
+
+        // How step 4 splits the value columns: four-vector groups, then a pair, then single vectors.
+        int wide = paddedValueDim / Strip * Strip;
+        int pair = Strip > 2 * Width && paddedValueDim - wide >= 2 * Width ? 2 * Width : 0;
+
+        // 1. Scores, panel by panel: each key panel (strip x d floats) stays in L1 while every
+        //    row block of the query tile is multiplied against it. A row block that sees no key of a panel
+        //    skips it: step 2 writes those scores as -inf.
+        for (int c = 0; c < paddedCols; c += Strip)
+        {
+            float* panel = keys + ((long)(j0 + c) * d);
+            for (int r = 0; r < paddedRows; r += Rows)
+            {
+                if (seen.Any(r, Rows, j0 + c, j0 + c + Strip))
+                {
+                    MicroKernel<TS, TV>.RunStrip(d, q + (r * d), d, 1, panel, Strip, s + (r * ScoreStride) + c, ScoreStride, null);
+                }
+            }
+        }
+
+        // 2. Score transform and masking.
+        ApplyMasks(in a, b, h, i0, rows, paddedRows, j0, cols, paddedCols, in seen, s);
+
+        // 3. Online softmax; row r's rescale factor goes to Alpha[r].
+        for (int r = 0; r < paddedRows; r++)
+        {
+            SoftmaxRow(s + (r * ScoreStride), paddedCols, ref scratch.Max[r], ref scratch.Sum[r], out scratch.Alpha[r]);
+        }
+
+        // 4. O = alpha O + P V, in chunks of keys so each chunk of V stays in L1 while every row
+        //    block uses it. A row block skips the chunks whose keys it does not see (their weights are 0); alpha
+        //    rescales its O on the first chunk it does not skip. A row that sees no key of the tile has alpha = 1
+        //    (its max is unchanged), so a block that skips them all needs no rescale.
+        //    Value columns go a strip (four vectors, or two on AVX2) at a time in 6-row tiles; with 512-bit vectors a
+        //    remaining pair (dv = 32) in 8-row tiles, as RunNarrow's 4 FMAs per 5 loads would starve the FMA pipes;
+        //    a last single vector in RunNarrow.
+        for (int k0 = 0; k0 < cols; k0 += ValueChunk)
+        {
+            int chunk = Math.Min(ValueChunk, cols - k0);
+            int k1 = j0 + k0 + chunk;
+            float* v = values + ((long)(j0 + k0) * paddedValueDim);
+            for (int c = 0; c < wide; c += Strip)
+            {
+                for (int r = 0; r < paddedRows; r += Rows)
+                {
+                    if (seen.Any(r, Rows, j0 + k0, k1))
+                    {
+                        float* alpha = k0 == 0 || !seen.Any(r, Rows, j0, j0 + k0) ? scratch.Alpha : scratch.Ones;
+                        MicroKernel<TS, TV>.RunStrip(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
+                    }
+                }
+            }
+
+            const int two = MicroKernel<TS, TV>.TwoRows;
+            for (int r = 0; pair > 0 && r < paddedRows; r += two)
+            {
+                if (seen.Any(r, two, j0 + k0, k1))
+                {
+                    float* alpha = k0 == 0 || !seen.Any(r, two, j0, j0 + k0) ? scratch.Alpha : scratch.Ones;
+                    MicroKernel<TS, TV>.RunTwo(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + wide, paddedValueDim, o + (r * paddedValueDim) + wide, paddedValueDim, alpha + r);
+                }
+            }
+
+            const int narrow = MicroKernel<TS, TV>.Rows;
+            for (int c = wide + pair; c < paddedValueDim; c += Width)
+            {
+                for (int r = 0; r < paddedRows; r += narrow)
+                {
+                    if (seen.Any(r, narrow, j0 + k0, k1))
+                    {
+                        float* alpha = k0 == 0 || !seen.Any(r, narrow, j0, j0 + k0) ? scratch.Alpha : scratch.Ones;
+                        MicroKernel<TS, TV>.RunNarrow(chunk, s + (r * ScoreStride) + k0, ScoreStride, 1, v + c, paddedValueDim, o + (r * paddedValueDim) + c, paddedValueDim, alpha + r);
+                    }
+                }
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void ApplyMasks(in AttentionArgs a, int b, int h, int i0, int rows, int paddedRows, int j0, int cols, int paddedCols, in Visibility seen, float* s)
     {
         if (a.Power > 0f)
         {
@@ -311,15 +376,17 @@ internal static unsafe class TiledAttention<TS, TV>
 
         for (int r = 0; r < paddedRows; r++)
         {
-            // Keys past this row's causal limit and the zero keys that pad the last panel.
-            int visible = cols;
-            if (a.Causal)
-            {
-                visible = (int)Math.Clamp(i0 + r + causalOffset + 1 - j0, 0, cols);
-            }
-
+            // Keys past this row's causal limit and the zero keys that pad the last panel; keys before its window
+            // that are not sinks. Padded rows are masked too: step 1 skipped exactly the micro-tiles masked here.
+            int visible = (int)Math.Clamp(seen.LastKey(r) + 1 - j0, 0, cols);
             float* row = s + (r * ScoreStride);
             for (int c = visible; c < paddedCols; c++)
+            {
+                row[c] = float.NegativeInfinity;
+            }
+
+            int hiddenEnd = (int)Math.Clamp(seen.FirstKey(r) - j0, 0, visible);
+            for (int c = (int)Math.Clamp(seen.Sinks - j0, 0, hiddenEnd); c < hiddenEnd; c++)
             {
                 row[c] = float.NegativeInfinity;
             }
@@ -327,7 +394,7 @@ internal static unsafe class TiledAttention<TS, TV>
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void SoftmaxRow(float* s, int paddedCols, ref float max, ref float sum, out float alpha)
+    internal static void SoftmaxRow(float* s, int paddedCols, ref float max, ref float sum, out float alpha)
     {
         // Four independent chains in both passes (paddedCols is a multiple of four vectors): one chain of
         // dependent max or add instructions would make each pass wait on their latency, not their throughput.
@@ -379,46 +446,120 @@ internal static unsafe class TiledAttention<TS, TV>
         max = newMax;
     }
 
-    /// <summary>Keys j0 .. j1 (a multiple of the strip) of K [nk, d] into panels of <c>strip</c> keys, each [d][strip]; missing keys are zero.</summary>
-    private static void PackKeys(float* key, int keyCount, int d, float* packed, int j0, int j1)
+    /// <summary>
+    /// Keys j0 .. j1 (a multiple of the strip) of group g of K (nk rows of d) into panels of <c>strip</c> keys, each [d][strip], widened
+    /// to float32; missing keys are zero. Float32 rows are read in place (contiguous or in pages); other types are widened a row at a
+    /// time into a buffer first, so the widening runs in whole vectors.
+    /// </summary>
+    internal static void PackKeys<TE>(in KvOperand key, long g, float* packed, int j0, int j1)
+        where TE : struct, IKvElement
     {
-        int strip = Strip;
+        int strip = Strip, d = key.RowLength;
+        using NativeBufferPool.Buffer buffer = NativeBufferPool.Rent(TE.Type == KvElementType.Float32 ? 0 : d);
         for (int p0 = j0; p0 < j1; p0 += strip)
         {
             float* panel = packed + ((long)p0 * d);
             for (int c = 0; c < strip; c++)
             {
                 int j = p0 + c;
-                float* row = key + ((long)j * d);
+                if (j >= key.Rows)
+                {
+                    for (int t = 0; t < d; t++)
+                    {
+                        panel[(t * strip) + c] = 0f;
+                    }
+
+                    continue;
+                }
+
+                float* row = TE.Type == KvElementType.Float32 ? (float*)key.Row(g, j) : Widen<TE>(in key, g, j, buffer.Pointer);
                 for (int t = 0; t < d; t++)
                 {
-                    panel[(t * strip) + c] = j < keyCount ? row[t] : 0f;
+                    panel[(t * strip) + c] = row[t];
                 }
             }
         }
     }
 
-    /// <summary>Keys j0 .. j1 of V [nk, dv] into rows of paddedValueDim, zero-padded (0 * padding must stay 0, never NaN).</summary>
-    private static void PackValues(float* value, int keyCount, int dv, float* packed, int paddedValueDim, int j0, int j1)
+    /// <summary>Keys j0 .. j1 of group g of V (nk rows of dv) into rows of paddedValueDim floats, widened and zero-padded
+    /// (0 * padding must stay 0, never NaN).</summary>
+    private static void PackValues<TE>(in KvOperand value, long g, float* packed, int paddedValueDim, int j0, int j1)
+        where TE : struct, IKvElement
     {
+        int dv = value.RowLength;
         NativeMemory.Clear(packed + ((long)j0 * paddedValueDim), (nuint)((long)(j1 - j0) * paddedValueDim * sizeof(float)));
-        for (int j = j0; j < Math.Min(j1, keyCount); j++)
+        for (int j = j0; j < Math.Min(j1, value.Rows); j++)
         {
-            new ReadOnlySpan<float>(value + ((long)j * dv), dv).CopyTo(new Span<float>(packed + ((long)j * paddedValueDim), dv));
+            float* destination = packed + ((long)j * paddedValueDim);
+            if (TE.Type == KvElementType.Float32)
+            {
+                new ReadOnlySpan<float>(value.Row(g, j), dv).CopyTo(new Span<float>(destination, dv));
+            }
+            else
+            {
+                Widen<TE>(in value, g, j, destination);
+            }
         }
+    }
+
+    /// <summary>Row j of group g widened into <paramref name="destination"/> (a row of floats), returned. The type is a constant
+    /// in each instantiation, so the loads fold to that type's conversion; whole vectors, then a scalar tail.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float* Widen<TE>(in KvOperand operand, long g, int j, float* destination)
+        where TE : struct, IKvElement
+    {
+        byte* row = operand.Row(g, j);
+        Half* scales = operand.RowScales(g, j);
+        int length = operand.RowLength, w = Width, t = 0;
+        for (; t + w <= length; t += w)
+        {
+            TS.Store(KvWiden.Load<TV>(TE.Type, row, scales, t), ref destination[t]);
+        }
+
+        for (; t < length; t++)
+        {
+            destination[t] = KvWiden.Scalar(TE.Type, row, scales, t);
+        }
+
+        return destination;
     }
 
     private static int RoundUp(int x, int multiple) => (x + multiple - 1) / multiple * multiple;
 
     /// <summary>
-    /// The first block of <paramref name="step"/> rows (a multiple of it) that sees key <paramref name="firstKey"/> or a
-    /// later one of its micro-tile, when row r's last visible key is <paramref name="lastVisible"/> + r: the blocks above
-    /// are all masked. 0 when nothing is masked.
+    /// The keys row r of a query tile sees, from AttentionArgs' rule at position p = i0 + r + nk - nq: the keys
+    /// <see cref="FirstKey"/>(r) .. <see cref="LastKey"/>(r) (the window's start and the causal limit; unbounded when absent), and
+    /// the first <see cref="Sinks"/> keys up to the causal limit. Both bounds grow with r, so a block of rows sees a key range iff
+    /// its last row's causal limit reaches the range and its first row's window (or the sinks) does too.
     /// </summary>
-    private static int FirstUnmasked(int firstKey, long lastVisible, int step)
+    internal readonly struct Visibility
     {
-        long rows = firstKey - lastVisible - (step - 1); // the block starting at r is needed when r >= rows
-        return rows <= 0 ? 0 : (int)Math.Min(QueryTile, (rows + step - 1) / step * step);
+        /// <summary>Far enough past any key index for the sums below not to overflow.</summary>
+        private const long Unbounded = 1L << 40;
+
+        private readonly long _first;
+        private readonly long _last;
+
+        public Visibility(in AttentionArgs a, int i0, int rows)
+        {
+            long p0 = i0 + ((long)a.KeyCount - a.QueryCount);
+            _first = a.Window > 0 ? p0 - a.Window + 1 : -Unbounded;
+            _last = a.Causal ? p0 : Unbounded;
+            Sinks = a.Window > 0 ? a.Sinks : 0;
+        }
+
+        /// <summary>Keys below this are seen by every row (0 without a window).</summary>
+        public long Sinks { get; }
+
+        /// <summary>The first key of row r's window (very negative without one).</summary>
+        public long FirstKey(int r) => _first + r;
+
+        /// <summary>Row r's last visible key (very large when not causal).</summary>
+        public long LastKey(int r) => _last + r;
+
+        /// <summary>Whether any of rows r .. r + step sees any of keys j0 .. j1 (j1 &gt; j0).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public bool Any(int r, int step, long j0, long j1) => j0 <= LastKey(r + step - 1) && (j0 < Sinks || j1 > FirstKey(r));
     }
 
     /// <summary>One worker's tile buffers, carved 64-byte aligned out of one pooled buffer, reused across its work items.</summary>
