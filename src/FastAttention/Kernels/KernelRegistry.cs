@@ -53,9 +53,16 @@ internal static class KernelRegistry
             $"tiled online softmax, {KvElementTypes.Name(type)} keys and values (widened as packed), {vectors}",
             isSupported,
             run,
-            (in AttentionArgs a) => a.StorageType != type || a.Values.Type != type
-                ? $"keys and values are {KvElementTypes.Name(a.StorageType)}; this kernel reads {KvElementTypes.Name(type)}"
-                : null));
+            (in AttentionArgs a) => StorageMismatch(in a, type)));
+
+    /// <summary>Why a kernel reading <paramref name="type"/> cannot take these keys and values (stored in another type), or null.</summary>
+    public static string? StorageMismatch(in AttentionArgs a, KvElementType type)
+    {
+        KvOperand keys = a.Keys, values = a.Values;
+        return keys.Type != type || values.Type != type
+            ? $"{(keys.Type != type ? "keys" : "values")} are {KvElementTypes.Name(keys.Type != type ? keys.Type : values.Type)}; this kernel reads {KvElementTypes.Name(type)}"
+            : null;
+    }
 
     /// <summary>Exact softmax (and power) attention kernels, fastest first.</summary>
     public static IReadOnlyList<AttentionKernel> Attention { get; } =

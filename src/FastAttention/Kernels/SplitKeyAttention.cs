@@ -57,9 +57,9 @@ internal static unsafe class SplitKeyAttention<TS, TV, TE>
         }
 
         KvOperand keys = a.Keys, values = a.Values;
-        if (keys.Type != TE.Type || values.Type != TE.Type)
+        if (KernelRegistry.StorageMismatch(in a, TE.Type) is string mismatch)
         {
-            return $"{(keys.Type != TE.Type ? "keys" : "values")} are {KvElementTypes.Name(keys.Type != TE.Type ? keys.Type : values.Type)}; this kernel reads {KvElementTypes.Name(TE.Type)}";
+            return mismatch;
         }
 
         if (keys.IsPaged != values.IsPaged || keys.PageRows != values.PageRows)
