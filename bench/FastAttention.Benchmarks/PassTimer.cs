@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using FastAttention.Kernels;
@@ -11,7 +12,7 @@ namespace FastAttention.Benchmarks;
 /// d = dv) path with a Stopwatch timestamp between its passes (packing K; per query tile the query scaling, then per key tile
 /// S = Q K^T, the masks, the softmax rows and O += P V; the final normalisation). It calls the kernel's own micro-kernel, masks and
 /// softmax, so the passes cost what they cost in the kernel; times are summed over threads. Beside it the real kernel's time and its
-/// share of the measured FMA peak. Run: <c>dotnet run -c Release --project bench/FastAttention.Benchmarks -- passes [seconds per case] [v512|v256]</c>.
+/// share of the measured FMA peak. Run: <c>dotnet run -c Release --project bench/FastAttention.Benchmarks -- passes [seconds per case] [v512|v256] [threads, e.g. 1,2]</c>.
 /// </summary>
 public static unsafe class PassTimer
 {
@@ -21,27 +22,17 @@ public static unsafe class PassTimer
     {
         double seconds = args.Length > 1 ? double.Parse(args[1], CultureInfo.InvariantCulture) : 1.0;
         bool wide = !(args.Length > 2 && args[2] == "v256") && Vector512.IsHardwareAccelerated;
+        int[] threadCounts = args.Length > 3 ? [.. args[3].Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture))] : [1, 2];
         Console.WriteLine($"{Environment.ProcessorCount} cores, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {(wide ? "v512" : "v256")} replay, {seconds} s per case");
-        // The peak is the best of several measurements, taken again before every case: on a shared machine one measurement
-        // can fall in a moment of contention and put a kernel above 100%.
-        var peaks = new Dictionary<int, double> { [1] = 0, [2] = 0 };
-        void MeasurePeaks()
-        {
-            for (int i = 0; i < 3; i++)
-            {
-                peaks[1] = Math.Max(peaks[1], FmaPeak.Measure(1));
-                peaks[2] = Math.Max(peaks[2], FmaPeak.Measure(2));
-            }
-        }
-
+        // FmaPeak measures once per process and thread count (it caches), here first, before any kernel has heated the core.
+        var peaks = new Dictionary<int, double> { [1] = FmaPeak.Measure(1), [2] = FmaPeak.Measure(2) };
         var results = new List<(int N, int D, int Threads, double Median, double Min, double Flops)>();
         foreach (int n in new[] { 1024, 4096 })
         {
             foreach (int d in new[] { 64, 128 })
             {
-                foreach (int threads in new[] { 1, 2 })
+                foreach (int threads in threadCounts)
                 {
-                    MeasurePeaks();
                     var shape = AttentionShape.SingleHead(n, d);
                     var random = new Random(7);
                     float[] Fill(long length) => [.. Enumerable.Range(0, (int)length).Select(_ => (float)((random.NextDouble() * 2) - 1))];
@@ -67,7 +58,6 @@ public static unsafe class PassTimer
                     double ms = 1e3 / Stopwatch.Frequency;
                     double threadMs = best[..^1].Sum() * ms;
                     string shares = string.Join(", ", Passes.Select((pass, i) => string.Create(CultureInfo.InvariantCulture, $"{pass} {best[i] * ms / threads:F2} ms ({100 * best[i] / best[..^1].Sum():F1}%)")));
-                    MeasurePeaks();
                     string replay = string.Create(CultureInfo.InvariantCulture, $"replay wall {best[^1] * ms:F2} ms, per thread: {shares}; untimed {(best[^1] * ms * threads) - threadMs:F2} thread-ms");
                     Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"n={n} d={d} {threads} thr: kernel median {median:F2} ms (min {min:F2}); {replay}"));
                     results.Add((n, d, threads, median, min, flops));
@@ -75,7 +65,7 @@ public static unsafe class PassTimer
             }
         }
 
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"FMA peak (best of all measurements): {peaks[1]:F1} GFLOP/s (1 thread), {peaks[2]:F1} GFLOP/s (2 threads)"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"FMA peak (FmaPeak.Measure): {peaks[1]:F1} GFLOP/s (1 thread), {peaks[2]:F1} GFLOP/s (2 threads)"));
         foreach ((int n, int d, int threads, double median, double min, double flops) in results)
         {
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -167,13 +157,10 @@ public static unsafe class PassTimer
         float* q = st.Query, s = st.Scores, o = st.Output;
         long t = Stopwatch.GetTimestamp();
         float scale = a.Scale * VectorMath.Log2E;
+        TensorPrimitives.Multiply(new ReadOnlySpan<float>(a.Query + ((long)i0 * d), rows * d), scale, new Span<float>(q, rows * d));
+        new Span<float>(q + (rows * d), (paddedRows - rows) * d).Clear();
         for (int r = 0; r < paddedRows; r++)
         {
-            for (int c = 0; c < d; c++)
-            {
-                q[(r * d) + c] = r < rows ? a.Query[((long)(i0 + r) * d) + c] * scale : 0f;
-            }
-
             st.Max[r] = float.NegativeInfinity;
             st.Sum[r] = 0f;
         }
@@ -220,11 +207,7 @@ public static unsafe class PassTimer
 
         for (int r = 0; r < rows; r++)
         {
-            float l = st.Sum[r];
-            for (int c = 0; c < d; c++)
-            {
-                a.Output[((long)(i0 + r) * d) + c] = o[(r * d) + c] / l;
-            }
+            TensorPrimitives.Divide(new ReadOnlySpan<float>(o + (r * d), d), st.Sum[r], new Span<float>(a.Output + ((long)(i0 + r) * d), d));
         }
 
         Lap(st, 6, t);

@@ -10,7 +10,7 @@ namespace FastAttention.Benchmarks;
 /// "kernel" times the registry kernel alone on pinned storage; "public" the whole typed <c>ExactAttention.Compute</c> call (which
 /// also scans K and V for non-finite values and computes the storage error bound). The types take turns call by call, so a
 /// shared machine's load falls on all of them alike; each ratio is to float32's time of the same statistic.
-/// Run: <c>dotnet run -c Release --project bench/FastAttention.Benchmarks -- prefill [seconds per case] [n] [d]</c>. Times are "median (min)".
+/// Run: <c>dotnet run -c Release --project bench/FastAttention.Benchmarks -- prefill [seconds per case] [n] [d] [threads, e.g. 1,2]</c>. Times are "median (min)".
 /// </summary>
 public static unsafe class PrefillTimer
 {
@@ -19,6 +19,7 @@ public static unsafe class PrefillTimer
         double seconds = args.Length > 1 ? double.Parse(args[1], CultureInfo.InvariantCulture) : 2.0;
         int n = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 4096;
         int d = args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 64;
+        int[] threadCounts = args.Length > 4 ? [.. args[4].Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture))] : [1, 2];
         Console.WriteLine($"{Environment.ProcessorCount} cores, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, n = {n}, d = dv = {d}, 1 head, {seconds} s per case");
         Console.WriteLine($"{"case",-11} {"thr",3} {"type",-5} {"kernel",-16} {"kernel ms median (min)",24} {"x f32",12} {"public ms median (min)",24} {"x f32",12}");
         var shape = AttentionShape.SingleHead(n, d);
@@ -35,7 +36,7 @@ public static unsafe class PrefillTimer
             {
                 foreach ((string name, bool causal, int window) in new[] { ("dense", false, 0), ("causal", true, 0), ("window 256", true, 256) })
                 {
-                    foreach (int threads in new[] { 1, 2 })
+                    foreach (int threads in threadCounts)
                     {
                         var kernelCalls = new Action[types.Length];
                         var publicCalls = new Action[types.Length];

@@ -212,7 +212,7 @@ internal static unsafe partial class AttentionCore
     }
 
     /// <summary>The kernel arguments of a call: shape, pinned operands, scale and the settings' masking and threads.</summary>
-    private static AttentionArgs Arguments(AttentionShape shape, in Settings settings, float scale, float* q, KvOperand keys, KvOperand values, float* o, float* bias, bool* mask, float* stats)
+    internal static AttentionArgs Arguments(AttentionShape shape, in Settings settings, float scale, float* q, KvOperand keys, KvOperand values, float* o, float* bias, bool* mask, float* stats)
     {
         long block = (long)shape.QueryCount * shape.KeyCount;
         (long biasBatch, long biasHead) = BroadcastStrides(settings.Bias.Length, block, shape, "Bias");

@@ -86,7 +86,8 @@ public static class KvElementTypes
 /// <summary>
 /// A key or value tensor in a <see cref="KvElementType"/>: dense C-order <c>[batch, kvHeads, n, rowLength]</c> (the kernels'
 /// layout), held without widening. Wraps the caller's memory (<c>From...</c>) or owns an encoded copy (<see cref="Encode"/>).
-/// The caller must not change wrapped memory while a call reads it.
+/// Wrapped memory must not change while the tensor is in use: the tensor keeps what it learns of its values (the rounding
+/// errors behind <see cref="KvErrorBound"/>) across calls. Wrap changed memory in a new tensor.
 /// </summary>
 public sealed class KvTensor
 {
@@ -95,6 +96,9 @@ public sealed class KvTensor
     private readonly ReadOnlyMemory<ushort> _bfloat16;
     private readonly ReadOnlyMemory<sbyte> _q8;
     private readonly ReadOnlyMemory<Half> _scales;
+
+    /// <summary>The error profile of the last grouping asked for (see <see cref="ErrorProfile"/>).</summary>
+    private Profile? _profile;
 
     private KvTensor(KvElementType type, int length, int rowLength, ReadOnlyMemory<float> float32 = default, ReadOnlyMemory<Half> float16 = default,
         ReadOnlyMemory<ushort> bfloat16 = default, ReadOnlyMemory<sbyte> q8 = default, ReadOnlyMemory<Half> scales = default)
@@ -317,33 +321,68 @@ public sealed class KvTensor
 
     /// <summary>
     /// Per group of <paramref name="rowsPerGroup"/> rows, the largest rounding error of each column (<c>[groups, RowLength]</c>,
-    /// see <see cref="KvElementTypes.ElementError"/>; q8: half of each block's scale), and the largest magnitude stored.
+    /// see <see cref="KvElementTypes.ElementError"/>; q8: half the largest scale of the column's block), and the largest magnitude
+    /// stored. Computed on first use for a grouping and kept (one pass over the stored values, vectorised): the tensor's memory is
+    /// taken as unchanging while the tensor is in use, as the type's remarks say.
     /// </summary>
-    internal unsafe (double[] ColumnErrors, double MaxAbs) ErrorProfile(int rowsPerGroup)
+    internal (double[] ColumnErrors, double MaxAbs) ErrorProfile(int rowsPerGroup)
+    {
+        Profile? kept = _profile;
+        if (kept is not null && kept.RowsPerGroup == rowsPerGroup)
+        {
+            return (kept.ColumnErrors, kept.MaxAbs);
+        }
+
+        kept = ComputeProfile(rowsPerGroup);
+        _profile = kept;
+        return (kept.ColumnErrors, kept.MaxAbs);
+    }
+
+    private unsafe Profile ComputeProfile(int rowsPerGroup)
     {
         int groups = rowsPerGroup == 0 ? 0 : RowCount / rowsPerGroup;
+        int blocksPerRow = (RowLength + KvOperand.Q8Block - 1) / KvOperand.Q8Block;
         var errors = new double[(long)groups * RowLength];
-        double maxAbs = 0;
-        float* row = stackalloc float[RowLength];
+        var columnMax = new float[RowLength];
+        var row = new float[RowLength];
+        var scaleMax = new float[blocksPerRow];
+        float maxAbs = 0f;
         using Pinned pinned = Pin();
-        for (int g = 0; g < groups; g++)
+        fixed (float* r = row)
         {
-            for (int j = 0; j < rowsPerGroup; j++)
+            for (int g = 0; g < groups; g++)
             {
-                long r = ((long)g * rowsPerGroup) + j;
-                pinned.Operand.WidenRow(0, (int)r, row);
-                Half* scales = pinned.Operand.RowScales(0, (int)r);
+                Array.Clear(columnMax);
+                Array.Clear(scaleMax);
+                for (int j = 0; j < rowsPerGroup; j++)
+                {
+                    int at = (g * rowsPerGroup) + j;
+                    pinned.Operand.WidenRow(0, at, r);
+                    System.Numerics.Tensors.TensorPrimitives.Abs(row, row);
+                    System.Numerics.Tensors.TensorPrimitives.Max(columnMax, row, columnMax);
+                    if (ElementType == KvElementType.Q8)
+                    {
+                        Half* scales = pinned.Operand.RowScales(0, at);
+                        for (int b = 0; b < blocksPerRow; b++)
+                        {
+                            scaleMax[b] = Math.Max(scaleMax[b], (float)scales[b]);
+                        }
+                    }
+                }
+
                 for (int t = 0; t < RowLength; t++)
                 {
-                    double e = ElementType == KvElementType.Q8 ? 0.5 * (double)scales[t / KvOperand.Q8Block] : KvElementTypes.ElementError(ElementType, row[t]);
-                    ref double column = ref errors[((long)g * RowLength) + t];
-                    column = Math.Max(column, e);
-                    maxAbs = Math.Max(maxAbs, Math.Abs(row[t]));
+                    // The error bounds grow with |x|, so the column's largest magnitude gives its largest error.
+                    errors[((long)g * RowLength) + t] = ElementType == KvElementType.Q8
+                        ? 0.5 * scaleMax[t / KvOperand.Q8Block]
+                        : KvElementTypes.ElementError(ElementType, columnMax[t]);
                 }
+
+                maxAbs = Math.Max(maxAbs, System.Numerics.Tensors.TensorPrimitives.Max(columnMax));
             }
         }
 
-        return (errors, maxAbs);
+        return new Profile(rowsPerGroup, errors, maxAbs);
     }
 
     /// <summary>The flat index of the first NaN or infinite element (a q8 element whose scale is not finite), or -1.</summary>
@@ -442,6 +481,9 @@ public sealed class KvTensor
 
     private static ArgumentException OutOfRange(ReadOnlySpan<float> values, int rowLength, int at, string why) =>
         new($"values holds {values[at]:G6} at [{at / rowLength}, {at % rowLength}] (flat index {at}): {why}.", nameof(values));
+
+    /// <summary>An error profile and the grouping it is for.</summary>
+    private sealed record Profile(int RowsPerGroup, double[] ColumnErrors, double MaxAbs);
 
     /// <summary>Pinned memory and the operand over it.</summary>
     internal readonly struct Pinned(MemoryHandle data, MemoryHandle scales, KvOperand operand) : IDisposable

@@ -209,26 +209,49 @@ public static partial class LevAttention
 
 /// <summary>
 /// A leverage-score KV-cache policy for decoding (docs/algorithms.md §4, "related practice"): keys arrive one at a time
-/// (<see cref="Append"/>); a <see cref="LeverageStream"/> keeps the running Gram state and only the candidate keys whose
-/// online leverage score reached the threshold (online scores only fall, so an evicted key could never re-enter the
-/// universal set). <see cref="Attend"/> rescores the candidates against the current Gram matrix — O(|candidates| d^2),
-/// never from scratch — and attends over the current selection plus the always-kept first and last keys. In top-k
-/// mode the candidates are those with online score at least the k-th largest seen so far (a heuristic).
+/// (<see cref="Append(ReadOnlySpan{float}, ReadOnlySpan{float})"/>); a <see cref="LeverageStream"/> keeps the running Gram
+/// state and only the candidate keys whose online leverage score reached the threshold (online scores only fall, so an
+/// evicted key could never re-enter the universal set). <see cref="Attend"/> rescores the candidates against the current
+/// Gram matrix — O(|candidates| d^2), never from scratch — and attends over the current selection plus the always-kept
+/// first and last keys. In top-k mode the candidates are those with online score at least the k-th largest seen so far
+/// (a heuristic).
+/// <para>
+/// The kept keys and values live in a paged <see cref="KvCache"/> of one kv head, in any <see cref="KvElementType"/>: a
+/// token takes a slot while it is a candidate or always kept, and an evicted token's slot goes to the token in the last
+/// slot, so the held tokens always fill the first slots. Attend moves the selected tokens to the front and attends over
+/// that prefix in place (softmax does not depend on the order of the keys), gathering nothing. Candidates are rescored on
+/// their stored (widened) keys. Not thread-safe: Attend reorders slots.
+/// </para>
 /// </summary>
-public sealed class LevKvCache
+public sealed class LevKvCache : IDisposable
 {
     private readonly LevAttentionOptions _options;
     private readonly int _valueDim;
-    private readonly List<(long Index, float[] Key, float[] Value, double Online)> _candidates = [];
-    private readonly List<(float[] Key, float[] Value)> _first = [];
-    private readonly Queue<(long Index, float[] Key, float[] Value)> _last = new();
     private readonly LeverageStream _stream;
+    private readonly KvCache _store;
 
-    /// <summary>An empty cache for d-dimensional keys and dv-dimensional values (softmax only; power attention uses <see cref="LevAttention"/>).</summary>
+    /// <summary>What each slot of the store holds, in slot order.</summary>
+    private readonly List<Held> _held = [];
+
+    /// <summary>The slot of each held stream position.</summary>
+    private readonly Dictionary<long, int> _slotOf = [];
+    private int _candidateCount;
+
+    /// <summary>An empty cache for d-dimensional keys and dv-dimensional values stored as float32 (softmax only; power attention uses <see cref="LevAttention"/>).</summary>
     /// <param name="dimension">d.</param>
     /// <param name="valueDimension">dv.</param>
     /// <param name="options">Eps or top, scale, always-kept keys.</param>
     public LevKvCache(int dimension, int valueDimension, LevAttentionOptions options)
+        : this(dimension, valueDimension, options, KvElementType.Float32)
+    {
+    }
+
+    /// <summary>An empty cache for d-dimensional keys and dv-dimensional values stored as <paramref name="elementType"/>.</summary>
+    /// <param name="dimension">d.</param>
+    /// <param name="valueDimension">dv.</param>
+    /// <param name="options">Eps or top, scale, always-kept keys.</param>
+    /// <param name="elementType">How the kept keys and values are stored.</param>
+    public LevKvCache(int dimension, int valueDimension, LevAttentionOptions options, KvElementType elementType)
     {
         Validate.Positive(dimension, "the key dimension d", $"d {dimension}, dv {valueDimension}", nameof(dimension));
         Validate.Positive(valueDimension, "the value dimension dv", $"d {dimension}, dv {valueDimension}", nameof(valueDimension));
@@ -236,102 +259,173 @@ public sealed class LevKvCache
         _options = options;
         _valueDim = valueDimension;
         _stream = new LeverageStream(dimension, options.Eps ?? 1.0);
+        _store = new KvCache(1, dimension, valueDimension, new KvCacheOptions
+        {
+            ElementType = elementType,
+            Scale = options.Scale,
+            MaxDegreeOfParallelism = options.MaxDegreeOfParallelism,
+        });
     }
 
     /// <summary>Keys appended so far.</summary>
     public long Count => _stream.Count;
 
+    /// <summary>Candidates held (the cache's size beyond the always-kept keys).</summary>
+    public int CandidateCount => _candidateCount;
+
+    /// <summary>Tokens held: the candidates and the always-kept first and last keys, each once.</summary>
+    public int HeldCount => _store.Count;
+
+    /// <summary>Bytes the held tokens take in the storage type (see <see cref="KvCache.BytesUsed"/>).</summary>
+    public long BytesUsed => _store.BytesUsed;
+
+    /// <summary>Bytes allocated for them (see <see cref="KvCache.BytesReserved"/>); freed slots are reused, so this follows the most ever held.</summary>
+    public long BytesReserved => _store.BytesReserved;
+
+    /// <summary>The stream positions of the keys the next <see cref="Attend"/> uses, sorted.</summary>
+    public long[] Selected => [.. Selection()];
+
+    /// <summary>The stream positions of the candidates held, in the order they joined (for tests).</summary>
+    internal long[] CandidateIndices => [.. _held.Where(h => h.Candidate).Select(h => h.Index).Order()];
+
     /// <summary>The cache's sizes as the messages show them.</summary>
     private string Dimensions => $"d {_stream.Gram.Dimension}, dv {_valueDim}";
 
-    /// <summary>Candidates held (the cache's size beyond the always-kept keys).</summary>
-    public int CandidateCount => _candidates.Count;
-
-    /// <summary>The stream positions of the candidates held, in the order they joined (for tests).</summary>
-    internal long[] CandidateIndices => [.. _candidates.Select(c => c.Index)];
-
     /// <summary>Appends one key and its value.</summary>
-    /// <param name="key">k, length d.</param>
-    /// <param name="value">v, length dv.</param>
+    /// <param name="key">k, length d; finite.</param>
+    /// <param name="value">v, length dv; finite.</param>
+    /// <exception cref="ArgumentException">A length does not match, or a value is not finite or lies outside the storage type's range.</exception>
+    /// <exception cref="ObjectDisposedException">The cache was disposed.</exception>
     public void Append(ReadOnlySpan<float> key, ReadOnlySpan<float> value)
     {
         Validate.Length(key.Length, _stream.Gram.Dimension, nameof(key), "[d]", Dimensions);
         Validate.Length(value.Length, _valueDim, nameof(value), "[dv]", Dimensions);
 
+        // Stored first: a value the storage type rejects leaves the stream untouched.
+        _store.Append(key, value, nameof(key), nameof(value));
         long index = _stream.Count;
         _stream.Append(key);
         double online = _stream.LastOnlineScores.Count > 0 ? _stream.LastOnlineScores[0] : 0;
-        if (index < _options.KeepFirst)
-        {
-            _first.Add((key.ToArray(), value.ToArray()));
-        }
-
-        if (_options.KeepLast > 0)
-        {
-            _last.Enqueue((index, key.ToArray(), value.ToArray()));
-            if (_last.Count > _options.KeepLast)
-            {
-                _last.Dequeue();
-            }
-        }
-
-        bool keep = _options.Eps is double eps
+        bool candidate = _options.Eps is double eps
             ? online >= eps * (1 - 1e-6)
-            : _candidates.Count < 4 * _options.Top!.Value || online >= _candidates.Min(c => c.Online);
-        if (keep)
+            : _candidateCount < 4 * _options.Top!.Value || online >= MinimumCandidateScore();
+        _slotOf[index] = _held.Count;
+        _held.Add(new Held(index, online, candidate));
+        if (candidate)
         {
-            _candidates.Add((index, key.ToArray(), value.ToArray(), online));
-            if (_options.Top is int top && _candidates.Count > 4 * top)
+            _candidateCount++;
+            if (_options.Top is int top && _candidateCount > 4 * top)
             {
-                // Top-k mode keeps a pool of 4k candidates: drop the one with the smallest online score.
-                int worst = 0;
-                for (int x = 1; x < _candidates.Count; x++)
+                // Top-k mode keeps a pool of 4k candidates: drop the one with the smallest online score (the earliest of equals).
+                int worst = -1;
+                for (int s = 0; s < _held.Count; s++)
                 {
-                    worst = _candidates[x].Online < _candidates[worst].Online ? x : worst;
+                    if (_held[s].Candidate && (worst < 0 || _held[s].Online < _held[worst].Online || (_held[s].Online == _held[worst].Online && _held[s].Index < _held[worst].Index)))
+                    {
+                        worst = s;
+                    }
                 }
 
-                _candidates.RemoveAt(worst);
+                _held[worst] = _held[worst] with { Candidate = false };
+                _candidateCount--;
+                ReleaseIfUnheld(_held[worst].Index);
             }
         }
-    }
 
-    /// <summary>The stream positions of the keys the next <see cref="Attend"/> uses, sorted.</summary>
-    public long[] Selected => [.. Selection().Select(x => x.Index)];
+        ReleaseIfUnheld(index);
+        ReleaseIfUnheld(index - _options.KeepLast);
+    }
 
     /// <summary>Softmax attention of one query over the selection.</summary>
     /// <param name="query">q, length d.</param>
     /// <param name="output">Output, length dv.</param>
+    /// <exception cref="ArgumentException">A length does not match, the buffers overlap, or the query is not finite.</exception>
+    /// <exception cref="ObjectDisposedException">The cache was disposed.</exception>
     public void Attend(ReadOnlySpan<float> query, Span<float> output)
     {
         Validate.Length(query.Length, _stream.Gram.Dimension, nameof(query), "[d]", Dimensions);
         Validate.Length(output.Length, _valueDim, nameof(output), "[dv]", Dimensions);
         Validate.NoOverlap(output, query, nameof(query), nameof(output));
-        var kept = Selection();
-        int d = _stream.Gram.Dimension;
-        float[] keys = new float[kept.Count * d], values = new float[kept.Count * _valueDim];
-        for (int x = 0; x < kept.Count; x++)
+        List<long> selected = Selection();
+
+        // The selected tokens move to the first slots; slots before x already hold selected ones, so sel[x] sits at x or later.
+        for (int x = 0; x < selected.Count; x++)
         {
-            kept[x].Key.CopyTo(keys, x * d);
-            kept[x].Value.CopyTo(values, x * _valueDim);
+            int slot = _slotOf[selected[x]];
+            if (slot != x)
+            {
+                _store.Swap(x, slot);
+                (_held[x], _held[slot]) = (_held[slot], _held[x]);
+                _slotOf[_held[x].Index] = x;
+                _slotOf[_held[slot].Index] = slot;
+            }
         }
 
-        LevAttention.Attend(query, keys, values, new AttentionShape(1, 1, 1, kept.Count, d, _valueDim), output, default, _options with { Power = 0 });
+        if (selected.Count == 0)
+        {
+            output.Clear();
+            return;
+        }
+
+        _store.AttendPrefix(selected.Count, query, 1, output, causal: false);
     }
 
-    private List<(long Index, float[] Key, float[] Value)> Selection()
+    /// <summary>Frees the stored keys and values.</summary>
+    public void Dispose() => _store.Dispose();
+
+    /// <summary>The smallest online score among the candidates.</summary>
+    private double MinimumCandidateScore()
+    {
+        double min = double.PositiveInfinity;
+        foreach (Held h in _held)
+        {
+            min = h.Candidate ? Math.Min(min, h.Online) : min;
+        }
+
+        return min;
+    }
+
+    /// <summary>Whether a held token must stay: a candidate, one of the first KeepFirst or of the last KeepLast.</summary>
+    private bool MustHold(Held held) => held.Candidate || held.Index < _options.KeepFirst || held.Index >= _stream.Count - _options.KeepLast;
+
+    /// <summary>Frees the slot of <paramref name="index"/> if it is held for no reason any more; the last slot's token moves into it.</summary>
+    private void ReleaseIfUnheld(long index)
+    {
+        if (!_slotOf.TryGetValue(index, out int slot) || MustHold(_held[slot]))
+        {
+            return;
+        }
+
+        int last = _held.Count - 1;
+        _store.RemoveAt(slot);
+        _held[slot] = _held[last];
+        _slotOf[_held[slot].Index] = slot;
+        _held.RemoveAt(last);
+        _slotOf.Remove(index);
+    }
+
+    /// <summary>The stream positions attended next: the candidates chosen by their current scores, plus the always-kept keys, sorted.</summary>
+    private List<long> Selection()
     {
         GramFactor factor = _stream.Gram.Factor();
-        var scored = _candidates.Select(c => (c.Index, c.Key, c.Value, Score: Math.Clamp(factor.Score(c.Key), 0, 1))).ToList();
-        IEnumerable<(long Index, float[] Key, float[] Value, double Score)> chosen = _options.Eps is double eps
-            ? scored.Where(c => c.Score >= eps * (1 - 1e-9))
-            : scored.OrderByDescending(c => c.Score).ThenBy(c => c.Index).Take(_options.Top!.Value);
-        var all = chosen.Select(c => (c.Index, c.Key, c.Value)).ToList();
-        for (int x = 0; x < _first.Count; x++)
+        float[] key = new float[_stream.Gram.Dimension];
+        var scored = new List<(long Index, double Score)>();
+        for (int s = 0; s < _held.Count; s++)
         {
-            all.Add((x, _first[x].Key, _first[x].Value));
+            if (_held[s].Candidate)
+            {
+                _store.WidenKey(0, s, key);
+                scored.Add((_held[s].Index, Math.Clamp(factor.Score(key), 0, 1)));
+            }
         }
 
-        all.AddRange(_last);
-        return [.. all.DistinctBy(c => c.Index).OrderBy(c => c.Index)];
+        IEnumerable<(long Index, double Score)> chosen = _options.Eps is double eps
+            ? scored.Where(c => c.Score >= eps * (1 - 1e-9))
+            : scored.OrderByDescending(c => c.Score).ThenBy(c => c.Index).Take(_options.Top!.Value);
+        IEnumerable<long> always = _held.Where(h => h.Index < _options.KeepFirst || h.Index >= _stream.Count - _options.KeepLast).Select(h => h.Index);
+        return [.. chosen.Select(c => c.Index).Concat(always).Distinct().Order()];
     }
+
+    /// <summary>A held token: its stream position, the online score it joined with, and whether it is a candidate.</summary>
+    private readonly record struct Held(long Index, double Online, bool Candidate);
 }

@@ -17,11 +17,15 @@ namespace FastAttention.Kernels;
 /// <item>per (batch, head) and query, merge in chunk order: <c>m = max m_c</c>,
 /// <c>l = sum l_c 2^(m_c - m)</c>, <c>out = sum o_c 2^(m_c - m) / l</c>.</item>
 /// </list>
-/// A sliding window with sinks (<see cref="AttentionArgs.Window"/>) skips the chunks no query sees and masks the rest.
+/// A sliding window with sinks (<see cref="AttentionArgs.Window"/>) skips the chunks no query sees and masks the rest; with
+/// the finiteness check on (<see cref="AttentionArgs.FirstNonFinite"/>) the skipped chunks are still scanned, so only a caller
+/// that lets non-finite values through is spared reading them.
 /// The chunk size depends on the shape only, not on the thread count, and the merge order is fixed, so the
 /// output bits are the same for every thread count; every score and output element is summed in the same order whether its
 /// row runs alone or in a block of four.
 /// </summary>
+/// <remarks>Locals are not zeroed: the scores and widened scales on the stack are written before they are read.</remarks>
+[SkipLocalsInit]
 internal static unsafe class SplitKeyAttention<TS, TV, TE>
     where TS : struct, ISimd<TV>
     where TV : struct
@@ -498,6 +502,11 @@ internal static unsafe class SplitKeyAttention<TS, TV, TE>
         int w = TS.Count, c = 0;
         long stride = values.RowBytes;
         int blocks = values.BlocksPerRow;
+        if (TE.Type == KvElementType.Q8 && typeof(TV) == typeof(Vector512<float>) && Avx512F.IsSupported)
+        {
+            c = WeightedSumQ8(p, values, count, dv, o);
+        }
+
         for (; c + (8 * w) <= dv; c += 8 * w)
         {
             TV z = TS.Broadcast(0f), o0 = z, o1 = z, o2 = z, o3 = z, o4 = z, o5 = z, o6 = z, o7 = z;
@@ -588,6 +597,52 @@ internal static unsafe class SplitKeyAttention<TS, TV, TE>
             o[c] = total;
         }
     }
+
+    /// <summary>
+    /// q8 values, one query row, 128 columns at a time: o += (p_j scale_jb) q_j, the weight and the block's scale multiplied
+    /// once per block of 32 instead of the scale into every vector (the q8 decoding kernel is bound by these operations).
+    /// Returns the columns done; <see cref="WeightedSum"/> does the rest.
+    /// </summary>
+    private static int WeightedSumQ8(float* p, Rows values, int count, int dv, float* o)
+    {
+        long stride = values.RowBytes;
+        int blocks = values.BlocksPerRow, c = 0;
+        for (; c + 128 <= dv; c += 128)
+        {
+            Vector512<float> o0 = Vector512<float>.Zero, o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0;
+            sbyte* v = (sbyte*)values.Row(0) + c;
+            float* sc = values.Scales(0) + (c / KvOperand.Q8Block);
+            for (int j = 0; j < count; j++, v += stride, sc += blocks)
+            {
+                float pj = p[j];
+                Vector512<float> w0 = Vector512.Create(pj * sc[0]), w1 = Vector512.Create(pj * sc[1]);
+                Vector512<float> w2 = Vector512.Create(pj * sc[2]), w3 = Vector512.Create(pj * sc[3]);
+                o0 = Avx512F.FusedMultiplyAdd(w0, Bytes16(v), o0);
+                o1 = Avx512F.FusedMultiplyAdd(w0, Bytes16(v + 16), o1);
+                o2 = Avx512F.FusedMultiplyAdd(w1, Bytes16(v + 32), o2);
+                o3 = Avx512F.FusedMultiplyAdd(w1, Bytes16(v + 48), o3);
+                o4 = Avx512F.FusedMultiplyAdd(w2, Bytes16(v + 64), o4);
+                o5 = Avx512F.FusedMultiplyAdd(w2, Bytes16(v + 80), o5);
+                o6 = Avx512F.FusedMultiplyAdd(w3, Bytes16(v + 96), o6);
+                o7 = Avx512F.FusedMultiplyAdd(w3, Bytes16(v + 112), o7);
+            }
+
+            o0.Store(o + c);
+            o1.Store(o + c + 16);
+            o2.Store(o + c + 32);
+            o3.Store(o + c + 48);
+            o4.Store(o + c + 64);
+            o5.Store(o + c + 80);
+            o6.Store(o + c + 96);
+            o7.Store(o + c + 112);
+        }
+
+        return c;
+    }
+
+    /// <summary>Sixteen q8 bytes as floats (unscaled).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Bytes16(sbyte* v) => Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(v)));
 
     /// <summary>
     /// o_r = sum_j p_r[j] v_j for four rows of weights (p_r = p + r ScoreStride): each value vector is loaded (and widened) once

@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
@@ -179,14 +180,13 @@ internal static unsafe class TiledAttention<TS, TV>
 
         // The scale is folded into the query tile once (times log2 e: the softmax works in base 2, see
         // VectorMath.Exp2NonPositive; power scores get the factor after their transform); padded rows are zero.
+        // Vectorised, as is step 5's division (scalar loops, they were 0.6% of a 4096-token call and 3-5% of a 1024-token one
+        // on a Zen 4): each element rounds the same either way.
         float scale = a.Power > 0f ? a.Scale : a.Scale * VectorMath.Log2E;
+        TensorPrimitives.Multiply(new ReadOnlySpan<float>(query, rows * d), scale, new Span<float>(q, rows * d));
+        new Span<float>(q + (rows * d), (paddedRows - rows) * d).Clear();
         for (int r = 0; r < paddedRows; r++)
         {
-            for (int t = 0; t < d; t++)
-            {
-                q[(r * d) + t] = r < rows ? query[(r * d) + t] * scale : 0f;
-            }
-
             scratch.Max[r] = float.NegativeInfinity;
             scratch.Sum[r] = 0f;
         }
@@ -231,10 +231,14 @@ internal static unsafe class TiledAttention<TS, TV>
         for (int r = 0; r < rows; r++)
         {
             float l = scratch.Sum[r];
-            float* row = o + (r * paddedValueDim);
-            for (int c = 0; c < a.ValueDim; c++)
+            var destination = new Span<float>(output + (r * a.ValueDim), a.ValueDim);
+            if (l != 0f)
             {
-                output[(r * a.ValueDim) + c] = l != 0f ? row[c] / l : 0f; // NaN l propagates
+                TensorPrimitives.Divide(new ReadOnlySpan<float>(o + (r * paddedValueDim), a.ValueDim), l, destination); // NaN l propagates
+            }
+            else
+            {
+                destination.Clear();
             }
         }
     }
