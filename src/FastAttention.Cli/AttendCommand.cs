@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using FastAttention.IO;
 using FastAttention.Lab;
 
 namespace FastAttention.Cli;
@@ -15,7 +16,10 @@ internal static class AttendCommand
 
     /// <summary>Which methods accept each method-specific option.</summary>
     private static readonly (string Option, string[] Methods)[] OptionsOfMethods =
-        MethodOptions.OptionTable([.. Entries.Select(m => (m.Name, m.Options)), (Auto.Name, (IReadOnlyList<string>)Auto.Options)]);
+    [
+        .. MethodOptions.OptionTable([.. Entries.Select(m => (m.Name, m.Options)), (Auto.Name, (IReadOnlyList<string>)Auto.Options)]),
+        ("kv-dtype", ["exact"]),
+    ];
 
     public static Command Command { get; } = new(
         "attend",
@@ -39,6 +43,7 @@ internal static class AttendCommand
             new("threads", "T", "worker threads (default: all cores); output bits do not depend on it"),
             new("kernel", "NAME", "exact/power: force a kernel: " + string.Join(", ", AttentionKernels.Names)),
             new("allow-nonfinite", null, "exact: let NaN/Inf in the inputs propagate instead of rejecting them"),
+            MethodOptions.KvDtypeOption("exact: store keys and values as f32, f16, bf16 or q8 (8-bit, a float16 scale per 32): a float16 .npy or F16/BF16 safetensors input already in the type is read as stored, others are rounded into it; the output states the bound on what the storage can move it (default: float32 as read, no bound)"),
             new("force", null, "overwrite --out if it exists"),
             new("json", null, "print a one-object JSON summary"),
         ],
@@ -57,7 +62,13 @@ internal static class AttendCommand
         string outPath = o.Get("out")!;
         bool force = o.Flag("force");
 
+        KvElementType? kvType = MethodOptions.KvType(o, "attend");
         string? nonFinite = settings.AllowNonFinite ? null : "Pass --allow-nonfinite to let non-finite values propagate through exact attention.";
+        if (kvType is KvElementType type)
+        {
+            return RunStored(o, stdout, settings, type, TensorFiles.Load("q", qPath, nonFinite), outPath, force);
+        }
+
         TensorData<float> q = TensorFiles.Load("q", qPath, nonFinite);
         TensorData<float> k = TensorFiles.Load("k", kPath, nonFinite);
         TensorData<float> v = TensorFiles.Load("v", vPath, nonFinite);
@@ -165,6 +176,57 @@ internal static class AttendCommand
                 stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"sketch: degree-4 polynomial attention (s q.k)^4 approximated with m = {sketch.SketchSize} ({sketch.Rank} features, seed {sketch.Seed}); the error is statistical, no certificate"));
             }
+        }
+
+        return ExitCode.Ok;
+    }
+
+    /// <summary>Exact attention with keys and values read or rounded into <paramref name="type"/>, reported with the storage's error bound.</summary>
+    private static int RunStored(ParsedOptions o, TextWriter stdout, MethodSettings settings, KvElementType type, TensorData<float> q, string outPath, bool force)
+    {
+        KvTensorData k = TensorFiles.LoadKv("k", o.Get("k")!, type);
+        KvTensorData v = TensorFiles.LoadKv("v", o.Get("v")!, type);
+        Progress.Current.Step("computing attention");
+        AttentionShape shape = AttentionInputs.Shape(q.Shape, k.Shape, v.Shape);
+        var output = new float[shape.OutputLength];
+        MethodOptions.WarmKv(shape, settings, type);
+        var timer = Stopwatch.StartNew();
+        AttentionRun run = ExactAttention.Compute(q.Data, k.Tensor, v.Tensor, shape, output, MethodOptions.ExactOptions(settings));
+        double seconds = timer.Elapsed.TotalSeconds;
+        int[] outShape = AttentionInputs.OutputShape(q, shape);
+        TensorFiles.Save(outPath, force, new TensorData<float>(output, outShape));
+        double gflops = run.Flops / Math.Max(seconds, 1e-9) / 1e9;
+        double bits = 8.0 * (k.Tensor.ByteCount + v.Tensor.ByteCount) / Math.Max(1, (long)k.Tensor.Length + v.Tensor.Length);
+        if (o.Flag("json"))
+        {
+            Json.Write(stdout, w =>
+            {
+                w.WriteString("method", "exact");
+                w.WriteString("kernel", run.Kernel);
+                Json.WriteShape(w, "shape", outShape);
+                Json.WriteShape(w, "queryShape", q.Shape);
+                Json.WriteShape(w, "keyShape", k.Shape);
+                w.WriteNumber("scale", settings.Scale ?? (1 / MathF.Sqrt(shape.HeadDim)));
+                w.WriteBoolean("causal", settings.Causal);
+                w.WriteNumber("threads", settings.Threads == 0 ? Environment.ProcessorCount : settings.Threads);
+                w.WriteNumber("seconds", seconds);
+                w.WriteNumber("flops", run.Flops);
+                w.WriteNumber("gflops", gflops);
+                w.WriteString("out", outPath);
+                Json.WriteKvStorage(w, type, bits, run.KvBound);
+                w.WriteNumber("kvBytes", k.Tensor.ByteCount + v.Tensor.ByteCount);
+                w.WriteString("keyFileType", k.FileType);
+                w.WriteString("valueFileType", v.FileType);
+                w.WriteBoolean("kvConverted", k.Converted || v.Converted);
+            });
+        }
+        else
+        {
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"exact attention {TensorData.FormatShape(outShape)} -> {outPath}: {seconds * 1e3:F3} ms, {gflops:F1} GFLOP/s (kernel {run.Kernel})"));
+            string how = !(k.Converted || v.Converted) ? $"read as stored from {k.FileType} files"
+                : $"{(type == KvElementType.Float32 ? "widened" : "rounded")} from {k.FileType} keys and {v.FileType} values";
+            stdout.WriteLine($"{Json.DescribeKvBound(type, bits, run.KvBound)}; {how}");
         }
 
         return ExitCode.Ok;

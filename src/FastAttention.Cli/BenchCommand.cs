@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using FastAttention.IO;
 using FastAttention.Lab;
 
 namespace FastAttention.Cli;
@@ -28,7 +29,7 @@ internal static class BenchCommand
         .. MethodTable.All.Select(m => (m.Name, (IReadOnlyList<string>)[.. m.Options.Where(o => o != "seed"), "d", "backward", .. ShapeOptions])),
         ("gemm", []),
         ("leverage", ["d"]),
-    ]);
+    ]).Append(("kv-dtype", ["exact"])).ToArray();
 
     public static Command Command { get; } = new(
         "bench",
@@ -61,7 +62,8 @@ internal static class BenchCommand
             new("keep-last", "L", "lev: always keep the last L keys"),
             new("power", "P", "power: the exponent p (default 2)"),
             new("backward", null, "time the training forward and backward together (methods with a backward: " + string.Join(", ", MethodTable.WithBackward) + "): medianSeconds and GFLOP/s are of the pair, and the backward alone is reported beside them"),
-            new("bandwidth", null, "also read the same inputs with a plain summing loop (same threads, same number of passes) and report the method's input GB/s against the faster of that and the method itself"),
+            new("bandwidth", null, "also read the same inputs with a plain summing loop (same threads, same number of passes) and report the method's input GB/s against the faster of that and the method itself, and against the machine's read bandwidth (a 1 GiB buffer summed by all cores)"),
+            MethodOptions.KvDtypeOption("exact: time the call on keys and values stored as f32, f16, bf16 or q8 (random inputs rounded into it; --k/--v files read as stored when already in it); reports the stored K/V bytes' GB/s and the storage's error bound, and --bandwidth reads the same stored bytes"),
             new("json", null, "print one JSON object"),
         ],
         Run);
@@ -84,6 +86,12 @@ internal static class BenchCommand
         if (backward && o.Flag("bandwidth"))
         {
             throw new UsageException("bench: --bandwidth compares the forward's input reads; it does not apply with --backward");
+        }
+
+        KvElementType? kvType = MethodOptions.KvType(o, "bench");
+        if (backward && kvType is not null)
+        {
+            throw new UsageException("bench: --kv-dtype times the forward on stored keys and values; it does not apply with --backward");
         }
 
         int seed = o.Int("seed", int.MinValue, int.MaxValue) ?? 1;
@@ -123,13 +131,17 @@ internal static class BenchCommand
             TensorFiles.CheckTensorOutput(o, "out");
         }
 
-        (AttentionShape shape, MethodInputs? inputs, int[] outShape) = Inputs(o, entry, seed, given);
+        (AttentionShape shape, MethodInputs? inputs, int[] outShape, KvTensorData? keys, KvTensorData? values) = Inputs(o, entry, seed, given, kvType);
         if (entry.IsTensor && shape.EffectiveKeyValueHeads != shape.HeadCount)
         {
             throw new UsageException("bench: tensor attention takes one key/value head per query head (no --kv-heads)");
         }
 
-        var request = new BenchmarkRequest(method, shape) { Settings = settings, Inputs = inputs, InputSeed = seed, Repeats = repeat, MeasureBandwidth = o.Flag("bandwidth"), Backward = backward };
+        var request = new BenchmarkRequest(method, shape)
+        {
+            Settings = settings, Inputs = inputs, InputSeed = seed, Repeats = repeat, MeasureBandwidth = o.Flag("bandwidth"), Backward = backward,
+            KvType = kvType, KvKeys = keys?.Tensor, KvValues = values?.Tensor,
+        };
         BenchmarkResult result = Benchmark.Run(request, progress);
         if (outPath is not null)
         {
@@ -185,11 +197,21 @@ internal static class BenchCommand
     }
 
     /// <summary>The shape and the inputs: from --q/--k/--v files (tensor methods draw K2, V2 from the seed + 7), or null for the lab's seeded random ones of <paramref name="given"/>.</summary>
-    private static (AttentionShape Shape, MethodInputs? Inputs, int[] OutShape) Inputs(ParsedOptions o, MethodEntry entry, int seed, AttentionShape? given)
+    private static (AttentionShape Shape, MethodInputs? Inputs, int[] OutShape, KvTensorData? Keys, KvTensorData? Values) Inputs(
+        ParsedOptions o, MethodEntry entry, int seed, AttentionShape? given, KvElementType? kvType)
     {
         if (given is AttentionShape shape)
         {
-            return (shape, null, [shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.ValueDim]);
+            return (shape, null, [shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.ValueDim], null, null);
+        }
+
+        if (kvType is KvElementType type)
+        {
+            // Keys and values go to the typed call as read: no float32 copy of them is made.
+            TensorData<float> q = TensorFiles.Load("q", o.Get("q")!);
+            KvTensorData k = TensorFiles.LoadKv("k", o.Get("k")!, type), v = TensorFiles.LoadKv("v", o.Get("v")!, type);
+            AttentionShape typed = AttentionInputs.Shape(q.Shape, k.Shape, v.Shape);
+            return (typed, MethodInputs.Of(q.Data, ReadOnlyMemory<float>.Empty, ReadOnlyMemory<float>.Empty), AttentionInputs.OutputShape(q, typed), k, v);
         }
 
         TensorData<float> qt = TensorFiles.Load("q", o.Get("q")!);
@@ -203,7 +225,7 @@ internal static class BenchCommand
             inputs = new MethodInputs(qt.Data, [kt.Data, extra.Keys[1]], [vt.Data, extra.Values[1]]);
         }
 
-        return (fromFiles, inputs, AttentionInputs.OutputShape(qt, fromFiles));
+        return (fromFiles, inputs, AttentionInputs.OutputShape(qt, fromFiles), null, null);
     }
 }
 
@@ -274,6 +296,16 @@ internal static class BenchOutput
                     w.WriteNumber("readBandwidthGBps", b.ReferenceGBps);
                     w.WriteString("readBandwidthReference", b.Reference);
                     w.WriteNumber("percentOfBandwidth", b.PercentOfBandwidth);
+                    NumberOrNull(w, "readBandwidthMachineGBps", b.MachineReadGBps);
+                    NumberOrNull(w, "percentOfMachineBandwidth", b.PercentOfMachine);
+                }
+
+                if (r.Kv is KvFigure kv)
+                {
+                    Json.WriteKvStorage(w, kv.Type, kv.BitsPerValue, kv.Bound);
+                    w.WriteNumber("kvBytes", kv.Bytes);
+                    NumberOrNull(w, "kvGBps", r.KvGBps);
+                    NumberOrNull(w, "kvPercentOfMachineBandwidth", r.Bandwidth?.MachineReadGBps is double machine && machine > 0 ? 100 * r.KvGBps / machine : null);
                 }
 
                 Stamp(w, r.Machine);
@@ -302,7 +334,15 @@ internal static class BenchOutput
             return;
         }
 
-        stdout.WriteLine($"{head}: {rate}{effective}{detail}{read}{against}");
+        string machineRead = r.Bandwidth?.MachineReadGBps is double m
+            ? string.Create(Inv, $"; the machine reads {m:G3} GB/s (1 GiB, all cores): the inputs came at {r.Bandwidth.PercentOfMachine:F0}% of that")
+            : string.Empty;
+        stdout.WriteLine($"{head}: {rate}{effective}{detail}{read}{against}{machineRead}");
+        if (r.Kv is KvFigure stored)
+        {
+            stdout.WriteLine(string.Create(Inv, $"{Json.DescribeKvBound(stored.Type, stored.BitsPerValue, stored.Bound)}; {stored.Bytes / 1e6:G4} MB of stored K/V read at {r.KvGBps:G3} GB/s"));
+        }
+
         stdout.WriteLine($"measured on {r.Machine}");
     }
 

@@ -106,6 +106,18 @@ internal sealed class CommandLineSyntax
         string message = string.Join(' ', first.Message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
             .Replace("' '", "', '", StringComparison.Ordinal).TrimEnd('.');
 
+        // A value outside an option's list ("Argument 'f64' not recognized") says which option it was given to.
+        string? option = first.SymbolResult switch
+        {
+            System.CommandLine.Parsing.OptionResult r => r.Option.Name,
+            System.CommandLine.Parsing.ArgumentResult { Parent: System.CommandLine.Parsing.OptionResult r } => r.Option.Name,
+            _ => null,
+        };
+        if (option is not null && !message.Contains(option, StringComparison.Ordinal))
+        {
+            message = $"{option}: {message}";
+        }
+
         // The library's typo correction, captured instead of printed (it would add lines, and the help text).
         string suggestion = string.Empty;
         if (parse.Action is System.CommandLine.Invocation.ParseErrorAction errorAction)

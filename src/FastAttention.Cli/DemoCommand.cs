@@ -24,18 +24,27 @@ internal static class DemoCommand
         "run every method on real OCR-model attention tensors embedded in the tool; print time, GFLOP/s and error",
         [
             new("repeat", "R", "timed runs per row; the median is shown (default 5)"),
+            MethodOptions.KvDtypeOption("also run exact attention on every data set with keys and values stored as f32, f16, bf16 or q8, and report its max |error| against the float32 run next to the storage's error bound"),
             new("json", null, "print the rows as JSON instead of a table"),
         ],
         Run);
 
     /// <summary>One measured row: <paramref name="Gflops"/> counts the method's own flops; <paramref name="EffectiveGflops"/>, for
     /// approximate methods, exact attention's flops over the same time.</summary>
-    private sealed record Row(string Data, string Shape, string Method, string Kernel, double Seconds, double Gflops, double ErrorVsReference, double? ErrorVsOnnxRuntime, double? EffectiveGflops = null);
+    private sealed record Row(string Data, string Shape, string Method, string Kernel, double Seconds, double Gflops, double ErrorVsReference, double? ErrorVsOnnxRuntime, double? EffectiveGflops = null)
+    {
+        /// <summary>With --kv-dtype, on the row of the stored keys and values: the type and what it cost against the float32 run.</summary>
+        public StoredRow? Kv { get; init; }
+    }
+
+    /// <summary>Exact attention on stored keys and values: the type, its bits a value, the storage bound and the max |error| against the float32 run.</summary>
+    private sealed record StoredRow(KvElementType Type, double BitsPerValue, KvErrorBound? Bound, double ErrorVsFloat32);
 
     private static int Run(ParsedOptions o, TextWriter stdout)
     {
         int repeat = o.Int("repeat", 1, 1000) ?? 5;
         bool json = o.Flag("json");
+        KvElementType? kvType = MethodOptions.KvType(o, "demo");
         var rows = new List<Row>();
         if (!json)
         {
@@ -52,7 +61,7 @@ internal static class DemoCommand
             TensorData<float> k = Resource($"ocr/{line}/{block}/k.npy");
             TensorData<float> v = Resource($"ocr/{line}/{block}/v.npy");
             TensorData<float> ort = Resource($"ocr/{line}/{block}/out.npy");
-            rows.AddRange(Measure($"{line}/{block}", q, k, v, ort, repeat));
+            rows.AddRange(Measure($"{line}/{block}", q, k, v, ort, repeat, kvType));
         }
 
         // A larger seeded random input shows throughput at a transformer-like head size.
@@ -62,13 +71,13 @@ internal static class DemoCommand
         var rq = new TensorData<float>(Fill(4 * 1024 * 64), shape);
         var rk = new TensorData<float>(Fill(4 * 1024 * 64), shape);
         var rv = new TensorData<float>(Fill(4 * 1024 * 64), shape);
-        rows.AddRange(Measure("random (seeded)", rq, rk, rv, null, repeat, onlyBest: true));
+        rows.AddRange(Measure("random (seeded)", rq, rk, rv, null, repeat, kvType, onlyBest: true));
 
         // Decoding: one new query per head against a long cache of keys (the split-key kernel).
         var dq = new TensorData<float>(Fill(8 * 64), [8, 1, 64]);
         var dk = new TensorData<float>(Fill(8 * 16384 * 64), [8, 16384, 64]);
         var dv = new TensorData<float>(Fill(8 * 16384 * 64), [8, 16384, 64]);
-        rows.AddRange(Measure("random decode (seeded)", dq, dk, dv, null, repeat, onlyBest: true));
+        rows.AddRange(Measure("random decode (seeded)", dq, dk, dv, null, repeat, kvType, onlyBest: true));
 
         // The polynomial method (Alman-Song) where it applies: bounded entries, small d, scale 1/d.
         (Row polyRow, PolynomialCertificate certificate) = MeasurePolynomial(random, repeat);
@@ -111,6 +120,12 @@ internal static class DemoCommand
                         w.WriteNumber("maxRelativeErrorVsOnnxRuntime", e);
                     }
 
+                    if (row.Kv is StoredRow kv)
+                    {
+                        Json.WriteKvStorage(w, kv.Type, kv.BitsPerValue, kv.Bound);
+                        w.WriteNumber("maxErrorVsFloat32", kv.ErrorVsFloat32);
+                    }
+
                     w.WriteEndObject();
                 }
 
@@ -126,6 +141,19 @@ internal static class DemoCommand
         string keptText = kept.Distinct().Count() == 1 ? kept[0].ToString(CultureInfo.InvariantCulture) : string.Join(", ", kept);
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"lev kept {keptText} of {keyCount} keys per head (top {LevTop} by leverage score); softmax has no universal set, so the error is what dropping the other keys cost here (docs/experiments/levattention.md)."));
+        if (kvType is KvElementType type)
+        {
+            Row[] stored = [.. rows.Where(r => r.Kv is not null)];
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{KvElementTypes.Name(type)} K/V ({stored[0].Kv!.BitsPerValue:G3} bits a value; kernel {string.Join(", ", stored.Select(r => r.Kernel).Distinct())}): max |out - out_f32| against the storage bound (the float32 kernels' own rounding, the max err column, comes on top):"));
+            foreach (Row row in stored)
+            {
+                StoredRow kv = row.Kv!;
+                string bound = kv.Bound is null ? "no bound" : string.Create(CultureInfo.InvariantCulture, $"bound {kv.Bound.Absolute:0.0E+0}");
+                stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {row.Data}: {kv.ErrorVsFloat32:0.0E+0} ({bound})"));
+            }
+        }
+
         stdout.WriteLine();
         stdout.WriteLine($"time: median of {repeat} runs (compute only); GFLOP/s counts each method's own flops: exact 4 n^2 d per head, tensor 4 n^3 d, poly its feature products, lev the leverage scores plus 4 n k d over the k kept keys (--json adds effectiveGflops: exact attention's flops over the same time);");
         stdout.WriteLine("error: max |ours - float64 reference| (lev: against full softmax, so it includes what dropping keys costs);");
@@ -190,7 +218,7 @@ internal static class DemoCommand
         return new Timed(run, seconds, entry.Flops(shape, settings, run) / seconds / 1e9, effective);
     }
 
-    private static IEnumerable<Row> Measure(string name, TensorData<float> q, TensorData<float> k, TensorData<float> v, TensorData<float>? ort, int repeat, bool onlyBest = false)
+    private static IEnumerable<Row> Measure(string name, TensorData<float> q, TensorData<float> k, TensorData<float> v, TensorData<float>? ort, int repeat, KvElementType? kvType, bool onlyBest = false)
     {
         AttentionShape shape = AttentionInputs.Shape(q, k, v);
         var reference = new double[shape.OutputLength];
@@ -206,21 +234,58 @@ internal static class DemoCommand
                 error = Math.Max(error, Math.Abs(output[i] - reference[i]));
             }
 
-            double? vsOrt = null;
-            if (ort is not null)
-            {
-                double diff = 0, scale = 0;
-                for (int i = 0; i < output.Length; i++)
-                {
-                    diff = Math.Max(diff, Math.Abs(output[i] - ort.Data[i]));
-                    scale = Math.Max(scale, Math.Abs(ort.Data[i]));
-                }
-
-                vsOrt = diff / scale;
-            }
-
-            yield return new Row(name, q.ShapeText, "exact", t.Run.Kernel, t.Seconds, t.Gflops, error, vsOrt);
+            yield return new Row(name, q.ShapeText, "exact", t.Run.Kernel, t.Seconds, t.Gflops, error, RelativeToOrt(output, ort));
         }
+
+        if (kvType is KvElementType type)
+        {
+            yield return MeasureStored(name, q, k, v, ort, shape, reference, repeat, type);
+        }
+    }
+
+    /// <summary>
+    /// Exact attention with keys and values rounded into <paramref name="type"/> (the typed call on the kernel the library
+    /// picks), against the float64 reference on the float32 values and against the float32 run on the kernel it picks.
+    /// </summary>
+    private static Row MeasureStored(string name, TensorData<float> q, TensorData<float> k, TensorData<float> v, TensorData<float>? ort, AttentionShape shape,
+        double[] reference, int repeat, KvElementType type)
+    {
+        KvTensor keys = KvTensor.Encode(k.Data, shape.HeadDim, type), values = KvTensor.Encode(v.Data, shape.ValueDim, type);
+        var plain = new float[shape.OutputLength];
+        ExactAttention.Compute(q.Data, k.Data, v.Data, shape, plain);
+        var output = new float[shape.OutputLength];
+        AttentionRun run = ExactAttention.Compute(q.Data, keys, values, shape, output); // warm-up
+        double seconds = Timing.Median(Timing.Repeat(() => ExactAttention.Compute(q.Data, keys, values, shape, output), repeat, "exact " + KvElementTypes.Name(type)));
+        double error = 0, vsFloat32 = 0;
+        for (int i = 0; i < output.Length; i++)
+        {
+            error = Math.Max(error, Math.Abs(output[i] - reference[i]));
+            vsFloat32 = Math.Max(vsFloat32, Math.Abs(output[i] - plain[i]));
+        }
+
+        double bits = 8.0 * (keys.ByteCount + values.ByteCount) / ((long)keys.Length + values.Length);
+        return new Row(name, q.ShapeText, "exact", run.Kernel, seconds, run.Flops / seconds / 1e9, error, RelativeToOrt(output, ort))
+        {
+            Kv = new StoredRow(type, bits, run.KvBound, vsFloat32),
+        };
+    }
+
+    /// <summary>max |ours - ORT| / max |ORT|, or null without ONNX Runtime's output.</summary>
+    private static double? RelativeToOrt(float[] output, TensorData<float>? ort)
+    {
+        if (ort is null)
+        {
+            return null;
+        }
+
+        double diff = 0, scale = 0;
+        for (int i = 0; i < output.Length; i++)
+        {
+            diff = Math.Max(diff, Math.Abs(output[i] - ort.Data[i]));
+            scale = Math.Max(scale, Math.Abs(ort.Data[i]));
+        }
+
+        return diff / scale;
     }
 
     private static void PrintTable(TextWriter stdout, List<Row> rows)
@@ -232,7 +297,7 @@ internal static class DemoCommand
             header,
             .. rows.Select(r => new[]
             {
-                r.Data, r.Shape, r.Method, r.Kernel,
+                r.Data, r.Shape, r.Kv is { } kv ? $"{r.Method} {KvElementTypes.Name(kv.Type)}" : r.Method, r.Kernel,
                 r.Seconds >= 1e-2 ? string.Create(inv, $"{r.Seconds * 1e3:F1} ms") : string.Create(inv, $"{r.Seconds * 1e6:F0} us"),
                 string.Create(inv, $"{r.Gflops:F1}"),
                 string.Create(inv, $"{r.ErrorVsReference:0.0E+0}"),

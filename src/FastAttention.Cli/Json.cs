@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text;
 using System.Text.Json;
 
@@ -41,6 +42,47 @@ internal static class Json
         writer.WriteNumber("outputBound", certificate.OutputBound);
         writer.WriteNumber("roundingBound", certificate.RoundingBound);
         writer.WriteEndObject();
+    }
+
+    /// <summary>
+    /// Keys and values stored in a low-precision type: <c>kvDtype</c>, <c>kvBitsPerValue</c> (q8's scales included) and the
+    /// storage's error bound as the object <c>kvBound</c> (<see cref="KvErrorBound"/>; a figure that is not finite is null).
+    /// </summary>
+    public static void WriteKvStorage(Utf8JsonWriter writer, KvElementType type, double bitsPerValue, KvErrorBound? bound)
+    {
+        writer.WriteString("kvDtype", KvElementTypes.Name(type));
+        writer.WriteNumber("kvBitsPerValue", bitsPerValue);
+        if (bound is null)
+        {
+            writer.WriteNull("kvBound");
+            return;
+        }
+
+        writer.WriteStartObject("kvBound");
+        FiniteOrNull(writer, "scoreError", bound.ScoreError);
+        FiniteOrNull(writer, "valueError", bound.ValueError);
+        FiniteOrNull(writer, "maxAbsValue", bound.MaxAbsValue);
+        FiniteOrNull(writer, "relativeToMaxValue", bound.RelativeToMaxValue);
+        FiniteOrNull(writer, "absolute", bound.Absolute);
+        writer.WriteEndObject();
+    }
+
+    /// <summary>The storage bound as one line of text: what every output element is within, and its two ingredients.</summary>
+    public static string DescribeKvBound(KvElementType type, double bitsPerValue, KvErrorBound? bound) => bound is null
+        ? string.Create(CultureInfo.InvariantCulture, $"keys and values stored as {KvElementTypes.Name(type)} ({bitsPerValue:G3} bits a value)")
+        : string.Create(CultureInfo.InvariantCulture,
+            $"keys and values stored as {KvElementTypes.Name(type)} ({bitsPerValue:G3} bits a value): every output within {bound.Absolute:G3} of attention on the values they were rounded from (score error {bound.ScoreError:G3}, value error {bound.ValueError:G3}, max |V| {bound.MaxAbsValue:G3}; the float32 kernel's own rounding comes on top)");
+
+    private static void FiniteOrNull(Utf8JsonWriter writer, string name, double value)
+    {
+        if (double.IsFinite(value))
+        {
+            writer.WriteNumber(name, value);
+        }
+        else
+        {
+            writer.WriteNull(name);
+        }
     }
 
     /// <summary>The planner's choice as the object <c>plan</c>.</summary>

@@ -58,6 +58,56 @@ internal static class MethodOptions
         return checkedBy.WhyNot(settings) is string reason ? throw new UsageException($"{command}: {reason}") : settings;
     }
 
+    /// <summary>The <c>--kv-dtype</c> option of attend, bench and demo: keys and values stored as f32, f16, bf16 or q8 (only those values).</summary>
+    public static OptionSpec KvDtypeOption(string help) =>
+        new("kv-dtype", "T", help) { Values = [.. KvElementTypes.Names] };
+
+    /// <summary><c>--kv-dtype</c>'s type, or null when it is not given (the float32 path of before, bits unchanged).</summary>
+    public static KvElementType? KvType(ParsedOptions o, string command)
+    {
+        string? name = o.Get("kv-dtype");
+        if (name is null)
+        {
+            return null;
+        }
+
+        return KvElementTypes.TryParse(name, out KvElementType type)
+            ? type
+            : throw new UsageException($"{command}: --kv-dtype '{name}' is not a storage type (one of {string.Join(", ", KvElementTypes.Names)})");
+    }
+
+    /// <summary>The exact method's library options from the settings (as the method table's exact entry sets them).</summary>
+    public static ExactAttentionOptions ExactOptions(MethodSettings settings) => new()
+    {
+        Scale = settings.Scale,
+        Causal = settings.Causal,
+        Kernel = settings.Kernel,
+        MaxDegreeOfParallelism = settings.Threads,
+        AllowNonFinite = settings.AllowNonFinite,
+    };
+
+    /// <summary>
+    /// As <see cref="Warm"/> for exact attention on keys and values stored as <paramref name="type"/>: the typed kernel the
+    /// timed call takes is compiled and its threads started on a small input first.
+    /// </summary>
+    public static void WarmKv(AttentionShape shape, MethodSettings settings, KvElementType type)
+    {
+        int group = shape.HeadCount / shape.EffectiveKeyValueHeads;
+        var warm = new AttentionShape(1, group, Math.Min(shape.QueryCount, 64), Math.Min(shape.KeyCount, 512), shape.HeadDim, shape.ValueDim, 1);
+        var random = new Random(1);
+        float[] Small(long count)
+        {
+            var values = new float[count];
+            SeededGaussian.Fill(random, values);
+            return values;
+        }
+
+        float[] q = Small(warm.QueryLength);
+        KvTensor k = KvTensor.Encode(Small(warm.KeyLength), warm.HeadDim, type), v = KvTensor.Encode(Small(warm.ValueLength), warm.ValueDim, type);
+        MethodSettings small = settings with { Causal = settings.Causal && warm.QueryCount <= warm.KeyCount };
+        ExactAttention.Compute(q, k, v, warm, new float[warm.OutputLength], ExactOptions(small));
+    }
+
     /// <summary>
     /// Runs the method once on a small input that takes the same code: the same heads per kv head, dimensions,
     /// settings and threads, up to 64 queries (up to 16 a head pick the decoding kernel, more the tiled one) and 512

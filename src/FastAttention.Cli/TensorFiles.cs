@@ -44,6 +44,30 @@ internal static class TensorFiles
         };
     }
 
+    /// <summary>
+    /// Reads key or value tensor <paramref name="spec"/> (given as <c>--option</c>) into storage type <paramref name="type"/>:
+    /// a float16 .npy or an F16/BF16 safetensors entry already in the type is taken as stored, anything else is converted
+    /// (<see cref="NumpyFile.ReadKv"/>). Non-finite values are left to the attention call, which rejects them by default
+    /// naming the tensor and the place (checking here would widen the whole tensor once more).
+    /// </summary>
+    public static KvTensorData LoadKv(string option, string spec, KvElementType type)
+    {
+        Progress.Current.Step($"reading --{option} {spec} as {KvElementTypes.Name(type)}");
+        (string path, string? name) = Split(spec);
+        if (!File.Exists(path))
+        {
+            throw new TensorFileException(TensorFileErrorKind.Io, path, name, -1, $"file not found (given as --{option})");
+        }
+
+        return Path.GetExtension(path).ToLowerInvariant() switch
+        {
+            ".npz" => NpzFile.ReadKv(path, name ?? SingleName(NpzFile.Names(path), path, option), type),
+            ".safetensors" => SafeTensorsFile.ReadKv(path, name ?? SingleName(SafeTensorsFile.Names(path), path, option), type),
+            _ when name is not null => throw new UsageException($"--{option}: '{path}' holds one array; the ':{name}' suffix is only for .npz and .safetensors"),
+            _ => NumpyFile.ReadKv(path, type),
+        };
+    }
+
     /// <summary>Creates output folder <paramref name="dir"/> (given as <c>--out</c> to <paramref name="command"/>) if missing; a failure is a usage error naming it.</summary>
     public static void CreateFolder(string command, string dir)
     {

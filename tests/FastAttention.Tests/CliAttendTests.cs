@@ -161,4 +161,120 @@ public class CliAttendTests : CliTest
         Assert.Equal(exact / seconds / 1e9, lev.RootElement.GetProperty("effectiveGflops").GetDouble(), 6);
         Assert.True(flops < exact);
     }
+
+    [Theory]
+    [InlineData("f32")]
+    [InlineData("f16")]
+    [InlineData("bf16")]
+    [InlineData("q8")]
+    public void Attend_kv_dtype_reports_the_storage_bound_and_the_output_keeps_within_it(string dtype)
+    {
+        string dir = Data.TempDir();
+        string[] inputs = ["--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--threads", "1"];
+        Assert.Equal(0, Run([.. new[] { "attend" }, .. inputs, "--out", Path.Combine(dir, "f32.npy")]).Code);
+        (int code, string stdout, string stderr) = Run([.. new[] { "attend" }, .. inputs, "--out", Path.Combine(dir, "typed.npy"), "--kv-dtype", dtype, "--json"]);
+        Assert.True(code == 0, stderr);
+
+        using JsonDocument json = JsonDocument.Parse(stdout);
+        JsonElement root = json.RootElement;
+        Assert.True(KvElementTypes.TryParse(dtype, out KvElementType type));
+        Assert.Equal(dtype, root.GetProperty("kvDtype").GetString());
+        Assert.Equal(8.0 * KvElementTypes.RowBytes(type, 15) / 15, root.GetProperty("kvBitsPerValue").GetDouble(), 9);
+        Assert.Equal(2 * 8 * 42 * KvElementTypes.RowBytes(type, 15), root.GetProperty("kvBytes").GetInt64());
+        Assert.Equal(type != KvElementType.Float32, root.GetProperty("kvConverted").GetBoolean()); // float32 files
+        if (type != KvElementType.Float32)
+        {
+            Assert.EndsWith("-" + dtype, root.GetProperty("kernel").GetString()); // the registry's names carry the storage type
+        }
+
+        JsonElement bound = root.GetProperty("kvBound");
+        double absolute = bound.GetProperty("absolute").GetDouble();
+        if (type == KvElementType.Float32)
+        {
+            Assert.Equal(0, absolute);
+            Assert.Equal(0, bound.GetProperty("scoreError").GetDouble());
+        }
+        else
+        {
+            Assert.True(absolute > 0, $"bound {absolute}");
+            Assert.True(bound.GetProperty("scoreError").GetDouble() > 0);
+            Assert.True(bound.GetProperty("valueError").GetDouble() > 0);
+            Assert.Equal(absolute, bound.GetProperty("relativeToMaxValue").GetDouble() * bound.GetProperty("maxAbsValue").GetDouble(), 12);
+        }
+
+        // The storage bound plus the float32 kernels' own rounding (once for each run) of the float32 run's output.
+        TensorData<float> q = NumpyFile.ReadFloat32(Ocr("q.npy")), k = NumpyFile.ReadFloat32(Ocr("k.npy")), v = NumpyFile.ReadFloat32(Ocr("v.npy"));
+        var reference = new double[8 * 42 * 15];
+        ReferenceAttention.Compute(q.Data, k.Data, v.Data, new AttentionShape(1, 8, 42, 42, 15, 15), reference);
+        float[] plain = NumpyFile.ReadFloat32(Path.Combine(dir, "f32.npy")).Data, typed = NumpyFile.ReadFloat32(Path.Combine(dir, "typed.npy")).Data;
+        for (int i = 0; i < plain.Length; i++)
+        {
+            double limit = absolute + (2 * (Tolerance.ExactAtol + (Tolerance.ExactRtol * Math.Abs(reference[i]))));
+            Assert.True(Math.Abs(typed[i] - plain[i]) <= limit, $"[{i}] {typed[i]} vs {plain[i]}: {Math.Abs(typed[i] - plain[i]):E3} > {limit:E3}");
+        }
+
+        if (type == KvElementType.Float32)
+        {
+            Assert.Equal(plain, typed); // f32 storage is the float32 path: the same bits
+        }
+
+        (code, stdout, _) = Run([.. new[] { "attend" }, .. inputs, "--out", Path.Combine(dir, "text.npy"), "--kv-dtype", dtype]);
+        Assert.Equal(0, code);
+        Assert.Contains($"keys and values stored as {dtype}", stdout);
+        Assert.Contains("every output within", stdout);
+    }
+
+    [Fact]
+    public void Attend_kv_dtype_f16_takes_float16_files_as_stored()
+    {
+        TensorData<float> q = NumpyFile.ReadFloat32(Ocr("q.npy")), k = NumpyFile.ReadFloat32(Ocr("k.npy")), v = NumpyFile.ReadFloat32(Ocr("v.npy"));
+        Half[] k16 = [.. k.Data.Select(x => (Half)x)], v16 = [.. v.Data.Select(x => (Half)x)];
+        string kPath = KvFilesTests.WriteNpy("<f2", "(8, 42, 15)", KvFilesTests.Bytes(k16, bigEndian: false));
+        string vPath = KvFilesTests.WriteNpy(">f2", "(8, 42, 15)", KvFilesTests.Bytes(v16, bigEndian: true));
+        string dir = Data.TempDir();
+        string[] inputs = ["--q", Ocr("q.npy"), "--k", kPath, "--v", vPath];
+
+        (int code, string stdout, string stderr) = Run([.. new[] { "attend" }, .. inputs, "--out", Path.Combine(dir, "f16.npy"), "--kv-dtype", "f16", "--json"]);
+        Assert.True(code == 0, stderr);
+        using (JsonDocument json = JsonDocument.Parse(stdout))
+        {
+            Assert.False(json.RootElement.GetProperty("kvConverted").GetBoolean());
+            Assert.Equal("float16", json.RootElement.GetProperty("keyFileType").GetString());
+            Assert.Equal("float16", json.RootElement.GetProperty("valueFileType").GetString());
+            Assert.True(json.RootElement.GetProperty("kvBound").GetProperty("absolute").GetDouble() > 0);
+        }
+
+        // Taken as stored, the values are the file's: the output is exact attention on them to float32 tolerance.
+        var reference = new double[8 * 42 * 15];
+        ReferenceAttention.Compute(q.Data, [.. k16.Select(h => (float)h)], [.. v16.Select(h => (float)h)], new AttentionShape(1, 8, 42, 42, 15, 15), reference);
+        Tolerance.AssertExact(NumpyFile.ReadFloat32(Path.Combine(dir, "f16.npy")).Data, reference, "attend --kv-dtype f16 on float16 files");
+
+        // The same files as f32 are widened (exactly), the f32 path with no storage bound.
+        (code, stdout, stderr) = Run([.. new[] { "attend" }, .. inputs, "--out", Path.Combine(dir, "f32.npy"), "--kv-dtype", "f32", "--json"]);
+        Assert.True(code == 0, stderr);
+        using (JsonDocument json = JsonDocument.Parse(stdout))
+        {
+            Assert.True(json.RootElement.GetProperty("kvConverted").GetBoolean());
+            Assert.Equal(0, json.RootElement.GetProperty("kvBound").GetProperty("absolute").GetDouble());
+        }
+
+        Tolerance.AssertExact(NumpyFile.ReadFloat32(Path.Combine(dir, "f32.npy")).Data, reference, "attend --kv-dtype f32 on float16 files");
+    }
+
+    [Fact]
+    public void Attend_kv_dtype_rejects_bad_values_and_other_methods_in_one_line()
+    {
+        string dir = Data.TempDir();
+        string[] inputs = ["attend", "--q", Ocr("q.npy"), "--k", Ocr("k.npy"), "--v", Ocr("v.npy"), "--out", Path.Combine(dir, "o.npy")];
+        foreach (string[] extra in new[] { new[] { "--kv-dtype", "f64" }, ["--kv-dtype", "int8"], ["--kv-dtype", "q8", "--method", "poly"], ["--kv-dtype", "f16", "--method", "auto"], ["--kv-dtype"] })
+        {
+            (int code, string stdout, string stderr) = Run([.. inputs, .. extra]);
+            Assert.Equal(2, code);
+            Assert.Empty(stdout);
+            Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+            Assert.Contains("--kv-dtype", stderr);
+        }
+
+        Assert.Empty(Directory.GetFiles(dir));
+    }
 }

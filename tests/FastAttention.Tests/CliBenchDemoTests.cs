@@ -86,4 +86,112 @@ public class CliBenchDemoTests : CliTest
         Assert.Equal(NumpyFile.ReadFloat32(Path.Combine(dir, "a.npy")).Data, NumpyFile.ReadFloat32(Path.Combine(dir, "b.npy")).Data);
         Assert.Equal(2, Run("bench", "--d", "8").Code);
     }
+
+    [Theory]
+    [InlineData("f32")]
+    [InlineData("f16")]
+    [InlineData("bf16")]
+    [InlineData("q8")]
+    public void Bench_kv_dtype_times_the_typed_call_and_reports_the_stored_bytes_and_bound(string dtype)
+    {
+        // Decoding with grouped heads: one query per head against 700 keys of d = 40 (q8: one whole block and a part one a row).
+        (int code, string stdout, string stderr) = Run("bench", "--n", "1", "--nk", "700", "--d", "40", "--heads", "4", "--kv-heads", "2", "--repeat", "3", "--kv-dtype", dtype, "--json");
+        Assert.True(code == 0, stderr);
+        using JsonDocument json = JsonDocument.Parse(stdout);
+        JsonElement root = json.RootElement;
+        Assert.True(KvElementTypes.TryParse(dtype, out KvElementType type));
+        long kvBytes = 2 * 2 * 700 * KvElementTypes.RowBytes(type, 40);
+        Assert.Equal(dtype, root.GetProperty("kvDtype").GetString());
+        Assert.Equal(kvBytes, root.GetProperty("kvBytes").GetDouble());
+        Assert.Equal((4.0 * 4 * 40) + kvBytes, root.GetProperty("inputBytes").GetDouble());
+        double median = root.GetProperty("medianSeconds").GetDouble();
+        Assert.Equal(kvBytes / median / 1e9, root.GetProperty("kvGBps").GetDouble(), 6);
+        Assert.Equal(8.0 * KvElementTypes.RowBytes(type, 40) / 40, root.GetProperty("kvBitsPerValue").GetDouble(), 9);
+        double bound = root.GetProperty("kvBound").GetProperty("absolute").GetDouble();
+        Assert.True(type == KvElementType.Float32 ? bound == 0 : bound > 0, $"bound {bound}");
+        Assert.False(root.TryGetProperty("readBandwidthMachineGBps", out _)); // only with --bandwidth
+    }
+
+    [Theory]
+    [InlineData("f32")]
+    [InlineData("f16")]
+    [InlineData("bf16")]
+    [InlineData("q8")]
+    public void Bench_kv_dtype_bandwidth_reads_the_stored_bytes_and_the_machine(string dtype)
+    {
+        (int code, string stdout, string stderr) = Run("bench", "--n", "1", "--nk", "4096", "--d", "64", "--heads", "2", "--repeat", "3", "--kv-dtype", dtype, "--bandwidth", "--json");
+        Assert.True(code == 0, stderr);
+        using JsonDocument json = JsonDocument.Parse(stdout);
+        JsonElement root = json.RootElement;
+        Assert.True(root.GetProperty("plainReadGBps").GetDouble() > 0);
+        double machine = root.GetProperty("readBandwidthMachineGBps").GetDouble();
+        Assert.True(machine > 0);
+        Assert.Equal(100 * root.GetProperty("inputGBps").GetDouble() / machine, root.GetProperty("percentOfMachineBandwidth").GetDouble(), 6);
+        Assert.Equal(100 * root.GetProperty("kvGBps").GetDouble() / machine, root.GetProperty("kvPercentOfMachineBandwidth").GetDouble(), 6);
+
+        // The float32 path reports the machine's figure too, with no storage fields.
+        (code, stdout, stderr) = Run("bench", "--n", "1", "--nk", "4096", "--d", "64", "--repeat", "3", "--bandwidth", "--json");
+        Assert.True(code == 0, stderr);
+        using JsonDocument plain = JsonDocument.Parse(stdout);
+        Assert.True(plain.RootElement.GetProperty("readBandwidthMachineGBps").GetDouble() > 0);
+        Assert.False(plain.RootElement.TryGetProperty("kvDtype", out _));
+    }
+
+    [Fact]
+    public void Bench_kv_dtype_reads_float16_files_as_stored_and_rejects_what_it_does_not_time()
+    {
+        string dir = Data.TempDir();
+        TensorData<float> k = NumpyFile.ReadFloat32(Ocr("k.npy")), v = NumpyFile.ReadFloat32(Ocr("v.npy"));
+        string kPath = KvFilesTests.WriteNpy("<f2", "(8, 42, 15)", KvFilesTests.Bytes([.. k.Data.Select(x => (Half)x)], bigEndian: false));
+        string vPath = KvFilesTests.WriteNpy("<f2", "(8, 42, 15)", KvFilesTests.Bytes([.. v.Data.Select(x => (Half)x)], bigEndian: false));
+        string outPath = Path.Combine(dir, "o.npy");
+        (int code, string stdout, string stderr) = Run("bench", "--q", Ocr("q.npy"), "--k", kPath, "--v", vPath, "--kv-dtype", "f16", "--repeat", "2", "--out", outPath, "--json");
+        Assert.True(code == 0, stderr);
+        using (JsonDocument json = JsonDocument.Parse(stdout))
+        {
+            Assert.Equal(2 * 8 * 42 * 15 * 2, json.RootElement.GetProperty("kvBytes").GetDouble());
+        }
+
+        Assert.Equal(0, Run("attend", "--q", Ocr("q.npy"), "--k", kPath, "--v", vPath, "--kv-dtype", "f16", "--out", Path.Combine(dir, "a.npy")).Code);
+        Assert.Equal(NumpyFile.ReadFloat32(Path.Combine(dir, "a.npy")).Data, NumpyFile.ReadFloat32(outPath).Data);
+
+        foreach (string[] args in new[]
+        {
+            new[] { "bench", "--n", "8", "--kv-dtype", "f16", "--backward" },
+            ["bench", "--n", "8", "--kv-dtype", "f16", "--method", "poly"],
+            ["bench", "--n", "8", "--kv-dtype", "f16", "--method", "gemm"],
+            ["bench", "--n", "8", "--kv-dtype", "fp8"],
+        })
+        {
+            (code, stdout, stderr) = Run(args);
+            Assert.Equal(2, code);
+            Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+            Assert.Contains("--kv-dtype", stderr);
+        }
+    }
+
+    [Theory]
+    [InlineData("f16")]
+    [InlineData("q8")]
+    public void Demo_kv_dtype_reports_the_error_against_the_float32_run_next_to_the_bound(string dtype)
+    {
+        (int code, string stdout, string stderr) = Run("demo", "--repeat", "1", "--kv-dtype", dtype, "--json");
+        Assert.True(code == 0, stderr);
+        using JsonDocument json = JsonDocument.Parse(stdout);
+        JsonElement[] stored = [.. json.RootElement.GetProperty("rows").EnumerateArray().Where(r => r.TryGetProperty("kvDtype", out _))];
+        Assert.Equal(6, stored.Length); // the four OCR blocks, the random and the decoding input
+        foreach (JsonElement row in stored)
+        {
+            Assert.Equal(dtype, row.GetProperty("kvDtype").GetString());
+            Assert.EndsWith("-" + dtype, row.GetProperty("kernel").GetString());
+            double bound = row.GetProperty("kvBound").GetProperty("absolute").GetDouble(), error = row.GetProperty("maxErrorVsFloat32").GetDouble();
+            Assert.True(bound > 0);
+            Assert.True(error <= bound + 1e-5, $"{row.GetProperty("data").GetString()}: {error:E3} > {bound:E3}");
+        }
+
+        (code, stdout, _) = Run("demo", "--repeat", "1", "--kv-dtype", dtype);
+        Assert.Equal(0, code);
+        Assert.Contains($"{dtype} K/V", stdout);
+        Assert.Contains($"exact {dtype}", stdout);
+    }
 }

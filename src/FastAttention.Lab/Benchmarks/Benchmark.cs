@@ -33,12 +33,21 @@ public static class Benchmark
         MethodBackward? training = !request.Backward ? null
             : method.Backward ?? throw new ArgumentException(MethodTable.NoBackward(method.Name), nameof(request));
         MethodInputs inputs = request.Inputs ?? RandomInputs(shape, method.IsTensor, request.InputSeed);
+        StoredKv? stored = request.KvType is KvElementType type ? StoredKv.Of(request, method, inputs, type) : null;
+        KvErrorBound? bound = null;
         float[] output = new float[shape.OutputLength], outputGradient = training is null ? [] : Uniform(new Random(request.InputSeed + 13), shape.OutputLength);
         MethodGradients? pair = null;
         var backwardTimes = new List<double>();
 
         MethodRun Compute()
         {
+            if (stored is not null)
+            {
+                AttentionRun typed = ExactAttention.Compute(inputs.Query.Span, stored.Keys, stored.Values, shape, output, ExactOptions(settings));
+                bound = typed.KvBound;
+                return new MethodRun(typed.Kernel);
+            }
+
             if (training is null)
             {
                 return method.Forward(inputs, shape, output, settings);
@@ -69,20 +78,109 @@ public static class Benchmark
             backward = new BackwardFigure(TimedRuns.Median(backwardTimes), backwardTimes[0], pair.ForwardFlops, pair.BackwardFlops, peak, pair.BackwardKernel);
         }
 
-        double inputBytes = 4.0 * (inputs.Query.Length + inputs.Keys.Sum(k => (double)k.Length) + inputs.Values.Sum(v => (double)v.Length));
+        double inputBytes = stored is not null ? (4.0 * inputs.Query.Length) + stored.Bytes
+            : 4.0 * (inputs.Query.Length + inputs.Keys.Sum(k => (double)k.Length) + inputs.Values.Sum(v => (double)v.Length));
         BandwidthFigure? bandwidth = null;
         if (request.MeasureBandwidth)
         {
-            ReadOnlyMemory<float>[] arrays = [inputs.Query, .. inputs.Keys, .. inputs.Values];
-            double plain = TimedRuns.Median(TimedRuns.Repeat(() => PlainRead(arrays, threads), runs, progress, "reading the inputs"));
-            bandwidth = BandwidthFigure.Of(inputBytes, median, plain);
+            double plain;
+            if (stored is not null)
+            {
+                // The same bytes the typed call reads: the float32 queries and the keys and values as stored (q8: values and scales).
+                Array[] arrays = [inputs.Query.ToArray(), .. stored.Arrays];
+                plain = TimedRuns.Median(TimedRuns.Repeat(() => MemoryBandwidth.ReadBytes(arrays, threads), runs, progress, "reading the stored inputs"));
+            }
+            else
+            {
+                ReadOnlyMemory<float>[] arrays = [inputs.Query, .. inputs.Keys, .. inputs.Values];
+                plain = TimedRuns.Median(TimedRuns.Repeat(() => PlainRead(arrays, threads), runs, progress, "reading the inputs"));
+            }
+
+            progress.Step("measuring the machine's read bandwidth (1 GiB, all cores)");
+            bandwidth = BandwidthFigure.Of(inputBytes, median, plain) with { MachineReadGBps = MemoryBandwidth.Measure() };
         }
 
         return new BenchmarkResult(method.Name, run.Kernel, shape, settings.Causal, threads, runs, first, median, times[0], flops, exactFlops, peak,
             inputBytes, bandwidth, Process.GetCurrentProcess().PeakWorkingSet64, run, output, MachineStamp.Now())
         {
             Backward = backward,
+            Kv = stored is null ? null : new KvFigure(stored.Keys.ElementType, stored.Bytes, 8 * stored.Bytes / Math.Max(1, (double)stored.Keys.Length + stored.Values.Length), bound),
         };
+    }
+
+    private static ExactAttentionOptions ExactOptions(MethodSettings s) => new()
+    {
+        Scale = s.Scale,
+        Causal = s.Causal,
+        Kernel = s.Kernel,
+        MaxDegreeOfParallelism = s.Threads,
+        AllowNonFinite = s.AllowNonFinite,
+    };
+
+    /// <summary>
+    /// Keys and values in a storage type, wrapped around arrays this benchmark holds, so the plain read can sum the very bytes
+    /// the typed call reads (a <see cref="KvTensor"/> does not hand out its float16 or bfloat16 storage).
+    /// </summary>
+    private sealed record StoredKv(KvTensor Keys, KvTensor Values, Array[] Arrays)
+    {
+        public double Bytes => (double)Keys.ByteCount + Values.ByteCount;
+
+        public static StoredKv Of(BenchmarkRequest request, MethodEntry method, MethodInputs inputs, KvElementType type)
+        {
+            if (method.Name != "exact" || request.Backward)
+            {
+                throw new ArgumentException($"KvType (keys and values stored as {KvElementTypes.Name(type)}) times the exact forward only, not {method.Name}{(request.Backward ? " with its backward" : string.Empty)}", nameof(request));
+            }
+
+            AttentionShape shape = request.Shape;
+            if ((request.KvKeys is null) != (request.KvValues is null))
+            {
+                throw new ArgumentException("KvKeys and KvValues come together: give both or neither", nameof(request));
+            }
+
+            KvTensor keys = request.KvKeys ?? KvTensor.Encode(inputs.Keys[0].Span, shape.HeadDim, type);
+            KvTensor values = request.KvValues ?? KvTensor.Encode(inputs.Values[0].Span, shape.ValueDim, type);
+            if (keys.ElementType != type || values.ElementType != type)
+            {
+                throw new ArgumentException($"KvKeys and KvValues must be stored as KvType {KvElementTypes.Name(type)}; got {KvElementTypes.Name(keys.ElementType)} and {KvElementTypes.Name(values.ElementType)}", nameof(request));
+            }
+
+            (KvTensor k, Array[] kArrays) = Own(keys);
+            (KvTensor v, Array[] vArrays) = Own(values);
+            return new StoredKv(k, v, [.. kArrays, .. vArrays]);
+        }
+
+        /// <summary>The same stored elements, bit for bit, in arrays of ours: widening is exact, so narrowing the widened values back gives the stored ones.</summary>
+        private static (KvTensor Tensor, Array[] Arrays) Own(KvTensor tensor)
+        {
+            switch (tensor.ElementType)
+            {
+                case KvElementType.Float16:
+                {
+                    Half[] half = [.. tensor.ToFloat32().Select(x => (Half)x)];
+                    return (KvTensor.FromFloat16(half, tensor.RowLength), [half]);
+                }
+
+                case KvElementType.BFloat16:
+                {
+                    ushort[] bits = [.. tensor.ToFloat32().Select(x => (ushort)(BitConverter.SingleToUInt32Bits(x) >> 16))];
+                    return (KvTensor.FromBFloat16(bits, tensor.RowLength), [bits]);
+                }
+
+                case KvElementType.Q8:
+                {
+                    sbyte[] q = tensor.Q8Values.ToArray();
+                    Half[] scales = tensor.Q8Scales.ToArray();
+                    return (KvTensor.FromQ8(q, scales, tensor.RowLength), [q, scales]);
+                }
+
+                default:
+                {
+                    float[] values = tensor.ToFloat32();
+                    return (KvTensor.FromFloat32(values, tensor.RowLength), [values]);
+                }
+            }
+        }
     }
 
     /// <summary>Times <c>C = A B</c> with m = n = k = <paramref name="n"/> on the GEMM the attention kernel's micro-kernel comes from.</summary>

@@ -26,7 +26,28 @@ public sealed record BenchmarkRequest(string Method, AttentionShape Shape)
     /// <see cref="BenchmarkResult.Backward"/> has the backward alone. dO is uniform in [-1, 1] from <see cref="InputSeed"/> + 13.
     /// </summary>
     public bool Backward { get; init; }
+
+    /// <summary>
+    /// Exact method only: store keys and values in this type and time the typed call
+    /// (<see cref="ExactAttention.Compute(ReadOnlySpan{float}, KvTensor, KvTensor, AttentionShape, Span{float}, ExactAttentionOptions)"/>).
+    /// The keys and values are <see cref="KvKeys"/> and <see cref="KvValues"/> when given, otherwise <see cref="Inputs"/> (or the
+    /// random ones) rounded into the type. Null: the float32 call of before.
+    /// </summary>
+    public KvElementType? KvType { get; init; }
+
+    /// <summary>With <see cref="KvType"/>: keys already in the type (read from a file, say), <c>[batch, kvHeads, nk, d]</c>.</summary>
+    public KvTensor? KvKeys { get; init; }
+
+    /// <summary>With <see cref="KvType"/>: values already in the type, <c>[batch, kvHeads, nk, dv]</c>.</summary>
+    public KvTensor? KvValues { get; init; }
 }
+
+/// <summary>Keys and values stored in a low-precision type for a benchmark (<see cref="BenchmarkRequest.KvType"/>).</summary>
+/// <param name="Type">The storage type.</param>
+/// <param name="Bytes">Bytes of the stored keys and values, q8's scales included: what the typed call reads of them.</param>
+/// <param name="BitsPerValue">Bits a stored value, q8's scales included.</param>
+/// <param name="Bound">The storage's error bound from the last run (<see cref="AttentionRun.KvBound"/>).</param>
+public sealed record KvFigure(KvElementType Type, double Bytes, double BitsPerValue, KvErrorBound? Bound);
 
 /// <summary>The backward pass alone, from the same timed runs as the forward-and-backward pair (<see cref="BenchmarkRequest.Backward"/>).</summary>
 /// <param name="MedianSeconds">The median of the backward's times.</param>
@@ -67,6 +88,16 @@ public sealed record BandwidthFigure(double PlainReadGBps, double MethodGBps)
     /// <param name="plainSeconds">The plain read's median time.</param>
     /// <returns>The figure.</returns>
     public static BandwidthFigure Of(double bytes, double methodSeconds, double plainSeconds) => new(bytes / plainSeconds / 1e9, bytes / methodSeconds / 1e9);
+
+    /// <summary>
+    /// The machine's read bandwidth measured in the same process: a buffer of at least 1 GiB, far past the caches, summed
+    /// by every core (<see cref="MemoryBandwidth.Measure"/>); null when not measured. Against it the method's rate says how
+    /// much of the machine a memory-bound call (decoding) uses, which the same-size plain read cannot once the inputs fit in cache.
+    /// </summary>
+    public double? MachineReadGBps { get; init; }
+
+    /// <summary>The method's read rate as a percentage of <see cref="MachineReadGBps"/> (above 100 when the inputs are served from cache); null when not measured.</summary>
+    public double? PercentOfMachine => MachineReadGBps is double machine && machine > 0 ? 100 * MethodGBps / machine : null;
 }
 
 /// <summary>One timed method.</summary>
@@ -82,7 +113,7 @@ public sealed record BandwidthFigure(double PlainReadGBps, double MethodGBps)
 /// <param name="Flops">The method's own flop count (<see cref="MethodEntry.Flops"/>; with <see cref="BenchmarkRequest.Backward"/>, forward and backward).</param>
 /// <param name="ExactEquivalentFlops">Approximate methods: the exact computation's flops (with <see cref="BenchmarkRequest.Backward"/>, plus the exact backward's); null otherwise.</param>
 /// <param name="PeakGflops">This machine's FMA peak on <paramref name="Threads"/> threads, measured in the same run.</param>
-/// <param name="InputBytes">Bytes of the inputs (Q, K, V; tensor methods: both K and V).</param>
+/// <param name="InputBytes">Bytes of the inputs (Q, K, V; tensor methods: both K and V; with <see cref="BenchmarkRequest.KvType"/>, K and V as stored).</param>
 /// <param name="Bandwidth">The read-rate comparison, when requested.</param>
 /// <param name="PeakWorkingSetBytes">The process's peak working set after the runs.</param>
 /// <param name="Run">The last run's report (certificate, sketch, kept keys).</param>
@@ -94,6 +125,12 @@ public sealed record BenchmarkResult(string Method, string Kernel, AttentionShap
 {
     /// <summary>With <see cref="BenchmarkRequest.Backward"/>: the backward alone; null for a forward benchmark.</summary>
     public BackwardFigure? Backward { get; init; }
+
+    /// <summary>With <see cref="BenchmarkRequest.KvType"/>: the storage type, its bytes and error bound; null for float32 inputs as given.</summary>
+    public KvFigure? Kv { get; init; }
+
+    /// <summary>With <see cref="BenchmarkRequest.KvType"/>: the stored key and value bytes over the median time, in GB/s; null otherwise.</summary>
+    public double? KvGBps => Kv is { } kv ? kv.Bytes / MedianSeconds / 1e9 : null;
 
     /// <summary>Own flops over the median time, in GFLOP/s.</summary>
     public double Gflops => Flops / MedianSeconds / 1e9;

@@ -55,6 +55,73 @@ internal static class Payload
         _ => asInt64(),
     };
 
+    /// <summary>The element type as NumPy names it (<c>float16</c>, <c>bfloat16</c>, <c>int8</c>, <c>bool</c>, ...).</summary>
+    public static string Name(ElementType type) => type == ElementType.BFloat16 ? "bfloat16" : type.ToString().ToLowerInvariant();
+
+    /// <summary>
+    /// A key/value tensor in <paramref name="target"/> from a payload of <paramref name="source"/> type and <paramref name="shape"/>
+    /// (rows of the last dimension), read without widening when the file already holds the type: a float16 payload asked as
+    /// float16 comes in through <paramref name="asFloat16"/>, a bfloat16 one asked as bfloat16 through <paramref name="asBFloat16"/>,
+    /// a float32 one asked as float32 through <paramref name="asFloat32"/>, each one copy of the file's elements. Anything else is
+    /// read as float32 (float16 and bfloat16 widen exactly; float64 and integers round to float32, as <see cref="NumpyFile.ReadFloat32(string)"/> does) and, unless float32 was asked
+    /// for, encoded into the type (<see cref="KvTensor.Encode"/>); values the type cannot hold are an
+    /// <see cref="TensorFileErrorKind.UnsupportedType"/> error naming the value and its place.
+    /// </summary>
+    public static KvTensorData ReadKv(ElementType source, long[] shape, KvElementType target, FileContext context, long offset,
+        Func<(Half[] Data, int[] Shape)> asFloat16, Func<(ushort[] Data, int[] Shape)> asBFloat16, Func<(float[] Data, int[] Shape)> asFloat32)
+    {
+        if (!Enum.IsDefined(target))
+        {
+            throw new ArgumentOutOfRangeException(nameof(target), target, "Unknown KV element type; use Float32, Float16, BFloat16 or Q8.");
+        }
+
+        if (shape.Length == 0)
+        {
+            throw context.Error(TensorFileErrorKind.BadShape, offset, "a scalar is no key or value tensor: it needs rows (the last dimension)");
+        }
+
+        if (shape[^1] == 0)
+        {
+            throw context.Error(TensorFileErrorKind.BadShape, offset,
+                $"shape [{string.Join(", ", shape)}] has rows of 0 elements; the last dimension is the row length (d or dv) and must be positive");
+        }
+
+        string stored = Name(source);
+        switch ((source, target))
+        {
+            case (ElementType.Float16, KvElementType.Float16):
+            {
+                (Half[] data, int[] dims) = asFloat16();
+                return new KvTensorData(KvTensor.FromFloat16(data, dims[^1]), dims, stored, false);
+            }
+
+            case (ElementType.BFloat16, KvElementType.BFloat16):
+            {
+                (ushort[] data, int[] dims) = asBFloat16();
+                return new KvTensorData(KvTensor.FromBFloat16(data, dims[^1]), dims, stored, false);
+            }
+
+            default:
+            {
+                (float[] data, int[] dims) = asFloat32();
+                if (target == KvElementType.Float32)
+                {
+                    return new KvTensorData(KvTensor.FromFloat32(data, dims[^1]), dims, stored, source != ElementType.Float32);
+                }
+
+                try
+                {
+                    return new KvTensorData(KvTensor.Encode(data, dims[^1], target), dims, stored, true);
+                }
+                catch (ArgumentException ex)
+                {
+                    throw context.Error(TensorFileErrorKind.UnsupportedType, offset,
+                        $"cannot store this {stored} tensor as {KvElementTypes.Name(target)}: {ex.Message}", ex);
+                }
+            }
+        }
+    }
+
     public static bool IsInteger(ElementType type) =>
         type is not (ElementType.Float16 or ElementType.BFloat16 or ElementType.Float32 or ElementType.Float64);
 
@@ -235,6 +302,11 @@ internal static class Payload
         else if (typeof(T) == typeof(long))
         {
             ToInt64(raw, source, MemoryMarshal.Cast<T, long>(destination), context, offset);
+        }
+        else if ((typeof(T) == typeof(Half) && source == ElementType.Float16) || (typeof(T) == typeof(ushort) && source == ElementType.BFloat16))
+        {
+            // Kept as stored (16 bits each, byte order already fixed), for key/value tensors read without widening.
+            raw.CopyTo(MemoryMarshal.AsBytes(destination));
         }
         else
         {

@@ -30,6 +30,29 @@ public static class NpzFile
     /// <returns>The array.</returns>
     public static TensorData<long> ReadInt64(string path, string name) => ReadOne<long>(path, name);
 
+    /// <summary>Reads one array as a key or value tensor in <paramref name="type"/>, as <see cref="NumpyFile.ReadKv"/> reads a <c>.npy</c> file.</summary>
+    /// <param name="path">The <c>.npz</c> file.</param>
+    /// <param name="name">The array name (with or without <c>.npy</c>).</param>
+    /// <param name="type">The storage type wanted.</param>
+    /// <returns>The tensor, its shape and the archive entry's element type.</returns>
+    /// <exception cref="TensorFileException">As <see cref="NumpyFile.ReadKv"/>, or the archive has no such array.</exception>
+    public static KvTensorData ReadKv(string path, string name, KvElementType type)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        using ZipArchive zip = Open(path);
+        ZipArchiveEntry entry = Find(zip, path, name);
+        var context = new FileContext(path, ArrayName(entry.FullName));
+        try
+        {
+            using Stream stream = entry.Open();
+            return NumpyFile.ReadKvFrom(stream, null, context, type);
+        }
+        catch (Exception ex) when (ex is InvalidDataException or NotSupportedException)
+        {
+            throw context.Error(TensorFileErrorKind.NotThisFormat, -1, "corrupt or unsupported zip entry: " + ex.Message, ex);
+        }
+    }
+
     /// <summary>Reads every array as float32, keyed by name.</summary>
     /// <param name="path">The <c>.npz</c> file.</param>
     /// <returns>The arrays in archive order.</returns>
@@ -98,6 +121,11 @@ public static class NpzFile
     {
         ArgumentNullException.ThrowIfNull(name);
         using ZipArchive zip = Open(path);
+        return ReadEntry<T>(path, Find(zip, path, name));
+    }
+
+    private static ZipArchiveEntry Find(ZipArchive zip, string path, string name)
+    {
         string wanted = ArrayName(name);
         ZipArchiveEntry? entry = zip.Entries.FirstOrDefault(e => ArrayName(e.FullName) == wanted);
         if (entry is null)
@@ -106,7 +134,7 @@ public static class NpzFile
             throw new TensorFileException(TensorFileErrorKind.TensorNotFound, path, wanted, -1, $"no such array; the archive holds: {names}");
         }
 
-        return ReadEntry<T>(path, entry);
+        return entry;
     }
 
     private static TensorData<T> ReadEntry<T>(string path, ZipArchiveEntry entry)

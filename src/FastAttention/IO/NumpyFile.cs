@@ -49,6 +49,27 @@ public static class NumpyFile
         return ReadNaturalFrom(stream, stream.Length, context);
     }
 
+    /// <summary>
+    /// Reads a key or value tensor into <paramref name="type"/>, rows of the last dimension, without widening when the file
+    /// already holds the type: a float16 array (<c>&lt;f2</c>, or <c>&gt;f2</c> byte-swapped) asked as
+    /// <see cref="KvElementType.Float16"/> or a float32 array asked as <see cref="KvElementType.Float32"/> is wrapped as stored,
+    /// one copy of its elements. Otherwise the values are read as float32 (float16 widens exactly) and, unless float32 was
+    /// asked for, rounded into the type (<see cref="KvTensor.Encode"/>); <see cref="KvTensorData.Converted"/> says which.
+    /// </summary>
+    /// <param name="path">The <c>.npy</c> file.</param>
+    /// <param name="type">The storage type wanted.</param>
+    /// <returns>The tensor, the file's shape and its element type.</returns>
+    /// <exception cref="TensorFileException">The file is missing, malformed or of an unsupported type; it holds a scalar or
+    /// rows of 0 elements (<see cref="TensorFileErrorKind.BadShape"/>); or a value does not fit the type, e.g. past +-65504 for
+    /// float16 or not finite for q8 (<see cref="TensorFileErrorKind.UnsupportedType"/>).</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="type"/> is not a <see cref="KvElementType"/>.</exception>
+    public static KvTensorData ReadKv(string path, KvElementType type)
+    {
+        var context = new FileContext(path, null);
+        using FileStream stream = Files.OpenRead(path);
+        return ReadKvFrom(stream, stream.Length, context, type);
+    }
+
     /// <summary>Reads an array as float32 from a stream (for example an embedded resource).</summary>
     /// <param name="stream">The stream, positioned at the start of the <c>.npy</c> data.</param>
     /// <param name="sourceName">The name error messages use for the stream.</param>
@@ -140,6 +161,16 @@ public static class NumpyFile
             () => ReadPayload<long>(stream, length, context, parsed, offset));
     }
 
+    /// <summary>Reads one <c>.npy</c> payload as a key/value tensor in <paramref name="type"/> (see <see cref="ReadKv"/>).</summary>
+    internal static KvTensorData ReadKvFrom(Stream stream, long? length, FileContext context, KvElementType type)
+    {
+        (ParsedHeader parsed, long offset) = ReadHeader(stream, length, context);
+        return Payload.ReadKv(parsed.Type, parsed.Shape, type, context, offset,
+            () => ReadArray<Half>(stream, length, context, parsed, offset),
+            () => ReadArray<ushort>(stream, length, context, parsed, offset),
+            () => ReadArray<float>(stream, length, context, parsed, offset));
+    }
+
     private static (ParsedHeader Parsed, long Offset) ReadHeader(Stream stream, long? length, FileContext context)
     {
         Span<byte> prefix = stackalloc byte[10];
@@ -196,6 +227,14 @@ public static class NumpyFile
     private static TensorData<T> ReadPayload<T>(Stream stream, long? length, FileContext context, ParsedHeader parsed, long offset)
         where T : unmanaged
     {
+        (T[] data, int[] shape) = ReadArray<T>(stream, length, context, parsed, offset);
+        return new TensorData<T>(data, shape);
+    }
+
+    /// <summary>The payload in C order as <typeparamref name="T"/> (also Half or ushort, which <see cref="TensorData{T}"/> does not hold), and its shape.</summary>
+    private static (T[] Data, int[] Shape) ReadArray<T>(Stream stream, long? length, FileContext context, ParsedHeader parsed, long offset)
+        where T : unmanaged
+    {
         long count = Payload.CheckedElementCount(parsed.Shape, parsed.Type, context, offset);
         T[] data = Payload.Read<T>(stream, count, parsed.Type, parsed.BigEndian, length - offset, context, offset);
         int[] shape = Array.ConvertAll(parsed.Shape, x => (int)x);
@@ -204,7 +243,7 @@ public static class NumpyFile
             data = FortranToC(data, shape);
         }
 
-        return new TensorData<T>(data, shape);
+        return (data, shape);
     }
 
     /// <summary>Reorders data stored in Fortran (column-major) order into C (row-major) order.</summary>

@@ -45,6 +45,35 @@ public static class SafeTensorsFile
     /// <returns>The tensor.</returns>
     public static TensorData<long> ReadInt64(string path, string name) => ReadOne<long>(path, name);
 
+    /// <summary>
+    /// Reads one tensor as a key or value tensor in <paramref name="type"/>, rows of the last dimension, without widening when
+    /// the file already holds the type: an F16 entry asked as <see cref="KvElementType.Float16"/>, a BF16 one asked as
+    /// <see cref="KvElementType.BFloat16"/> or an F32 one asked as <see cref="KvElementType.Float32"/> is wrapped as stored,
+    /// one copy of its elements. Otherwise the values are read as float32 (F16 and BF16 widen exactly) and, unless float32 was
+    /// asked for, rounded into the type (<see cref="KvTensor.Encode"/>); <see cref="KvTensorData.Converted"/> says which.
+    /// </summary>
+    /// <param name="path">The <c>.safetensors</c> file.</param>
+    /// <param name="name">The tensor name.</param>
+    /// <param name="type">The storage type wanted.</param>
+    /// <returns>The tensor, its shape and the entry's element type.</returns>
+    /// <exception cref="TensorFileException">The file is missing or malformed, the tensor is not in it, its dtype is
+    /// unsupported, it is a scalar or has rows of 0 elements (<see cref="TensorFileErrorKind.BadShape"/>), or a value does not
+    /// fit the type (<see cref="TensorFileErrorKind.UnsupportedType"/>).</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="type"/> is not a <see cref="KvElementType"/>.</exception>
+    public static KvTensorData ReadKv(string path, string name, KvElementType type)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        using FileStream stream = Open(path);
+        Index index = ReadIndex(stream, path);
+        Entry entry = Find(index, path, name);
+        var context = new FileContext(path, entry.Name);
+        long start = index.DataStart + entry.Begin;
+        return Payload.ReadKv(entry.Type, entry.Shape, type, context, start,
+            () => ReadArray<Half>(stream, path, index, entry),
+            () => ReadArray<ushort>(stream, path, index, entry),
+            () => ReadArray<float>(stream, path, index, entry));
+    }
+
     /// <summary>Reads every tensor as float32, keyed by name, in data order.</summary>
     /// <param name="path">The <c>.safetensors</c> file.</param>
     /// <returns>The tensors.</returns>
@@ -155,17 +184,23 @@ public static class SafeTensorsFile
         ArgumentNullException.ThrowIfNull(name);
         using FileStream stream = Open(path);
         Index index = ReadIndex(stream, path);
-        Entry? entry = index.Entries.FirstOrDefault(e => e.Name == name);
-        if (entry is null)
-        {
-            throw new TensorFileException(TensorFileErrorKind.TensorNotFound, path, name, -1,
-                "no such tensor; the file holds: " + string.Join(", ", index.Entries.Select(e => e.Name)));
-        }
-
-        return ReadEntry<T>(stream, path, index, entry);
+        return ReadEntry<T>(stream, path, index, Find(index, path, name));
     }
 
+    private static Entry Find(Index index, string path, string name) =>
+        index.Entries.FirstOrDefault(e => e.Name == name)
+        ?? throw new TensorFileException(TensorFileErrorKind.TensorNotFound, path, name, -1,
+            "no such tensor; the file holds: " + string.Join(", ", index.Entries.Select(e => e.Name)));
+
     private static TensorData<T> ReadEntry<T>(FileStream stream, string path, Index index, Entry entry)
+        where T : unmanaged
+    {
+        (T[] data, int[] shape) = ReadArray<T>(stream, path, index, entry);
+        return new TensorData<T>(data, shape);
+    }
+
+    /// <summary>The entry's elements as <typeparamref name="T"/> (also Half or ushort, which <see cref="TensorData{T}"/> does not hold), and its shape.</summary>
+    private static (T[] Data, int[] Shape) ReadArray<T>(FileStream stream, string path, Index index, Entry entry)
         where T : unmanaged
     {
         var context = new FileContext(path, entry.Name);
@@ -173,7 +208,7 @@ public static class SafeTensorsFile
         stream.Position = start;
         T[] data = Payload.Read<T>(new BoundedStream(stream, entry.End - entry.Begin), entry.Count, entry.Type, false,
             entry.End - entry.Begin, context, start);
-        return new TensorData<T>(data, Array.ConvertAll(entry.Shape, x => (int)x));
+        return (data, Array.ConvertAll(entry.Shape, x => (int)x));
     }
 
     private sealed record Entry(string Name, ElementType Type, long[] Shape, long Count, long Begin, long End);
