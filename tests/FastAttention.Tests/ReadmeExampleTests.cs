@@ -5,7 +5,7 @@ using FastAttention.Tests.Support;
 namespace FastAttention.Tests;
 
 /// <summary>
-/// The README's three C# examples. Each lies between "README example N" markers below, and the README must
+/// The README's four C# examples. Each lies between "README example N" markers below, and the README must
 /// hold exactly that code in a csharp block; the tests run it and check its results against the float64
 /// reference and the brute-force checker.
 /// </summary>
@@ -78,13 +78,47 @@ public partial class ReadmeExampleTests
         return (keys, d, universal, certificate);
     }
 
+    private static (float[] Q, float[] K, float[] V, float[] Output, AttentionRun Run, KvCache Cache) Example4()
+    {
+        // begin README example 4
+        // A decoding cache of 8 kv heads, d = 128, keys and values stored as q8 (8.5 bits a value), in pages that never move.
+        var cache = new KvCache(kvHeads: 8, headDim: 128, valueDim: 128, new KvCacheOptions { ElementType = KvElementType.Q8 });
+        var random = new Random(4);
+        float[] k = [.. Enumerable.Range(0, 8 * 1000 * 128).Select(_ => random.NextSingle() - 0.5f)];
+        float[] v = [.. Enumerable.Range(0, 8 * 1000 * 128).Select(_ => random.NextSingle() - 0.5f)];
+        cache.Append(k, v);                                        // [kvHeads, tokens, d]: a prompt of 1000 tokens
+        float[] q = [.. Enumerable.Range(0, 32 * 128).Select(_ => random.NextSingle() - 0.5f)];
+        var output = new float[32 * 128];
+        AttentionRun run = cache.Attend(q, heads: 32, output);    // one new token's 32 query heads, causal
+        Console.WriteLine($"{run.Kernel}, {cache.BytesUsed >> 20} MiB: every output within {run.KvBound!.Absolute:G2} of float32 storage");
+        // end README example 4
+        return (q, k, v, output, run, cache);
+    }
+
+    [Fact]
+    public void Example_4_q8_decoding_cache_matches_float64_within_its_bound()
+    {
+        (float[] q, float[] k, float[] v, float[] output, AttentionRun run, KvCache cache) = Example4();
+        using (cache)
+        {
+            // The reference: each kv head's 1000 tokens against its 4 query heads, on the original float32 keys and values.
+            var shape = new AttentionShape(1, 32, 1, 1000, 128, 128, 8);
+            var expected = new double[output.Length];
+            ReferenceAttention.Compute(q, k, v, shape, expected);
+            double worst = expected.Select((e, x) => Math.Abs(e - output[x])).Max();
+            Assert.StartsWith("splitkey-", run.Kernel, StringComparison.Ordinal);
+            Assert.True(worst <= run.KvBound!.Absolute + 1e-5, $"max |error| {worst} > bound {run.KvBound.Absolute}");
+            Assert.True(worst > 0);
+        }
+    }
+
     [Fact]
     public void The_readme_shows_each_example_exactly_as_tested()
     {
         string source = File.ReadAllText(Path.Combine(Data.RepoRoot, "tests", "FastAttention.Tests", "ReadmeExampleTests.cs")).ReplaceLineEndings("\n");
         string readme = File.ReadAllText(Path.Combine(Data.RepoRoot, "README.md")).ReplaceLineEndings("\n");
         MatchCollection regions = Region().Matches(source);
-        Assert.Equal(3, regions.Count);
+        Assert.Equal(4, regions.Count);
         foreach (Match region in regions)
         {
             string[] lines = region.Groups["code"].Value.Split('\n');
