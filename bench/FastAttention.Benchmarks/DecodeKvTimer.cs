@@ -14,7 +14,8 @@ namespace FastAttention.Benchmarks;
 /// included); the rate is set against the best plain summing read of a 1 GiB buffer (same threads) timed in the same run, before the
 /// cases and again after each (the machine is shared, and a slow moment would flatter the kernel).
 /// Each line ends with a hash of the output bits, so 1 and 2 threads (and runs before and after a change) compare bit for bit.
-/// Run: <c>dotnet run -c Release --project bench/FastAttention.Benchmarks -- decode-kv [seconds per case] [threads, e.g. 1,2] [types, e.g. f32,q8] [nk]</c>.
+/// Run: <c>dotnet run -c Release --project bench/FastAttention.Benchmarks -- decode-kv [seconds per case] [threads, e.g. 1,2] [types, e.g. f32,q8] [nk] [errors]</c>
+/// (<c>errors</c> adds the MHA case's error table, <see cref="KvErrorTable"/>).
 /// </summary>
 public static unsafe class DecodeKvTimer
 {
@@ -26,6 +27,7 @@ public static unsafe class DecodeKvTimer
         int[] threadCounts = args.Length > 2 ? [.. args[2].Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture))] : [2];
         string[] types = args.Length > 3 ? args[3].Split(',') : ["f32", "f16", "bf16", "q8"];
         int nk = args.Length > 4 ? int.Parse(args[4], CultureInfo.InvariantCulture) : 32768;
+        bool errors = args.Contains("errors");
         const int heads = 32, d = 128;
         string cpu = File.Exists("/proc/cpuinfo")
             ? File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':')[1].Trim() ?? "?"
@@ -62,6 +64,11 @@ public static unsafe class DecodeKvTimer
                     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"{name,-6} {typeName,-5} {kernel,-20} {threads,3} {$"{median:F2} ({min:F2})",18} {bytes / 1e6,8:F0} {rate,6:F1} {100 * rate / plain[threads],6:F0}%  {Hash(o):x16}"));
                 }
+            }
+
+            if (name == "MHA" && errors)
+            {
+                KvErrorTable.Print(q, k, v, shape, causal: false);
             }
         }
     }

@@ -79,6 +79,8 @@ public static unsafe class PrefillTimer
                 pin.Dispose();
             }
         }
+
+        KvErrorTable.Print(q, k, v, shape, causal: false);
     }
 
     /// <summary>Times the calls in turn, round after round, for about <paramref name="seconds"/>; each call's times sorted.</summary>

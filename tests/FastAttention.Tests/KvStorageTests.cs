@@ -167,6 +167,37 @@ public class KvStorageTests
         }
     }
 
+    /// <summary>The kernels themselves (decoding and tiled, every type) on the real tensors: within the stated bound of float64 attention on the
+    /// float32 originals, plus the float32 tolerance the OCR data carries (about 1e-5 of the largest output, data/ocr/README.md).</summary>
+    [Theory]
+    [InlineData("line260", "block2", 260)]
+    [InlineData("line260", "block2", 1)]
+    [InlineData("line1000", "block2", 1000)]
+    [InlineData("line1000", "block2", 16)]
+    public void Typed_kernels_stay_within_the_stated_bound_on_the_real_OCR_tensors(string line, string block, int queries)
+    {
+        TensorData<float> q = NumpyFile.ReadFloat32(Data.Fixture("ocr", line, block, "q.npy"));
+        TensorData<float> k = NumpyFile.ReadFloat32(Data.Fixture("ocr", line, block, "k.npy"));
+        TensorData<float> v = NumpyFile.ReadFloat32(Data.Fixture("ocr", line, block, "v.npy"));
+        int heads = q.Shape[0], n = q.Shape[1], d = q.Shape[2];
+
+        // The last `queries` queries of each head (a decoding step when few), causal as a decoder would see them.
+        float[] query = [.. Enumerable.Range(0, heads).SelectMany(h => q.Data.Skip(((h * n) + n - queries) * d).Take(queries * d))];
+        var shape = new AttentionShape(1, heads, queries, n, d, v.Shape[2]);
+        var expected = new double[shape.OutputLength];
+        ReferenceAttention.Compute(query, k.Data, v.Data, shape, expected, causal: true);
+        double tolerance = 1e-5 * expected.Max(Math.Abs);
+        foreach (KvElementType type in Enum.GetValues<KvElementType>())
+        {
+            var output = new float[shape.OutputLength];
+            AttentionRun run = ExactAttention.Compute(query, KvTensor.Encode(k.Data, d, type), KvTensor.Encode(v.Data, v.Shape[2], type), shape, output, new ExactAttentionOptions { Causal = true });
+            Assert.StartsWith(queries <= 16 ? "splitkey-" : "tiled-", run.Kernel, StringComparison.Ordinal);
+            Assert.Equal(type != KvElementType.Float32, run.Kernel.EndsWith("-" + KvElementTypes.Name(type), StringComparison.Ordinal));
+            double worst = expected.Select((e, x) => Math.Abs(e - output[x])).Max();
+            Assert.True(worst <= run.KvBound!.Absolute + tolerance, $"{type} on {run.Kernel}: error {worst:G4} exceeds the bound {run.KvBound.Absolute:G4} + {tolerance:G3}");
+        }
+    }
+
     [Fact]
     public void Float32_storage_states_a_zero_bound_and_the_bound_grows_with_coarser_types()
     {
