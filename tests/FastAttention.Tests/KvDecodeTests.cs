@@ -35,6 +35,14 @@ public unsafe class KvDecodeTests
             shapes.Add((2, nk, 15, 2, 2, false, 0, 0, 0));
         }
 
+        // One query row per kv head over several chunks, d a multiple of the q8 block or not (the q8 one-row scores, and their fallback).
+        foreach (int d in new[] { 32, 96, 128, 100 })
+        {
+            shapes.Add((1, 2049, d, 2, 2, true, 0, 0, 0));
+        }
+
+        shapes.Add((1, 1000, 128, 2, 2, false, 0, 0, 64));
+
         // Three query heads per kv head: blocks of four rows and rows left over, for every query count.
         for (int nq = 1; nq <= 16; nq++)
         {
