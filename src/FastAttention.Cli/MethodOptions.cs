@@ -77,14 +77,7 @@ internal static class MethodOptions
     }
 
     /// <summary>The exact method's library options from the settings (as the method table's exact entry sets them).</summary>
-    public static ExactAttentionOptions ExactOptions(MethodSettings settings) => new()
-    {
-        Scale = settings.Scale,
-        Causal = settings.Causal,
-        Kernel = settings.Kernel,
-        MaxDegreeOfParallelism = settings.Threads,
-        AllowNonFinite = settings.AllowNonFinite,
-    };
+    public static ExactAttentionOptions ExactOptions(MethodSettings settings) => MethodTable.ExactOptions(settings);
 
     /// <summary>
     /// As <see cref="Warm"/> for exact attention on keys and values stored as <paramref name="type"/>: the typed kernel the

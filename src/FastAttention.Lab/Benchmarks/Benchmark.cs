@@ -43,7 +43,7 @@ public static class Benchmark
         {
             if (stored is not null)
             {
-                AttentionRun typed = ExactAttention.Compute(inputs.Query.Span, stored.Keys, stored.Values, shape, output, ExactOptions(settings));
+                AttentionRun typed = ExactAttention.Compute(inputs.Query.Span, stored.Keys, stored.Values, shape, output, MethodTable.ExactOptions(settings));
                 bound = typed.KvBound;
                 return new MethodRun(typed.Kernel);
             }
@@ -107,15 +107,6 @@ public static class Benchmark
             Kv = stored is null ? null : new KvFigure(stored.Keys.ElementType, stored.Bytes, 8 * stored.Bytes / Math.Max(1, (double)stored.Keys.Length + stored.Values.Length), bound),
         };
     }
-
-    private static ExactAttentionOptions ExactOptions(MethodSettings s) => new()
-    {
-        Scale = s.Scale,
-        Causal = s.Causal,
-        Kernel = s.Kernel,
-        MaxDegreeOfParallelism = s.Threads,
-        AllowNonFinite = s.AllowNonFinite,
-    };
 
     /// <summary>
     /// Keys and values in a storage type, wrapped around arrays this benchmark holds, so the plain read can sum the very bytes

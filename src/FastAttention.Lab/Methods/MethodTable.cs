@@ -79,7 +79,10 @@ public static partial class MethodTable
         return new MethodRun(run.Kernel);
     }
 
-    private static ExactAttentionOptions ExactOptions(MethodSettings s) => new()
+    /// <summary>The exact method's library options from the settings (the one mapping the table, the benchmarks and the CLI use).</summary>
+    /// <param name="s">The settings.</param>
+    /// <returns>The options.</returns>
+    public static ExactAttentionOptions ExactOptions(MethodSettings s) => new()
     {
         Scale = s.Scale,
         Causal = s.Causal,
