@@ -26,6 +26,12 @@ internal static unsafe partial class AttentionCore
             Validate.NoOverlap(biasGradient, (ReadOnlySpan<float>)valueGradient, nameof(valueGradient), nameof(biasGradient));
         }
 
+        if (settings.Window != 0 || settings.Sinks != 0)
+        {
+            Validate.Fail("options", "the backward pass has no sliding window", $"Window {settings.Window}, Sinks {settings.Sinks}", "Window 0 and Sinks 0",
+                "a windowed forward is inference only here; train with a causal mask, or pass the window as a boolean Mask");
+        }
+
         // The gradients are written while the bias and mask are read: they must not share memory with them either.
         ApartFromOptions(queryGradient, nameof(queryGradient), settings);
         ApartFromOptions(keyGradient, nameof(keyGradient), settings);

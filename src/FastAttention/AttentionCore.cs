@@ -17,7 +17,9 @@ internal static unsafe partial class AttentionCore
         int MaxDegreeOfParallelism,
         bool AllowNonFinite,
         string? Kernel,
-        float Power);
+        float Power,
+        int Window = 0,
+        int Sinks = 0);
 
     public static AttentionRun Run(ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape, Span<float> destination, in Settings settings) =>
         Run(query, key, value, shape, destination, default, false, settings);
@@ -95,7 +97,7 @@ internal static unsafe partial class AttentionCore
         }
 
         return new AttentionRun(kernel.Name, FlopCount.ExactAttention(
-            shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, settings.Causal));
+            shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, settings.Causal, settings.Window, settings.Sinks));
     }
 
     /// <summary>
@@ -192,7 +194,7 @@ internal static unsafe partial class AttentionCore
         }
 
         return new AttentionRun(kernel.Name, FlopCount.ExactAttention(
-            shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, settings.Causal))
+            shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, settings.Causal, settings.Window, settings.Sinks))
         {
             KvBound = StorageBound(query, key, value, shape, scale),
         };
@@ -235,15 +237,33 @@ internal static unsafe partial class AttentionCore
         args.Power = settings.Power;
         args.MaxDegreeOfParallelism = settings.MaxDegreeOfParallelism;
         args.RowStats = stats;
+        args.Window = settings.Window;
+        args.Sinks = settings.Sinks;
         return args;
     }
 
     /// <summary>Bias and mask lengths are checked before any work (the strides are recomputed when the arguments are built).</summary>
     private static void CheckBroadcast(in Settings settings, AttentionShape shape)
     {
+        CheckWindow(settings);
         long block = (long)shape.QueryCount * shape.KeyCount;
         BroadcastStrides(settings.Bias.Length, block, shape, "Bias");
         BroadcastStrides(settings.Mask.Length, block, shape, "Mask");
+    }
+
+    /// <summary>A window and sinks of 0 or more; sinks only with a window.</summary>
+    internal static void CheckWindow(in Settings settings)
+    {
+        if (settings.Window < 0 || settings.Sinks < 0)
+        {
+            Validate.Fail("options", "the window and the sinks cannot be negative", $"Window {settings.Window}, Sinks {settings.Sinks}", "0 or more", "Window 0 means no window");
+        }
+
+        if (settings.Sinks > 0 && settings.Window == 0)
+        {
+            Validate.Fail("options", "sinks are kept beside a sliding window, and there is none", $"Window 0, Sinks {settings.Sinks}", "a Window > 0 with the Sinks",
+                "without a window every key is visible already");
+        }
     }
 
     private static float ResolveScale(in Settings settings, AttentionShape shape)

@@ -11,6 +11,16 @@ public readonly record struct ExactAttentionOptions
     /// <summary>Causal masking: query <c>i</c> sees key <c>j</c> iff <c>j &lt;= i + (nk - nq)</c> (bottom-right aligned). A query that sees no key outputs zeros.</summary>
     public bool Causal { get; init; }
 
+    /// <summary>
+    /// Sliding window: when &gt; 0, query i (at position <c>p = i + nk - nq</c>) sees key j only if <c>j &gt; p - Window</c> or
+    /// <c>j &lt; Sinks</c> (with <see cref="Causal"/>, also only <c>j &lt;= p</c>): the last Window positions up to its own. The
+    /// kernels skip key tiles outside the window. Forward only: a backward pass with a window is refused.
+    /// </summary>
+    public int Window { get; init; }
+
+    /// <summary>Attention sinks: the first Sinks keys, which every query sees whatever the <see cref="Window"/> (needs a window).</summary>
+    public int Sinks { get; init; }
+
     /// <summary>Optional additive score bias, shaped <c>[nq, nk]</c>, <c>[heads, nq, nk]</c> or <c>[batch, heads, nq, nk]</c> (smaller shapes broadcast); -infinity masks.</summary>
     public ReadOnlyMemory<float> Bias { get; init; }
 
@@ -112,5 +122,5 @@ public static partial class ExactAttention
         AttentionCore.Run(query, key, value, destination, Settings(options));
 
     private static AttentionCore.Settings Settings(ExactAttentionOptions o) =>
-        new(o.Scale, -0.5f, o.Causal, o.Bias, o.Mask, o.MaxDegreeOfParallelism, o.AllowNonFinite, o.Kernel, 0f);
+        new(o.Scale, -0.5f, o.Causal, o.Bias, o.Mask, o.MaxDegreeOfParallelism, o.AllowNonFinite, o.Kernel, 0f, o.Window, o.Sinks);
 }

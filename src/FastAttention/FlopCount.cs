@@ -8,9 +8,9 @@ public static class FlopCount
     /// i.e. <c>4 n^2 d</c> for one head with <c>nq = nk = n</c>, <c>dv = d</c>. Causal counts only the
     /// visible (query, key) pairs.
     /// </summary>
-    public static double ExactAttention(int batch, int heads, int queryCount, int keyCount, int headDim, int valueDim, bool causal)
+    public static double ExactAttention(int batch, int heads, int queryCount, int keyCount, int headDim, int valueDim, bool causal, int window = 0, int sinks = 0)
     {
-        double pairs = VisiblePairs(queryCount, keyCount, causal);
+        double pairs = VisiblePairs(queryCount, keyCount, causal, window, sinks);
         return 2.0 * batch * heads * pairs * (headDim + valueDim);
     }
 
@@ -23,6 +23,29 @@ public static class FlopCount
     {
         double pairs = VisiblePairs(queryCount, keyCount, causal);
         return 2.0 * batch * heads * pairs * ((3.0 * headDim) + (2.0 * valueDim));
+    }
+
+    /// <summary>
+    /// (query, key) pairs a sliding window lets through (with the causal limit if asked): query i at position p = i + nk - nq sees
+    /// key j when j &gt; p - window (and j &lt;= p when causal), or j &lt; sinks; window 0 is no window.
+    /// </summary>
+    public static double VisiblePairs(int queryCount, int keyCount, bool causal, int window, int sinks)
+    {
+        if (window <= 0)
+        {
+            return VisiblePairs(queryCount, keyCount, causal);
+        }
+
+        double total = 0;
+        for (long i = 0; i < queryCount; i++)
+        {
+            long p = i + keyCount - queryCount;
+            long last = causal ? Math.Min(p, keyCount - 1) : keyCount - 1;
+            long first = Math.Max(0, p - window + 1);
+            total += Math.Max(0, last - first + 1) + Math.Max(0, Math.Min(Math.Min(sinks, first), last + 1));
+        }
+
+        return total;
     }
 
     /// <summary>(query, key) pairs a causal (bottom-right aligned) or full mask lets through.</summary>

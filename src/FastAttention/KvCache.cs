@@ -273,24 +273,7 @@ public sealed unsafe partial class KvCache : IDisposable
     }
 
     /// <summary>The (query, key) pairs the causal limit, the window and the sinks let through: FlopCount's convention counts only those.</summary>
-    private double VisiblePairs(int nq, int n, bool causal)
-    {
-        if (_options.Window == 0)
-        {
-            return FlopCount.VisiblePairs(nq, n, causal);
-        }
-
-        double total = 0;
-        for (long i = 0; i < nq; i++)
-        {
-            long p = i + n - nq;
-            long last = causal ? Math.Min(p, n - 1) : n - 1;
-            long first = Math.Max(0, p - _options.Window + 1);
-            total += Math.Max(0, last - first + 1) + Math.Max(0, Math.Min(Math.Min(_options.Sinks, first), last + 1));
-        }
-
-        return total;
-    }
+    private double VisiblePairs(int nq, int n, bool causal) => FlopCount.VisiblePairs(nq, n, causal, _options.Window, _options.Sinks);
 
     /// <summary>The storage error bound for these queries: the bounds kept per column grow with every token stored, so they hold for any prefix.</summary>
     internal KvErrorBound Bound(ReadOnlySpan<float> query, AttentionShape shape)
