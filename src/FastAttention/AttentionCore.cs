@@ -127,10 +127,14 @@ internal static unsafe partial class AttentionCore
 
         Validate.Length(destination.Length, shape.OutputLength, nameof(destination), Validate.OutputLayout, shape);
         Validate.NoOverlap(destination, query, nameof(query));
+        key.CheckApart(destination, nameof(key), nameof(destination));
+        value.CheckApart(destination, nameof(value), nameof(destination));
         if (withLogSumExp)
         {
             Validate.Length(logSumExp.Length, (long)shape.BatchSize * shape.HeadCount * shape.QueryCount, nameof(logSumExp), "[batch, heads, nq]", shape);
             Validate.NoOverlap(logSumExp, query, nameof(query), nameof(logSumExp));
+            key.CheckApart(logSumExp, nameof(key), nameof(logSumExp));
+            value.CheckApart(logSumExp, nameof(value), nameof(logSumExp));
             Validate.NoOverlap(logSumExp, (ReadOnlySpan<float>)destination, nameof(destination), nameof(logSumExp));
         }
 

@@ -145,7 +145,14 @@ public sealed unsafe partial class KvCache
             case KvElementType.BFloat16:
                 for (int c = 0; c < source.Length; c++)
                 {
-                    ((ushort*)row)[c] = KvTensor.ToBFloat16(source[c]);
+                    ushort bits = KvTensor.ToBFloat16(source[c]);
+                    if ((bits & 0x7fff) == 0x7f80)
+                    {
+                        // A finite value within half a bfloat16 step of float's largest rounds to infinity.
+                        OutOfRange(name, source[c], kvHead, token, c, "|x| < 3.3961e38 for bfloat16", "store these keys or values as f32");
+                    }
+
+                    ((ushort*)row)[c] = bits;
                 }
 
                 break;

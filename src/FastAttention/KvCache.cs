@@ -102,6 +102,12 @@ public sealed unsafe partial class KvCache : IDisposable
             Validate.Fail(nameof(options), "the window and the sinks cannot be negative", $"Window {options.Window}, Sinks {options.Sinks}", "0 or more", "Window 0 means no window");
         }
 
+        if (options.Sinks > 0 && options.Window == 0)
+        {
+            Validate.Fail(nameof(options), "sinks are kept beside a sliding window, and there is none", $"Window 0, Sinks {options.Sinks}", "a Window > 0 with the Sinks",
+                "without a window every key is visible already");
+        }
+
         if (!Enum.IsDefined(options.ElementType))
         {
             Validate.Fail(nameof(options), "unknown element type", $"{(int)options.ElementType}", "Float32, Float16, BFloat16 or Q8", "see KvElementType");

@@ -34,7 +34,9 @@ public static class KvElementTypes
     /// <summary>The short name of <paramref name="type"/> (f32, f16, bf16 or q8).</summary>
     /// <param name="type">The element type.</param>
     /// <returns>Its name.</returns>
-    public static string Name(KvElementType type) => Names[(int)type];
+    /// <exception cref="ArgumentOutOfRangeException">The value is no <see cref="KvElementType"/>.</exception>
+    public static string Name(KvElementType type) =>
+        Enum.IsDefined(type) ? Names[(int)type] : throw new ArgumentOutOfRangeException(nameof(type), type, "Not a KV element type; use Float32, Float16, BFloat16 or Q8.");
 
     /// <summary>Parses a short name (f32, f16, bf16, q8; also float32, float16, bfloat16, q8_0), ignoring case.</summary>
     /// <param name="name">The name.</param>
@@ -213,6 +215,10 @@ public sealed class KvTensor
                 for (int x = 0; x < length; x++)
                 {
                     bits[x] = ToBFloat16(values[x]);
+                    if ((bits[x] & 0x7fff) == 0x7f80 && float.IsFinite(values[x]))
+                    {
+                        throw OutOfRange(values, rowLength, x, "a finite value this close to float32's largest rounds to infinity in bfloat16; store these keys or values as f32");
+                    }
                 }
 
                 return new(type, length, rowLength, bfloat16: bits);
@@ -385,6 +391,16 @@ public sealed class KvTensor
         return new Profile(rowsPerGroup, errors, maxAbs);
     }
 
+    /// <summary>Throws when <paramref name="destination"/> shares memory with this tensor's storage (it would be overwritten while read).</summary>
+    internal void CheckApart(Span<float> destination, string name, string parameter)
+    {
+        Validate.NoOverlap(destination, _float32.Span, name, parameter);
+        Validate.NoOverlap(destination, _float16.Span, name, parameter);
+        Validate.NoOverlap(destination, _bfloat16.Span, name, parameter);
+        Validate.NoOverlap(destination, _q8.Span, name, parameter);
+        Validate.NoOverlap(destination, _scales.Span, name, parameter);
+    }
+
     /// <summary>The flat index of the first NaN or infinite element (a q8 element whose scale is not finite), or -1.</summary>
     internal long FirstNonFinite()
     {
@@ -515,8 +531,8 @@ public sealed class KvTensor
 /// <param name="RelativeToMaxValue">The output bound divided by M: <c>(e^(2D) - 1)(1 + e_V / M) + e_V / M</c> (0 when M = 0 and nothing rounds).</param>
 public sealed record KvErrorBound(KvElementType KeyType, KvElementType ValueType, double ScoreError, double ValueError, double MaxAbsValue, double RelativeToMaxValue)
 {
-    /// <summary>The bound on any output element's error, <c>RelativeToMaxValue M</c>.</summary>
-    public double Absolute => RelativeToMaxValue * MaxAbsValue;
+    /// <summary>The bound on any output element's error, <c>(e^(2D) - 1)(M + e_V) + e_V</c> (finite even when M = 0).</summary>
+    public double Absolute { get; init; }
 
     /// <summary>The bound for queries <c>[batch, heads, nq, d]</c> against keys whose column errors are <paramref name="keyColumnErrors"/>
     /// (<c>[batch kvHeads, d]</c>) and values whose largest error and magnitude are given.</summary>
@@ -553,6 +569,6 @@ public sealed record KvErrorBound(KvElementType KeyType, KvElementType ValueType
         double weights = 2 * scoreError < 1e-5 ? (2 * scoreError) + (4 * scoreError * scoreError) : Math.Exp(2 * scoreError) - 1; // e^x - 1 without cancellation for tiny x (an upper bound there)
         double absolute = (weights * (maxAbsValue + valueError)) + valueError;
         double relative = maxAbsValue > 0 ? absolute / maxAbsValue : absolute > 0 ? double.PositiveInfinity : 0;
-        return new(keyType, valueType, scoreError, valueError, maxAbsValue, relative);
+        return new(keyType, valueType, scoreError, valueError, maxAbsValue, relative) { Absolute = absolute };
     }
 }

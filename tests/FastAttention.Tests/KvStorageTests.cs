@@ -95,6 +95,35 @@ public class KvStorageTests
     }
 
     [Fact]
+    public void Edge_cases_a_review_found_are_refused_or_bounded()
+    {
+        // A finite value within half a bfloat16 step of float's largest would round to infinity: refused by index, in a tensor and in a cache.
+        var bf16 = Assert.Throws<ArgumentException>(() => KvTensor.Encode([1f, float.MaxValue], 2, KvElementType.BFloat16));
+        Assert.Contains("flat index 1", bf16.Message, StringComparison.Ordinal);
+        using (var cache = new KvCache(1, 2, 2, new KvCacheOptions { ElementType = KvElementType.BFloat16 }))
+        {
+            Assert.Throws<ArgumentException>(() => cache.Append([1f, float.MaxValue], [1f, 2f]));
+        }
+
+        Assert.Throws<ArgumentException>(() => new KvCache(1, 2, 2, new KvCacheOptions { Sinks = 4 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => KvElementTypes.Name((KvElementType)9));
+
+        // All-zero values: the bound stays a finite number (float16 still rounds the keys).
+        var shape = new AttentionShape(1, 1, 2, 8, 4, 4);
+        float[] q = [.. Enumerable.Range(0, 8).Select(x => x * 0.3f)], k = [.. Enumerable.Range(0, 32).Select(x => (x % 7) * 0.1f)];
+        var output = new float[shape.OutputLength];
+        AttentionRun run = ExactAttention.Compute(q, KvTensor.Encode(k, 4, KvElementType.Float16), KvTensor.Encode(new float[32], 4, KvElementType.Float16), shape, output);
+        Assert.True(double.IsFinite(run.KvBound!.Absolute) && run.KvBound.Absolute > 0, $"absolute bound {run.KvBound.Absolute}");
+        Assert.All(output, x => Assert.Equal(0f, x));
+
+        // A destination sharing memory with wrapped float32 keys or values is refused, not computed wrong.
+        float[] buffer = new float[64];
+        KvTensor keys = KvTensor.FromFloat32(buffer.AsMemory(0, 32), 4), values = KvTensor.FromFloat32(buffer.AsMemory(32, 32), 4);
+        var overlap = Assert.Throws<ArgumentException>(() => ExactAttention.Compute(q, keys, values, shape, buffer.AsSpan(32, 8)));
+        Assert.Equal("destination", overlap.ParamName);
+    }
+
+    [Fact]
     public unsafe void Widening_loads_are_exact_for_every_float16_and_bfloat16_pattern()
     {
         var bits = new ushort[65536];
