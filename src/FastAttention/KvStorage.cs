@@ -249,12 +249,7 @@ public sealed class KvTensor
                         Half scale = Q8Scale(max);
                         if (Half.IsInfinity(scale))
                         {
-                            int at = (r * rowLength) + t0 + block.IndexOfAnyExcept(0f);
-                            for (int t = 0; t < block.Length; t++)
-                            {
-                                at = Math.Abs(block[t]) == max ? (r * rowLength) + t0 + t : at;
-                            }
-
+                            int at = (r * rowLength) + t0 + System.Numerics.Tensors.TensorPrimitives.IndexOfMaxMagnitude(block);
                             throw OutOfRange(values, rowLength, at, "q8's float16 block scales hold magnitudes up to 65504 x 127; store these as bf16 or f32");
                         }
 

@@ -178,11 +178,13 @@ public unsafe class KvDecodeTests
                 for (int x = 0; x < 65536; x += 16)
                 {
                     Vector512<float> v = KvWiden.Load512(type, (byte*)bits, null, x);
-                    Vector512<float> fast = type == KvElementType.Float16 && Avx512F.IsSupported ? DecodeWidening.Half512(Vector256.Load((short*)bits + x)) : v;
+                    Vector512<float> fast = type == KvElementType.Float16 && Avx512F.IsSupported ? KvWiden.Half512Avx512(Vector256.Load((short*)bits + x)) : v;
+                    Vector512<float> portable = type == KvElementType.Float16 ? KvWiden.Half512Portable(Vector256.Load(bits + x)) : v;
                     for (int lane = 0; lane < 16; lane++)
                     {
                         Check(x + lane, v[lane], "Load512");
-                        Check(x + lane, fast[lane], "the decoding kernel's Half512");
+                        Check(x + lane, fast[lane], "the AVX-512 Half512");
+                        Check(x + lane, portable[lane], "the portable Half512");
                     }
                 }
             }

@@ -197,9 +197,32 @@ internal static unsafe class KvWiden
     private static Vector512<uint> Widen(Vector256<ushort> bits) =>
         Avx512F.IsSupported ? Avx512F.ConvertToVector512UInt32(bits) : Vector512.Create(Vector256.WidenLower(bits), Vector256.WidenUpper(bits));
 
-    /// <summary>Sixteen halves to floats, exactly (see the class remarks).</summary>
+    /// <summary>Sixteen halves to floats, exactly (see the class remarks): seven AVX-512 operations where the CPU has them.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Half512(Vector256<ushort> bits)
+    private static Vector512<float> Half512(Vector256<ushort> bits) => Avx512F.IsSupported ? Half512Avx512(bits.AsInt16()) : Half512Portable(bits);
+
+    /// <summary>
+    /// Sixteen halves to floats, exactly, in seven AVX-512 operations instead of ten (the float16 decoding kernel is bound by
+    /// them): the halves sign-extended and shifted left 13 put the magnitude bits under a float's exponent and mantissa and a
+    /// copy of the sign at bit 31; the magnitude times 2^112 is the value for normal and subnormal halves alike; one ternary
+    /// logic operation puts the sign back, another sets every exponent bit of infinities and NaNs (magnitude at least 0x7c00).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Half512Avx512(Vector256<short> bits)
+    {
+        Vector512<uint> shifted = Vector512.ShiftLeft(Avx512F.ConvertToVector512Int32(bits), 13).AsUInt32();
+        Vector512<uint> magnitude = shifted & Vector512.Create(0x0fffe000u);
+        Vector512<uint> finite = (magnitude.AsSingle() * Vector512.Create(HalfRebias)).AsUInt32();
+
+        // 0xf8: a | (b & c).
+        Vector512<uint> signed = Avx512F.TernaryLogic(finite, shifted, Vector512.Create(0x80000000u), 0xf8);
+        Vector512<uint> special = Vector512.GreaterThanOrEqual(magnitude, Vector512.Create(0x0f800000u));
+        return Vector512.ConditionalSelect(special, signed | Vector512.Create(0x7f800000u), signed).AsSingle(); // a masked or
+    }
+
+    /// <summary>Sixteen halves to floats, exactly, with portable vector operations (CPUs without AVX-512F).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Half512Portable(Vector256<ushort> bits)
     {
         Vector512<uint> h = Widen(bits);
         Vector512<uint> magnitude = h & Vector512.Create(0x7fffu);

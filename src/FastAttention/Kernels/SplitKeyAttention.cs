@@ -503,12 +503,6 @@ internal static unsafe class SplitKeyAttention<TS, TV, TE>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static TV Load(byte* row, float* scales, int t)
     {
-        if (TE.Type == KvElementType.Float16 && typeof(TV) == typeof(Vector512<float>) && Avx512F.IsSupported)
-        {
-            Vector512<float> h = DecodeWidening.Half512(Vector256.Load((short*)row + t));
-            return Unsafe.As<Vector512<float>, TV>(ref h);
-        }
-
         if (TE.Type != KvElementType.Q8)
         {
             return KvWiden.Load<TV>(TE.Type, row, null, t);
@@ -1114,31 +1108,5 @@ internal static unsafe class SplitKeyAttention<TS, TV, TE>
                 a.RowStats[(2 * r) + 1] = merged.Sum;
             }
         }
-    }
-}
-
-/// <summary>Widening loads the decoding kernel needs faster than <see cref="KvWiden"/> gives them; as exact.</summary>
-internal static class DecodeWidening
-{
-    /// <summary>2^112: a half's exponent bias (15) moved to a float's (127).</summary>
-    private const float HalfRebias = 5.192296858534828e33f;
-
-    /// <summary>
-    /// Sixteen halves to floats, exactly, in seven AVX-512 operations instead of ten (the float16 decoding kernel is bound by
-    /// them): the halves sign-extended and shifted left 13 put the magnitude bits under a float's exponent and mantissa and a
-    /// copy of the sign at bit 31; the magnitude times 2^112 is the value for normal and subnormal halves alike; one ternary
-    /// logic operation puts the sign back, another sets every exponent bit of infinities and NaNs (magnitude at least 0x7c00).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> Half512(Vector256<short> bits)
-    {
-        Vector512<uint> shifted = Vector512.ShiftLeft(Avx512F.ConvertToVector512Int32(bits), 13).AsUInt32();
-        Vector512<uint> magnitude = shifted & Vector512.Create(0x0fffe000u);
-        Vector512<uint> finite = (magnitude.AsSingle() * Vector512.Create(HalfRebias)).AsUInt32();
-
-        // 0xf8: a | (b & c).
-        Vector512<uint> signed = Avx512F.TernaryLogic(finite, shifted, Vector512.Create(0x80000000u), 0xf8);
-        Vector512<uint> special = Vector512.GreaterThanOrEqual(magnitude, Vector512.Create(0x0f800000u));
-        return Vector512.ConditionalSelect(special, signed | Vector512.Create(0x7f800000u), signed).AsSingle(); // a masked or
     }
 }
