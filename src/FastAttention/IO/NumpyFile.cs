@@ -10,7 +10,7 @@ namespace FastAttention.IO;
 /// Files are treated as untrusted: the header is capped, the shape arithmetic is checked and the data
 /// length must match the header exactly.
 /// </summary>
-public static class NumpyFile
+public static partial class NumpyFile
 {
     /// <summary>The largest header the reader accepts (NumPy itself writes headers of a few hundred bytes).</summary>
     public const int MaxHeaderBytes = 1 << 20;
@@ -105,10 +105,19 @@ public static class NumpyFile
             ElementType.Int32 => "<i4",
             _ => "<i8",
         };
-        string shape = tensor.Rank == 1 ? $"({tensor.Shape[0]},)" : "(" + string.Join(", ", tensor.Shape) + ")";
+        WriteHeader(stream, descr, tensor.Shape);
+        Payload.WriteElements(stream, tensor);
+    }
+
+    /// <summary>The header <see cref="Write"/> gives a float32 array of <paramref name="shape"/>; returns the data offset.</summary>
+    internal static int WriteHeaderFloat32(Stream stream, IReadOnlyList<int> shape) => WriteHeader(stream, "<f4", shape);
+
+    /// <summary>Writes the magic, version and header dict, padded so the data starts on a 64-byte boundary; returns the data offset.</summary>
+    private static int WriteHeader(Stream stream, string descr, IReadOnlyList<int> dims)
+    {
+        string shape = dims.Count == 1 ? $"({dims[0]},)" : "(" + string.Join(", ", dims) + ")";
         string dict = $"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}";
 
-        // Pad with spaces and a final newline so the data starts on a 64-byte boundary.
         int major = dict.Length + 1 + 10 <= ushort.MaxValue ? 1 : 2;
         int prefix = major == 1 ? 10 : 12;
         int total = (prefix + dict.Length + 1 + 63) / 64 * 64;
@@ -129,7 +138,7 @@ public static class NumpyFile
 
         stream.Write(head[..prefix]);
         stream.Write(Encoding.Latin1.GetBytes(header));
-        Payload.WriteElements(stream, tensor);
+        return total;
     }
 
     private static TensorData<T> ReadFile<T>(string path)
