@@ -6,7 +6,7 @@ using FastAttention.Lab;
 namespace FastAttention.Cli;
 
 /// <summary><c>fastattn attend</c>: attention over Q, K, V files, written to an output file, by any method of the lab's <see cref="MethodTable"/> with one key/value tensor.</summary>
-internal static class AttendCommand
+internal static partial class AttendCommand
 {
     /// <summary>The planner's choice, which attend offers besides the table's methods.</summary>
     private static readonly MethodOptions.Extra Auto = new("auto", "the planner picks exact or poly by predicted time on this machine (--kernel, which poly would ignore, is for --method exact)", ["scale", "causal", "eps"]);
@@ -44,6 +44,7 @@ internal static class AttendCommand
             new("kernel", "NAME", "exact/power: force a kernel: " + string.Join(", ", AttentionKernels.Names)),
             new("allow-nonfinite", null, "exact: let NaN/Inf in the inputs propagate instead of rejecting them"),
             MethodOptions.KvDtypeOption("exact: store keys and values as f32, f16, bf16 or q8 (8-bit, a float16 scale per 32): a float16 .npy or F16/BF16 safetensors input already in the type is read as stored, others are rounded into it; the output states the bound on what the storage can move it (default: float32 as read, no bound)"),
+            new("distributed", null, "exact attention as one rank of an MPI job (mpiexec -n P fastattn attend --distributed ...; without mpiexec, one process): ring attention over the sequence, each rank reading and writing only its rows of the .npy files (zig-zag rows with --causal)"),
             new("force", null, "overwrite --out if it exists"),
             new("json", null, "print a one-object JSON summary"),
         ],
@@ -51,6 +52,11 @@ internal static class AttendCommand
 
     private static int Run(ParsedOptions o, TextWriter stdout)
     {
+        if (o.Flag("distributed"))
+        {
+            return RunDistributed(o, stdout);
+        }
+
         string qPath = o.Required("attend", "q"), kPath = o.Required("attend", "k"), vPath = o.Required("attend", "v");
         o.Required("attend", "out");
         string method = o.Get("method") ?? "exact";

@@ -75,47 +75,43 @@ internal static class Cli
             stderr.WriteLine("fastattn: cancelled");
             return ExitCode.Cancelled;
         }
-        catch (UsageException ex)
+        catch (AgreedFailureException ex)
         {
-            // One wording: every usage error names the command first.
-            string message = ex.Message.StartsWith(command.Name + ":", StringComparison.Ordinal) ? ex.Message : $"{command.Name}: {ex.Message}";
-            stderr.WriteLine("fastattn: " + message);
-            return ExitCode.Usage;
+            // Every rank of a distributed run prints the same line, the failing rank's, and leaves with its exit code.
+            stderr.WriteLine("fastattn " + ex.Message);
+            return ex.ExitCode;
         }
-        catch (TensorFileException ex)
+        catch (Exception ex) when (Classify(command.Name, ex) is (int code, string line))
         {
-            stderr.WriteLine("fastattn: " + ex.Message);
-            return ExitCode.BadInput;
-        }
-        catch (BadInputException ex)
-        {
-            stderr.WriteLine("fastattn: " + ex.Message);
-            return ExitCode.BadInput;
-        }
-        catch (NotSupportedException ex)
-        {
-            // A forced kernel that cannot take this input (or this CPU) says why.
-            stderr.WriteLine("fastattn: " + OneLine(ex.Message));
-            return ExitCode.Usage;
-        }
-        catch (OverflowException ex)
-        {
-            // Finite inputs whose scores or sums left float's range: no output is written.
-            stderr.WriteLine("fastattn: bad input: " + OneLine(ex.Message));
-            return ExitCode.BadInput;
-        }
-        catch (ArgumentException ex)
-        {
-            // The library's validation (non-finite values, shapes) names the input and the problem.
-            stderr.WriteLine("fastattn: bad input: " + OneLine(ex.Message));
-            return ExitCode.BadInput;
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or OutOfMemoryException)
-        {
-            stderr.WriteLine("fastattn: " + OneLine(ex.Message));
-            return ExitCode.Failure;
+            stderr.WriteLine("fastattn: " + line);
+            return code;
         }
     }
+
+    /// <summary>
+    /// The exit code and one-line message (without the "fastattn: " prefix) of an expected failure of <paramref name="command"/>,
+    /// or null for an unexpected one (a bug: it keeps its stack trace).
+    /// </summary>
+    public static (int Code, string Line)? Classify(string command, Exception ex) => ex switch
+    {
+        // One wording: every usage error names the command first.
+        UsageException => (ExitCode.Usage, ex.Message.StartsWith(command + ":", StringComparison.Ordinal) ? ex.Message : $"{command}: {ex.Message}"),
+        TensorFileException or BadInputException => (ExitCode.BadInput, ex.Message),
+
+        // A forced kernel that cannot take this input (or this CPU) says why.
+        NotSupportedException => (ExitCode.Usage, OneLine(ex.Message)),
+
+        // Finite inputs whose scores or sums left float's range: no output is written.
+        OverflowException => (ExitCode.BadInput, "bad input: " + OneLine(ex.Message)),
+
+        // The library's validation (non-finite values, shapes) names the input and the problem.
+        ArgumentException => (ExitCode.BadInput, "bad input: " + OneLine(ex.Message)),
+
+        // A peer of a distributed run failed or timed out, or MPI is missing: the message names the rank.
+        FastAttention.Distributed.DistributedException => (ExitCode.Failure, OneLine(ex.Message)),
+        IOException or UnauthorizedAccessException or OutOfMemoryException => (ExitCode.Failure, OneLine(ex.Message)),
+        _ => null,
+    };
 
     /// <summary>The CLI's name of a method: exact, poly or sketch.</summary>
     public static string MethodName(AttentionMethod method) => method switch

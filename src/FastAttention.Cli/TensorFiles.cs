@@ -225,13 +225,26 @@ internal static class TensorFiles
         }
     }
 
+    /// <summary>A fresh temp file name beside <paramref name="path"/> (hidden, unique), for a write that renames it over the target.</summary>
+    public static string TempBeside(string path)
+    {
+        string full = Path.GetFullPath(path);
+        return Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+    }
+
+    /// <summary>Marks <paramref name="temp"/> as written right now: deleted by <see cref="DeleteTempFilesInFlight"/> if the process must leave.</summary>
+    public static void TrackTemp(string temp) => InFlight[temp] = 0;
+
+    /// <summary>The write of <paramref name="temp"/> is over (renamed or deleted).</summary>
+    public static void UntrackTemp(string temp) => InFlight.TryRemove(temp, out _);
+
     /// <summary>Writes via a temp file in the same folder, then renames over the target.</summary>
     public static void WriteAtomically(string path, bool force, Action<string> write)
     {
         Progress.Current.Show("writing " + Path.GetFileName(path));
         string full = Path.GetFullPath(path);
-        string temp = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
-        InFlight[temp] = 0;
+        string temp = TempBeside(path);
+        TrackTemp(temp);
         try
         {
             write(temp);
@@ -248,7 +261,7 @@ internal static class TensorFiles
                 File.Delete(temp);
             }
 
-            InFlight.TryRemove(temp, out _);
+            UntrackTemp(temp);
         }
     }
 
