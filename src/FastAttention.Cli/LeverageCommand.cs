@@ -5,7 +5,7 @@ using FastAttention.Leverage;
 namespace FastAttention.Cli;
 
 /// <summary><c>fastattn leverage</c>: leverage scores / Lewis weights of K and the universal set (or top-k keys).</summary>
-internal static class LeverageCommand
+internal static partial class LeverageCommand
 {
     public static Command Command { get; } = new(
         "leverage",
@@ -20,12 +20,16 @@ internal static class LeverageCommand
             new("stream", null, "one streaming pass with workspace independent of n (p = 2, --eps): online scores, candidates rescored at the end"),
             new("scores", "S.npy", "also write every key's score (float64 [n] or [h, n])"),
             new("threads", "T", "worker threads (default: all cores)"),
+            new("distributed", null, "as one rank of an MPI job (mpiexec -n P fastattn leverage --distributed ...; without mpiexec, one process): each rank reads its contiguous rows of the .npy keys; the Gram matrix is summed over ranks; exact scores only"),
             new("force", null, "overwrite outputs that exist"),
             new("json", null, "print one JSON object with the certificate (eps, p, size, sizeBound, scoreSum)"),
         ],
         Run);
 
-    private static int Run(ParsedOptions o, TextWriter stdout)
+    /// <summary>The options of one run, checked (outputs included) before any file is read.</summary>
+    private sealed record Settings(string OutPath, string? ScoresPath, bool Force, double? Eps, int? Top, double P, LeverageMethod Method, bool Stream, int Threads, string KeyPath);
+
+    private static Settings Parse(ParsedOptions o)
     {
         string outPath = o.Required("leverage", "out");
         string? scoresPath = o.Get("scores");
@@ -77,22 +81,21 @@ internal static class LeverageCommand
             TensorFiles.CheckTensorOutput(o, "scores", ".npy");
         }
 
+        return new Settings(outPath, scoresPath, force, eps, top, p, method, stream, threads, keyPath);
+    }
+
+    private static int Run(ParsedOptions o, TextWriter stdout)
+    {
+        if (o.Flag("distributed"))
+        {
+            return RunDistributed(o, stdout);
+        }
+
+        Settings settings = Parse(o);
+        (string outPath, string? scoresPath, _, double? eps, int? top, double p, LeverageMethod method, bool stream, int threads, string keyPath) = settings;
         TensorData<float> k = TensorFiles.Load("k", keyPath);
         Progress.Current.Step("computing leverage scores");
-        if (k.Rank is not (2 or 3 or 4) || k.ElementCount == 0)
-        {
-            throw new BadInputException($"--k has shape {k.ShapeText}; expected a non-empty [n, d], [h, n, d] or [b, h, n, d]");
-        }
-
-        // Every leading (batch, head) pair is its own key matrix.
-        int[] lead = [.. k.Shape.Take(k.Rank - 2)];
-        int heads = lead.Aggregate(1, (a, x) => a * x), n = k.Shape[^2], d = k.Shape[^1];
-        if (heads > 1 && outPath.EndsWith(".npy", StringComparison.OrdinalIgnoreCase))
-        {
-            throw new UsageException($"--out {outPath}: --k has {heads} heads ({k.ShapeText}), one index set each, of different lengths; write an .npz");
-        }
-
-        string HeadName(int h) => k.Rank == 4 ? $"batch{h / lead[1]}_head{h % lead[1]}" : $"head{h}";
+        (int[] lead, int heads, int n, int d) = KeyShape(k.Shape, outPath);
         var sets = new List<long[]>();
         var certificates = new List<UniversalSetCertificate?>();
         var allScores = new double[(long)heads * n];
@@ -122,25 +125,64 @@ internal static class LeverageCommand
             (double[] bounds, int rank) = p == 2 && method != LeverageMethod.Exact
                 ? (LeverageScores.Compute(keys, d, method, maxDegreeOfParallelism: threads), -1)
                 : UniversalSet.SensitivityBounds(keys, d, p, threads);
-            if (rank < 0)
-            {
-                rank = (int)Math.Round(bounds.Sum());
-            }
-
             bounds.CopyTo(allScores, (long)h * n);
-            if (eps is double e)
-            {
-                (int[] indices, UniversalSetCertificate certificate) = UniversalSet.FromBounds(bounds, rank, e, p);
-                sets.Add([.. indices.Select(x => (long)x)]);
-                certificates.Add(certificate);
-            }
-            else
-            {
-                sets.Add([.. UniversalSet.Top(bounds, Math.Min(top!.Value, n)).Select(x => (long)x)]);
-                certificates.Add(null);
-            }
+            Select(bounds, rank, settings, sets, certificates);
         }
 
+        return Finish(o, stdout, settings, k.Shape, sets, certificates, allScores);
+    }
+
+    /// <summary>
+    /// Checks a key shape [n, d], [h, n, d] or [b, h, n, d] (non-empty) against the output (one index set per head needs an .npz);
+    /// returns the leading dimensions, their product (heads), n and d.
+    /// </summary>
+    private static (int[] Lead, int Heads, int N, int D) KeyShape(IReadOnlyList<int> shape, string outPath)
+    {
+        string text = TensorData.FormatShape(shape);
+        if (shape.Count is not (2 or 3 or 4) || shape.Any(x => x == 0))
+        {
+            throw new BadInputException($"--k has shape {text}; expected a non-empty [n, d], [h, n, d] or [b, h, n, d]");
+        }
+
+        // Every leading (batch, head) pair is its own key matrix.
+        int[] lead = [.. shape.Take(shape.Count - 2)];
+        int heads = lead.Aggregate(1, (a, x) => a * x);
+        if (heads > 1 && outPath.EndsWith(".npy", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new UsageException($"--out {outPath}: --k has {heads} heads ({text}), one index set each, of different lengths; write an .npz");
+        }
+
+        return (lead, heads, shape[^2], shape[^1]);
+    }
+
+    /// <summary>One head's kept keys from its n sensitivity bounds (rank -1: estimate it as their sum): the universal set, or the top N.</summary>
+    private static void Select(double[] bounds, int rank, Settings settings, List<long[]> sets, List<UniversalSetCertificate?> certificates)
+    {
+        if (rank < 0)
+        {
+            rank = (int)Math.Round(bounds.Sum());
+        }
+
+        if (settings.Eps is double e)
+        {
+            (int[] indices, UniversalSetCertificate certificate) = UniversalSet.FromBounds(bounds, rank, e, settings.P);
+            sets.Add([.. indices.Select(x => (long)x)]);
+            certificates.Add(certificate);
+        }
+        else
+        {
+            sets.Add([.. UniversalSet.Top(bounds, Math.Min(settings.Top!.Value, bounds.Length)).Select(x => (long)x)]);
+            certificates.Add(null);
+        }
+    }
+
+    /// <summary>Writes the kept keys (and the scores) and prints the summary.</summary>
+    private static int Finish(ParsedOptions o, TextWriter stdout, Settings settings, IReadOnlyList<int> shape, List<long[]> sets, List<UniversalSetCertificate?> certificates,
+        double[] allScores, Action<System.Text.Json.Utf8JsonWriter>? moreJson = null)
+    {
+        (string outPath, string? scoresPath, bool force, double? eps, _, _, _, bool stream, _, _) = settings;
+        (int[] lead, int heads, int n, int d) = KeyShape(shape, outPath);
+        string HeadName(int h) => shape.Count == 4 ? $"batch{h / lead[1]}_head{h % lead[1]}" : $"head{h}";
         TensorFiles.WriteAtomically(outPath, force, temp =>
         {
             if (outPath.EndsWith(".npy", StringComparison.OrdinalIgnoreCase))
@@ -174,6 +216,7 @@ internal static class LeverageCommand
                 }
 
                 w.WriteEndArray();
+                moreJson?.Invoke(w);
                 if (certificates[0] is UniversalSetCertificate c)
                 {
                     WriteCertificate(w, "certificate", c);
