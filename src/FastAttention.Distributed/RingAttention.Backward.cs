@@ -33,7 +33,10 @@ public static partial class RingAttention
     {
         ArgumentNullException.ThrowIfNull(comm);
         var clock = Stopwatch.StartNew();
-        var plan = RingPlan.Agree(comm, globalShape, options, (queryShard.Length, nameof(queryShard), RingPlan.Kind.Query), (keyShard.Length, nameof(keyShard), RingPlan.Kind.Key),
+        var finite = options.Attention.AllowNonFinite ? null
+            : RingPlan.NonFinite(queryShard, nameof(queryShard)) ?? RingPlan.NonFinite(keyShard, nameof(keyShard)) ?? RingPlan.NonFinite(valueShard, nameof(valueShard))
+            ?? RingPlan.NonFinite(outputGradientShard, nameof(outputGradientShard));
+        var plan = RingPlan.Agree(comm, globalShape, options, finite, (queryShard.Length, nameof(queryShard), RingPlan.Kind.Query), (keyShard.Length, nameof(keyShard), RingPlan.Kind.Key),
             (valueShard.Length, nameof(valueShard), RingPlan.Kind.Value), (outputShard.Length, nameof(outputShard), RingPlan.Kind.Output),
             (outputGradientShard.Length, nameof(outputGradientShard), RingPlan.Kind.Output), (logSumExpShard.Length, nameof(logSumExpShard), RingPlan.Kind.LogSumExp),
             (queryGradientShard.Length, nameof(queryGradientShard), RingPlan.Kind.Query), (keyGradientShard.Length, nameof(keyGradientShard), RingPlan.Kind.Key),

@@ -40,13 +40,17 @@ public static partial class RingAttention
     /// <returns>This rank's steps, bytes, compute and wait times.</returns>
     /// <exception cref="DistributedException">On every rank, when any rank's input is invalid (the message names the rank, the
     /// parameter and the problem; on that rank the inner exception is the <see cref="ArgumentException"/>), or a peer failed.
-    /// Inputs are checked on every rank before any block is sent.</exception>
+    /// Shapes, options, lengths and (unless <see cref="ExactAttentionOptions.AllowNonFinite"/>) finiteness are checked on every rank before
+    /// any block is sent. A block that fails later (an <see cref="OverflowException"/> from finite inputs) fails its rank alone, and
+    /// the others stop at their communicator's timeout.</exception>
     public static RingRun Compute(Communicator comm, ReadOnlySpan<float> queryShard, ReadOnlySpan<float> keyShard, ReadOnlySpan<float> valueShard, AttentionShape globalShape,
         Span<float> destinationShard, Span<float> logSumExpShard, RingAttentionOptions options = default)
     {
         ArgumentNullException.ThrowIfNull(comm);
         var clock = Stopwatch.StartNew();
-        var plan = RingPlan.Agree(comm, globalShape, options, (queryShard.Length, nameof(queryShard), RingPlan.Kind.Query), (keyShard.Length, nameof(keyShard), RingPlan.Kind.Key),
+        var finite = options.Attention.AllowNonFinite ? null
+            : RingPlan.NonFinite(queryShard, nameof(queryShard)) ?? RingPlan.NonFinite(keyShard, nameof(keyShard)) ?? RingPlan.NonFinite(valueShard, nameof(valueShard));
+        var plan = RingPlan.Agree(comm, globalShape, options, finite, (queryShard.Length, nameof(queryShard), RingPlan.Kind.Query), (keyShard.Length, nameof(keyShard), RingPlan.Kind.Key),
             (valueShard.Length, nameof(valueShard), RingPlan.Kind.Value), (destinationShard.Length, nameof(destinationShard), RingPlan.Kind.Output),
             (logSumExpShard.Length, nameof(logSumExpShard), RingPlan.Kind.LogSumExp));
         var s = plan.Shape;

@@ -47,10 +47,12 @@ internal sealed class RingPlan
     public int MaxBlock { get; }
 
     /// <summary>
-    /// Checks this rank's inputs (shape, options, then every span's length, in that order), compares the global shape and
-    /// options with rank 0's, and makes the outcome collective: every rank returns the plan or every rank throws.
+    /// Checks this rank's inputs (shape, options, then every span's length, in that order; then <paramref name="values"/>, the
+    /// caller's finiteness check), compares the global shape and options with rank 0's, and makes the outcome collective:
+    /// every rank returns the plan or every rank throws. A rank failing alone inside a block would leave the others
+    /// waiting for its blocks until the timeout, hence the finiteness check here.
     /// </summary>
-    public static RingPlan Agree(Communicator comm, AttentionShape shape, RingAttentionOptions options, params (long Length, string Name, Kind Kind)[] spans)
+    public static RingPlan Agree(Communicator comm, AttentionShape shape, RingAttentionOptions options, ArgumentException? values, params (long Length, string Name, Kind Kind)[] spans)
     {
         RingPlan? plan = null;
         Exception? failure = null;
@@ -62,6 +64,8 @@ internal sealed class RingPlan
         {
             failure = e;
         }
+
+        failure ??= values;
 
         var a = options.Attention;
         long[] descriptor = [shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, shape.EffectiveKeyValueHeads,
@@ -128,6 +132,20 @@ internal sealed class RingPlan
         }
 
         return plan;
+    }
+
+    /// <summary>The first NaN or infinity of <paramref name="values"/> as an error naming it, or null when every value is finite.</summary>
+    public static ArgumentException? NonFinite(ReadOnlySpan<float> values, string name)
+    {
+        for (int i = 0; i < values.Length; i++)
+        {
+            if (!float.IsFinite(values[i]))
+            {
+                return new ArgumentException($"{name}[{i}] is {values[i]}; set options.Attention.AllowNonFinite to let non-finite inputs through.", name);
+            }
+        }
+
+        return null;
     }
 
     /// <summary>A rank's key/value block in floats: its keys then its values, both piece-major.</summary>

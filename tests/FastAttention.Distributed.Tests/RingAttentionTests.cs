@@ -125,6 +125,28 @@ public class RingAttentionTests
     }
 
     [Fact]
+    public void A_nan_key_on_one_rank_is_refused_on_every_rank_before_the_ring()
+    {
+        var shape = ShapeOf(2);
+        var errors = LocalCommunicator.Run(3, comm =>
+        {
+            var (q, k, v) = Shards(comm, shape, ShardLayout.ZigZag, 1);
+            k[5] = comm.Rank == 2 ? float.NaN : k[5];
+            float[] output = new float[q.Length / shape.HeadDim * shape.ValueDim], lse = new float[q.Length / shape.HeadDim];
+            try
+            {
+                RingAttention.Compute(comm, q, k, v, shape, output, lse, Options(ShardLayout.ZigZag, true));
+                return "no error";
+            }
+            catch (DistributedException e)
+            {
+                return e.Message;
+            }
+        });
+        Assert.All(errors, e => Assert.Equal("rank 2 of 3: keyShard[5] is NaN; set options.Attention.AllowNonFinite to let non-finite inputs through. (Parameter 'keyShard')", e));
+    }
+
+    [Fact]
     public void Ranks_with_different_shapes_are_refused_before_any_block_moves()
     {
         var error = Assert.Throws<DistributedException>(() => LocalCommunicator.Run(2, comm =>

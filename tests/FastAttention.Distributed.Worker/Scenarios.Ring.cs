@@ -35,7 +35,7 @@ public static class RingCheck
     public const double ForwardUlps = 16;
 
     /// <summary>Gradients against the one-process backward, relative to max(1, max |gradient|): both sum the same float32 terms in another order.</summary>
-    public const double GradientRelative = 2e-5;
+    public const double GradientRelative = 2e-6;
 
     /// <summary>Gradients against the float64 reference, relative to max(1, max |gradient|): the core's tensor-backward tolerance.</summary>
     public const double GradientVsReferenceRelative = 5e-5;
