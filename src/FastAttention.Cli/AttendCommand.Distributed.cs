@@ -46,8 +46,9 @@ internal static partial class AttendCommand
             return (q, s);
         });
 
-        // Zig-zag under a causal mask gives every rank one early and one late piece, so equal work.
-        ShardLayout layout = settings.Causal ? ShardLayout.ZigZag : ShardLayout.Contiguous;
+        // Zig-zag under a causal mask gives every rank one early and one late piece, so equal work; one rank has nothing to
+        // balance, and its one contiguous block is the one-process call, bit for bit.
+        ShardLayout layout = settings.Causal && job.Comm.Size > 1 ? ShardLayout.ZigZag : ShardLayout.Contiguous;
         SequenceShard shard = SequenceShard.For(shape.QueryCount, job.Comm.Rank, job.Comm.Size, layout);
         string? nonFinite = settings.AllowNonFinite ? null : "Pass --allow-nonfinite to let non-finite values propagate through exact attention.";
         (TensorData<float> q, TensorData<float> k, TensorData<float> v) = job.Agree(() => (
@@ -61,6 +62,8 @@ internal static partial class AttendCommand
         var timer = Stopwatch.StartNew();
         RingRun ring = RingAttention.Compute(job.Comm, q.Data, k.Data, v.Data, shape, output, logSumExp, options);
         double seconds = job.Comm.AllreduceMax(timer.Elapsed.TotalSeconds);
+        double[] flops = [ring.Flops];
+        job.Comm.AllreduceSum(flops);
         long bytes = job.TotalBytesSent();
 
         int[] outShape = [.. qShape];
@@ -71,7 +74,6 @@ internal static partial class AttendCommand
             return ExitCode.Ok;
         }
 
-        double flops = ring.Flops * job.Comm.Size;
         if (o.Flag("json"))
         {
             Json.Write(stdout, w =>
@@ -86,6 +88,7 @@ internal static partial class AttendCommand
                 w.WriteString("transport", job.Comm.Transport);
                 w.WriteNumber("bytesSent", bytes);
                 w.WriteNumber("seconds", seconds);
+                w.WriteNumber("gflops", flops[0] / Math.Max(seconds, 1e-9) / 1e9);
                 w.WriteNumber("totalSeconds", job.Seconds);
                 w.WriteString("out", outPath);
             });
@@ -93,7 +96,7 @@ internal static partial class AttendCommand
         else
         {
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"exact attention {TensorData.FormatShape(outShape)} -> {outPath}: ring over {job.Comm.Size} rank(s) ({job.Comm.Transport}, {layout} rows), {seconds * 1e3:F3} ms, {flops / Math.Max(seconds, 1e-9) / 1e9:F1} GFLOP/s, {bytes} bytes sent"));
+                $"exact attention {TensorData.FormatShape(outShape)} -> {outPath}: ring over {job.Comm.Size} rank(s) ({job.Comm.Transport}, {layout} rows), {seconds * 1e3:F3} ms, {flops[0] / Math.Max(seconds, 1e-9) / 1e9:F1} GFLOP/s, {bytes} bytes sent"));
         }
 
         return ExitCode.Ok;
