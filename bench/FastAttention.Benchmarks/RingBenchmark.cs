@@ -61,7 +61,7 @@ public static class RingBenchmark
     private static void Report(Communicator comm, string pass, RingRun run, long localN, int d)
     {
         long ownBlock = localN * 2 * d * sizeof(float); // K and V rows of this rank's shard: what step 0 sends
-        double[] mine = [run.ComputeTotal, run.WaitTotal, run.TotalSeconds, run.Flops, run.BytesSent, run.Steps > 1 ? run.StepBytes[0] : 0, ownBlock];
+        double[] mine = [run.ComputeTotal, run.WaitTotal, run.TotalSeconds, run.Flops, run.BytesSent, run.Steps > 1 ? run.StepBytes[0] : 0, ownBlock, .. run.ComputeSeconds, .. run.WaitSeconds];
         double[][] all = comm.Allgather<double>(mine);
         if (comm.Rank != 0)
         {
@@ -72,7 +72,8 @@ public static class RingBenchmark
         {
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{pass,-8} rank {rank}: compute {figures[0] * 1e3,8:F1} ms, wait {figures[1] * 1e3,7:F1} ms, total {figures[2] * 1e3,8:F1} ms, {figures[3] / figures[2] / 1e9,6:F1} GFLOP/s, "
-                + $"sent {figures[4] / 1e6:F2} MB ({figures[5] / 1e6:F3} MB at step 0; its K+V block is {figures[6] / 1e6:F3} MB)"));
+                + $"sent {figures[4] / 1e6:F2} MB ({figures[5] / 1e6:F3} MB at step 0; its K+V block is {figures[6] / 1e6:F3} MB); "
+                + $"steps compute/wait ms: {string.Join(" ", Enumerable.Range(0, run.Steps).Select(t => $"{figures[7 + t] * 1e3:F1}/{figures[7 + run.Steps + t] * 1e3:F1}"))}"));
         }
 
         double wall = all.Max(f => f[2]), flops = all.Sum(f => f[3]), meanCompute = all.Average(f => f[0]);
