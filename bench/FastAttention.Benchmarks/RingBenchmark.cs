@@ -8,8 +8,8 @@ namespace FastAttention.Benchmarks;
 /// layout for causal and contiguous otherwise. One warm-up forward, then one timed forward and one timed backward; rank 0
 /// prints every rank's compute and wait time, bytes sent per step against the theory (one K+V block), wall time and GFLOP/s,
 /// and a scaling hint: the share of the wall time the ranks spent computing, and the slowest rank's compute over the mean.
-/// Run: <c>mpiexec -n 2 dotnet artifacts/bin/FastAttention.Benchmarks/release/FastAttention.Benchmarks.dll ring 16384 64 [causal] [threads per rank]</c>;
-/// threads default to cores / ranks.
+/// Run: <c>mpiexec -n 2 dotnet artifacts/bin/FastAttention.Benchmarks/release/FastAttention.Benchmarks.dll ring 16384 64 [causal] [inline] [threads per rank]</c>;
+/// threads default to cores / ranks; <c>inline</c> computes on the MPI thread (<see cref="RingAttentionOptions.ComputeOnCallingThread"/>), to see what the overlap buys.
 /// </summary>
 public static class RingBenchmark
 {
@@ -17,12 +17,12 @@ public static class RingBenchmark
     {
         int n = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 16384;
         int d = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 64;
-        bool causal = args.Contains("causal");
+        bool causal = args.Contains("causal"), inline = args.Contains("inline");
         using var comm = Communicator.FromEnvironment();
-        int threads = args.Skip(3).Where(a => a != "causal").Select(a => int.Parse(a, CultureInfo.InvariantCulture)).FirstOrDefault(Math.Max(1, Environment.ProcessorCount / comm.Size));
+        int threads = args.Skip(3).Where(a => a is not ("causal" or "inline")).Select(a => int.Parse(a, CultureInfo.InvariantCulture)).FirstOrDefault(Math.Max(1, Environment.ProcessorCount / comm.Size));
         var shape = AttentionShape.SingleHead(n, d);
         var layout = causal ? ShardLayout.ZigZag : ShardLayout.Contiguous;
-        var options = new RingAttentionOptions { Attention = new ExactAttentionOptions { Causal = causal, MaxDegreeOfParallelism = threads }, Layout = layout };
+        var options = new RingAttentionOptions { Attention = new ExactAttentionOptions { Causal = causal, MaxDegreeOfParallelism = threads }, Layout = layout, ComputeOnCallingThread = inline };
         var mine = SequenceShard.For(n, comm.Rank, comm.Size, layout);
 
         var random = new Random(11);
@@ -49,7 +49,7 @@ public static class RingBenchmark
 
         if (comm.Rank == 0)
         {
-            Console.WriteLine($"ring attention, {comm.Transport}, {comm.Size} rank(s) x {threads} thread(s), n = {n}, d = dv = {d}, 1 head, {(causal ? "causal" : "non-causal")}, {layout}, "
+            Console.WriteLine($"ring attention, {comm.Transport}, {comm.Size} rank(s) x {threads} thread(s), n = {n}, d = dv = {d}, 1 head, {(causal ? "causal" : "non-causal")}, {layout}, {(inline ? "compute on the MPI thread" : "compute on a worker, MPI thread polling")}, "
                 + $"{Environment.ProcessorCount} cores, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
         }
 
