@@ -44,23 +44,7 @@ public static class DistributedLevAttention
     {
         LevAttention.ValidateOptions(options);
         int d = shape.HeadDim, dv = shape.ValueDim, kvHeads = shape.EffectiveKeyValueHeads;
-        Exception? failure = null;
-        int nq = 0, nk = 0;
-        try
-        {
-            (nq, nk) = ShardInputs.Check(comm, shape, queryShard, keyShard);
-            long queryHeads = (long)shape.BatchSize * shape.HeadCount, keyHeads = (long)shape.BatchSize * kvHeads;
-            ShardInputs.Length(query.Length, queryHeads, nq, d, nameof(query), "[batch, heads, local nq, d]");
-            ShardInputs.Length(key.Length, keyHeads, nk, d, nameof(key), "[batch, kvHeads, local nk, d]");
-            ShardInputs.Length(value.Length, keyHeads, nk, dv, nameof(value), "[batch, kvHeads, local nk, dv]");
-            ShardInputs.Length(destination.Length, queryHeads, nq, dv, nameof(destination), "[batch, heads, local nq, dv]");
-        }
-        catch (ArgumentException e) when (e.ParamName != nameof(shape))
-        {
-            failure = e;
-        }
-
-        comm.Agree(failure);
+        (int nq, int nk) = ShardInputs.Attention(comm, query, key, value, shape, queryShard, keyShard, destination, finite: false);
         long[] positions = ShardInputs.Positions(keyShard);
         int group = shape.HeadCount / kvHeads;
         var results = new List<DistributedLevSelection>();

@@ -58,4 +58,51 @@ internal static class ShardInputs
 
         return positions;
     }
+
+    /// <summary>Every value must be finite (the polynomial method's range bound would be infinite); names the first bad row.</summary>
+    public static void Finite(ReadOnlySpan<float> values, int width, string parameter)
+    {
+        for (int i = 0; i < values.Length; i++)
+        {
+            if (!float.IsFinite(values[i]))
+            {
+                throw new ArgumentException($"{parameter}: value {i % width} of local row {i / width} is {values[i]}; the polynomial method needs finite inputs.", parameter);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The whole check of a sharded attention call: a bad shape throws at once (every rank sees the same shape); a bad
+    /// shard, tensor length or (with <paramref name="finite"/>) non-finite value on any rank makes every rank throw.
+    /// Returns the local query and key counts.
+    /// </summary>
+    public static (int Queries, int Keys) Attention(Communicator comm, ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape,
+        SequenceShard queryShard, SequenceShard keyShard, Span<float> destination, bool finite)
+    {
+        int d = shape.HeadDim, dv = shape.ValueDim;
+        Exception? failure = null;
+        int nq = 0, nk = 0;
+        try
+        {
+            (nq, nk) = Check(comm, shape, queryShard, keyShard);
+            long queryHeads = (long)shape.BatchSize * shape.HeadCount, keyHeads = (long)shape.BatchSize * shape.EffectiveKeyValueHeads;
+            Length(query.Length, queryHeads, nq, d, nameof(query), "[batch, heads, local nq, d]");
+            Length(key.Length, keyHeads, nk, d, nameof(key), "[batch, kvHeads, local nk, d]");
+            Length(value.Length, keyHeads, nk, dv, nameof(value), "[batch, kvHeads, local nk, dv]");
+            Length(destination.Length, queryHeads, nq, dv, nameof(destination), "[batch, heads, local nq, dv]");
+            if (finite)
+            {
+                Finite(query, d, nameof(query));
+                Finite(key, d, nameof(key));
+                Finite(value, dv, nameof(value));
+            }
+        }
+        catch (ArgumentException e) when (e.ParamName != nameof(shape))
+        {
+            failure = e;
+        }
+
+        comm.Agree(failure);
+        return (nq, nk);
+    }
 }
