@@ -178,6 +178,14 @@ public static partial class LevAttention
         return gathered;
     }
 
+    /// <summary>
+    /// Checks options as <see cref="Compute(ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, AttentionShape, Span{float}, LevAttentionOptions)"/>
+    /// does, with the same messages: for callers that select keys themselves (sharded keys) and must refuse bad options before any work.
+    /// </summary>
+    /// <param name="options">The options.</param>
+    /// <exception cref="ArgumentException">Both or neither of eps and top, or a bad eps, top, power or always-kept count.</exception>
+    public static void ValidateOptions(LevAttentionOptions options) => CheckOptions(options);
+
     internal static void CheckOptions(LevAttentionOptions options)
     {
         if (options.Eps.HasValue == options.Top.HasValue)

@@ -111,7 +111,7 @@ public static partial class PolynomialAttention
     /// <param name="scale">s.</param>
     /// <returns>R.</returns>
     public static double RangeBound(ReadOnlySpan<float> query, ReadOnlySpan<float> key, int headDim, double scale) =>
-        Math.Max(Math.Abs(scale) * InputAnalysis.MaxRowNorm(query, headDim) * InputAnalysis.MaxRowNorm(key, headDim) * (1 + 1e-12), 1e-12);
+        PolynomialFactors.RangeOf(scale, InputAnalysis.MaxRowNorm(query, headDim), InputAnalysis.MaxRowNorm(key, headDim));
 
     /// <summary>The feature count <c>r = C(d + g, g)</c> of the monomials of degree at most <paramref name="degree"/> in <paramref name="headDim"/> variables (saturates at <see cref="long.MaxValue"/>).</summary>
     /// <param name="headDim">d.</param>

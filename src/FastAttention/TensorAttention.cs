@@ -161,7 +161,7 @@ public static partial class TensorAttention
         TensorAttentionShape shape, Span<float> destination, PolynomialAttentionOptions options = default)
     {
         Check(query, keys, values, shape, destination, default);
-        int d = shape.HeadDim, m = shape.KeyMatrices;
+        int d = shape.HeadDim;
         double s = options.Scale ?? (1.0 / d);
         double range = RangeBound(query, keys, d, s);
         (Polynomial.ExpPolynomial polynomial, Polynomial.MonomialFeatureMap map) = PolynomialAttention.Prepare(range, s, d, options);
@@ -175,9 +175,15 @@ public static partial class TensorAttention
             }
         }
 
+        return PolynomialCertificateOf(polynomial, map, range, shape, maxAbsValue, options.Causal, 0);
+    }
+
+    /// <summary>The certificate of a polynomial tensor run; <paramref name="mergeAdditions"/> counts extra additions of merged key states.</summary>
+    internal static PolynomialCertificate PolynomialCertificateOf(Polynomial.ExpPolynomial polynomial, Polynomial.MonomialFeatureMap map, double range, TensorAttentionShape shape, double maxAbsValue, bool causal, int mergeAdditions)
+    {
         // Causal sums run key by key (depth nk); the non-causal ones in blocks.
-        long depth = (options.Causal ? shape.KeyCount : Polynomial.FactorisedAttention.SummationDepth(shape.KeyCount, map.Count, false)) + map.Count + (2L * polynomial.Degree) + d + m + 8;
-        double flops = (double)map.Count * shape.HeadCount * (((double)shape.QueryCount * ((2.0 * (shape.ValueDim + 1)) + 1)) + ((double)shape.KeyCount * m * ((2.0 * (shape.ValueDim + 1)) + 1)));
+        long depth = (causal ? shape.KeyCount : Polynomial.FactorisedAttention.SummationDepth(shape.KeyCount, map.Count, false)) + map.Count + (2L * polynomial.Degree) + shape.HeadDim + shape.KeyMatrices + 8 + mergeAdditions;
+        double flops = (double)map.Count * shape.HeadCount * (((double)shape.QueryCount * ((2.0 * (shape.ValueDim + 1)) + 1)) + ((double)shape.KeyCount * shape.KeyMatrices * ((2.0 * (shape.ValueDim + 1)) + 1)));
         return PolynomialAttention.Certificate(polynomial, range, map.Count, depth, maxAbsValue, flops);
     }
 
@@ -195,19 +201,41 @@ public static partial class TensorAttention
         ArgumentNullException.ThrowIfNull(keys);
         double[] norms = [.. keys.Select(k => InputAnalysis.MaxRowNorm(k.Span, headDim))];
         double[] entries = [.. keys.Select(k => (double)Math.Abs(TensorPrimitives.MaxMagnitude(k.Span)))];
-        double best = double.PositiveInfinity;
-        for (int t = 0; t < keys.Count; t++)
+        return RangeOf(scale, InputAnalysis.MaxRowNorm(query, headDim), norms, entries);
+    }
+
+    /// <summary>
+    /// <see cref="RangeBound"/> from its maxima (which may be maxima over shards): <c>|s| max||q|| min_t (max||k_t|| prod_(u != t) max|k_u|)</c>
+    /// times 1 + 1e-12, at least 1e-12.
+    /// </summary>
+    /// <param name="scale">s.</param>
+    /// <param name="maxQueryNorm">max ||q_i||.</param>
+    /// <param name="maxKeyNorms">max ||k_t,j|| of each key matrix t.</param>
+    /// <param name="maxKeyEntries">max |k_t,j,l| of each key matrix t.</param>
+    /// <returns>R.</returns>
+    /// <exception cref="ArgumentException">The two lists differ in length or are empty.</exception>
+    public static double RangeOf(double scale, double maxQueryNorm, IReadOnlyList<double> maxKeyNorms, IReadOnlyList<double> maxKeyEntries)
+    {
+        ArgumentNullException.ThrowIfNull(maxKeyNorms);
+        ArgumentNullException.ThrowIfNull(maxKeyEntries);
+        if (maxKeyNorms.Count == 0 || maxKeyNorms.Count != maxKeyEntries.Count)
         {
-            double bound = norms[t];
-            for (int u = 0; u < keys.Count; u++)
+            throw new ArgumentException($"{maxKeyNorms.Count} key norms and {maxKeyEntries.Count} key entries: one of each per key matrix, at least one.", nameof(maxKeyEntries));
+        }
+
+        double best = double.PositiveInfinity;
+        for (int t = 0; t < maxKeyNorms.Count; t++)
+        {
+            double bound = maxKeyNorms[t];
+            for (int u = 0; u < maxKeyNorms.Count; u++)
             {
-                bound *= u == t ? 1 : entries[u];
+                bound *= u == t ? 1 : maxKeyEntries[u];
             }
 
             best = Math.Min(best, bound);
         }
 
-        return Math.Max(Math.Abs(scale) * InputAnalysis.MaxRowNorm(query, headDim) * best * (1 + 1e-12), 1e-12);
+        return Math.Max(Math.Abs(scale) * maxQueryNorm * best * (1 + 1e-12), 1e-12);
     }
 
     /// <summary>(query, tuple) pairs the causal limit and windows let through, over every head.</summary>

@@ -125,6 +125,20 @@ public class RingAttentionTests
     }
 
     [Fact]
+    public void A_wrong_gradient_length_in_the_backward_is_named()
+    {
+        var shape = ShapeOf(2);
+        var error = Assert.Throws<DistributedException>(() => LocalCommunicator.Run(2, comm =>
+        {
+            var (q, k, v) = Shards(comm, shape, ShardLayout.Contiguous, 1);
+            float[] output = new float[q.Length / shape.HeadDim * shape.ValueDim], lse = new float[q.Length / shape.HeadDim];
+            return RingAttention.Backward(comm, q, k, v, output, output, lse, shape, new float[q.Length], new float[k.Length + (comm.Rank == 0 ? 1 : 0)], new float[v.Length],
+                Options(ShardLayout.Contiguous, false));
+        }));
+        Assert.StartsWith("rank 0 of 2: keyGradientShard has ", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void A_nan_key_on_one_rank_is_refused_on_every_rank_before_the_ring()
     {
         var shape = ShapeOf(2);

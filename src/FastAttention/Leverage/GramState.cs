@@ -153,6 +153,35 @@ public sealed class GramState
         Rows += other.Rows;
     }
 
+    /// <summary>
+    /// The state of a Gram matrix summed elsewhere (another process's shards added by an allreduce, a saved state): a copy of
+    /// <paramref name="matrix"/>, so its <see cref="Factor"/> scores rows against the whole key set the matrix came from.
+    /// </summary>
+    /// <param name="dimension">d.</param>
+    /// <param name="matrix">G, row-major d x d, symmetric and finite (as <see cref="Matrix"/> returns it).</param>
+    /// <param name="rows">The number of rows G sums over, at least 0.</param>
+    /// <returns>A new state holding a copy of the matrix.</returns>
+    /// <exception cref="ArgumentException">d &lt; 1, the length is not d x d, an entry is not finite, the matrix is not symmetric, or rows is negative.</exception>
+    public static GramState FromMatrix(int dimension, ReadOnlySpan<double> matrix, long rows)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(dimension, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(rows);
+        Validate.Length(matrix.Length, (long)dimension * dimension, nameof(matrix), "[d, d]", $"d {dimension}");
+        for (int a = 0; a < dimension; a++)
+        {
+            for (int b = 0; b < dimension; b++)
+            {
+                double x = matrix[(a * dimension) + b];
+                if (!double.IsFinite(x) || x != matrix[(b * dimension) + a])
+                {
+                    Validate.Fail(nameof(matrix), double.IsFinite(x) ? "the matrix is not symmetric" : "an entry is not finite", $"G[{a}, {b}] = {x}, G[{b}, {a}] = {matrix[(b * dimension) + a]}", "a finite symmetric matrix", "pass a Gram matrix as GramState.Matrix returns it");
+                }
+            }
+        }
+
+        return new GramState(dimension, matrix.ToArray(), rows);
+    }
+
     /// <summary>The state of a Gram matrix computed elsewhere (row-major d x d, symmetric; taken, not copied).</summary>
     internal static GramState Of(int dimension, double[] gram, long rows) => new(dimension, gram, rows);
 

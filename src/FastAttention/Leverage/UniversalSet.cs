@@ -335,34 +335,71 @@ public static class LewisWeights
         double[] w = new double[n];
         Array.Fill(w, 1.0);
         double[] rowWeights = new double[n];
-        int rank = 0;
         for (int iteration = 0; iteration < MaxIterations; iteration++)
         {
-            for (int j = 0; j < n; j++)
-            {
-                rowWeights[j] = w[j] > 0 ? Math.Pow(w[j], 1 - (2 / p)) : 0; // a zero row stays out (and contributes nothing)
-            }
-
+            GramWeights(w, p, rowWeights);
             GramFactor factor = LeverageScores.Gram(keys, dimension, maxDegreeOfParallelism, rowWeights).Factor();
-            rank = factor.Rank;
-
-            // Unclamped: a heavily down-weighted row can score above 1 against the weighted Gram matrix.
-            double[] s = LeverageScores.Scores(keys, factor, maxDegreeOfParallelism, clamp: false);
-            double change = 0;
-            for (int j = 0; j < n; j++)
+            double change = Step(keys, factor, p, w, maxDegreeOfParallelism);
+            if (p == 2 || change < ConvergenceTolerance)
             {
-                double next = Math.Pow(Math.Max(s[j], 0), p / 2);
-                change = Math.Max(change, Math.Abs(next - w[j]) / Math.Max(next, 1e-300));
-                w[j] = next;
-            }
-
-            if (p == 2 || change < 1e-10)
-            {
-                return (w, rank);
+                return (w, factor.Rank);
             }
         }
 
         throw new InvalidOperationException($"The Lewis-weight iteration for p = {p} did not converge in {MaxIterations} steps.");
+    }
+
+    /// <summary>The largest relative change of a step below which <see cref="Compute"/> stops.</summary>
+    public const double ConvergenceTolerance = 1e-10;
+
+    /// <summary>
+    /// The row weights <c>w_j^(1 - 2/p)</c> of the Gram matrix the next step scores against (0 for a zero weight, so such a
+    /// row stays out): with <see cref="Step"/>, the iteration of <see cref="Compute"/> in pieces, for rows held in shards
+    /// whose weighted Gram matrices are summed between the two (<see cref="GramState.Merge"/> or an allreduce).
+    /// </summary>
+    /// <param name="weights">The current Lewis weights w of some rows (1 to start).</param>
+    /// <param name="p">p in (0, 4).</param>
+    /// <param name="rowWeights">Out: one Gram weight per row.</param>
+    /// <exception cref="ArgumentException">p outside (0, 4), or the lengths differ.</exception>
+    public static void GramWeights(ReadOnlySpan<double> weights, double p, Span<double> rowWeights)
+    {
+        CheckP(p);
+        Validate.Length(rowWeights.Length, weights.Length, nameof(rowWeights), "[n]", $"{weights.Length} weights");
+        for (int j = 0; j < weights.Length; j++)
+        {
+            rowWeights[j] = weights[j] > 0 ? Math.Pow(weights[j], 1 - (2 / p)) : 0;
+        }
+    }
+
+    /// <summary>
+    /// One Cohen–Peng step for some rows: <c>w_j = (k_j^T G^+ k_j)^(p/2)</c> against the factor of the weighted Gram matrix
+    /// G of all rows (weighted by <see cref="GramWeights"/>), in place; returns the largest relative change over these rows.
+    /// </summary>
+    /// <param name="keys">The rows, <c>[n, d]</c>.</param>
+    /// <param name="factor">The factor of the weighted Gram matrix of every row.</param>
+    /// <param name="p">p in (0, 4).</param>
+    /// <param name="weights">These rows' weights in, the next weights out.</param>
+    /// <param name="maxDegreeOfParallelism">Threads; the bits do not depend on it.</param>
+    /// <returns>max_j |w_j' - w_j| / w_j' (0 for no rows).</returns>
+    /// <exception cref="ArgumentException">p outside (0, 4), or a length does not match.</exception>
+    public static double Step(ReadOnlySpan<float> keys, GramFactor factor, double p, Span<double> weights, int maxDegreeOfParallelism = 0)
+    {
+        ArgumentNullException.ThrowIfNull(factor);
+        CheckP(p);
+        int d = factor.Dimension;
+        Validate.Length(keys.Length, (long)weights.Length * d, nameof(keys), "[n, d]", $"{weights.Length} weights, d {d}");
+
+        // Unclamped: a heavily down-weighted row can score above 1 against the weighted Gram matrix.
+        double[] s = LeverageScores.Scores(keys, factor, maxDegreeOfParallelism, clamp: false);
+        double change = 0;
+        for (int j = 0; j < weights.Length; j++)
+        {
+            double next = Math.Pow(Math.Max(s[j], 0), p / 2);
+            change = Math.Max(change, Math.Abs(next - weights[j]) / Math.Max(next, 1e-300));
+            weights[j] = next;
+        }
+
+        return change;
     }
 
     internal static void CheckP(double p)

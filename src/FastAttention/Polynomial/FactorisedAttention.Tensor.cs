@@ -26,7 +26,8 @@ internal static unsafe partial class FactorisedAttention
     public static void RunTensor(float* query, nint[] keys, nint[] values, float* output, AttentionShape shape, FeatureMap map, double[] weightOfFeature, bool causal, int maxDegree, FactorisedKernel? products = null)
     {
         int d = shape.HeadDim, dv = shape.ValueDim, nq = shape.QueryCount, nk = shape.KeyCount;
-        int rPad = map.PaddedCount, cPad = RoundUp(dv + 1, ColumnTile);
+        int rPad = map.PaddedCount;
+        (int cPad, int wave) = Layout(map, dv, maxDegree);
         double qScale = InverseMaxAbs(query, shape.QueryLength);
         double[] kScale = [.. keys.Select(k => InverseMaxAbs((float*)k, shape.KeyLength))];
         double combined = qScale * kScale.Aggregate(1.0, (x, y) => x * y);
@@ -36,9 +37,7 @@ internal static unsafe partial class FactorisedAttention
             weight[a] = weightOfFeature[a] / Math.Pow(combined, map.Degree[a]);
         }
 
-        int threads = maxDegree > 0 ? maxDegree : Environment.ProcessorCount;
         long stateDoubles = (long)rPad * cPad;
-        int wave = (int)Math.Clamp((64L << 20) / (stateDoubles * sizeof(double)), 1, 4 * threads);
         Func<Scratch> scratch = () => new Scratch(map, cPad);
         var problem = new Problem { Query = query, Output = output, Shape = shape, Map = map, Weight = weight, MaxDegreeOfParallelism = maxDegree, Products = products };
         Head Stream(int t, int h) => new(problem, map, weight, qScale, kScale[t], cPad,

@@ -104,7 +104,7 @@ internal static unsafe partial class FactorisedAttention
     private static (double QScale, double KScale, double[] Weight, int Columns, int Wave) Setup(in Problem p)
     {
         FeatureMap map = p.Map;
-        int cPad = RoundUp(p.Shape.ValueDim + 1, ColumnTile);
+        (int cPad, int wave) = Layout(map, p.Shape.ValueDim, p.MaxDegreeOfParallelism);
 
         // Inputs are scaled into [-1, 1] before their features are formed (so high powers neither overflow
         // nor vanish); a feature of degree t then carries 1 / (qScale kScale)^t in its weight.
@@ -115,10 +115,6 @@ internal static unsafe partial class FactorisedAttention
             weight[a] = p.Weight[a] / Math.Pow(qScale * kScale, map.Degree[a]);
         }
 
-        int threads = p.MaxDegreeOfParallelism > 0 ? p.MaxDegreeOfParallelism : Environment.ProcessorCount;
-        long stateDoubles = (long)map.PaddedCount * cPad;
-        // Partial states held at once: enough to keep the threads busy, within 64 MiB.
-        int wave = (int)Math.Clamp((64L << 20) / (stateDoubles * sizeof(double)), 1, 4 * threads);
         return (qScale, kScale, weight, cPad, wave);
     }
 

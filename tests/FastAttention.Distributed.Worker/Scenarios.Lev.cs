@@ -1,0 +1,46 @@
+namespace FastAttention.Distributed.Worker;
+
+public static partial class Scenarios
+{
+    /// <summary>
+    /// Sharded LevAttention (top k with GQA, then a zig-zag threshold with power 3 and always-kept keys, 2 kv heads) against
+    /// one process: every rank checks the kept set (identical), its keys' scores and its query rows of the output.
+    /// </summary>
+    [Scenario("lev")]
+    private static string Lev(Communicator comm, string[] args)
+    {
+        var cases = new (AttentionShape Shape, LevAttentionOptions Options, ShardLayout Layout)[]
+        {
+            (new AttentionShape(1, 4, 23, 45, 8, 5, KeyValueHeadCount: 2), new LevAttentionOptions { Top = 6 }, ShardLayout.Contiguous),
+            (new AttentionShape(1, 2, 7, 30, 6, 4), new LevAttentionOptions { Eps = 0.2, Power = 3, KeepFirst = 1, KeepLast = 2 }, ShardLayout.ZigZag),
+        };
+        int kept = 0;
+        foreach (var (shape, options, layout) in cases)
+        {
+            float[] q = ShardSlices.Normal(shape.QueryLength, 7), k = ShardSlices.Normal(shape.KeyLength, 8), v = ShardSlices.Normal(shape.ValueLength, 9);
+            float[] expected = new float[shape.OutputLength];
+            IReadOnlyList<LevSelection> single = LevAttention.Compute(q, k, v, shape, expected, options);
+
+            var queryShard = SequenceShard.For(shape.QueryCount, comm.Rank, comm.Size, layout);
+            var keyShard = SequenceShard.For(shape.KeyCount, comm.Rank, comm.Size, layout);
+            float[] local = new float[(long)shape.BatchSize * shape.HeadCount * queryShard.Count * shape.ValueDim];
+            var selections = DistributedLevAttention.Compute(comm, ShardSlices.Take(q, queryShard, shape.HeadDim), ShardSlices.Take(k, keyShard, shape.HeadDim),
+                ShardSlices.Take(v, keyShard, shape.ValueDim), shape, queryShard, keyShard, local, options);
+            for (int x = 0; x < single.Count; x++)
+            {
+                Require(single[x].Keys.SequenceEqual(selections[x].Selection.Keys), $"head {x}: kept [{string.Join(",", selections[x].Selection.Keys)}], one process [{string.Join(",", single[x].Keys)}]");
+                Require(selections[x].LocalBounds.Length == keyShard.Count, $"head {x}: {selections[x].LocalBounds.Length} local bounds for {keyShard.Count} keys");
+                kept += single[x].Keys.Length;
+            }
+
+            // 1e-5: the same kept keys in the same order; only the kernel's float32 rounding over fewer queries may differ.
+            float[] mine = ShardSlices.Take(expected, queryShard, shape.ValueDim);
+            for (int i = 0; i < mine.Length; i++)
+            {
+                Require(Math.Abs(mine[i] - local[i]) <= 1e-5f, $"output {i}: {local[i]} vs one process {mine[i]}");
+            }
+        }
+
+        return $"lev kept {kept} keys over {cases.Length} cases";
+    }
+}
