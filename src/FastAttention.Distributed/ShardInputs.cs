@@ -66,7 +66,7 @@ internal static class ShardInputs
         {
             if (!float.IsFinite(values[i]))
             {
-                throw new ArgumentException($"{parameter}: value {i % width} of local row {i / width} is {values[i]}; the polynomial method needs finite inputs.", parameter);
+                throw new ArgumentException($"{parameter}: value {i % width} of local row {i / width} is {values[i].ToString(System.Globalization.CultureInfo.InvariantCulture)}; the polynomial method needs finite inputs.", parameter);
             }
         }
     }
