@@ -41,6 +41,40 @@ public static partial class Scenarios
             }
         }
 
-        return $"lev kept {kept} keys over {cases.Length} cases";
+        return $"lev kept {kept} keys over {cases.Length} cases; {comm.BytesSent} bytes sent";
+    }
+
+    /// <summary>
+    /// A measurement, not a test: <c>lev-time n d top</c> times one process's LevAttention (every rank runs it whole) against
+    /// the sharded run of the same problem (n queries and keys, one head) and checks the kept sets agree.
+    /// </summary>
+    [Scenario("lev-time")]
+    private static string LevTime(Communicator comm, string[] args)
+    {
+        int n = int.Parse(args[0], System.Globalization.CultureInfo.InvariantCulture), d = int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture);
+        var options = new LevAttentionOptions { Top = int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) };
+        var shape = new AttentionShape(1, 1, n, n, d, d);
+        float[] q = ShardSlices.Normal(shape.QueryLength, 1), k = ShardSlices.Normal(shape.KeyLength, 2), v = ShardSlices.Normal(shape.ValueLength, 3);
+        var shard = SequenceShard.For(n, comm.Rank, comm.Size, ShardLayout.Contiguous);
+        float[] localQ = ShardSlices.Take(q, shard, d), localK = ShardSlices.Take(k, shard, d), localV = ShardSlices.Take(v, shard, d), local = new float[localQ.Length];
+        double sharded = 0, whole = 0;
+        IReadOnlyList<DistributedLevSelection> selections = [];
+        IReadOnlyList<LevSelection> single = [];
+
+        // The second of two runs is timed: the first pays for the JIT.
+        for (int run = 0; run < 2; run++)
+        {
+            comm.Barrier();
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            selections = DistributedLevAttention.Compute(comm, localQ, localK, localV, shape, shard, shard, local, options);
+            comm.Barrier();
+            sharded = clock.Elapsed.TotalMilliseconds;
+            clock.Restart();
+            single = LevAttention.Compute(q, k, v, shape, new float[shape.OutputLength], options);
+            whole = clock.Elapsed.TotalMilliseconds;
+        }
+
+        Require(single[0].Keys.SequenceEqual(selections[0].Selection.Keys), "kept sets differ");
+        return $"lev-time n {n} d {d}: sharded {sharded:F1} ms, one process {whole:F1} ms, {comm.BytesSent} bytes sent";
     }
 }
