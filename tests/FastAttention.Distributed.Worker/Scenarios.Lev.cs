@@ -57,24 +57,31 @@ public static partial class Scenarios
         float[] q = ShardSlices.Normal(shape.QueryLength, 1), k = ShardSlices.Normal(shape.KeyLength, 2), v = ShardSlices.Normal(shape.ValueLength, 3);
         var shard = SequenceShard.For(n, comm.Rank, comm.Size, ShardLayout.Contiguous);
         float[] localQ = ShardSlices.Take(q, shard, d), localK = ShardSlices.Take(k, shard, d), localV = ShardSlices.Take(v, shard, d), local = new float[localQ.Length];
-        double sharded = 0, whole = 0;
         IReadOnlyList<DistributedLevSelection> selections = [];
         IReadOnlyList<LevSelection> single = [];
+        (double sharded, double whole) = TimeBoth(comm,
+            () => selections = DistributedLevAttention.Compute(comm, localQ, localK, localV, shape, shard, shard, local, options),
+            () => single = LevAttention.Compute(q, k, v, shape, new float[shape.OutputLength], options));
+        Require(single[0].Keys.SequenceEqual(selections[0].Selection.Keys), "kept sets differ");
+        return $"lev-time n {n} d {d}: sharded {sharded:F1} ms, one process {whole:F1} ms, {comm.BytesSent} bytes sent";
+    }
 
-        // The second of two runs is timed: the first pays for the JIT.
+    /// <summary>Milliseconds of the sharded run (all ranks, between barriers) and of the one-process run, each the second of two runs (the first pays for the JIT).</summary>
+    private static (double Sharded, double Whole) TimeBoth(Communicator comm, Action sharded, Action whole)
+    {
+        double shardedMs = 0, wholeMs = 0;
         for (int run = 0; run < 2; run++)
         {
             comm.Barrier();
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            selections = DistributedLevAttention.Compute(comm, localQ, localK, localV, shape, shard, shard, local, options);
+            sharded();
             comm.Barrier();
-            sharded = clock.Elapsed.TotalMilliseconds;
+            shardedMs = clock.Elapsed.TotalMilliseconds;
             clock.Restart();
-            single = LevAttention.Compute(q, k, v, shape, new float[shape.OutputLength], options);
-            whole = clock.Elapsed.TotalMilliseconds;
+            whole();
+            wholeMs = clock.Elapsed.TotalMilliseconds;
         }
 
-        Require(single[0].Keys.SequenceEqual(selections[0].Selection.Keys), "kept sets differ");
-        return $"lev-time n {n} d {d}: sharded {sharded:F1} ms, one process {whole:F1} ms, {comm.BytesSent} bytes sent";
+        return (shardedMs, wholeMs);
     }
 }

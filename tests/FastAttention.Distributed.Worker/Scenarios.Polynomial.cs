@@ -44,4 +44,25 @@ public static partial class Scenarios
             Require(Math.Abs(expected[i] - actual[i]) <= tolerance, $"{what} output {i}: {actual[i]} vs one process {expected[i]}, tolerance {tolerance}");
         }
     }
+
+    /// <summary>
+    /// A measurement, not a test: <c>polynomial-time n d</c> times one process's polynomial method (every rank runs it whole)
+    /// against the sharded run (n queries and keys, one head) and checks the outputs agree within twice the rounding bound.
+    /// </summary>
+    [Scenario("polynomial-time")]
+    private static string PolynomialTime(Communicator comm, string[] args)
+    {
+        int n = int.Parse(args[0], System.Globalization.CultureInfo.InvariantCulture), d = int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture);
+        var shape = new AttentionShape(1, 1, n, n, d, d);
+        var options = new PolynomialAttentionOptions { Scale = 0.5f / d };
+        float[] q = ShardSlices.Normal(shape.QueryLength, 1), k = ShardSlices.Normal(shape.KeyLength, 2), v = ShardSlices.Normal(shape.ValueLength, 3), expected = new float[shape.OutputLength];
+        var shard = SequenceShard.For(n, comm.Rank, comm.Size, ShardLayout.Contiguous);
+        float[] localQ = ShardSlices.Take(q, shard, d), localK = ShardSlices.Take(k, shard, d), localV = ShardSlices.Take(v, shard, d), local = new float[localQ.Length];
+        PolynomialCertificate certificate = null!;
+        (double sharded, double whole) = TimeBoth(comm,
+            () => certificate = DistributedPolynomialAttention.Compute(comm, localQ, localK, localV, shape, shard, shard, local, options),
+            () => PolynomialAttention.Compute(q, k, v, shape, expected, options));
+        RequireClose(ShardSlices.Take(expected, shard, d), local, 2 * certificate.RoundingBound, "polynomial");
+        return $"polynomial-time n {n} d {d} g {certificate.Degree} r {certificate.Rank}: sharded {sharded:F1} ms, one process {whole:F1} ms, {comm.BytesSent} bytes sent";
+    }
 }
