@@ -79,6 +79,7 @@ internal static class ShardInputs
     public static (int Queries, int Keys) Attention(Communicator comm, ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape,
         SequenceShard queryShard, SequenceShard keyShard, Span<float> destination, bool finite)
     {
+        ArgumentNullException.ThrowIfNull(comm);
         int d = shape.HeadDim, dv = shape.ValueDim;
         Exception? failure = null;
         int nq = 0, nk = 0;
