@@ -3,7 +3,8 @@ using BenchmarkDotNet.Running;
 namespace FastAttention.Benchmarks;
 
 /// <summary>Runs the benchmarks: <c>dotnet run -c Release --project bench/FastAttention.Benchmarks -- --filter '*'</c>; <c>-- tensor-heads</c> runs <see cref="TensorHeadsTimer"/>,
-/// <c>-- decode-kv</c> <see cref="DecodeKvTimer"/>, <c>-- prefill</c> <see cref="PrefillTimer"/>, <c>-- passes</c> <see cref="PassTimer"/>.</summary>
+/// <c>-- decode-kv</c> <see cref="DecodeKvTimer"/>, <c>-- prefill</c> <see cref="PrefillTimer"/>, <c>-- passes</c> <see cref="PassTimer"/>,
+/// <c>messages</c> (under mpiexec) <see cref="MessageRateTimer"/>, <c>ring</c> (under mpiexec) <see cref="RingBenchmark"/>.</summary>
 public static class Program
 {
     public static void Main(string[] args)
@@ -29,6 +30,18 @@ public static class Program
         if (args is ["passes", ..])
         {
             PassTimer.Run(args);
+            return;
+        }
+
+        if (args is ["messages", ..])
+        {
+            MessageRateTimer.Run(args); // under mpiexec: message latency and bandwidth for the distributed cost model
+            return;
+        }
+
+        if (args is ["ring", ..])
+        {
+            RingBenchmark.Run(args); // under mpiexec: one line per rank of ring attention's compute, wait and bytes
             return;
         }
 

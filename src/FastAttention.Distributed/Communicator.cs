@@ -25,6 +25,7 @@ public abstract class Communicator : IDisposable
     private long _bytesSent;
     private long _messagesSent;
     private int _collectiveSequence;
+    private readonly Array?[] _scratch = new Array?[2];
 
     /// <summary>This process's (or thread's) rank, 0 to <see cref="Size"/> - 1.</summary>
     public abstract int Rank { get; }
@@ -289,7 +290,7 @@ public abstract class Communicator : IDisposable
     /// <summary>The exception's message on one line, without the stack.</summary>
     internal static string OneLine(Exception failure) => failure.Message.ReplaceLineEndings(" ");
 
-    private void AllreduceSum<T>(Span<T> values) where T : unmanaged, System.Numerics.IAdditionOperators<T, T, T>
+    private void AllreduceSum<T>(Span<T> values) where T : unmanaged, System.Numerics.IAdditionOperators<T, T, T>, System.Numerics.IAdditiveIdentity<T, T>
     {
         int tag = NextCollectiveTag();
         if (Size == 1)
@@ -297,17 +298,16 @@ public abstract class Communicator : IDisposable
             return;
         }
 
-        T[] buffer = values.ToArray();
+        // Reused buffers: fresh 64 MiB arrays every step (gradients) cost page faults and collections that took longer than the messages.
+        Memory<T> buffer = Scratch<T>(0, values.Length);
+        values.CopyTo(buffer.Span);
         if (Rank == 0)
         {
-            T[] incoming = new T[values.Length];
+            Memory<T> incoming = Scratch<T>(1, values.Length);
             for (int r = 1; r < Size; r++)
             {
-                Take<T>(incoming, r, tag).Wait();
-                for (int i = 0; i < buffer.Length; i++)
-                {
-                    buffer[i] += incoming[i];
-                }
+                Take(incoming, r, tag).Wait();
+                System.Numerics.Tensors.TensorPrimitives.Add<T>(buffer.Span, incoming.Span, buffer.Span);
             }
 
             var sends = new List<Transfer>();
@@ -321,10 +321,21 @@ public abstract class Communicator : IDisposable
         else
         {
             Post<T>(buffer, 0, tag).Wait();
-            Take<T>(buffer, 0, tag).Wait();
+            Take(buffer, 0, tag).Wait();
         }
 
-        buffer.CopyTo(values);
+        buffer.Span.CopyTo(values);
+    }
+
+    /// <summary>A reusable buffer of <paramref name="length"/> elements in slot <paramref name="slot"/> (0 or 1), grown when too small or of another type.</summary>
+    private Memory<T> Scratch<T>(int slot, int length) where T : unmanaged
+    {
+        if (_scratch[slot] is not T[] array || array.Length < length)
+        {
+            _scratch[slot] = array = GC.AllocateUninitializedArray<T>(length, pinned: true);
+        }
+
+        return array.AsMemory(0, length);
     }
 
     private T[] AllgatherFixed<T>(T value) where T : unmanaged
@@ -379,6 +390,9 @@ public abstract class Transfer
         IsSend = isSend;
     }
 
+    /// <summary>How long <see cref="Wait"/> polls without sleeping.</summary>
+    private static readonly TimeSpan BusyPollTime = TimeSpan.FromSeconds(5);
+
     /// <summary>The rank on the other end.</summary>
     public int Peer { get; }
 
@@ -394,26 +408,31 @@ public abstract class Transfer
     /// <exception cref="DistributedException">The transfer failed (a message of the wrong length, a peer that aborted).</exception>
     public abstract bool Test();
 
-    /// <summary>Waits until the transfer completes, at most the communicator's <see cref="Communicator.Timeout"/>.</summary>
+    /// <summary>
+    /// Waits until the transfer completes, at most the communicator's <see cref="Communicator.Timeout"/>. It polls
+    /// <see cref="Test"/> without sleeping for the first seconds, because MPICH moves a large message only while some MPI
+    /// call runs (a poll every millisecond would drag a 64 MiB message out to a second); after that it sleeps a
+    /// millisecond between polls, so a rank waiting on a slow peer does not hold a core.
+    /// </summary>
     /// <exception cref="DistributedException">It failed or timed out; the message names the peer, the tag and the direction.</exception>
     public void Wait()
     {
-        var clock = Stopwatch.StartNew();
-        var spin = default(SpinWait);
+        long start = Stopwatch.GetTimestamp();
         while (!Test())
         {
-            if (clock.Elapsed > Owner.Timeout)
+            TimeSpan waited = Stopwatch.GetElapsedTime(start);
+            if (waited > Owner.Timeout)
             {
                 throw TimedOut();
             }
 
-            if (spin.NextSpinWillYield && clock.ElapsedMilliseconds > 2)
+            if (waited < BusyPollTime)
             {
-                Thread.Sleep(clock.ElapsedMilliseconds > 50 ? 1 : 0);
+                Thread.Yield();
             }
             else
             {
-                spin.SpinOnce(-1);
+                Thread.Sleep(1);
             }
         }
     }
