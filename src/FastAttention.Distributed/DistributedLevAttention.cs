@@ -148,8 +148,11 @@ public static class DistributedLevAttention
     /// </summary>
     private static int[] Top(Communicator comm, double[] bounds, long[] positions, int count)
     {
-        int[] order = [.. Enumerable.Range(0, bounds.Length).Order(Comparer<int>.Create((x, y) => Compare(bounds[x], positions[x], bounds[y], positions[y])))];
-        int[] local = order[..Math.Min(count, order.Length)];
+        // Storage order is global order for both layouts, so the core's O(n) selection breaks ties the same way; any other order is sorted.
+        bool increasing = positions.Zip(positions.Skip(1)).All(pair => pair.First < pair.Second);
+        int[] local = bounds.Length == 0 ? []
+            : increasing ? UniversalSet.Top(bounds, Math.Min(count, bounds.Length))
+            : [.. Enumerable.Range(0, bounds.Length).Order(Comparer<int>.Create((x, y) => Compare(bounds[x], positions[x], bounds[y], positions[y]))).Take(count)];
         double[][] scores = comm.Allgather<double>([.. local.Select(j => bounds[j])]);
         long[][] indices = comm.Allgather<long>([.. local.Select(j => positions[j])]);
         var candidates = new List<(double Bound, long Index)>();

@@ -82,6 +82,7 @@ public static class DistributedPolynomialAttention
         TensorAttentionShape shape, SequenceShard queryShard, SequenceShard keyShard, Span<float> destination, PolynomialAttentionOptions options = default)
     {
         RefuseCausal(options);
+        ArgumentNullException.ThrowIfNull(comm);
         ArgumentNullException.ThrowIfNull(keys);
         ArgumentNullException.ThrowIfNull(values);
         int m = shape.KeyMatrices, d = shape.HeadDim, dv = shape.ValueDim, heads = shape.HeadCount;

@@ -60,9 +60,9 @@ internal sealed class RingPlan
         {
             plan = Check(comm, shape, options, spans);
         }
-        catch (ArgumentException e)
+        catch (Exception e) when (e is ArgumentException or OverflowException)
         {
-            failure = e;
+            failure = e; // a shape whose tensors overflow int indexing fails here, collectively, like any other bad input
         }
 
         failure ??= values;

@@ -66,7 +66,7 @@ internal static class ShardInputs
         {
             if (!float.IsFinite(values[i]))
             {
-                throw new ArgumentException($"{parameter}: value {i % width} of local row {i / width} is {values[i]}; the polynomial method needs finite inputs.", parameter);
+                throw new ArgumentException($"{parameter}: value {i % width} of local row {i / width} is {values[i].ToString(System.Globalization.CultureInfo.InvariantCulture)}; the polynomial method needs finite inputs.", parameter);
             }
         }
     }
@@ -79,6 +79,7 @@ internal static class ShardInputs
     public static (int Queries, int Keys) Attention(Communicator comm, ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape,
         SequenceShard queryShard, SequenceShard keyShard, Span<float> destination, bool finite)
     {
+        ArgumentNullException.ThrowIfNull(comm);
         int d = shape.HeadDim, dv = shape.ValueDim;
         Exception? failure = null;
         int nq = 0, nk = 0;

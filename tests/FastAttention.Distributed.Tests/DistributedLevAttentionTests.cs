@@ -65,6 +65,33 @@ public class DistributedLevAttentionTests
         }
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Exact_ties_go_to_the_lower_global_index_whatever_the_storage_order(bool reversed)
+    {
+        // Four distinct keys, each three times (rows g, g + 4, g + 8): equal rows score the same bits, so the top 4 takes a
+        // whole group and the lowest-index row of the next, which only the tie rule decides.
+        const int d = 3, n = 12;
+        float[] distinct = ShardSlices.Normal(4 * d, 17);
+        float[] k = [.. Enumerable.Range(0, n).SelectMany(j => distinct.AsSpan((j % 4) * d, d).ToArray())];
+        float[] v = ShardSlices.Normal(n * d, 18), q = ShardSlices.Normal(5 * d, 19);
+        var shape = new AttentionShape(1, 1, 5, n, d, d);
+        var options = new LevAttentionOptions { Top = 4 };
+        IReadOnlyList<LevSelection> single = LevAttention.Compute(q, k, v, shape, new float[shape.OutputLength], options);
+        var results = LocalCommunicator.Run(2, comm =>
+        {
+            int r = comm.Rank;
+            var keyShard = reversed ? new SequenceShard(r, 2, n, ShardLayout.Contiguous, [((6 * r) + 3, 3), (6 * r, 3)]) : SequenceShard.For(n, r, 2, ShardLayout.Contiguous);
+            var queryShard = SequenceShard.For(5, r, 2, ShardLayout.Contiguous);
+            return DistributedLevAttention.Compute(comm, ShardSlices.Take(q, queryShard, d), ShardSlices.Take(k, keyShard, d), ShardSlices.Take(v, keyShard, d), shape, queryShard, keyShard,
+                new float[queryShard.Count * d], options)[0].Selection.Keys;
+        });
+        Assert.Equal(2, single[0].Keys.Select(j => j % 4).Distinct().Count()); // a whole group and one of a tied group
+        Assert.Single(single[0].Keys.GroupBy(j => j % 4), g => g.Count() == 1 && g.Single() < 4);
+        Assert.All(results, keys => Assert.Equal(single[0].Keys, keys));
+    }
+
     [Fact]
     public void Bad_options_are_refused_on_every_rank_before_any_message()
     {

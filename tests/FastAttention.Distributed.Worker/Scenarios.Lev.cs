@@ -41,6 +41,47 @@ public static partial class Scenarios
             }
         }
 
-        return $"lev kept {kept} keys over {cases.Length} cases";
+        return $"lev kept {kept} keys over {cases.Length} cases; {comm.BytesSent} bytes sent";
+    }
+
+    /// <summary>
+    /// A measurement, not a test: <c>lev-time n d top</c> times one process's LevAttention (every rank runs it whole) against
+    /// the sharded run of the same problem (n queries and keys, one head) and checks the kept sets agree.
+    /// </summary>
+    [Scenario("lev-time")]
+    private static string LevTime(Communicator comm, string[] args)
+    {
+        int n = int.Parse(args[0], System.Globalization.CultureInfo.InvariantCulture), d = int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture);
+        var options = new LevAttentionOptions { Top = int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) };
+        var shape = new AttentionShape(1, 1, n, n, d, d);
+        float[] q = ShardSlices.Normal(shape.QueryLength, 1), k = ShardSlices.Normal(shape.KeyLength, 2), v = ShardSlices.Normal(shape.ValueLength, 3);
+        var shard = SequenceShard.For(n, comm.Rank, comm.Size, ShardLayout.Contiguous);
+        float[] localQ = ShardSlices.Take(q, shard, d), localK = ShardSlices.Take(k, shard, d), localV = ShardSlices.Take(v, shard, d), local = new float[localQ.Length];
+        IReadOnlyList<DistributedLevSelection> selections = [];
+        IReadOnlyList<LevSelection> single = [];
+        (double sharded, double whole) = TimeBoth(comm,
+            () => selections = DistributedLevAttention.Compute(comm, localQ, localK, localV, shape, shard, shard, local, options),
+            () => single = LevAttention.Compute(q, k, v, shape, new float[shape.OutputLength], options));
+        Require(single[0].Keys.SequenceEqual(selections[0].Selection.Keys), "kept sets differ");
+        return $"lev-time n {n} d {d}: sharded {sharded:F1} ms, one process {whole:F1} ms, {comm.BytesSent} bytes sent";
+    }
+
+    /// <summary>Milliseconds of the sharded run (all ranks, between barriers) and of the one-process run, each the second of two runs (the first pays for the JIT).</summary>
+    private static (double Sharded, double Whole) TimeBoth(Communicator comm, Action sharded, Action whole)
+    {
+        double shardedMs = 0, wholeMs = 0;
+        for (int run = 0; run < 2; run++)
+        {
+            comm.Barrier();
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            sharded();
+            comm.Barrier();
+            shardedMs = clock.Elapsed.TotalMilliseconds;
+            clock.Restart();
+            whole();
+            wholeMs = clock.Elapsed.TotalMilliseconds;
+        }
+
+        return (shardedMs, wholeMs);
     }
 }

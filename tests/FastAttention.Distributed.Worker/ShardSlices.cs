@@ -1,9 +1,8 @@
 namespace FastAttention.Distributed.Worker;
 
 /// <summary>
-/// Seeded global inputs and the copies between a global tensor <c>[outer, n, width]</c> and a rank's shard
-/// <c>[outer, shard.Count, width]</c> (rows in the shard's storage order): what the scenarios and the xunit tests use to
-/// give every rank its part of one problem and to put the parts back together.
+/// Seeded global inputs and array-returning forms of <see cref="ShardTensors"/>: what the scenarios and the xunit tests use
+/// to give every rank its part of one problem and to put the parts back together.
 /// </summary>
 public static class ShardSlices
 {
@@ -24,42 +23,22 @@ public static class ShardSlices
         return result;
     }
 
-    /// <summary>The shard's rows of a global tensor.</summary>
+    /// <summary>The shard's rows of a global tensor, in a new array (<see cref="ShardTensors.Take"/>).</summary>
     /// <param name="global">The whole tensor, <c>[outer, shard.Length, width]</c>.</param>
     /// <param name="shard">The rank's shard.</param>
     /// <param name="width">Floats per row.</param>
     /// <returns>The shard tensor.</returns>
     public static float[] Take(float[] global, SequenceShard shard, int width)
     {
-        long outer = global.Length / (shard.Length * width);
-        float[] local = new float[outer * shard.Count * width];
-        Copy(global, local, shard, width, outer, toShard: true);
+        float[] local = new float[global.Length / (shard.Length * width) * shard.Count * width];
+        ShardTensors.Take(global, shard, width, local);
         return local;
     }
 
-    /// <summary>Copies a shard tensor's rows to their places in a global tensor.</summary>
+    /// <summary>Copies a shard tensor's rows to their places in a global tensor (<see cref="ShardTensors.Place"/>).</summary>
     /// <param name="local">The shard tensor.</param>
     /// <param name="shard">The rank's shard.</param>
     /// <param name="width">Floats per row.</param>
     /// <param name="global">The whole tensor.</param>
-    public static void Place(float[] local, SequenceShard shard, int width, float[] global)
-    {
-        long outer = global.Length / (shard.Length * width);
-        Copy(local, global, shard, width, outer, toShard: false);
-    }
-
-    private static void Copy(float[] from, float[] to, SequenceShard shard, int width, long outer, bool toShard)
-    {
-        long at = 0;
-        foreach (var (start, count) in shard.Ranges)
-        {
-            for (long o = 0; o < outer; o++)
-            {
-                int inGlobal = (int)(((o * shard.Length) + start) * width), inShard = (int)(((o * shard.Count) + at) * width), rows = (int)(count * width);
-                Array.Copy(from, toShard ? inGlobal : inShard, to, toShard ? inShard : inGlobal, rows);
-            }
-
-            at += count;
-        }
-    }
+    public static void Place(float[] local, SequenceShard shard, int width, float[] global) => ShardTensors.Place(local, shard, width, global);
 }
