@@ -60,6 +60,18 @@ public sealed class DataParallelCliTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Distributed_without_mpiexec_is_the_one_process_run()
+    {
+        var run = Json(MpiJob.Execute("dotnet", [Cli, .. Settings("single"), "--distributed"], TimeSpan.FromMinutes(3)), "--distributed without mpiexec");
+        Assert.Equal(1, run.GetProperty("ranks").GetInt32());
+        var expected = Alone.Value.GetProperty("history").EnumerateArray().Select(Losses).ToList();
+        Assert.Equal(expected, run.GetProperty("history").EnumerateArray().Select(Losses).ToList());
+        Assert.Equal(Alone.Value.GetProperty("testAccuracy").GetDouble(), run.GetProperty("testAccuracy").GetDouble());
+
+        static (double, double, double) Losses(JsonElement e) => (e.GetProperty("loss").GetDouble(), e.GetProperty("trainAccuracy").GetDouble(), e.GetProperty("testAccuracy").GetDouble());
+    }
+
+    [Fact]
     public void A_failure_one_rank_meets_alone_stops_every_rank_with_one_line()
     {
         // Only rank 0 checks the checkpoint it will write: an existing file without --force fails there alone, and rank 1,
