@@ -129,6 +129,25 @@ public sealed class DataParallelTrainingTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void A_loss_that_is_not_finite_on_one_rank_stops_every_rank_before_the_update()
+    {
+        var options = Tiny(AttentionKind.Softmax);
+        var outcomes = LocalCommunicator.Run(3, comm =>
+        {
+            // Rank 1 contributes NaN to the second step's sum, as a rank whose slice diverged would.
+            var reducer = new Poisoning(new Reducer(comm), poisonStep: comm.Rank == 1 ? 2 : -1, stepLength: options.Model.ParameterCount + 3);
+            using var trainer = VitTrainer.Create(Digits.Value, options, reducer: reducer);
+            var recorder = new Recorder(trainer);
+            var error = Assert.Throws<TrainingDivergedException>(() => trainer.Train(recorder));
+            var weights = trainer.Model.parameters().SelectMany(p => p.data<float>().ToArray()).ToArray();
+            return (error.Message, trainer.State.Step, Same: Bits(recorder.Steps[^1].Weights).SequenceEqual(Bits(weights)));
+        });
+        Assert.All(outcomes, o => Assert.Equal(outcomes[0].Message, o.Message));
+        Assert.Contains("diverged at epoch 1, step 2: the loss is NaN", outcomes[0].Message);
+        Assert.All(outcomes, o => Assert.Equal((1L, true), (o.Step, o.Same))); // the weights are those after step 1
+    }
+
+    [Fact]
     public void A_reducer_whose_rank_is_outside_its_size_is_refused_before_any_message()
     {
         var error = Assert.Throws<ArgumentException>(() => VitTrainer.Create(Digits.Value, Tiny(AttentionKind.Softmax), reducer: new Fixed(2, 2)));
@@ -188,6 +207,26 @@ public sealed class DataParallelTrainingTests(ITestOutputHelper output)
         public int Size => comm.Size;
 
         public void SumInPlace(Span<float> values) => comm.AllreduceSum(values);
+    }
+
+    /// <summary>Adds NaN to this rank's values in the <paramref name="poisonStep"/>-th step reduction (the one buffer of <paramref name="stepLength"/> floats).</summary>
+    private sealed class Poisoning(IGradientReducer inner, int poisonStep, long stepLength) : IGradientReducer
+    {
+        private int steps;
+
+        public int Rank => inner.Rank;
+
+        public int Size => inner.Size;
+
+        public void SumInPlace(Span<float> values)
+        {
+            if (values.Length == stepLength && ++steps == poisonStep)
+            {
+                values.Fill(float.NaN);
+            }
+
+            inner.SumInPlace(values);
+        }
     }
 
     private sealed class Fixed(int rank, int size) : IGradientReducer
