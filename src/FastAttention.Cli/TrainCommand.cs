@@ -54,6 +54,11 @@ internal static class TrainCommand
     {
         if (o.Get("model") is "match3" or "match2")
         {
+            if (o.Flag("distributed"))
+            {
+                throw new UsageException($"train: --distributed applies to 'train vit', not to {o.Get("model")}");
+            }
+
             return MatchCommand.Run(o, stdout, o.Get("model") == "match3" ? MatchKind.Match3 : MatchKind.Match2);
         }
 

@@ -68,6 +68,11 @@ public sealed class DataParallelCliTests(ITestOutputHelper output)
         Assert.Equal(expected, run.GetProperty("history").EnumerateArray().Select(Losses).ToList());
         Assert.Equal(Alone.Value.GetProperty("testAccuracy").GetDouble(), run.GetProperty("testAccuracy").GetDouble());
 
+        // The match tasks have no data-parallel trainer: said before anything loads.
+        var match = MpiJob.Execute("dotnet", [Cli, "train", "match2", "--distributed"], TimeSpan.FromMinutes(1));
+        Assert.Equal(2, match.ExitCode);
+        Assert.Contains("--distributed applies to 'train vit', not to match2", match.Error);
+
         static (double, double, double) Losses(JsonElement e) => (e.GetProperty("loss").GetDouble(), e.GetProperty("trainAccuracy").GetDouble(), e.GetProperty("testAccuracy").GetDouble());
     }
 

@@ -95,6 +95,34 @@ public sealed class DataParallelTrainingTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Ranks_resume_one_process_s_checkpoint_and_finish_its_run()
+    {
+        var options = Tiny(AttentionKind.Softmax);
+        string dir = Data.TempDir();
+        string path = Path.Combine(dir, "epoch1.safetensors");
+        using var straight = VitTrainer.Create(Digits.Value, options);
+        var full = straight.Train();
+        using (var first = VitTrainer.Create(Digits.Value, options))
+        {
+            first.Train(epochs: 1);
+            first.Save(path);
+        }
+
+        var finished = LocalCommunicator.Run(2, comm =>
+        {
+            using var resumed = VitTrainer.Resume(Digits.Value, path, new Reducer(comm));
+            var result = resumed.Train();
+            return (result.Completed, result.State.Step, Loss: result.State.History[^1].Loss, Weights: resumed.Model.parameters().SelectMany(p => p.data<float>().ToArray()).ToArray());
+        });
+        Directory.Delete(dir, true);
+        Assert.True(Bits(finished[0].Weights).SequenceEqual(Bits(finished[1].Weights)), "the ranks' weights differ after resuming");
+        Assert.All(finished, f => Assert.Equal((true, full.State.Step), (f.Completed, f.Step)));
+        Assert.InRange(finished[0].Loss, full.State.History[^1].Loss - LossTolerance, full.State.History[^1].Loss + LossTolerance);
+        var expected = straight.Model.parameters().SelectMany(p => p.data<float>().ToArray()).ToArray();
+        Assert.True(expected.Zip(finished[0].Weights, (a, b) => Math.Abs(a - b)).Max() <= WeightTolerance);
+    }
+
+    [Fact]
     public void A_slice_draws_the_random_keys_its_rows_of_the_whole_batch_draw()
     {
         using var scope = NewDisposeScope();
