@@ -52,14 +52,43 @@ internal sealed class GradientBuffer
     /// <summary>Gathers the gradients (zeros for a parameter without one: a rank with no images in the step), then sums the buffer over the ranks.</summary>
     public void Sum(IGradientReducer reducer)
     {
+        Gather(parameter => parameter.grad);
+        reducer.SumInPlace(values);
+    }
+
+    /// <summary>Makes every parameter's gradient the summed one, so each rank's optimizer applies the same update.</summary>
+    public void Scatter() =>
+        Spread((parameter, summed) =>
+        {
+            if (parameter.grad is { } grad)
+            {
+                grad.copy_(summed);
+            }
+            else
+            {
+                parameter.grad = summed.clone();
+            }
+        });
+
+    /// <summary>Gives every rank rank 0's parameter values (the other ranks add zeros, which leaves rank 0's bits), in one reduction.</summary>
+    public void TakeRankZeroParameters(IGradientReducer reducer)
+    {
+        Gather(parameter => reducer.Rank == 0 ? parameter : null);
+        reducer.SumInPlace(values.AsSpan(0, values.Length - Scalars.Length));
+        Spread((parameter, summed) => parameter.copy_(summed));
+    }
+
+    /// <summary>Copies each parameter's <paramref name="source"/> tensor (zeros when null) into the buffer, in parameter order.</summary>
+    private void Gather(Func<Tensor, Tensor?> source)
+    {
         int at = 0;
         foreach (var parameter in parameters)
         {
             int count = (int)parameter.numel();
             var slot = values.AsSpan(at, count);
-            if (parameter.grad is { } grad)
+            if (source(parameter) is { } tensor)
             {
-                using var dense = grad.contiguous();
+                using var dense = tensor.detach().contiguous();
                 dense.data<float>().CopyTo(slot);
             }
             else
@@ -69,12 +98,10 @@ internal sealed class GradientBuffer
 
             at += count;
         }
-
-        reducer.SumInPlace(values);
     }
 
-    /// <summary>Makes every parameter's gradient the summed one, so each rank's optimizer applies the same update.</summary>
-    public void Scatter()
+    /// <summary>Hands each parameter its slice of the buffer, shaped like it.</summary>
+    private void Spread(Action<Tensor, Tensor> apply)
     {
         int at = 0;
         using var _ = no_grad();
@@ -82,15 +109,7 @@ internal sealed class GradientBuffer
         {
             int count = (int)parameter.numel();
             using var summed = tensor(values.AsSpan(at, count).ToArray(), parameter.shape);
-            if (parameter.grad is { } grad)
-            {
-                grad.copy_(summed);
-            }
-            else
-            {
-                parameter.grad = summed.clone();
-            }
-
+            apply(parameter, summed);
             at += count;
         }
     }

@@ -1,5 +1,3 @@
-using static TorchSharp.torch;
-
 namespace FastAttention.Training;
 
 /// <summary>
@@ -42,29 +40,9 @@ public sealed partial class VitTrainer
 
     /// <summary>
     /// Every rank starts from rank 0's weights: the ranks seeded the same generator, but a draw's bits may depend on the
-    /// CPU's vector width, and the ranks may run on different machines (the others add zeros, which leaves rank 0's bits).
+    /// CPU's vector width, and the ranks may run on different machines.
     /// </summary>
-    private void TakeRankZeroWeights()
-    {
-        if (reducer is null)
-        {
-            return;
-        }
-
-        using var _ = no_grad();
-        foreach (var parameter in Model.parameters())
-        {
-            var values = parameter.data<float>().ToArray();
-            if (reducer.Rank != 0)
-            {
-                Array.Clear(values);
-            }
-
-            reducer.SumInPlace(values);
-            using var source = tensor(values, parameter.shape);
-            parameter.copy_(source);
-        }
-    }
+    private void TakeRankZeroWeights() => gradients?.TakeRankZeroParameters(reducer!);
 
     private bool StopRequested(CancellationToken cancellationToken) => reducer is null ? cancellationToken.IsCancellationRequested : stopAgreed;
 

@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using FastAttention.Distributed;
 using FastAttention.Tests.Support;
+using FastAttention.Torch.Tests.Support;
 using FastAttention.Training;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
@@ -123,9 +124,30 @@ public sealed class DataParallelTrainingTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Every_rank_starts_from_rank_0_s_weights()
+    {
+        // Each rank is handed other initial weights (as ranks whose generators drew other bits would hold): rank 0's win.
+        using var scope = TorchReference.Start();
+        var options = Tiny(AttentionKind.Softmax);
+        var starts = Enumerable.Range(0, 3).Select(r =>
+        {
+            manual_seed(100 + r);
+            return new VisionTransformer(options.Model, _ => new FastAttention.TorchSharp.SoftmaxAttentionModule());
+        }).ToArray();
+        float[] Weights(VisionTransformer model) => [.. model.parameters().SelectMany(p => p.data<float>().ToArray())];
+        var held = LocalCommunicator.Run(3, comm =>
+        {
+            using var trainer = VitTrainer.Create(Digits.Value, options, starts[comm.Rank], new Reducer(comm));
+            return Weights(trainer.Model);
+        });
+        Assert.False(Bits(Weights(starts[0])).SequenceEqual(Bits(Weights(starts[1]))));
+        Assert.All(held, w => Assert.True(Bits(Weights(starts[0])).SequenceEqual(Bits(w))));
+    }
+
+    [Fact]
     public void A_slice_draws_the_random_keys_its_rows_of_the_whole_batch_draw()
     {
-        using var scope = NewDisposeScope();
+        using var scope = TorchReference.Start();
         manual_seed(11);
         var (q, k, v) = (randn(6, 2, 40, 8), randn(6, 2, 40, 8), randn(6, 2, 40, 8));
         using var attention = new RandomKeysAttention(top: 5, keepFirst: 1, seed: 3) { Step = 7 };
