@@ -32,6 +32,7 @@ internal static class TrainCommand
             new("resume", "F.safetensors", "continue the run saved in F (its options, weights, optimizer and position); needs --checkpoint naming another file"),
             Data, Threads,
             new("force", null, "overwrite an existing --checkpoint"),
+            new("distributed", null, "vit data-parallel over the processes of 'mpiexec -n P fastattn train vit --distributed ...': each takes 1/P of every batch, gradients are summed every step, rank 0 prints and saves; without mpiexec, one process"),
             JsonFlag,
             .. MatchCommand.Options,
         ],
@@ -53,6 +54,11 @@ internal static class TrainCommand
     {
         if (o.Get("model") is "match3" or "match2")
         {
+            if (o.Flag("distributed"))
+            {
+                throw new UsageException($"train: --distributed applies to 'train vit', not to {o.Get("model")}");
+            }
+
             return MatchCommand.Run(o, stdout, o.Get("model") == "match3" ? MatchKind.Match3 : MatchKind.Match2);
         }
 
@@ -62,6 +68,13 @@ internal static class TrainCommand
             throw new UsageException($"train: --{matchOnly.Name} applies to 'train match3' and 'train match2', not to vit");
         }
 
+        return o.Flag("distributed") ? TrainRanks.Run((output, ranks) => TrainVit(o, output, ranks), stdout) : TrainVit(o, stdout, TrainRanks.Alone);
+    }
+
+    private static int TrainVit(ParsedOptions o, TextWriter stdout, TrainRanks ranks)
+    {
+        // Rank 0 speaks for the run; the other ranks' notices would repeat its lines.
+        TextWriter notices = ranks.Rank == 0 ? o.Notices : TextWriter.Null;
         string? resume = o.Get("resume");
         string[] runOptions = ["attention", "top", "epochs", "seed", "batch", "lr", "train-limit"];
         if (resume is not null && runOptions.FirstOrDefault(name => o.Get(name) is not null) is string given)
@@ -78,22 +91,34 @@ internal static class TrainCommand
         }
 
         TensorFiles.RefuseInputs(o, "checkpoint", checkpoint);
-        TensorFiles.CheckWritable("checkpoint", checkpoint, o.Flag("force"));
-        SetThreads(o);
-        MnistData data = LoadData(o);
-        using VitTrainer trainer = resume is null ? VitTrainer.Create(data, options!) : Resume(data, resume);
+        var (data, resumed) = ranks.Together(
+            () =>
+            {
+                if (ranks.Rank == 0)
+                {
+                    TensorFiles.CheckWritable("checkpoint", checkpoint, o.Flag("force"));
+                }
+
+                SetThreads(o, ranks);
+                MnistData digits = LoadData(o);
+                return (digits, resume is null ? null : Resume(digits, resume, ranks.Reducer));
+            },
+            made => made.Item2?.Dispose());
+        ranks.RequireSameData(data);
+        using VitTrainer trainer = resumed ?? VitTrainer.Create(data, options!, reducer: ranks.Reducer);
         if (trainer.SavedThreads is int saved && saved != VitTrainer.Threads)
         {
-            o.Notices.WriteLine($"fastattn: train: {resume} was saved by a run on {saved} threads and this one has {VitTrainer.Threads}: libtorch's results differ between thread counts, so the continued run is not bit-identical to an uninterrupted one (pass --threads {saved})");
+            notices.WriteLine($"fastattn: train: {resume} was saved by a run on {saved} threads and this one has {VitTrainer.Threads}: libtorch's results differ between thread counts, so the continued run is not bit-identical to an uninterrupted one (pass --threads {saved})");
         }
 
         bool json = o.Flag("json");
         if (!json)
         {
-            stdout.WriteLine($"training ViT {trainer.Options.Model} with {trainer.Options.Attention} attention on {trainer.TrainCount:N0} images, {trainer.Options.Epochs} epochs, seed {trainer.Options.Seed}, {VitTrainer.Threads} threads"
+            stdout.WriteLine($"training ViT {trainer.Options.Model} with {trainer.Options.Attention} attention on {trainer.TrainCount:N0} images, {trainer.Options.Epochs} epochs, seed {trainer.Options.Seed}, {VitTrainer.Threads} threads{ranks.Description}"
                 + (resume is null ? string.Empty : $" (resumed at epoch {trainer.State.Epoch + 1}, step {trainer.State.Batch} of {trainer.BatchesPerEpoch})"));
         }
 
+        // Under mpiexec every rank's output is a pipe, so no rank draws a progress line.
         var progress = Progress.Current;
         int reported = trainer.State.History.Count;
         TrainResult result;
@@ -110,12 +135,16 @@ internal static class TrainCommand
                 }
                 catch (TrainingDivergedException e)
                 {
-                    o.Notices.WriteLine($"fastattn: train: {e.Message}; {checkpoint} holds the run as of the last finished epoch");
+                    notices.WriteLine($"fastattn: train: {e.Message}; {checkpoint} holds the run as of the last finished epoch");
                     return ExitCode.Failure;
                 }
 
                 progress.Show("saving " + Path.GetFileName(checkpoint));
-                trainer.Save(checkpoint);
+                ranks.Together(() =>
+                {
+                    trainer.Save(checkpoint);
+                    return true;
+                });
                 for (; reported < result.State.History.Count; reported++)
                 {
                     var e = result.State.History[reported];
@@ -126,7 +155,8 @@ internal static class TrainCommand
                     }
                 }
 
-                if (result.Completed || progress.Cancellation.IsCancellationRequested)
+                // Ranks see Ctrl-C at different moments: they stop where the trainer agreed to (result.Cancelled), not where each saw it.
+                if (result.Completed || result.Cancelled || (ranks.Size == 1 && progress.Cancellation.IsCancellationRequested))
                 {
                     break;
                 }
@@ -139,7 +169,7 @@ internal static class TrainCommand
 
         if (!result.Completed)
         {
-            o.Notices.WriteLine($"fastattn: train: cancelled at epoch {result.State.Epoch + 1}, step {result.State.Batch}; saved to {checkpoint} (continue with --resume {checkpoint} --checkpoint OTHER.safetensors)");
+            notices.WriteLine($"fastattn: train: cancelled at epoch {result.State.Epoch + 1}, step {result.State.Batch}; saved to {checkpoint} (continue with --resume {checkpoint} --checkpoint OTHER.safetensors)");
             return ExitCode.Cancelled;
         }
 
@@ -148,6 +178,7 @@ internal static class TrainCommand
             Json.Write(stdout, w =>
             {
                 WriteRun(w, trainer, checkpoint);
+                w.WriteNumber("ranks", ranks.Size);
                 w.WriteStartArray("history");
                 foreach (var e in result.State.History)
                 {
@@ -183,9 +214,9 @@ internal static class TrainCommand
             throw new UsageException("eval: --top applies with --attention lev, random or norm");
         }
 
-        SetThreads(o);
+        SetThreads(o, TrainRanks.Alone);
         MnistData data = LoadData(o);
-        using VitTrainer trainer = Resume(data, checkpoint);
+        using VitTrainer trainer = Resume(data, checkpoint, null);
         var attention = swap ?? trainer.Options.Attention;
         if (swap is { } s)
         {
@@ -251,9 +282,9 @@ internal static class TrainCommand
         return options;
     }
 
-    private static void SetThreads(ParsedOptions o)
+    private static void SetThreads(ParsedOptions o, TrainRanks ranks)
     {
-        if (o.Threads() is int threads)
+        if ((o.Threads() ?? (ranks.Size > 1 ? ranks.DefaultThreads() : null)) is int threads)
         {
             VitTrainer.Threads = threads;
         }
@@ -272,12 +303,12 @@ internal static class TrainCommand
         }
     }
 
-    private static VitTrainer Resume(MnistData data, string checkpoint)
+    private static VitTrainer Resume(MnistData data, string checkpoint, IGradientReducer? reducer)
     {
         Progress.Current.Step("reading " + Path.GetFileName(checkpoint));
         try
         {
-            return VitTrainer.Resume(data, checkpoint);
+            return VitTrainer.Resume(data, checkpoint, reducer);
         }
         catch (InvalidDataException e)
         {

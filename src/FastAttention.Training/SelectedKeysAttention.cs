@@ -83,6 +83,15 @@ public sealed class RandomKeysAttention(int top, int keepFirst, long seed) : Sel
     /// <summary>The training step the next call belongs to; the trainer sets it before each step.</summary>
     public long Step { get; set; }
 
+    /// <summary>
+    /// Where the next call's batch starts in the step's whole batch (0 unless the batch is one rank's slice of a
+    /// data-parallel step); with <see cref="BatchTotal"/> it makes a slice draw exactly the rows the whole batch draws.
+    /// </summary>
+    public int BatchOffset { get; set; }
+
+    /// <summary>The size of the step's whole batch when the next call's batch is a slice of it (0: the call's batch is the whole batch).</summary>
+    public int BatchTotal { get; set; }
+
     /// <inheritdoc/>
     public override string Describe() => $"random(top={Top}, first={KeepFirst})";
 
@@ -90,7 +99,16 @@ public sealed class RandomKeysAttention(int top, int keepFirst, long seed) : Sel
     protected override Tensor Scores(Tensor candidates)
     {
         using var generator = new Generator(unchecked((ulong)(seed * 1_000_003 + Step)));
-        return rand([candidates.size(0), candidates.size(1), candidates.size(2)], generator: generator);
+        long batch = candidates.size(0);
+        long drawn = Math.Max(BatchTotal, BatchOffset + batch);
+        if (drawn == batch)
+        {
+            return rand([batch, candidates.size(1), candidates.size(2)], generator: generator);
+        }
+
+        // The CPU generator fills a tensor in order, so the whole batch's draw, narrowed, is the slice's rows of it.
+        using var whole = rand([drawn, candidates.size(1), candidates.size(2)], generator: generator);
+        return whole.narrow(0, BatchOffset, batch).contiguous();
     }
 }
 

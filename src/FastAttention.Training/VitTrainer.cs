@@ -13,6 +13,9 @@ public sealed class TrainingDivergedException(string message) : Exception(messag
 /// <param name="State">Where the run is now (a checkpoint saved now resumes from here).</param>
 public sealed record TrainResult(bool Completed, TrainState State)
 {
+    /// <summary>The run stopped because cancellation was requested (on a data-parallel run: on any rank; every rank stops at the same step).</summary>
+    public bool Cancelled { get; init; }
+
     /// <summary>The test accuracy after the last finished epoch, or null before the first.</summary>
     public double? TestAccuracy => State.History.Count > 0 ? State.History[^1].TestAccuracy : null;
 }
@@ -22,22 +25,25 @@ public sealed record TrainResult(bool Completed, TrainState State)
 /// deterministically: for a fixed libtorch thread count the same options give the same bits, and a run saved by
 /// <see cref="Save"/> and resumed by <see cref="Resume"/> continues bit for bit (the data order is a function of the seed
 /// and epoch, random-key draws of the seed and step, and the checkpoint holds the weights and AdamW's moments).
+/// Given an <see cref="IGradientReducer"/> it trains data-parallel (see VitTrainer.DataParallel.cs).
 /// </summary>
-public sealed class VitTrainer : IDisposable
+public sealed partial class VitTrainer : IDisposable
 {
     private readonly MnistData data;
     private readonly int[] train;
     private readonly int[] test;
     private readonly AdamW optimizer;
 
-    private VitTrainer(MnistData data, TrainOptions options, VisionTransformer model, TrainState state, (int[] Train, int[] Test) split)
+    private VitTrainer(MnistData data, TrainOptions options, VisionTransformer model, TrainState state, (int[] Train, int[] Test) split, IGradientReducer? reducer)
     {
         this.data = data;
+        this.reducer = reducer is { Size: > 1 } ? reducer : null;
         Options = options;
         Model = model;
         State = state;
         (train, test) = split;
         optimizer = new AdamW(model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), weightDecay: options.WeightDecay) { Steps = state.Step };
+        gradients = this.reducer is null ? null : new GradientBuffer(model.parameters(), StepScalars);
     }
 
     /// <summary>The run's options.</summary>
@@ -86,13 +92,15 @@ public sealed class VitTrainer : IDisposable
     /// <param name="data">The digits.</param>
     /// <param name="options">The run.</param>
     /// <param name="initialWeights">Start from this model's weights instead of a fresh initialisation (fine-tuning); its shape must match.</param>
+    /// <param name="reducer">Train data-parallel over these ranks (null or one rank: this process alone); every rank calls with the same options.</param>
     /// <returns>The trainer.</returns>
-    /// <exception cref="ArgumentException">Options that cannot make a run (the message names the option).</exception>
-    public static VitTrainer Create(MnistData data, TrainOptions options, VisionTransformer? initialWeights = null)
+    /// <exception cref="ArgumentException">Options that cannot make a run (the message names the option), or a reducer whose rank is outside its size.</exception>
+    public static VitTrainer Create(MnistData data, TrainOptions options, VisionTransformer? initialWeights = null, IGradientReducer? reducer = null)
     {
         ArgumentNullException.ThrowIfNull(data);
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
+        ValidateReducer(reducer);
         if (initialWeights is not null && initialWeights.Config != options.Model)
         {
             throw new ArgumentException($"the initial weights are of model {initialWeights.Config}, the run's is {options.Model}", nameof(initialWeights));
@@ -100,8 +108,14 @@ public sealed class VitTrainer : IDisposable
 
         var split = Split(data, options);
         TorchRuntime.EnsureLoaded();
-        manual_seed(options.Seed);
-        var model = new VisionTransformer(options.Model, i => options.Attention.Create(i, options.Seed));
+        VisionTransformer model;
+        // torch's generator is one per process: ranks that are threads of one process must not interleave seeding and drawing.
+        lock (Seeding)
+        {
+            manual_seed(options.Seed);
+            model = new VisionTransformer(options.Model, i => options.Attention.Create(i, options.Seed));
+        }
+
         try
         {
             if (initialWeights is not null)
@@ -114,7 +128,9 @@ public sealed class VitTrainer : IDisposable
                 }
             }
 
-            return new VitTrainer(data, options, model, new TrainState(0, 0, 0, []), split);
+            var trainer = new VitTrainer(data, options, model, new TrainState(0, 0, 0, []), split, reducer);
+            trainer.TakeRankZeroWeights();
+            return trainer;
         }
         catch
         {
@@ -126,11 +142,13 @@ public sealed class VitTrainer : IDisposable
     /// <summary>Continues the run saved in a checkpoint, with its options, weights, optimizer moments and position.</summary>
     /// <param name="data">The digits (the same as the saved run's).</param>
     /// <param name="path">The checkpoint.</param>
+    /// <param name="reducer">Continue data-parallel over these ranks (null or one rank: this process alone); every rank reads the same checkpoint.</param>
     /// <returns>The trainer.</returns>
     /// <exception cref="InvalidDataException">The checkpoint is unreadable, not a ViT run, or does not fit its own options (the message names the file).</exception>
-    public static VitTrainer Resume(MnistData data, string path)
+    public static VitTrainer Resume(MnistData data, string path, IGradientReducer? reducer = null)
     {
         ArgumentNullException.ThrowIfNull(data);
+        ValidateReducer(reducer);
         var saved = Checkpoint.Read(path);
         if (saved.Data is { } trainedOn && trainedOn != data.Fingerprint)
         {
@@ -144,7 +162,7 @@ public sealed class VitTrainer : IDisposable
         try
         {
             Checkpoint.Load(saved, model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), path);
-            trainer = new VitTrainer(data, saved.Options, model, saved.State, split) { SavedThreads = saved.Threads };
+            trainer = new VitTrainer(data, saved.Options, model, saved.State, split, reducer) { SavedThreads = saved.Threads };
             if (saved.State.Batch > trainer.BatchesPerEpoch)
             {
                 throw new InvalidDataException($"checkpoint {path}: its position (step {saved.State.Batch} of the epoch) is past the epoch's {trainer.BatchesPerEpoch} steps");
@@ -197,6 +215,8 @@ public sealed class VitTrainer : IDisposable
         }
 
         int stopAt = epochs is { } more ? Math.Min(Options.Epochs, State.Epoch + more) : Options.Epochs;
+        // A rank whose token is cancelled says so again at the next reduction; a fresh call with a fresh token trains on.
+        stopAgreed = false;
         var clock = Stopwatch.StartNew();
         long sessionImages = 0;
         long sessionSteps = 0;
@@ -211,16 +231,16 @@ public sealed class VitTrainer : IDisposable
             Model.train();
             while (State.Batch < BatchesPerEpoch)
             {
-                if (cancellationToken.IsCancellationRequested)
+                if (StopRequested(cancellationToken))
                 {
                     State = State with { EpochLossSum = lossSum, EpochCorrect = correct, EpochSeen = seen, EpochSeconds = secondsBefore + epochClock.Elapsed.TotalSeconds };
-                    return new TrainResult(false, State);
+                    return new TrainResult(false, State) { Cancelled = true };
                 }
 
                 epochClock.Start();
                 int start = State.Batch * Options.BatchSize;
                 int count = Math.Min(Options.BatchSize, order.Length - start);
-                var (loss, right) = Step(order.AsSpan(start, count), LearningRate(State.Step));
+                var (loss, right) = Step(order.AsSpan(start, count), LearningRate(State.Step), cancellationToken);
                 epochClock.Stop();
                 lossSum += loss * count;
                 correct += right;
@@ -236,7 +256,7 @@ public sealed class VitTrainer : IDisposable
             if (Evaluate(cancellationToken) is not double accuracy)
             {
                 State = State with { EpochLossSum = lossSum, EpochCorrect = correct, EpochSeen = seen, EpochSeconds = secondsBefore + epochClock.Elapsed.TotalSeconds };
-                return new TrainResult(false, State);
+                return new TrainResult(false, State) { Cancelled = true };
             }
 
             double seconds = secondsBefore + epochClock.Elapsed.TotalSeconds;
@@ -247,20 +267,25 @@ public sealed class VitTrainer : IDisposable
         return new TrainResult(State.Epoch == Options.Epochs, State);
     }
 
-    /// <summary>The share of the test images the model classifies right, with its current attention.</summary>
+    /// <summary>The share of the test images the model classifies right, with its current attention (on a data-parallel run every rank must call it: the ranks split the images).</summary>
     /// <returns>The accuracy in [0, 1].</returns>
     public double Evaluate() => Evaluate(CancellationToken.None)!.Value;
 
-    /// <summary>The share of test images classified right, or null when cancelled (checked between chunks of 250 images).</summary>
+    /// <summary>
+    /// The share of test images classified right, or null when cancelled (checked between chunks of 250 images; on a
+    /// data-parallel run rank r takes chunks r, r + P, ..., the same chunks one process makes, and the ranks agree on
+    /// cancelling after the whole evaluation).
+    /// </summary>
     private double? Evaluate(CancellationToken cancellationToken)
     {
         Model.eval();
+        SetDraws(0, 0);
         long right = 0;
         const int chunk = 250;
         using var _ = no_grad();
-        for (int start = 0; start < test.Length; start += chunk)
+        for (int start = (reducer?.Rank ?? 0) * chunk; start < test.Length; start += chunk * (reducer?.Size ?? 1))
         {
-            if (cancellationToken.IsCancellationRequested)
+            if (reducer is null && cancellationToken.IsCancellationRequested)
             {
                 return null;
             }
@@ -269,6 +294,11 @@ public sealed class VitTrainer : IDisposable
             var indices = test.AsSpan(start, Math.Min(chunk, test.Length - start));
             var (images, labels) = Batch(indices);
             right += Model.forward(images).argmax(1).eq(labels).sum().item<long>();
+        }
+
+        if (reducer is not null && SumEvaluation(ref right, cancellationToken))
+        {
+            return null;
         }
 
         return (double)right / test.Length;
@@ -282,6 +312,7 @@ public sealed class VitTrainer : IDisposable
         ArgumentOutOfRangeException.ThrowIfNegative(count);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(count, test.Length);
         Model.eval();
+        SetDraws(0, 0);
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         var (images, _) = Batch(test.AsSpan(0, count));
@@ -289,11 +320,18 @@ public sealed class VitTrainer : IDisposable
         return [.. Enumerable.Range(0, count).Select(i => logits[(i * MnistData.Classes)..((i + 1) * MnistData.Classes)])];
     }
 
-    /// <summary>Writes the run (weights, AdamW moments, options, position, history) to a safetensors checkpoint.</summary>
+    /// <summary>Writes the run (weights, AdamW moments, options, position, history) to a safetensors checkpoint; on a data-parallel run only rank 0 writes (every rank holds the same weights and moments).</summary>
     /// <param name="path">The file; written to a temporary file beside it, then renamed.</param>
-    public void Save(string path) =>
+    public void Save(string path)
+    {
+        if (reducer is { Rank: not 0 })
+        {
+            return;
+        }
+
         Checkpoint.Write(path, Options, State, data.Fingerprint, Threads,
             [.. Model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), .. optimizer.Moments().Select(m => ("optimizer." + m.Name, m.Moment))]);
+    }
 
     /// <summary>Releases the model and the optimizer's moments.</summary>
     public void Dispose()
@@ -321,30 +359,48 @@ public sealed class VitTrainer : IDisposable
     private static int[] Spread(int[] indices, int? limit) =>
         limit is { } l && l < indices.Length ? [.. Enumerable.Range(0, l).Select(i => indices[(int)((long)i * indices.Length / l)])] : indices;
 
-    private (double Loss, long Right) Step(ReadOnlySpan<int> indices, double learningRate)
+    private (double Loss, long Right) Step(ReadOnlySpan<int> indices, double learningRate, CancellationToken cancellationToken)
     {
         using var scope = NewDisposeScope();
-        foreach (var attention in Model.Attention.OfType<RandomKeysAttention>())
-        {
-            attention.Step = State.Step;
-        }
-
-        var (images, labels) = Batch(indices);
-        var logits = Model.forward(images);
-        var loss = nn.functional.cross_entropy(logits, labels);
-        float value = loss.item<float>();
-        if (!float.IsFinite(value))
-        {
-            // Before the update: the weights stay those of the last good step (and the last checkpoint stays usable).
-            throw new TrainingDivergedException($"training diverged at epoch {State.Epoch + 1}, step {State.Batch + 1}: the loss is {value}; try a lower learning rate (--lr)");
-        }
-
+        var (offset, count) = Slice(indices.Length);
+        SetDraws(offset, reducer is null ? 0 : indices.Length, State.Step);
         Model.zero_grad();
-        loss.backward();
+        float value = 0;
+        long right = 0;
+        if (count > 0)
+        {
+            var (images, labels) = Batch(indices.Slice(offset, count));
+            var logits = Model.forward(images);
+            var loss = nn.functional.cross_entropy(logits, labels);
+            if (reducer is not null)
+            {
+                // This rank's share of the global mean: summed over the ranks, the losses and gradients are one process's.
+                loss = loss * ((float)count / indices.Length);
+            }
+
+            value = loss.item<float>();
+            if (reducer is null && !float.IsFinite(value))
+            {
+                // Before the update: the weights stay those of the last good step (and the last checkpoint stays usable).
+                throw Diverged(value);
+            }
+
+            loss.backward();
+            using var _ = no_grad();
+            right = logits.argmax(1).eq(labels).sum().item<long>();
+        }
+
+        if (reducer is not null)
+        {
+            (value, right) = SumStep(value, right, cancellationToken);
+        }
+
         optimizer.Step(learningRate);
-        using var _ = no_grad();
-        return (value, logits.argmax(1).eq(labels).sum().item<long>());
+        return (value, right);
     }
+
+    private TrainingDivergedException Diverged(float loss) =>
+        new($"training diverged at epoch {State.Epoch + 1}, step {State.Batch + 1}: the loss is {loss}; try a lower learning rate (--lr)");
 
     private (Tensor Images, Tensor Labels) Batch(ReadOnlySpan<int> indices)
     {
