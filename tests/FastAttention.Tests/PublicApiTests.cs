@@ -33,8 +33,8 @@ public class PublicApiTests
         return text.ToString().ReplaceLineEndings("\n");
     }
 
-    /// <summary>Each public assembly and its snapshot: the core, and the two TorchSharp satellites (their public surface is a package's too).</summary>
-    public static TheoryData<string> Assemblies() => ["FastAttention", "FastAttention.TorchSharp", "FastAttention.Training"];
+    /// <summary>Each public assembly and its snapshot: the core, the two TorchSharp satellites and the MPI one (their public surface is a package's too).</summary>
+    public static TheoryData<string> Assemblies() => ["FastAttention", "FastAttention.TorchSharp", "FastAttention.Training", "FastAttention.Distributed"];
 
     [Theory]
     [MemberData(nameof(Assemblies))]
@@ -46,6 +46,7 @@ public class PublicApiTests
         {
             "FastAttention" => typeof(ExactAttention).Assembly,
             "FastAttention.TorchSharp" => typeof(FastAttention.TorchSharp.FastAttentionFunctions).Assembly,
+            "FastAttention.Distributed" => typeof(FastAttention.Distributed.Communicator).Assembly,
             _ => typeof(FastAttention.Training.VitTrainer).Assembly,
         };
         string actual = Dump(library);
