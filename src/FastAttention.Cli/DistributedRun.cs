@@ -53,6 +53,15 @@ internal sealed class DistributedRun
         {
             return body(run);
         }
+        catch (DistributedException ex) when (ex.Agreed)
+        {
+            // The library agreed on it (every rank threw the same one, e.g. ring attention's input checks): leave in order with
+            // one line, the exit code of the failing rank's cause where this rank knows it, else bad input (the library's checks
+            // are of the data and shapes).
+            TensorFiles.DeleteTempFilesInFlight();
+            int code = ex.InnerException is { } cause && Cli.Classify(command, cause) is (int c, _) ? c : ExitCode.BadInput;
+            throw new AgreedFailureException(code, $"{command}: {ex.Message}");
+        }
         catch (Exception ex) when (ex is not AgreedFailureException && comm.Size > 1)
         {
             TensorFiles.DeleteTempFilesInFlight();

@@ -36,8 +36,19 @@ public abstract class Communicator : IDisposable
     /// <summary>What carries the messages, for logs and benchmark reports (for example "MPI (MPICH 4.0.2)").</summary>
     public abstract string Transport { get; }
 
-    /// <summary>How long any wait may take before it fails with a <see cref="DistributedException"/>; 2 minutes by default.</summary>
-    public TimeSpan Timeout { get; set; } = TimeSpan.FromMinutes(2);
+    /// <summary>
+    /// How long any wait may take before it fails with a <see cref="DistributedException"/>: by default the seconds in the
+    /// environment variable <c>FASTATTN_DISTRIBUTED_TIMEOUT</c>, else 10 minutes (long enough for a peer reading or writing
+    /// a large file; a peer that dies ends an MPI job at once anyway, as mpiexec kills the rest).
+    /// </summary>
+    public TimeSpan Timeout { get; set; } = DefaultTimeout;
+
+    /// <summary>The default <see cref="Timeout"/>.</summary>
+    private static TimeSpan DefaultTimeout =>
+        double.TryParse(Environment.GetEnvironmentVariable("FASTATTN_DISTRIBUTED_TIMEOUT"), System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double seconds)
+        && seconds > 0 && seconds < 1e7
+            ? TimeSpan.FromSeconds(seconds)
+            : TimeSpan.FromMinutes(10);
 
     /// <summary>Bytes this rank has sent since it was created (point-to-point and collectives alike).</summary>
     public long BytesSent => Interlocked.Read(ref _bytesSent);
@@ -71,7 +82,7 @@ public abstract class Communicator : IDisposable
     private Transfer Post<T>(ReadOnlyMemory<T> data, int destination, int tag) where T : unmanaged
     {
         CheckPeer(destination, nameof(destination));
-        long bytes = (long)data.Length * Marshal.SizeOf<T>();
+        long bytes = (long)data.Length * System.Runtime.CompilerServices.Unsafe.SizeOf<T>();
         Interlocked.Add(ref _bytesSent, bytes);
         Interlocked.Increment(ref _messagesSent);
         return SendBytes(MemoryMarshal.AsMemory(data), bytes, destination, tag);
@@ -93,7 +104,7 @@ public abstract class Communicator : IDisposable
     private Transfer Take<T>(Memory<T> buffer, int source, int tag) where T : unmanaged
     {
         CheckPeer(source, nameof(source));
-        return ReceiveBytes(buffer, (long)buffer.Length * Marshal.SizeOf<T>(), source, tag);
+        return ReceiveBytes(buffer, (long)buffer.Length * System.Runtime.CompilerServices.Unsafe.SizeOf<T>(), source, tag);
     }
 
     /// <summary>Sends and waits (see <see cref="StartSend{T}"/>).</summary>
@@ -236,14 +247,15 @@ public abstract class Communicator : IDisposable
     /// <exception cref="DistributedException">Some rank failed.</exception>
     public void Agree(Exception? failure)
     {
-        string message = failure is null ? "" : OneLine(failure);
-        byte[][] all = Allgather<byte>(System.Text.Encoding.UTF8.GetBytes(message));
+        // One status byte (1 = failed) before the text, so a failure whose message is empty still counts.
+        byte[] local = failure is null ? [0] : [1, .. System.Text.Encoding.UTF8.GetBytes(OneLine(failure))];
+        byte[][] all = Allgather<byte>(local);
         for (int r = 0; r < all.Length; r++)
         {
-            if (all[r].Length > 0)
+            if (all[r].Length > 0 && all[r][0] == 1)
             {
-                string text = System.Text.Encoding.UTF8.GetString(all[r]);
-                throw new DistributedException(r, Size == 1 ? text : $"rank {r} of {Size}: {text}", r == Rank ? failure : null);
+                string text = System.Text.Encoding.UTF8.GetString(all[r], 1, all[r].Length - 1);
+                throw new DistributedException(r, Size == 1 ? text : $"rank {r} of {Size}: {text}", r == Rank ? failure : null) { Agreed = true };
             }
         }
     }
@@ -288,7 +300,7 @@ public abstract class Communicator : IDisposable
     private protected abstract Transfer ReceiveBytes<T>(Memory<T> buffer, long byteCount, int source, int tag) where T : unmanaged;
 
     /// <summary>The exception's message on one line, without the stack.</summary>
-    internal static string OneLine(Exception failure) => failure.Message.ReplaceLineEndings(" ");
+    internal static string OneLine(Exception failure) => failure.Message.Length > 0 ? failure.Message.ReplaceLineEndings(" ") : failure.GetType().Name;
 
     private void AllreduceSum<T>(Span<T> values) where T : unmanaged, System.Numerics.IAdditionOperators<T, T, T>, System.Numerics.IAdditiveIdentity<T, T>
     {
@@ -482,6 +494,12 @@ public sealed class DistributedException : Exception
 
     /// <summary>The rank that failed first, or -1 when unknown.</summary>
     public int FailedRank { get; } = -1;
+
+    /// <summary>
+    /// True when this exception came out of <see cref="Communicator.Agree"/>: every rank of the group threw the same one, so
+    /// the group can stop in order (no abort needed); false for a timeout or a local failure its peers may not know of.
+    /// </summary>
+    public bool Agreed { get; init; }
 }
 
 /// <summary>One rank alone.</summary>

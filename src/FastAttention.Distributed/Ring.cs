@@ -63,8 +63,11 @@ internal sealed class Ring
             _bytes[step] += sending * sizeof(float);
         }
 
+        // After a failure this rank does no more work but keeps the blocks moving, so its peers finish the ring and learn of
+        // the failure at AgreeOnFailure instead of waiting out the timeout.
         float[] held = Current;
-        (_compute[step], _wait[step]) = Overlap(() => work(held), transfers, _onCallingThread);
+        (_compute[step], _wait[step], Exception? failure) = Overlap(Failure is null ? () => work(held) : () => { }, transfers, _onCallingThread);
+        Failure ??= failure;
         if (step < Steps - 1)
         {
             (Current, _next) = (_next, Current);
@@ -79,6 +82,12 @@ internal sealed class Ring
         _wait[Steps - 1] += clock.Elapsed.TotalSeconds;
     }
 
+    /// <summary>The first exception a step's work threw on this rank (its later steps did no work), or null.</summary>
+    public Exception? Failure { get; private set; }
+
+    /// <summary>After the last step: if any rank's work failed, every rank throws the same agreed error (the ring's transfers are all complete by now).</summary>
+    public void AgreeOnFailure() => _comm.Agree(Failure);
+
     public RingRun Result(double flops, double totalSeconds) => new(Steps, _bytes, _compute, _wait, flops, totalSeconds);
 
     /// <summary>
@@ -86,12 +95,20 @@ internal sealed class Ring
     /// the wait after it. MPICH moves a large (rendezvous) message only inside MPI calls, so unless told otherwise the work
     /// runs on a worker thread while this thread, the one MPI belongs to, tests the transfers about every millisecond.
     /// </summary>
-    public static (double Compute, double Wait) Overlap(Action work, List<Transfer> transfers, bool onCallingThread)
+    public static (double Compute, double Wait, Exception? Failure) Overlap(Action work, List<Transfer> transfers, bool onCallingThread)
     {
         var clock = Stopwatch.StartNew();
+        Exception? failure = null;
         if (onCallingThread || transfers.Count == 0)
         {
-            work();
+            try
+            {
+                work();
+            }
+            catch (Exception e) when (e is not DistributedException)
+            {
+                failure = e;
+            }
         }
         else
         {
@@ -102,11 +119,12 @@ internal sealed class Ring
                 pending.RemoveAll(t => t.Test());
             }
 
-            task.GetAwaiter().GetResult();
+            failure = task.Exception?.InnerException;
         }
 
+        // The transfers complete whatever the work did: a buffer must not be reused, nor the ring left, with a message in flight.
         double compute = clock.Elapsed.TotalSeconds;
         Transfer.WaitAll(transfers);
-        return (compute, clock.Elapsed.TotalSeconds - compute);
+        return (compute, clock.Elapsed.TotalSeconds - compute, failure);
     }
 }

@@ -99,6 +99,7 @@ public static partial class RingAttention
         }
 
         ring.FinishWaiting(gradientTransfers);
+        ring.AgreeOnFailure();
         float[] home = ring.Steps > 1 ? arriving : leaving;
         mine.Unpack(queryGradient, queryGradientShard, plan.OuterQ, d);
         mine.Unpack(home.AsSpan(0, plan.ValueOffset(mine)), keyGradientShard, plan.OuterKv, d);

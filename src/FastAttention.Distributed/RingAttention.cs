@@ -41,8 +41,8 @@ public static partial class RingAttention
     /// <exception cref="DistributedException">On every rank, when any rank's input is invalid (the message names the rank, the
     /// parameter and the problem; on that rank the inner exception is the <see cref="ArgumentException"/>), or a peer failed.
     /// Shapes, options, lengths and (unless <see cref="ExactAttentionOptions.AllowNonFinite"/>) finiteness are checked on every rank before
-    /// any block is sent. A block that fails later (an <see cref="OverflowException"/> from finite inputs) fails its rank alone, and
-    /// the others stop at their communicator's timeout.</exception>
+    /// any block is sent. A block that fails later (an <see cref="OverflowException"/> from finite inputs) stops that rank's work, the
+    /// ring still completes, and every rank then throws the same agreed exception.</exception>
     public static RingRun Compute(Communicator comm, ReadOnlySpan<float> queryShard, ReadOnlySpan<float> keyShard, ReadOnlySpan<float> valueShard, AttentionShape globalShape,
         Span<float> destinationShard, Span<float> logSumExpShard, RingAttentionOptions options = default)
     {
@@ -82,6 +82,7 @@ public static partial class RingAttention
             });
         }
 
+        ring.AgreeOnFailure();
         float[] lse = new float[statistics.Length];
         for (int row = 0; row < statistics.Length; row++)
         {

@@ -108,6 +108,46 @@ public class CommunicatorTests
     }
 
     [Fact]
+    public void A_failure_with_an_empty_message_still_stops_every_rank()
+    {
+        var messages = LocalCommunicator.Run(2, comm =>
+        {
+            try
+            {
+                comm.Agree(comm.Rank == 1 ? new InvalidOperationException("") : null);
+                return "no failure";
+            }
+            catch (DistributedException e) when (e.Agreed)
+            {
+                return e.Message;
+            }
+        });
+        Assert.All(messages, m => Assert.Equal("rank 1 of 2: InvalidOperationException", m));
+    }
+
+    [Fact]
+    public void Messages_of_chars_and_bools_count_their_real_bytes()
+    {
+        var received = LocalCommunicator.Run(2, comm =>
+        {
+            if (comm.Rank == 0)
+            {
+                comm.Send<char>("abc".ToCharArray(), 1, 0);
+                comm.Send<bool>(new[] { true, false, true }, 1, 1);
+                return (comm.BytesSent, "");
+            }
+
+            char[] text = new char[3];
+            bool[] flags = new bool[3];
+            comm.Receive<char>(text, 0, 0);
+            comm.Receive<bool>(flags, 0, 1);
+            return (comm.BytesSent, new string(text) + string.Join(",", flags));
+        });
+        Assert.Equal(6 + 3, received[0].BytesSent);
+        Assert.Equal("abcTrue,False,True", received[1].Item2);
+    }
+
+    [Fact]
     public void Bad_peers_and_tags_are_refused_before_anything_is_sent()
     {
         LocalCommunicator.Run(2, comm =>

@@ -160,6 +160,38 @@ public class RingAttentionTests
         Assert.All(errors, e => Assert.Equal("rank 2 of 3: keyShard[5] is NaN; set options.Attention.AllowNonFinite to let non-finite inputs through. (Parameter 'keyShard')", e));
     }
 
+    /// <summary>
+    /// Finite inputs whose block overflows on rank 0 only: with equal weights its block of two values of 2e38 sums past float32,
+    /// while rank 1's queries pick one key and never add two. Rank 0's work stops, the ring still completes, and both ranks throw
+    /// the same agreed error (not rank 0 alone, with rank 1 waiting for a block that never comes).
+    /// </summary>
+    [Fact]
+    public void A_block_that_overflows_on_one_rank_stops_every_rank_with_the_same_error()
+    {
+        var shape = AttentionShape.SingleHead(4, 2);
+        float[] key = [10, 0, 0, 0, 0, 0, 0, 0], value = [2e38f, 2e38f, 2e38f, 2e38f, 1, 1, 1, 1];
+        var errors = LocalCommunicator.Run(2, comm =>
+        {
+            var shard = SequenceShard.For(4, comm.Rank, 2, ShardLayout.Contiguous);
+            float[] q = comm.Rank == 0 ? [0, 0, 0, 0] : [100, 0, 100, 0], k = new float[4], v = new float[4];
+            ShardTensors.Take(key, shard, 2, k);
+            ShardTensors.Take(value, shard, 2, v);
+            float[] output = new float[4], lse = new float[2];
+            try
+            {
+                RingAttention.Compute(comm, q, k, v, shape, output, lse, Options(ShardLayout.Contiguous, false));
+                return (Agreed: false, Message: "no error");
+            }
+            catch (DistributedException e)
+            {
+                return (e.Agreed, e.Message);
+            }
+        }, TimeSpan.FromSeconds(30));
+        Assert.All(errors, e => Assert.True(e.Agreed, e.Message));
+        Assert.All(errors, e => Assert.StartsWith("rank 0 of 2: ", e.Message, StringComparison.Ordinal));
+        Assert.Equal(errors[0].Message, errors[1].Message);
+    }
+
     [Fact]
     public void Ranks_with_different_shapes_are_refused_before_any_block_moves()
     {
