@@ -37,17 +37,22 @@ public static class DistributedLevAttention
     /// <param name="destination">This rank's output, <c>[batch, heads, queryShard.Count, dv]</c>.</param>
     /// <param name="options">Eps or top, power, scale, always-kept keys (global indices).</param>
     /// <returns>Per (batch, kv head), in (batch, kv head) order: the kept keys and this rank's scores.</returns>
-    /// <exception cref="ArgumentException">Bad shape or options (thrown on every rank before any message).</exception>
-    /// <exception cref="DistributedException">A rank's shard or tensor lengths do not match, or its values are not finite; every rank throws it.</exception>
+    /// <exception cref="ArgumentException">Bad shape or options (on every rank, when every rank passes the same).</exception>
+    /// <exception cref="DistributedException">A rank's shard or tensor lengths do not match, its queries, keys or values are not finite, its shape or
+    /// options differ from rank 0's, or its attention overflows float32; every rank throws it.</exception>
     public static IReadOnlyList<DistributedLevSelection> Compute(Communicator comm, ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape,
         SequenceShard queryShard, SequenceShard keyShard, Span<float> destination, LevAttentionOptions options)
     {
-        LevAttention.ValidateOptions(options);
         int d = shape.HeadDim, dv = shape.ValueDim, kvHeads = shape.EffectiveKeyValueHeads;
-        (int nq, int nk) = ShardInputs.Attention(comm, query, key, value, shape, queryShard, keyShard, destination, finite: false);
+        (int nq, int nk) = ShardInputs.Attention(comm, query, key, value, shape, queryShard, keyShard, destination,
+            new ShardInputs.Call(OptionsLegend, Describe(options), () => LevAttention.ValidateOptions(options), FiniteReason));
         long[] positions = ShardInputs.Positions(keyShard);
         int group = shape.HeadCount / kvHeads;
         var results = new List<DistributedLevSelection>();
+
+        // A head's attention can still fail on one rank alone (its queries overflow float32): that rank stops attending but
+        // keeps taking part in every later head's collectives, and the failure is agreed once at the end.
+        Exception? failure = null;
         for (int b = 0; b < shape.BatchSize; b++)
         {
             for (int hk = 0; hk < kvHeads; hk++)
@@ -61,7 +66,7 @@ public static class DistributedLevAttention
                 (float[] ks, float[] vs) = GatherKept(comm, k, v, positions, kept, d, dv);
                 long firstHead = ((long)b * shape.HeadCount) + (hk * group);
                 Span<float> o = destination.Slice((int)(firstHead * nq * dv), group * nq * dv);
-                if (nq == 0)
+                if (nq == 0 || failure is not null)
                 {
                     continue;
                 }
@@ -74,10 +79,18 @@ public static class DistributedLevAttention
 
                 var sub = new AttentionShape(1, group, nq, kept.Length, d, dv, KeyValueHeadCount: 1);
                 ReadOnlySpan<float> q = query.Slice((int)(firstHead * nq * d), group * nq * d);
-                Attend(q, ks, vs, sub, o, options);
+                try
+                {
+                    Attend(q, ks, vs, sub, o, options);
+                }
+                catch (Exception e) when (e is ArgumentException or ArithmeticException)
+                {
+                    failure = e;
+                }
             }
         }
 
+        comm.Agree(failure);
         return results;
     }
 
@@ -91,34 +104,55 @@ public static class DistributedLevAttention
     /// <param name="dimension">d.</param>
     /// <param name="options">Eps or top, power, always-kept keys.</param>
     /// <returns>The kept global indices, the certificate (threshold mode) and the local bounds in storage order.</returns>
-    /// <exception cref="ArgumentException">Bad options (on every rank).</exception>
-    /// <exception cref="DistributedException">A rank's shard or keys do not match; every rank throws it.</exception>
+    /// <exception cref="ArgumentException">Bad options or d (on every rank, when every rank passes the same).</exception>
+    /// <exception cref="DistributedException">A rank's shard or keys do not match, hold non-finite values, or its key count, d or options differ from rank 0's; every rank throws it.</exception>
     public static (int[] Keys, UniversalSetCertificate? Certificate, double[] LocalBounds) Select(Communicator comm, ReadOnlySpan<float> keys, SequenceShard keyShard, int dimension, LevAttentionOptions options)
     {
         ArgumentNullException.ThrowIfNull(comm);
-        ArgumentNullException.ThrowIfNull(keyShard);
-        LevAttention.ValidateOptions(options);
-        Exception? failure = null;
+        Exception? global = null, local = null;
         try
         {
+            LevAttention.ValidateOptions(options);
             ArgumentOutOfRangeException.ThrowIfLessThan(dimension, 1);
-            int count = ShardInputs.Shard(comm, keyShard, keyShard.Length, nameof(keyShard));
-            ShardInputs.Length(keys.Length, 1, count, dimension, nameof(keys), "[local n, d]");
-            _ = checked((int)keyShard.Length);
         }
-        catch (Exception e) when (e is ArgumentException or OverflowException)
+        catch (ArgumentException e)
         {
-            failure = e;
+            global = e;
         }
 
-        comm.Agree(failure);
-        return Select(comm, keys, ShardInputs.Positions(keyShard), (int)keyShard.Length, dimension, options);
+        if (global is null)
+        {
+            try
+            {
+                ArgumentNullException.ThrowIfNull(keyShard);
+                int count = ShardInputs.Shard(comm, keyShard, keyShard.Length, nameof(keyShard));
+                ShardInputs.Length(keys.Length, 1, count, dimension, nameof(keys), "[local n, d]");
+                _ = checked((int)keyShard.Length);
+                ShardInputs.Finite(keys, dimension, nameof(keys), FiniteReason);
+            }
+            catch (Exception e) when (e is ArgumentException or OverflowException)
+            {
+                local = e;
+            }
+        }
+
+        // The global key count is in the descriptor: each rank checks its shard against its own, so they must agree.
+        ShardInputs.Agree(comm, [keyShard?.Length ?? -1, dimension, .. Describe(options)], $"nk, d, {OptionsLegend}", global, local);
+        return Select(comm, keys, ShardInputs.Positions(keyShard!), (int)keyShard!.Length, dimension, options);
     }
+
+    private const string OptionsLegend = "eps bits, top, power bits, scale bits, keep first, keep last";
+
+    private const string FiniteReason = "LevAttention needs finite queries, keys and values, as the one-process LevAttention does";
+
+    /// <summary>The options that decide the selection and the collectives' lengths (not the thread count).</summary>
+    private static long[] Describe(LevAttentionOptions options) =>
+        [ShardInputs.Bits(options.Eps), options.Top ?? -1, ShardInputs.Bits(options.Power), ShardInputs.Bits(options.Scale), options.KeepFirst, options.KeepLast];
 
     private static (int[] Keys, UniversalSetCertificate? Certificate, double[] Bounds) Select(Communicator comm, ReadOnlySpan<float> keys, long[] positions, int n, int d, LevAttentionOptions options)
     {
         double p = options.Power > 0 ? options.Power : 2;
-        (double[] bounds, int rank) = DistributedLeverageScores.SensitivityBounds(comm, keys, d, p, options.MaxDegreeOfParallelism);
+        (double[] bounds, int rank) = DistributedLeverageScores.Bounds(comm, keys, d, p, options.MaxDegreeOfParallelism);
         IEnumerable<int> chosen;
         UniversalSetCertificate? certificate = null;
         if (options.Eps is double eps)

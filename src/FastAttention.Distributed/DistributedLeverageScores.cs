@@ -8,7 +8,8 @@ namespace FastAttention.Distributed;
 /// (<see cref="Communicator.AllreduceSum(Span{double})"/>, the same bits on every rank), and every rank scores its own rows
 /// against the global matrix's factor. The scores equal the one-process <see cref="LeverageScores"/> up to the rounding of
 /// the re-associated Gram sum (the factor is a pivoted Cholesky of a sum of n rank-one terms; each rank's rows score
-/// exactly as the core scores them against that factor). Every rank must call these with the same dimension and p.
+/// exactly as the core scores them against that factor). Every rank must call these with the same dimension and p: a rank
+/// whose d or p differs from rank 0's makes every rank throw, as a rank with invalid rows does.
 /// </summary>
 public static class DistributedLeverageScores
 {
@@ -19,12 +20,23 @@ public static class DistributedLeverageScores
     /// <param name="weights">Optional weight per local row (as <see cref="LeverageScores.Gram"/>).</param>
     /// <param name="maxDegreeOfParallelism">Threads for the local sum; the bits do not depend on it.</param>
     /// <returns>The global state (rows counted over every rank).</returns>
-    /// <exception cref="DistributedException">Some rank's rows are invalid (d &lt; 1, a length that is not a multiple of d, non-finite values); every rank throws it.</exception>
+    /// <exception cref="DistributedException">Some rank's rows are invalid (d &lt; 1, a length that is not a multiple of d, non-finite values) or its d differs from rank 0's; every rank throws it.</exception>
     public static GramState Gram(Communicator comm, ReadOnlySpan<float> keys, int dimension, ReadOnlySpan<double> weights = default, int maxDegreeOfParallelism = 0)
     {
         ArgumentNullException.ThrowIfNull(comm);
-        GramState local = LocalGram(comm, keys, dimension, weights, maxDegreeOfParallelism);
-        return Allreduced(comm, local);
+        GramState? local = null;
+        Exception? failure = null;
+        try
+        {
+            local = LeverageScores.Gram(keys, dimension, maxDegreeOfParallelism, weights);
+        }
+        catch (ArgumentException e)
+        {
+            failure = e;
+        }
+
+        ShardInputs.Agree(comm, [dimension], "d", null, failure);
+        return Allreduced(comm, local!);
     }
 
     /// <summary>The leverage scores of this rank's rows against the Gram matrix of every rank's rows, with its numerical rank.</summary>
@@ -49,21 +61,46 @@ public static class DistributedLeverageScores
     /// <param name="p">p in (0, 4), the same on every rank.</param>
     /// <param name="maxDegreeOfParallelism">Threads.</param>
     /// <returns>The local rows' bounds and rank K.</returns>
-    /// <exception cref="ArgumentOutOfRangeException">p outside (0, 4).</exception>
-    /// <exception cref="DistributedException">Some rank's rows are invalid; every rank throws it.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">p outside (0, 4) (on every rank, when every rank passes the same).</exception>
+    /// <exception cref="DistributedException">Some rank's rows are invalid, or its d or p differs from rank 0's; every rank throws it.</exception>
     /// <exception cref="InvalidOperationException">The Lewis iteration did not converge (on every rank alike).</exception>
     public static (double[] Bounds, int Rank) SensitivityBounds(Communicator comm, ReadOnlySpan<float> keys, int dimension, double p = 2, int maxDegreeOfParallelism = 0)
     {
         ArgumentNullException.ThrowIfNull(comm);
+        Exception? global = null, local = null;
         if (!(p > 0 && p < 4))
         {
-            throw new ArgumentOutOfRangeException(nameof(p), p, "p must lie in (0, 4): the Lewis-weight iteration converges there (Cohen–Peng); p <= 0 is no attention.");
+            global = new ArgumentOutOfRangeException(nameof(p), p, "p must lie in (0, 4): the Lewis-weight iteration converges there (Cohen–Peng); p <= 0 is no attention.");
         }
 
-        GramState local = LocalGram(comm, keys, dimension, default, maxDegreeOfParallelism);
-        GramFactor factor = Allreduced(comm, local).Factor();
+        try
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(dimension, 1);
+            if (keys.Length % dimension != 0)
+            {
+                throw new ArgumentException($"keys: length {keys.Length} is not a multiple of d = {dimension}.", nameof(keys));
+            }
+
+            ShardInputs.Finite(keys, dimension, nameof(keys), "leverage scores need finite keys");
+        }
+        catch (ArgumentException e)
+        {
+            local = e;
+        }
+
+        ShardInputs.Agree(comm, [dimension, ShardInputs.Bits(p)], "d, p bits", global, local);
+        return Bounds(comm, keys, dimension, p, maxDegreeOfParallelism);
+    }
+
+    /// <summary>
+    /// <see cref="SensitivityBounds"/> for inputs every rank has already checked and agreed on. For p != 2 only the Lewis
+    /// iteration's weighted Gram matrices are summed: its first step's weights are all 1, the unweighted matrix itself.
+    /// </summary>
+    internal static (double[] Bounds, int Rank) Bounds(Communicator comm, ReadOnlySpan<float> keys, int dimension, double p, int maxDegreeOfParallelism)
+    {
         if (p == 2)
         {
+            GramFactor factor = Allreduced(comm, LeverageScores.Gram(keys, dimension, maxDegreeOfParallelism)).Factor();
             return (LeverageScores.Scores(keys, factor, maxDegreeOfParallelism), factor.Rank);
         }
 
@@ -91,24 +128,6 @@ public static class DistributedLeverageScores
         }
 
         throw new InvalidOperationException($"The Lewis-weight iteration for p = {p} did not converge in {Leverage.LewisWeights.MaxIterations} steps.");
-    }
-
-    /// <summary>This rank's Gram state; a rank whose rows are invalid makes every rank throw before any sum.</summary>
-    private static GramState LocalGram(Communicator comm, ReadOnlySpan<float> keys, int dimension, ReadOnlySpan<double> weights, int maxDegreeOfParallelism)
-    {
-        GramState? local = null;
-        Exception? failure = null;
-        try
-        {
-            local = LeverageScores.Gram(keys, dimension, maxDegreeOfParallelism, weights);
-        }
-        catch (ArgumentException e)
-        {
-            failure = e;
-        }
-
-        comm.Agree(failure);
-        return local!;
     }
 
     /// <summary>The state of every rank's rows: matrices summed in rank order, row counts summed.</summary>

@@ -27,15 +27,15 @@ public static class DistributedPolynomialAttention
     /// <param name="destination">This rank's output, <c>[batch, heads, queryShard.Count, dv]</c>.</param>
     /// <param name="options">Scale, target error, degree, feature budget (not causal).</param>
     /// <returns>The certificate, the same on every rank: R, g, r, the polynomial's error and the output bound for the whole problem.</returns>
-    /// <exception cref="ArgumentException">Causal, or a bad shape (on every rank, before any message).</exception>
+    /// <exception cref="ArgumentException">Causal, or a bad shape (on every rank, when every rank passes the same).</exception>
     /// <exception cref="ArgumentOutOfRangeException">R too wide for the error, or r over the budget (on every rank alike).</exception>
-    /// <exception cref="DistributedException">A rank's shard or tensors do not match, or hold non-finite values; every rank throws it.</exception>
+    /// <exception cref="DistributedException">A rank's shard or tensors (or number of matrices) do not match, hold non-finite values, or its shape or options differ from rank 0's; every rank throws it.</exception>
     public static PolynomialCertificate Compute(Communicator comm, ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape,
         SequenceShard queryShard, SequenceShard keyShard, Span<float> destination, PolynomialAttentionOptions options = default)
     {
-        RefuseCausal(options);
         int d = shape.HeadDim, dv = shape.ValueDim, kvHeads = shape.EffectiveKeyValueHeads;
-        (int nq, int nk) = ShardInputs.Attention(comm, query, key, value, shape, queryShard, keyShard, destination, finite: true);
+        (int nq, int nk) = ShardInputs.Attention(comm, query, key, value, shape, queryShard, keyShard, destination,
+            new ShardInputs.Call(OptionsLegend, Describe(options), () => RefuseCausal(options), FiniteReason));
         double[] maxima = Maxima(comm, [PolynomialFactors.MaxRowNorm(query, d), PolynomialFactors.MaxRowNorm(key, d), MaxAbs(query), MaxAbs(key), MaxAbs(value)]);
         double s = options.Scale ?? (1.0 / Math.Sqrt(d));
         var factors = PolynomialFactors.Prepare(PolynomialFactors.RangeOf(s, maxima[0], maxima[1]), d, dv, s, options);
@@ -75,48 +75,65 @@ public static class DistributedPolynomialAttention
     /// <param name="destination">This rank's output, <c>[h, queryShard.Count, dv]</c>.</param>
     /// <param name="options">Target error or degree, feature budget (not causal); a null scale means <c>1/d</c> here, as in the one-process method.</param>
     /// <returns>The certificate, the same on every rank.</returns>
-    /// <exception cref="ArgumentException">Causal, a bad shape or the wrong number of matrices (on every rank).</exception>
+    /// <exception cref="ArgumentException">Causal or a bad shape (on every rank, when every rank passes the same).</exception>
     /// <exception cref="ArgumentOutOfRangeException">R too wide for the error, or r over the budget.</exception>
-    /// <exception cref="DistributedException">A rank's shard or tensors do not match, or hold non-finite values; every rank throws it.</exception>
+    /// <exception cref="DistributedException">A rank's shard or tensors (or number of matrices) do not match, hold non-finite values, or its shape or options differ from rank 0's; every rank throws it.</exception>
     public static PolynomialCertificate ComputeTensor(Communicator comm, ReadOnlySpan<float> query, IReadOnlyList<ReadOnlyMemory<float>> keys, IReadOnlyList<ReadOnlyMemory<float>> values,
         TensorAttentionShape shape, SequenceShard queryShard, SequenceShard keyShard, Span<float> destination, PolynomialAttentionOptions options = default)
     {
-        RefuseCausal(options);
         ArgumentNullException.ThrowIfNull(comm);
-        ArgumentNullException.ThrowIfNull(keys);
-        ArgumentNullException.ThrowIfNull(values);
         int m = shape.KeyMatrices, d = shape.HeadDim, dv = shape.ValueDim, heads = shape.HeadCount;
-        if (shape.Order < 2 || keys.Count != m || values.Count != m)
-        {
-            throw new ArgumentException($"shape: order {shape.Order} needs {Math.Max(m, 1)} key and value matrices (order at least 2); got {keys.Count} keys and {values.Count} values.", nameof(shape));
-        }
-
-        Exception? failure = null;
+        Exception? global = null, local = null;
         int nq = 0, nk = 0;
         try
         {
-            (nq, nk) = ShardInputs.Check(comm, new AttentionShape(1, heads, shape.QueryCount, shape.KeyCount, d, dv), queryShard, keyShard);
-            ShardInputs.Length(query.Length, heads, nq, d, nameof(query), "[h, local nq, d]");
-            ShardInputs.Length(destination.Length, heads, nq, dv, nameof(destination), "[h, local nq, dv]");
-            ShardInputs.Finite(query, d, nameof(query));
-            for (int t = 0; t < m; t++)
+            RefuseCausal(options);
+            ShardInputs.CheckShape(new AttentionShape(1, heads, shape.QueryCount, shape.KeyCount, d, dv));
+            if (shape.Order < 2)
             {
-                ShardInputs.Length(keys[t].Length, heads, nk, d, $"keys[{t}]", "[h, local nk, d]");
-                ShardInputs.Length(values[t].Length, heads, nk, dv, $"values[{t}]", "[h, local nk, dv]");
-                ShardInputs.Finite(keys[t].Span, d, $"keys[{t}]");
-                ShardInputs.Finite(values[t].Span, dv, $"values[{t}]");
+                throw new ArgumentException($"shape: order {shape.Order} is below 2 (a query and at least one key matrix).", nameof(shape));
             }
         }
-        catch (ArgumentException e) when (e.ParamName != nameof(shape))
+        catch (ArgumentException e)
         {
-            failure = e;
+            global = e;
         }
 
-        comm.Agree(failure);
+        if (global is null)
+        {
+            try
+            {
+                ArgumentNullException.ThrowIfNull(keys);
+                ArgumentNullException.ThrowIfNull(values);
+                if (keys.Count != m || values.Count != m)
+                {
+                    throw new ArgumentException($"keys: order {shape.Order} needs {m} key and value matrices; got {keys.Count} keys and {values.Count} values.", nameof(keys));
+                }
+
+                (nq, nk) = ShardInputs.Shards(comm, new AttentionShape(1, heads, shape.QueryCount, shape.KeyCount, d, dv), queryShard, keyShard);
+                ShardInputs.Length(query.Length, heads, nq, d, nameof(query), "[h, local nq, d]");
+                ShardInputs.Length(destination.Length, heads, nq, dv, nameof(destination), "[h, local nq, dv]");
+                ShardInputs.Finite(query, d, nameof(query), FiniteReason);
+                for (int t = 0; t < m; t++)
+                {
+                    ShardInputs.Length(keys[t].Length, heads, nk, d, $"keys[{t}]", "[h, local nk, d]");
+                    ShardInputs.Length(values[t].Length, heads, nk, dv, $"values[{t}]", "[h, local nk, dv]");
+                    ShardInputs.Finite(keys[t].Span, d, $"keys[{t}]", FiniteReason);
+                    ShardInputs.Finite(values[t].Span, dv, $"values[{t}]", FiniteReason);
+                }
+            }
+            catch (Exception e) when (e is ArgumentException or OverflowException)
+            {
+                local = e;
+            }
+        }
+
+        long[] descriptor = [shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, shape.Order, .. Describe(options)];
+        ShardInputs.Agree(comm, descriptor, $"heads, nq, nk, d, dv, order, {OptionsLegend}", global, local);
 
         // Local maxima, then one max over ranks: query norm and entry, then per matrix its key norm, key entry and value entry.
-        double[] local = [PolynomialFactors.MaxRowNorm(query, d), MaxAbs(query), .. Enumerable.Range(0, m).SelectMany(t => new[] { PolynomialFactors.MaxRowNorm(keys[t].Span, d), MaxAbs(keys[t].Span), MaxAbs(values[t].Span) })];
-        double[] maxima = Maxima(comm, local);
+        double[] mine = [PolynomialFactors.MaxRowNorm(query, d), MaxAbs(query), .. Enumerable.Range(0, m).SelectMany(t => new[] { PolynomialFactors.MaxRowNorm(keys[t].Span, d), MaxAbs(keys[t].Span), MaxAbs(values[t].Span) })];
+        double[] maxima = Maxima(comm, mine);
         double[] keyNorms = [.. Enumerable.Range(0, m).Select(t => maxima[2 + (3 * t)])], keyEntries = [.. Enumerable.Range(0, m).Select(t => maxima[3 + (3 * t)])];
         double s = options.Scale ?? (1.0 / d);
         var factors = PolynomialFactors.Prepare(TensorAttention.RangeOf(s, maxima[0], keyNorms, keyEntries), d, dv, s, options);
@@ -150,6 +167,14 @@ public static class DistributedPolynomialAttention
         double maxAbsValue = Enumerable.Range(0, m).Aggregate(1.0, (x, t) => x * maxima[4 + (3 * t)]);
         return factors.TensorCertificate(shape, maxAbsValue, comm.Size);
     }
+
+    private const string OptionsLegend = "scale bits, relative error bits, degree, max rank, method, causal";
+
+    private const string FiniteReason = "the polynomial method needs finite inputs";
+
+    /// <summary>The options that decide the polynomial and so the state's length (not the thread count).</summary>
+    private static long[] Describe(PolynomialAttentionOptions options) =>
+        [ShardInputs.Bits(options.Scale), ShardInputs.Bits(options.RelativeError), options.Degree ?? -1, options.MaxRank, (long)options.Method, options.Causal ? 1 : 0];
 
     private static void RefuseCausal(PolynomialAttentionOptions options)
     {

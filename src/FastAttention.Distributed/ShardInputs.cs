@@ -1,24 +1,46 @@
+using System.Runtime.ExceptionServices;
+
 namespace FastAttention.Distributed;
 
 /// <summary>
-/// The checks every sharded attention entry point makes before its first message: the global shape, each shard against
-/// the communicator and the global length, and each local tensor's length against the shard. The messages name the
-/// parameter and show actual against expected, as the core's validator does.
+/// The checks every sharded entry point makes before its first message: the global shape and options, each shard against
+/// the communicator and the global length, and each local tensor's length against the shard; then one gather of every
+/// rank's descriptor (the global dimensions and the options that shape the collectives) compared with rank 0's, so that
+/// no rank leaves alone and no two ranks feed collectives of different lengths. The messages name the parameter and
+/// show actual against expected, as the core's validator does.
 /// </summary>
 internal static class ShardInputs
 {
-    /// <summary>Checks the global shape and both shards, and returns the local query and key counts.</summary>
-    public static (int Queries, int Keys) Check(Communicator comm, AttentionShape shape, SequenceShard queryShard, SequenceShard keyShard)
+    /// <summary>The descriptor entries of an <see cref="AttentionShape"/>, in the order of <see cref="Describe(AttentionShape)"/>.</summary>
+    public const string ShapeLegend = "batch, heads, nq, nk, d, dv, kvHeads";
+
+    /// <summary>
+    /// A call's options as the descriptor compares them: their legend, their values (bits for floating point, so equal
+    /// options give equal entries), the check that refuses bad ones, and why inputs must be finite.
+    /// </summary>
+    public sealed record Call(string Legend, long[] Values, Action Validate, string FiniteReason);
+
+    public static long[] Describe(AttentionShape shape) =>
+        [shape.BatchSize, shape.HeadCount, shape.QueryCount, shape.KeyCount, shape.HeadDim, shape.ValueDim, shape.KeyValueHeadCount];
+
+    /// <summary>An optional number as a descriptor entry: its bits, or a value no double has.</summary>
+    public static long Bits(double? x) => x is { } v ? BitConverter.DoubleToInt64Bits(v) : long.MinValue;
+
+    /// <summary>The global shape: every size at least 1, the kv heads dividing the heads.</summary>
+    public static void CheckShape(AttentionShape shape)
     {
-        ArgumentNullException.ThrowIfNull(comm);
-        ArgumentNullException.ThrowIfNull(queryShard);
-        ArgumentNullException.ThrowIfNull(keyShard);
         if (shape.BatchSize < 1 || shape.HeadCount < 1 || shape.QueryCount < 1 || shape.KeyCount < 1 || shape.HeadDim < 1 || shape.ValueDim < 1
             || shape.KeyValueHeadCount < 0 || shape.HeadCount % shape.EffectiveKeyValueHeads != 0)
         {
             throw new ArgumentException($"shape: every size must be at least 1 and the kv heads must divide the heads; got ({shape}).", nameof(shape));
         }
+    }
 
+    /// <summary>Both shards against the communicator and a checked global shape; returns the local query and key counts.</summary>
+    public static (int Queries, int Keys) Shards(Communicator comm, AttentionShape shape, SequenceShard queryShard, SequenceShard keyShard)
+    {
+        ArgumentNullException.ThrowIfNull(queryShard);
+        ArgumentNullException.ThrowIfNull(keyShard);
         return (Shard(comm, queryShard, shape.QueryCount, nameof(queryShard)), Shard(comm, keyShard, shape.KeyCount, nameof(keyShard)));
     }
 
@@ -59,51 +81,83 @@ internal static class ShardInputs
         return positions;
     }
 
-    /// <summary>Every value must be finite (the polynomial method's range bound would be infinite); names the first bad row.</summary>
-    public static void Finite(ReadOnlySpan<float> values, int width, string parameter)
+    /// <summary>Every value must be finite; names the first bad row and <paramref name="reason"/>.</summary>
+    public static void Finite(ReadOnlySpan<float> values, int width, string parameter, string reason)
     {
         for (int i = 0; i < values.Length; i++)
         {
             if (!float.IsFinite(values[i]))
             {
-                throw new ArgumentException($"{parameter}: value {i % width} of local row {i / width} is {values[i].ToString(System.Globalization.CultureInfo.InvariantCulture)}; the polynomial method needs finite inputs.", parameter);
+                throw new ArgumentException($"{parameter}: value {i % width} of local row {i / width} is {values[i].ToString(System.Globalization.CultureInfo.InvariantCulture)}; {reason}.", parameter);
             }
         }
     }
 
     /// <summary>
-    /// The whole check of a sharded attention call: a bad shape throws at once (every rank sees the same shape); a bad
-    /// shard, tensor length or (with <paramref name="finite"/>) non-finite value on any rank makes every rank throw.
-    /// Returns the local query and key counts.
+    /// The whole check of a sharded attention call. Global problems (shape, options) depend only on the descriptor, so when
+    /// every rank's descriptor is rank 0's they are the same on every rank and each rank throws its own ArgumentException.
+    /// A descriptor unlike rank 0's, or a bad shard, tensor length or non-finite value on any rank, makes every rank throw
+    /// the same <see cref="DistributedException"/>. Returns the local query and key counts.
     /// </summary>
     public static (int Queries, int Keys) Attention(Communicator comm, ReadOnlySpan<float> query, ReadOnlySpan<float> key, ReadOnlySpan<float> value, AttentionShape shape,
-        SequenceShard queryShard, SequenceShard keyShard, Span<float> destination, bool finite)
+        SequenceShard queryShard, SequenceShard keyShard, Span<float> destination, Call call)
     {
         ArgumentNullException.ThrowIfNull(comm);
         int d = shape.HeadDim, dv = shape.ValueDim;
-        Exception? failure = null;
+        Exception? global = null, local = null;
         int nq = 0, nk = 0;
         try
         {
-            (nq, nk) = Check(comm, shape, queryShard, keyShard);
-            long queryHeads = (long)shape.BatchSize * shape.HeadCount, keyHeads = (long)shape.BatchSize * shape.EffectiveKeyValueHeads;
-            Length(query.Length, queryHeads, nq, d, nameof(query), "[batch, heads, local nq, d]");
-            Length(key.Length, keyHeads, nk, d, nameof(key), "[batch, kvHeads, local nk, d]");
-            Length(value.Length, keyHeads, nk, dv, nameof(value), "[batch, kvHeads, local nk, dv]");
-            Length(destination.Length, queryHeads, nq, dv, nameof(destination), "[batch, heads, local nq, dv]");
-            if (finite)
-            {
-                Finite(query, d, nameof(query));
-                Finite(key, d, nameof(key));
-                Finite(value, dv, nameof(value));
-            }
+            CheckShape(shape);
+            call.Validate();
         }
-        catch (ArgumentException e) when (e.ParamName != nameof(shape))
+        catch (ArgumentException e)
         {
-            failure = e;
+            global = e;
         }
 
-        comm.Agree(failure);
+        if (global is null)
+        {
+            try
+            {
+                (nq, nk) = Shards(comm, shape, queryShard, keyShard);
+                long queryHeads = (long)shape.BatchSize * shape.HeadCount, keyHeads = (long)shape.BatchSize * shape.EffectiveKeyValueHeads;
+                Length(query.Length, queryHeads, nq, d, nameof(query), "[batch, heads, local nq, d]");
+                Length(key.Length, keyHeads, nk, d, nameof(key), "[batch, kvHeads, local nk, d]");
+                Length(value.Length, keyHeads, nk, dv, nameof(value), "[batch, kvHeads, local nk, dv]");
+                Length(destination.Length, queryHeads, nq, dv, nameof(destination), "[batch, heads, local nq, dv]");
+                Finite(query, d, nameof(query), call.FiniteReason);
+                Finite(key, d, nameof(key), call.FiniteReason);
+                Finite(value, dv, nameof(value), call.FiniteReason);
+            }
+            catch (Exception e) when (e is ArgumentException or OverflowException)
+            {
+                local = e;
+            }
+        }
+
+        Agree(comm, [.. Describe(shape), .. call.Values], $"{ShapeLegend}, {call.Legend}", global, local);
         return (nq, nk);
+    }
+
+    /// <summary>
+    /// Compares every rank's <paramref name="descriptor"/> with rank 0's (one gather) and makes the checks collective: with
+    /// equal descriptors a <paramref name="global"/> failure (one that follows from the descriptor alone, so every rank has
+    /// it) is rethrown as it is on every rank; otherwise the first rank's global failure, descriptor mismatch or
+    /// <paramref name="local"/> failure becomes every rank's <see cref="DistributedException"/>.
+    /// </summary>
+    public static void Agree(Communicator comm, long[] descriptor, string legend, Exception? global, Exception? local)
+    {
+        // The flag makes a global failure part of the descriptor, so equal descriptors mean every rank failed or none did.
+        long[][] all = comm.Allgather<long>([.. descriptor, global is null ? 0 : 1]);
+        bool mine = all[comm.Rank].AsSpan().SequenceEqual(all[0]);
+        if (global is not null && all.All(x => x.AsSpan().SequenceEqual(all[0])))
+        {
+            ExceptionDispatchInfo.Throw(global);
+        }
+
+        Exception? mismatch = mine ? null : new ArgumentException($"every rank must pass the same global shape and options: rank 0 has ({string.Join(", ", all[0])}), "
+            + $"rank {comm.Rank} has ({string.Join(", ", all[comm.Rank])}) ({legend}, bad shape or options).", "shape");
+        comm.Agree(global ?? mismatch ?? local);
     }
 }
