@@ -129,6 +129,33 @@ public class DistributedLevAttentionTests
         Assert.All(errors, e => Assert.StartsWith("rank 1 of 2: ", Assert.IsType<DistributedException>(e).Message, StringComparison.Ordinal));
     }
 
+    /// <summary>
+    /// A NaN query on one rank, with several heads (a collective per head follows the attention of the first): before the
+    /// collective check only that rank threw, between two heads' collectives, and the others waited for the timeout.
+    /// </summary>
+    [Fact]
+    public void A_non_finite_query_on_one_rank_stops_every_rank_with_several_heads()
+    {
+        AttentionShape shape = new(2, 2, 8, 8, 4, 4);
+        (float[] q, float[] k, float[] v) = Inputs(shape, 4);
+        q[(8 * 4) + 1] = float.NaN; // batch 0, head 1, query 0: held by rank 0
+        var errors = LocalCommunicator.Run(2, comm => Record.Exception(() => RunShard(comm, q, k, v, shape, new LevAttentionOptions { Top = 2 }, ShardLayout.Contiguous)),
+            TimeSpan.FromSeconds(20));
+        Assert.All(errors, e => Assert.StartsWith("rank 0 of 2: ", Assert.IsType<DistributedException>(e).Message, StringComparison.Ordinal));
+        Assert.Equal(errors[0]!.Message, errors[1]!.Message);
+    }
+
+    [Fact]
+    public void A_rank_with_other_options_stops_every_rank_naming_the_difference()
+    {
+        AttentionShape shape = new(1, 1, 8, 8, 4, 4);
+        (float[] q, float[] k, float[] v) = Inputs(shape, 5);
+        var errors = LocalCommunicator.Run(3, comm => Record.Exception(() =>
+            RunShard(comm, q, k, v, shape, new LevAttentionOptions { Top = comm.Rank == 2 ? 3 : 2 }, ShardLayout.Contiguous)), TimeSpan.FromSeconds(20));
+        Assert.All(errors, e => Assert.StartsWith("rank 2 of 3: ", Assert.IsType<DistributedException>(e).Message, StringComparison.Ordinal));
+        Assert.All(errors, e => Assert.Contains("same global shape and options", e!.Message, StringComparison.Ordinal));
+    }
+
     [Theory]
     [InlineData(2)]
     [InlineData(3)]
