@@ -37,12 +37,23 @@ public class PackagingTests
         }
 
         Assert.True(File.Exists(Path.Combine(packages, $"FastAttention.{version}.snupkg")), "no symbol package");
-        using (ZipArchive tool = ZipFile.OpenRead(Path.Combine(packages, $"FastAttention.Cli.{version}.nupkg")))
+        // The tool is a RID-specific package (linux-x64) whose assemblies are ReadyToRun, so it starts without JIT-compiling
+        // its own code, plus the top-level package that points at it.
+        using (ZipArchive pointer = ZipFile.OpenRead(Path.Combine(packages, $"FastAttention.Cli.{version}.nupkg")))
+        {
+            Assert.Contains("tools/any/any/DotnetToolSettings.xml", pointer.Entries.Select(e => e.FullName));
+        }
+
+        using (ZipArchive tool = ZipFile.OpenRead(Path.Combine(packages, $"FastAttention.Cli.linux-x64.{version}.nupkg")))
         {
             string[] entries = [.. tool.Entries.Select(e => e.FullName)];
-            Assert.Contains("tools/net10.0/any/fastattn.dll", entries);
-            Assert.Contains("tools/net10.0/any/FastAttention.dll", entries);
-            Assert.Contains("tools/net10.0/any/DotnetToolSettings.xml", entries);
+            Assert.Contains("tools/net10.0/linux-x64/DotnetToolSettings.xml", entries);
+            foreach (string assembly in new[] { "fastattn.dll", "FastAttention.dll", "FastAttention.Lab.dll", "FastAttention.Training.dll" })
+            {
+                string entry = "tools/net10.0/linux-x64/" + assembly;
+                Assert.Contains(entry, entries);
+                Assert.True(IsReadyToRun(tool.GetEntry(entry)!), $"{assembly} in the tool package is IL only, not ReadyToRun");
+            }
         }
 
         string toolPath = Path.Combine(dir, "tools");
@@ -57,5 +68,19 @@ public class PackagingTests
         (runCode, runOutput) = Processes.Run(fastattn, ["inspect", "--q", Data.Fixture("ocr", "line40", "block2", "q.npy"), "--k", Data.Fixture("ocr", "line40", "block2", "k.npy"), "--no-plan"], dir, Limit);
         Assert.True(runCode == 0, runOutput);
         Assert.Contains("[8, 42, 15]", runOutput);
+    }
+
+    /// <summary>Whether an assembly is a ReadyToRun image: its CLR header points at a managed native (R2R) header.</summary>
+    private static bool IsReadyToRun(ZipArchiveEntry entry)
+    {
+        using var bytes = new MemoryStream();
+        using (Stream stream = entry.Open())
+        {
+            stream.CopyTo(bytes);
+        }
+
+        bytes.Position = 0;
+        using var reader = new System.Reflection.PortableExecutable.PEReader(bytes);
+        return reader.PEHeaders.CorHeader is { ManagedNativeHeaderDirectory.Size: > 0 };
     }
 }
