@@ -5,9 +5,11 @@ using FastAttention.Benchmarks;
 namespace FastAttention.PeerBenchmarks;
 
 /// <summary>
-/// The quick peer table: for n = 4096, one head, fp32, d in {64, 128}, causal off/on and 1 and 2 threads, the median
-/// time of forward + backward for PyTorch SDPA and for ours, GFLOP/s (4 n^2 d forward + 10 n^2 d backward, visible
-/// pairs only when causal), percent of the measured FMA peak, and the ratio ours/PyTorch of GFLOP/s (above 1: ours is faster).
+/// The quick peer tables, n = 4096, fp32, d in {64, 128}, causal off/on, 1 and 2 threads: the inference forward
+/// (1 and 8 heads) of ONNX Runtime's MultiHeadAttention, PyTorch's SDPA and ours, then forward + backward (one head)
+/// of PyTorch's SDPA with autograd and ours. Each row: median time, GFLOP/s (4 n^2 d per head forward + 10 n^2 d
+/// backward, visible pairs only when causal), percent of the FMA peak measured beside it, and each peer's time over
+/// ours (above 1: ours is faster). Every row also checks that the outputs (and gradients) agree.
 /// </summary>
 internal static class QuickRun
 {
@@ -15,12 +17,62 @@ internal static class QuickRun
 
     public static int Run(int runs)
     {
-        var invariant = CultureInfo.InvariantCulture;
         // The load average says whether other work shared the cores (the figures are meaningless when it exceeds the core count).
         string load = File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Split(' ')[0] : "n/a";
-        Console.WriteLine($"{Environment.ProcessorCount} logical CPUs, load average {load}, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, median of {runs} runs, n = {N}, one head, fp32");
-        bool failed = false;
-        Console.WriteLine("d    causal threads | PyTorch ms  GFLOP/s  %peak | ours ms  GFLOP/s  %peak | ours/PyTorch");
+        Console.WriteLine($"{Environment.ProcessorCount} logical CPUs, load average {load}, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, median of {runs} runs, n = {N}, fp32");
+        bool failed = !Forward(runs);
+        failed |= !Training(runs);
+        Console.WriteLine("FMA peak measured by FastAttention.FmaPeak.Measure beside each row; flops 4 n^2 d per head forward + 10 n^2 d backward (visible pairs).");
+        return failed ? 1 : 0;
+    }
+
+    /// <summary>The inference forward: ours, ONNX Runtime's MultiHeadAttention and PyTorch's SDPA (no autograd), 1 and 8 heads.</summary>
+    private static bool Forward(int runs)
+    {
+        Console.WriteLine("forward");
+        Console.WriteLine("heads d    causal threads | ORT ms   GFLOP/s  %peak | PyTorch ms  GFLOP/s  %peak | ours ms  GFLOP/s  %peak | ORT/ours PyTorch/ours");
+        bool ok = true;
+        foreach (int heads in new[] { 1, 8 })
+        {
+            foreach (int d in new[] { 64, 128 })
+            {
+                foreach (bool causal in new[] { false, true })
+                {
+                    foreach (int threads in new[] { 1, 2 })
+                    {
+                        var (q, k, v, _) = BenchInputs.Uniform(heads * N, d);
+                        double flops = FlopCount.ExactAttention(1, heads, N, N, d, d, causal);
+                        double peak = FmaPeak.Measure(threads);
+                        using var ort = new OrtPeer(q, k, v, N, heads, d, causal, threads);
+                        double ortMs = Median(runs, ort.Run);
+                        using var torch = new TorchPeer(q, k, v, null, N, d, causal, threads, heads);
+                        double torchMs = Median(runs, () => torch.Forward());
+                        var ours = new OursPeer(q, k, v, null, N, d, causal, threads, heads);
+                        double oursMs = Median(runs, () => ours.Forward());
+                        Console.WriteLine(string.Create(Invariant,
+                            $"{heads,5} {d,-4} {causal,-6} {threads,7} | {Cells(ortMs, flops, peak, 6)} | {Cells(torchMs, flops, peak, 10)} | {Cells(oursMs, flops, peak, 7)} | {ortMs / oursMs,8:F2} {torchMs / oursMs,12:F2}"));
+                        string check = Check(["O"], [ours.Forward()], [ort.Output()], "ONNX Runtime");
+                        check += Check(["O"], [ours.Forward()], [torch.Forward(copy: true)!], "PyTorch");
+                        if (check.Length > 0)
+                        {
+                            Console.WriteLine("  " + check);
+                            ok = false;
+                        }
+                    }
+                }
+            }
+        }
+
+        Console.WriteLine("ORT/ours, PyTorch/ours: the peer's median time over ours (above 1: ours is faster).");
+        return ok;
+    }
+
+    /// <summary>The training step on one head: forward with log-sum-exp and backward, ours against PyTorch's SDPA with autograd.</summary>
+    private static bool Training(int runs)
+    {
+        Console.WriteLine("forward + backward, one head");
+        Console.WriteLine("d    causal threads | PyTorch ms  GFLOP/s  %peak | ours ms  GFLOP/s  %peak | PyTorch/ours");
+        bool ok = true;
         foreach (int d in new[] { 64, 128 })
         {
             foreach (bool causal in new[] { false, true })
@@ -33,40 +85,46 @@ internal static class QuickRun
                     double peak = FmaPeak.Measure(threads);
                     using var torch = new TorchPeer(q, k, v, outputGradient, N, d, causal, threads);
                     double torchMs = Median(runs, () => torch.Run());
-                    double torchGflops = flops / (torchMs * 1e6);
                     var ours = new OursPeer(q, k, v, outputGradient, N, d, causal, threads);
                     double oursMs = Median(runs, () => ours.Run());
-                    double oursGflops = flops / (oursMs * 1e6);
-                    Console.WriteLine(string.Create(invariant,
-                        $"{d,-4} {causal,-6} {threads,7} | {torchMs,10:F1} {torchGflops,8:F1} {100 * torchGflops / peak,5:F0}% | {oursMs,7:F1} {oursGflops,8:F1} {100 * oursGflops / peak,5:F0}% | {oursGflops / torchGflops,12:F2}"));
-                    string check = Check(ours.Run(), torch.Run(copy: true)!.Value);
+                    Console.WriteLine(string.Create(Invariant,
+                        $"{d,-4} {causal,-6} {threads,7} | {Cells(torchMs, flops, peak, 10)} | {Cells(oursMs, flops, peak, 7)} | {torchMs / oursMs,12:F2}"));
+                    var a = ours.Run();
+                    var b = torch.Run(copy: true)!.Value;
+                    string check = Check(["O", "dQ", "dK", "dV"], [a.O, a.Dq, a.Dk, a.Dv], [b.O, b.Dq, b.Dk, b.Dv], "PyTorch");
                     if (check.Length > 0)
                     {
                         Console.WriteLine("  " + check);
-                        failed = true;
+                        ok = false;
                     }
                 }
             }
         }
 
-        Console.WriteLine("FMA peak measured by FastAttention.FmaPeak.Measure beside each row; flops 4 n^2 d forward + 10 n^2 d backward (visible pairs).");
-        return failed ? 1 : 0;
+        Console.WriteLine("PyTorch/ours: PyTorch's median time over ours (above 1: ours is faster).");
+        return ok;
     }
 
-    /// <summary>Identical inputs give the same results within fp32 accuracy: empty when every output and gradient agrees to 1e-3 relative to its largest entry.</summary>
-    private static string Check((float[] O, float[] Dq, float[] Dk, float[] Dv) ours, (float[] O, float[] Dq, float[] Dk, float[] Dv) torch)
+    private static readonly CultureInfo Invariant = CultureInfo.InvariantCulture;
+
+    /// <summary>Milliseconds, GFLOP/s and percent of the peak, the first right-aligned to <paramref name="width"/>.</summary>
+    private static string Cells(double ms, double flops, double peak, int width)
     {
-        string[] names = ["O", "dQ", "dK", "dV"];
-        float[][] a = [ours.O, ours.Dq, ours.Dk, ours.Dv];
-        float[][] b = [torch.O, torch.Dq, torch.Dk, torch.Dv];
+        double gflops = flops / (ms * 1e6);
+        return string.Create(Invariant, $"{ms.ToString("F1", Invariant).PadLeft(width)} {gflops,8:F1} {100 * gflops / peak,5:F0}%");
+    }
+
+    /// <summary>Identical inputs give the same results within fp32 accuracy: empty when every output and gradient agrees to 1e-3 relative to the peer's largest entry.</summary>
+    private static string Check(string[] names, float[][] ours, float[][] peer, string peerName)
+    {
         var bad = new List<string>();
         for (int t = 0; t < names.Length; t++)
         {
-            double scale = Math.Max(b[t].Max(Math.Abs), 1e-30);
-            double diff = a[t].Zip(b[t], (x, y) => Math.Abs(x - y)).Max() / scale;
+            double scale = Math.Max(peer[t].Max(Math.Abs), 1e-30);
+            double diff = ours[t].Zip(peer[t], (x, y) => Math.Abs(x - y)).Max() / scale;
             if (!(diff <= 1e-3))
             {
-                bad.Add(string.Create(CultureInfo.InvariantCulture, $"{names[t]} differs from PyTorch's by {diff:E2} of its largest entry"));
+                bad.Add(string.Create(Invariant, $"{names[t]} differs from {peerName}'s by {diff:E2} of its largest entry"));
             }
         }
 
