@@ -168,7 +168,7 @@ internal static partial class AttendCommand
             if (certificate is not null)
             {
                 stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"certificate: |s q.k| <= R = {certificate.Range:G4}; degree {certificate.Degree}, {certificate.Rank} features; polynomial relative error {certificate.PolynomialRelativeError:G3}; every output within {certificate.OutputBound:G3} of exact attention"));
+                    $"certificate: |s q.k| <= R = {NumberText.Format(certificate.Range, 4)}; degree {certificate.Degree}, {certificate.Rank} features; polynomial relative error {NumberText.Format(certificate.PolynomialRelativeError)}; every output within {NumberText.Format(certificate.OutputBound)} of exact attention"));
             }
 
             if (selections is not null)

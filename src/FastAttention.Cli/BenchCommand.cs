@@ -316,15 +316,15 @@ internal static class BenchOutput
         string head = string.Create(Inv, $"{r.Method} ({r.Kernel}) b={shape.BatchSize} h={shape.HeadCount} nq={shape.QueryCount} nk={shape.KeyCount} d={shape.HeadDim}{(r.Causal ? " causal" : string.Empty)}, {r.Threads} thread(s)");
         string rate = string.Create(Inv, $"median {r.MedianSeconds * 1e3:F3} ms of {r.Repeats}, {r.Gflops:F1} GFLOP/s (its own flops) = {r.PercentOfPeak:F0}% of the measured {r.PeakGflops:F0} GFLOP/s FMA peak");
         string effective = r.EffectiveGflops is double e ? string.Create(Inv, $"; {e:F1} effective GFLOP/s (exact flops / time)") : string.Empty;
-        string detail = r.Run.Certificate is { } c ? string.Create(Inv, $"; degree {c.Degree}, {c.Rank} features, output bound {c.OutputBound:G3}")
+        string detail = r.Run.Certificate is { } c ? string.Create(Inv, $"; degree {c.Degree}, {c.Rank} features, output bound {NumberText.Format(c.OutputBound)}")
             : r.Run.Sketch is { } s ? string.Create(Inv, $"; m = {s.SketchSize}")
             : r.Run.MeanKeptKeys is double kept ? string.Create(Inv, $"; {kept:F1} keys kept per head of {shape.KeyCount}")
             : string.Empty;
-        string read = string.Create(Inv, $"; inputs read at {r.InputGBps:G3} GB/s");
+        string read = string.Create(Inv, $"; inputs read at {NumberText.Format(r.InputGBps)} GB/s");
         string against = r.Bandwidth is BandwidthFigure b
             ? b.Reference == "method"
-                ? string.Create(Inv, $" = 100% of the fastest read measured (the method itself; a plain read of the same inputs took {b.PlainReadGBps:G3} GB/s)")
-                : string.Create(Inv, $" = {b.PercentOfBandwidth:F0}% of a plain read of the same inputs ({b.PlainReadGBps:G3} GB/s, same threads and passes)")
+                ? string.Create(Inv, $" = 100% of the fastest read measured (the method itself; a plain read of the same inputs took {NumberText.Format(b.PlainReadGBps)} GB/s)")
+                : string.Create(Inv, $" = {b.PercentOfBandwidth:F0}% of a plain read of the same inputs ({NumberText.Format(b.PlainReadGBps)} GB/s, same threads and passes)")
             : string.Empty;
         if (r.Backward is BackwardFigure pass)
         {
@@ -335,12 +335,12 @@ internal static class BenchOutput
         }
 
         string machineRead = r.Bandwidth?.MachineReadGBps is double m
-            ? string.Create(Inv, $"; the machine reads {m:G3} GB/s (1 GiB, all cores): the inputs came at {r.Bandwidth.PercentOfMachine:F0}% of that")
+            ? string.Create(Inv, $"; the machine reads {NumberText.Format(m)} GB/s (1 GiB, all cores): the inputs came at {r.Bandwidth.PercentOfMachine:F0}% of that")
             : string.Empty;
         stdout.WriteLine($"{head}: {rate}{effective}{detail}{read}{against}{machineRead}");
         if (r.Kv is KvFigure stored)
         {
-            stdout.WriteLine(string.Create(Inv, $"{Json.DescribeKvBound(stored.Type, stored.BitsPerValue, stored.Bound)}; {stored.Bytes / 1e6:G4} MB of stored K/V read at {r.KvGBps:G3} GB/s"));
+            stdout.WriteLine(string.Create(Inv, $"{Json.DescribeKvBound(stored.Type, stored.BitsPerValue, stored.Bound)}; {NumberText.Format(stored.Bytes / 1e6, 4)} MB of stored K/V read at {NumberText.Format(r.KvGBps, "-")} GB/s"));
         }
 
         stdout.WriteLine($"measured on {r.Machine}");

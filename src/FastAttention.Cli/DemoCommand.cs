@@ -137,7 +137,7 @@ internal static class DemoCommand
         PrintTable(stdout, rows);
         stdout.WriteLine();
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"poly certificate: |s q.k| <= R = {certificate.Range:G3}, degree {certificate.Degree}, {certificate.Rank} features, polynomial relative error {certificate.PolynomialRelativeError:G2}: every output within {certificate.OutputBound:G2} of exact attention (measured {polyRow.ErrorVsReference:G2})."));
+            $"poly certificate: |s q.k| <= R = {NumberText.Format(certificate.Range)}, degree {certificate.Degree}, {certificate.Rank} features, polynomial relative error {NumberText.Format(certificate.PolynomialRelativeError, 2)}: every output within {NumberText.Format(certificate.OutputBound, 2)} of exact attention (measured {NumberText.Format(polyRow.ErrorVsReference, 2)})."));
         string keptText = kept.Distinct().Count() == 1 ? kept[0].ToString(CultureInfo.InvariantCulture) : string.Join(", ", kept);
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"lev kept {keptText} of {keyCount} keys per head (top {LevTop} by leverage score); softmax has no universal set, so the error is what dropping the other keys cost here (docs/experiments/levattention.md)."));
@@ -145,12 +145,12 @@ internal static class DemoCommand
         {
             Row[] stored = [.. rows.Where(r => r.Kv is not null)];
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{KvElementTypes.Name(type)} K/V ({stored[0].Kv!.BitsPerValue:G3} bits a value; kernel {string.Join(", ", stored.Select(r => r.Kernel).Distinct())}): max |out - out_f32| against the storage bound (the float32 kernels' own rounding, the max err column, comes on top):"));
+                $"{KvElementTypes.Name(type)} K/V ({NumberText.Format(stored[0].Kv!.BitsPerValue)} bits a value; kernel {string.Join(", ", stored.Select(r => r.Kernel).Distinct())}): max |out - out_f32| against the storage bound (the float32 kernels' own rounding, the max err column, comes on top):"));
             foreach (Row row in stored)
             {
                 StoredRow kv = row.Kv!;
-                string bound = kv.Bound is null ? "no bound" : string.Create(CultureInfo.InvariantCulture, $"bound {kv.Bound.Absolute:0.0E+0}");
-                stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {row.Data}: {kv.ErrorVsFloat32:0.0E+0} ({bound})"));
+                string bound = kv.Bound is null ? "no bound" : string.Create(CultureInfo.InvariantCulture, $"bound {NumberText.Format(kv.Bound.Absolute, 2)}");
+                stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {row.Data}: {NumberText.Format(kv.ErrorVsFloat32, 2)} ({bound})"));
             }
         }
 
@@ -300,8 +300,8 @@ internal static class DemoCommand
                 r.Data, r.Shape, r.Kv is { } kv ? $"{r.Method} {KvElementTypes.Name(kv.Type)}" : r.Method, r.Kernel,
                 r.Seconds >= 1e-2 ? string.Create(inv, $"{r.Seconds * 1e3:F1} ms") : string.Create(inv, $"{r.Seconds * 1e6:F0} us"),
                 string.Create(inv, $"{r.Gflops:F1}"),
-                string.Create(inv, $"{r.ErrorVsReference:0.0E+0}"),
-                r.ErrorVsOnnxRuntime is double e ? string.Create(inv, $"{e:0.0E+0}") : "-",
+                string.Create(inv, $"{NumberText.Format(r.ErrorVsReference, 2)}"),
+                r.ErrorVsOnnxRuntime is double e ? string.Create(inv, $"{NumberText.Format(e, 2)}") : "-",
             }),
         ];
         int[] widths = [.. Enumerable.Range(0, header.Length).Select(c => cells.Max(row => row[c].Length))];

@@ -108,12 +108,12 @@ internal static class InspectCommand
 
         var inv = CultureInfo.InvariantCulture;
         stdout.WriteLine($"query  {q.ShapeText}   key {k.ShapeText}   n = {bounds.TokenCount}, d = {shape.HeadDim}, heads = {shape.HeadCount} (kv {shape.EffectiveKeyValueHeads})");
-        stdout.WriteLine(string.Create(inv, $"entry bound B = max|entry| = {bounds.EntryBound:G5}   (Q {bounds.QueryEntryBound:G5}, K {bounds.KeyEntryBound:G5})"));
-        stdout.WriteLine(string.Create(inv, $"row norms     max||q|| = {bounds.MaxQueryNorm:G5}, max||k|| = {bounds.MaxKeyNorm:G5}"));
-        stdout.WriteLine(string.Create(inv, $"scale s = {bounds.Scale:G5}: max|s q.k| = {(bounds.MaxAbsScaledScore is double x ? x.ToString("G5", inv) : $"(not computed: nq nk (d + 16) over heads exceeds {InputAnalysis.ExactScoreBudget:G2})")}, bound s max||q|| max||k|| = {bounds.ScoreNormBound:G5}"));
-        stdout.WriteLine(string.Create(inv, $"threshold sqrt(ln n) = {bounds.Threshold:G4};  B / sqrt(ln n) = {bounds.EntryBound / bounds.Threshold:G4}"));
+        stdout.WriteLine(string.Create(inv, $"entry bound B = max|entry| = {NumberText.Format(bounds.EntryBound, 5)}   (Q {NumberText.Format(bounds.QueryEntryBound, 5)}, K {NumberText.Format(bounds.KeyEntryBound, 5)})"));
+        stdout.WriteLine(string.Create(inv, $"row norms     max||q|| = {NumberText.Format(bounds.MaxQueryNorm, 5)}, max||k|| = {NumberText.Format(bounds.MaxKeyNorm, 5)}"));
+        stdout.WriteLine(string.Create(inv, $"scale s = {NumberText.Format(bounds.Scale, 5)}: max|s q.k| = {(bounds.MaxAbsScaledScore is double x ? NumberText.Format(x, 5) : $"(not computed: nq nk (d + 16) over heads exceeds {NumberText.Format(InputAnalysis.ExactScoreBudget, 2)})")}, bound s max||q|| max||k|| = {NumberText.Format(bounds.ScoreNormBound, 5)}"));
+        stdout.WriteLine(string.Create(inv, $"threshold sqrt(ln n) = {NumberText.Format(bounds.Threshold, 4)};  B / sqrt(ln n) = {NumberText.Format(bounds.EntryBound / bounds.Threshold, 4)}"));
         stdout.WriteLine("regime: " + regime);
-        stdout.WriteLine("polynomial method at eps " + eps.ToString("G3", inv) + ": " + poly.Note);
+        stdout.WriteLine("polynomial method at eps " + NumberText.Format(eps) + ": " + poly.Note);
         if (plan is not null)
         {
             stdout.WriteLine("plan: " + plan.Explanation);
@@ -135,13 +135,13 @@ internal static class InspectCommand
         var inv = CultureInfo.InvariantCulture;
         if (PolynomialAttention.Size(range, d, eps) is not (int degree, long rank))
         {
-            return new PolynomialEstimate(null, 0, false, string.Create(inv, $"R = {range:G4} is too wide for any polynomial to reach relative error {eps:G3}: use exact attention"));
+            return new PolynomialEstimate(null, 0, false, string.Create(inv, $"R = {NumberText.Format(range, 4)} is too wide for any polynomial to reach relative error {NumberText.Format(eps)}: use exact attention"));
         }
 
         bool feasible = rank <= Budget;
         string note = feasible
-            ? string.Create(inv, $"R = {range:G4} needs degree {degree} and r = C(d+g, g) = {rank} features (fastattn attend --method poly)")
-            : string.Create(inv, $"R = {range:G4} needs degree {degree}, i.e. r = C(d+g, g) = {rank} features, over the {Budget} budget: use exact attention");
+            ? string.Create(inv, $"R = {NumberText.Format(range, 4)} needs degree {degree} and r = C(d+g, g) = {rank} features (fastattn attend --method poly)")
+            : string.Create(inv, $"R = {NumberText.Format(range, 4)} needs degree {degree}, i.e. r = C(d+g, g) = {rank} features, over the {Budget} budget: use exact attention");
         return new PolynomialEstimate(degree, rank, feasible, note);
     }
 }

@@ -69,9 +69,9 @@ internal static class Json
 
     /// <summary>The storage bound as one line of text: what every output element is within, and its two ingredients.</summary>
     public static string DescribeKvBound(KvElementType type, double bitsPerValue, KvErrorBound? bound) => bound is null
-        ? string.Create(CultureInfo.InvariantCulture, $"keys and values stored as {KvElementTypes.Name(type)} ({bitsPerValue:G3} bits a value)")
+        ? string.Create(CultureInfo.InvariantCulture, $"keys and values stored as {KvElementTypes.Name(type)} ({NumberText.Format(bitsPerValue)} bits a value)")
         : string.Create(CultureInfo.InvariantCulture,
-            $"keys and values stored as {KvElementTypes.Name(type)} ({bitsPerValue:G3} bits a value): every output within {bound.Absolute:G3} of attention on the values they were rounded from (score error {bound.ScoreError:G3}, value error {bound.ValueError:G3}, max |V| {bound.MaxAbsValue:G3}; the float32 kernel's own rounding comes on top)");
+            $"keys and values stored as {KvElementTypes.Name(type)} ({NumberText.Format(bitsPerValue)} bits a value): every output within {NumberText.Format(bound.Absolute)} of attention on the values they were rounded from (score error {NumberText.Format(bound.ScoreError)}, value error {NumberText.Format(bound.ValueError)}, max |V| {NumberText.Format(bound.MaxAbsValue)}; the float32 kernel's own rounding comes on top)");
 
     private static void FiniteOrNull(Utf8JsonWriter writer, string name, double value)
     {

@@ -237,7 +237,7 @@ internal static partial class LeverageCommand
             for (int h = 0; h < heads; h++)
             {
                 string what = certificates[h] is UniversalSetCertificate c
-                    ? string.Create(inv, $"|U| = {c.Size} keys of {n} with sensitivity bound >= eps = {c.Eps:G3} (p = {c.P:G3}); size bound {c.SizeBound:G4}, score sum {c.ScoreSum:G6}, rank {c.Rank}")
+                    ? string.Create(inv, $"|U| = {c.Size} keys of {n} with sensitivity bound >= eps = {NumberText.Format(c.Eps)} (p = {NumberText.Format(c.P)}); size bound {NumberText.Format(c.SizeBound, 4)}, score sum {NumberText.Format(c.ScoreSum, 6)}, rank {c.Rank}")
                     : string.Create(inv, $"top {sets[h].Length} keys of {n} by score");
                 stdout.WriteLine((heads > 1 ? $"{HeadName(h)}: " : string.Empty) + what);
             }

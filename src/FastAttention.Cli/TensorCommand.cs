@@ -128,7 +128,7 @@ internal static class TensorCommand
             if (certificate is not null)
             {
                 stdout.WriteLine(string.Create(inv,
-                    $"certificate: |s <q, k1 o k2>| <= R = {certificate.Range:G4}; degree {certificate.Degree}, {certificate.Rank} features; polynomial relative error {certificate.PolynomialRelativeError:G3}; every output within {certificate.OutputBound:G3} of exact tensor attention"));
+                    $"certificate: |s <q, k1 o k2>| <= R = {NumberText.Format(certificate.Range, 4)}; degree {certificate.Degree}, {certificate.Rank} features; polynomial relative error {NumberText.Format(certificate.PolynomialRelativeError)}; every output within {NumberText.Format(certificate.OutputBound)} of exact tensor attention"));
             }
         }
 
@@ -150,7 +150,7 @@ internal static class TensorCommand
         double range = TensorAttention.RangeBound(q, keys, shape.HeadDim, scale);
         if (PolynomialAttention.Size(range, shape.HeadDim, eps) is not (int degree, long rank))
         {
-            return ("exact", string.Create(inv, $"exact: no polynomial reaches eps {eps:G2} on this range (entries not bounded enough)"));
+            return ("exact", string.Create(inv, $"exact: no polynomial reaches eps {NumberText.Format(eps, 2)} on this range (entries not bounded enough)"));
         }
 
         if (rank > PolynomialAttention.DefaultMaxRank)
@@ -162,8 +162,8 @@ internal static class TensorCommand
         var flat = new AttentionShape(1, shape.HeadCount, shape.QueryCount, 2 * shape.KeyCount, shape.HeadDim, shape.ValueDim);
         double poly = machine.PolynomialSeconds(flat, rank);
         return poly < exact
-            ? ("poly", string.Create(inv, $"poly: predicted {poly * 1e3:G3} ms against {exact * 1e3:G3} ms exact (degree {degree}, r = {rank})"))
-            : ("exact", string.Create(inv, $"exact: predicted {exact * 1e3:G3} ms against {poly * 1e3:G3} ms for the polynomial method"));
+            ? ("poly", string.Create(inv, $"poly: predicted {NumberText.Format(poly * 1e3)} ms against {NumberText.Format(exact * 1e3)} ms exact (degree {degree}, r = {rank})"))
+            : ("exact", string.Create(inv, $"exact: predicted {NumberText.Format(exact * 1e3)} ms against {NumberText.Format(poly * 1e3)} ms for the polynomial method"));
     }
 
     internal static int[]? Windows(string? text)

@@ -92,7 +92,7 @@ public sealed class PolynomialAttentionModule(int? degree = null, double? relati
 
     /// <inheritdoc/>
     public override string Describe() =>
-        $"polynomial({(degree is { } g ? $"degree={g}" : $"eps={relativeError ?? 1e-3:G3}")}{(causal ? ", causal" : "")})";
+        $"polynomial({(degree is { } g ? $"degree={g}" : $"eps={NumberText.Format(relativeError ?? 1e-3)}")}{(causal ? ", causal" : "")})";
 }
 
 /// <summary>

@@ -166,7 +166,7 @@ public static class AttentionPlanner
         double pairs = exactFlops / (2.0 * (shape.HeadDim + shape.ValueDim));
         double exactSeconds = (pairs * throughput.ExactPairSeconds) + (exactFlops * throughput.ExactFlopSeconds);
         var exact = new PlanCandidate(AttentionMethod.Exact, true, exactSeconds, string.Create(inv,
-            $"exact: {pairs:G3} scores at a measured {throughput.ExactPairSeconds * 1e12:F0} ps each (softmax) plus {exactFlops / 1e9:G3} GFLOP at {1e-9 / throughput.ExactFlopSeconds:F0} GFLOP/s = {Milliseconds(exactSeconds)}"));
+            $"exact: {NumberText.Format(pairs)} scores at a measured {throughput.ExactPairSeconds * 1e12:F0} ps each (softmax) plus {NumberText.Format(exactFlops / 1e9)} GFLOP at {1e-9 / throughput.ExactFlopSeconds:F0} GFLOP/s = {Milliseconds(exactSeconds)}"));
 
         (int Degree, long Rank)? size = PolynomialAttention.Size(request.Range, shape.HeadDim, request.RelativeError);
         int? degree = size?.Degree;
@@ -175,12 +175,12 @@ public static class AttentionPlanner
         if (size is not (int g, long r))
         {
             poly = new PlanCandidate(AttentionMethod.Polynomial, false, double.PositiveInfinity, string.Create(inv,
-                $"polynomial: refused, no polynomial of degree <= {ExpPolynomial.MaxDegree} reaches relative error {request.RelativeError:G2} on [-R, R] with R = {request.Range:G4} (the entries are not bounded enough)"));
+                $"polynomial: refused, no polynomial of degree <= {ExpPolynomial.MaxDegree} reaches relative error {NumberText.Format(request.RelativeError, 2)} on [-R, R] with R = {NumberText.Format(request.Range, 4)} (the entries are not bounded enough)"));
         }
         else if (r > maxRank)
         {
             poly = new PlanCandidate(AttentionMethod.Polynomial, false, double.PositiveInfinity, string.Create(inv,
-                $"polynomial: refused, R = {request.Range:G4} at eps {request.RelativeError:G2} needs degree {g}, r = C(d+g, g) = {r} features, over the budget of {maxRank}"));
+                $"polynomial: refused, R = {NumberText.Format(request.Range, 4)} at eps {NumberText.Format(request.RelativeError, 2)} needs degree {g}, r = C(d+g, g) = {r} features, over the budget of {maxRank}"));
         }
         else if (WorkingBytes(r, shape.ValueDim, throughput.Threads) is double memory && memory > maxMemory)
         {
@@ -192,7 +192,7 @@ public static class AttentionPlanner
             double flops = PolynomialAttention.PredictedFlops(shape, r);
             double seconds = throughput.PolynomialSeconds(shape, r) + (request.Causal ? DiagonalFlops(shape, g) / throughput.DiagonalFlopsPerSecond : 0);
             poly = new PlanCandidate(AttentionMethod.Polynomial, true, seconds, string.Create(inv,
-                $"polynomial: degree {g}, r = {r} features, {flops / 1e9:G3} GFLOP at a measured {throughput.PolynomialRate(r) / 1e9:F0} GFLOP/s{(request.Causal ? " plus the causal diagonal blocks" : string.Empty)} = {Milliseconds(seconds)}, certified to 2 eps/(1-eps) max|V|"));
+                $"polynomial: degree {g}, r = {r} features, {NumberText.Format(flops / 1e9)} GFLOP at a measured {throughput.PolynomialRate(r) / 1e9:F0} GFLOP/s{(request.Causal ? " plus the causal diagonal blocks" : string.Empty)} = {Milliseconds(seconds)}, certified to 2 eps/(1-eps) max|V|"));
         }
 
         var sketch = new PlanCandidate(AttentionMethod.Sketch, false, double.PositiveInfinity,

@@ -73,7 +73,7 @@ public static class FiniteCheck
         if (Describe(output, "the output", shape) is string problem)
         {
             throw new OverflowException(
-                $"The result overflowed float32: {problem} although every input is finite. The scaled scores s q.k (s = {scale:G4}) " +
+                $"The result overflowed float32: {problem} although every input is finite. The scaled scores s q.k (s = {NumberText.Format(scale, 4)}) " +
                 "or the weighted sums of values exceed float's range (3.4e38); reduce the scale or the size of the inputs.");
         }
     }

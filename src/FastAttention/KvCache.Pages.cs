@@ -192,7 +192,7 @@ public sealed unsafe partial class KvCache
 
     [System.Diagnostics.CodeAnalysis.DoesNotReturn]
     private void OutOfRange(string name, float value, int kvHead, int token, int column, string expected, string hint) =>
-        Validate.Fail(name, $"a value lies outside the range of {KvElementTypes.Name(_type)}", $"{value:G6} at [kv head {kvHead}, token {token}, column {column}]", expected, hint);
+        Validate.Fail(name, $"a value lies outside the range of {KvElementTypes.Name(_type)}", $"{NumberText.Format(value, 6)} at [kv head {kvHead}, token {token}, column {column}]", expected, hint);
 
     /// <summary>Allocates pages until every kv head holds <paramref name="rows"/> tokens; the table is replaced (not changed in place) when it must grow.</summary>
     private void EnsurePages(int rows)

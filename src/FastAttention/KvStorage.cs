@@ -491,7 +491,7 @@ public sealed class KvTensor
     }
 
     private static ArgumentException OutOfRange(ReadOnlySpan<float> values, int rowLength, int at, string why) =>
-        new($"values holds {values[at]:G6} at [{at / rowLength}, {at % rowLength}] (flat index {at}): {why}.", nameof(values));
+        new($"values holds {NumberText.Format(values[at], 6)} at [{at / rowLength}, {at % rowLength}] (flat index {at}): {why}.", nameof(values));
 
     /// <summary>An error profile and the grouping it is for.</summary>
     private sealed record Profile(int RowsPerGroup, double[] ColumnErrors, double MaxAbs);

@@ -85,7 +85,7 @@ public static partial class PolynomialAttention
         if (polynomial.RelativeError >= 1)
         {
             throw new ArgumentOutOfRangeException(nameof(options), polynomial.Degree,
-                $"Degree {polynomial.Degree} has relative error {polynomial.RelativeError:G3} >= 1 on [-{range:G4}, {range:G4}]: weights could turn negative.");
+                $"Degree {polynomial.Degree} has relative error {NumberText.Format(polynomial.RelativeError)} >= 1 on [-{NumberText.Format(range, 4)}, {NumberText.Format(range, 4)}]: weights could turn negative.");
         }
 
         var monomials = new MonomialFeatures(d, polynomial.Degree, options.MaxRank > 0 ? options.MaxRank : DefaultMaxRank);

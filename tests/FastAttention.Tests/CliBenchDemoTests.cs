@@ -36,9 +36,12 @@ public class CliBenchDemoTests : CliTest
             }
         }
 
+        Assert.DoesNotMatch(NumberTextTests.OtherExponent(), stdout);
+
         (code, stdout, _) = Run("demo", "--repeat", "1");
         Assert.Equal(0, code);
         Assert.Contains("GFLOP/s", stdout);
+        Assert.DoesNotMatch(NumberTextTests.OtherExponent(), stdout);
         Assert.Contains("line40/block1", stdout);
     }
 

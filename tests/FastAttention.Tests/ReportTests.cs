@@ -120,6 +120,15 @@ public partial class ReportTests(ReportFixture report) : IClassFixture<ReportFix
         Assert.True(links.Length >= 5, "the contents line is missing");
         Assert.All(links, link => Assert.Contains(link, ids));
         Assert.DoesNotContain("missing figure", html);
+
+        // One number format (NumberText): no exponent written as .NET's E2 ("1.61E-005"), with one digit or a lowercase e.
+        Match other = NumberTextTests.OtherExponent().Match(md);
+        Assert.False(other.Success, $"report.md writes a number as ...{md[Math.Max(0, other.Index - 40)..Math.Min(md.Length, other.Index + 20)]}...");
+        foreach (string file in figures)
+        {
+            string svg = File.ReadAllText(Path.Combine(report.Directory, file));
+            Assert.DoesNotMatch(NumberTextTests.OtherExponent(), string.Join(" ", Regex.Matches(svg, ">([^<]*)<").Select(m => m.Groups[1].Value)));
+        }
         Assert.DoesNotMatch("<(img|link|script)[^>]+(src|href)=", html);
         Assert.DoesNotContain(".tmp", string.Join(",", System.IO.Directory.GetFiles(report.Directory)));
     }

@@ -106,7 +106,7 @@ public static partial class Experiments
                 var point = new Point(n, d, b, ratio, range, exactSeconds, degree, rank, seconds, error, bound, note, budgetDegree, budgetSeconds, budgetError);
                 points.Add(point);
                 s.Log.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"n={n} d={d} B={b:F3} (B/sqrt(ln n)={ratio}) R={range:F3}: exact {exactSeconds * 1e3:F2} ms; to 1/n: {(seconds is double t ? $"degree {degree}, r={rank}, {t * 1e3:F2} ms, error {error:E2} <= {bound:E2}" : note)}; within exact's time: {(budgetError is double e ? $"degree {budgetDegree}, error {e:E2}" : "nothing fits")}"));
+                    $"n={n} d={d} B={b:F3} (B/sqrt(ln n)={ratio}) R={range:F3}: exact {exactSeconds * 1e3:F2} ms; to 1/n: {(seconds is double t ? $"degree {degree}, r={rank}, {t * 1e3:F2} ms, error {NumberText.Format(error, "-")} <= {NumberText.Format(bound, "-")}" : note)}; within exact's time: {(budgetError is double e ? $"degree {budgetDegree}, error {NumberText.Format(e)}" : "nothing fits")}"));
             }
         }
 
@@ -218,7 +218,7 @@ public static partial class Experiments
         List<Point> top = [.. points.Where(p => p.N == largest).OrderBy(p => p.Ratio)];
         Point? lastFinite = top.LastOrDefault(p => p.BudgetError is double);
         text.Add(top[0].BudgetError is double first && lastFinite is not null
-            ? string.Create(inv, $"Within the exact kernel's time (plot 2), at n = 2^{(int)Math.Log2(largest)}, the reachable error goes from {Sci(first)} at B/sqrt(ln n) = {top[0].Ratio} to {Sci(lastFinite.BudgetError)} at {lastFinite.Ratio} ({lastFinite.BudgetError / first:G2} times larger){(top.Any(p => p.BudgetError is null && p.Ratio > top[0].Ratio) ? ", and at some larger B nothing fits at all" : string.Empty)}.")
+            ? string.Create(inv, $"Within the exact kernel's time (plot 2), at n = 2^{(int)Math.Log2(largest)}, the reachable error goes from {Sci(first)} at B/sqrt(ln n) = {top[0].Ratio} to {Sci(lastFinite.BudgetError)} at {lastFinite.Ratio} ({NumberText.Format(lastFinite.BudgetError / first, "-", 2)} times larger){(top.Any(p => p.BudgetError is null && p.Ratio > top[0].Ratio) ? ", and at some larger B nothing fits at all" : string.Empty)}.")
             : string.Create(inv, $"Within the exact kernel's time (plot 2), at n = 2^{(int)Math.Log2(largest)}, no degree fits at the smallest B."));
         return string.Join(" ", text);
     }
@@ -257,7 +257,7 @@ public static partial class Experiments
         double worst = certified.Count == 0 ? double.NaN : certified.Max(p => p.Error!.Value / p.Bound!.Value);
         claims.Add(new(Sources.Library,
             "Every measured error of the polynomial method lies within its certificate.",
-            string.Create(inv, $"{certified.Count(p => p.Error <= p.Bound)} of {certified.Count} runs within; largest error / certificate = {worst:G3}."),
+            string.Create(inv, $"{certified.Count(p => p.Error <= p.Bound)} of {certified.Count} runs within; largest error / certificate = {NumberText.Format(worst)}."),
             certified.Count == 0 ? Verdict.NotMeasured : Claim.Of(certified.All(p => p.Error <= p.Bound))));
         return claims;
     }

@@ -72,15 +72,15 @@ public static partial class Experiments
                         double ratio = exactTimes[n] / seconds;
                         points.Add((n, ratio));
                         crossover = ratio > 1 ? crossover ?? n : null; // the first n from which it stays ahead
-                        detail.AppendLine(string.Create(inv, $"| {d} | {eps:G1} | {n} | {exactTimes[n] * 1e3:F2} | {seconds * 1e3:F2} | {ratio:F2} |"));
+                        detail.AppendLine(string.Create(inv, $"| {d} | {NumberText.Format(eps, 1)} | {n} | {exactTimes[n] * 1e3:F2} | {seconds * 1e3:F2} | {ratio:F2} |"));
                         if (n == largest)
                         {
                             int[] rows = [.. Enumerable.Range(0, 128).Select(i => (int)((long)i * n / 128))];
                             double error = rows.Max(i => ReferenceRow(q, k, v, shape, i, 1.0 / d).Select((x, c) => Math.Abs(output[(i * d) + c] - x)).Max());
-                            last = string.Create(inv, $"{ratio:F1}x | {exactTimes[n] * 1e3:F1} | {seconds * 1e3:F2} | {error:E2} | {certificate.OutputBound:E2}");
+                            last = string.Create(inv, $"{ratio:F1}x | {exactTimes[n] * 1e3:F1} | {seconds * 1e3:F2} | {NumberText.Format(error)} | {NumberText.Format(certificate.OutputBound)}");
                             lastRatio = ratio;
                             certified = error <= certificate.OutputBound;
-                            s.Log.WriteLine(string.Create(inv, $"d={d} eps={eps:G1} n={n}: exact {exactTimes[n] * 1e3:F1} ms, poly {seconds * 1e3:F2} ms ({ratio:F1}x), degree {degree}, r={rank}, error {error:E2} <= {certificate.OutputBound:E2}"));
+                            s.Log.WriteLine(string.Create(inv, $"d={d} eps={NumberText.Format(eps, 1)} n={n}: exact {exactTimes[n] * 1e3:F1} ms, poly {seconds * 1e3:F2} ms ({ratio:F1}x), degree {degree}, r={rank}, error {NumberText.Format(error)} <= {NumberText.Format(certificate.OutputBound)}"));
                         }
                     }
                     catch (ArgumentOutOfRangeException ex)
@@ -92,13 +92,13 @@ public static partial class Experiments
 
                 if (points.Count > 0)
                 {
-                    plot.Series.Add(new PlotSeries(string.Create(inv, $"d = {d}, eps = {eps:G1}"), points));
+                    plot.Series.Add(new PlotSeries(string.Create(inv, $"d = {d}, eps = {NumberText.Format(eps, 1)}"), points));
                 }
 
                 outcomes.Add((d, eps, crossover, lastRatio, certified));
 
                 table.AppendLine(string.Create(inv,
-                    $"| {d} | {eps:G1} | {degree?.ToString(inv) ?? "-"} | {(rank > 0 ? rank.ToString(inv) : "-")} | {(crossover is int c ? c.ToString(inv) : points.Count > 0 ? $"> {largest}" : "-")} | {last} |"));
+                    $"| {d} | {NumberText.Format(eps, 1)} | {degree?.ToString(inv) ?? "-"} | {(rank > 0 ? rank.ToString(inv) : "-")} | {(crossover is int c ? c.ToString(inv) : points.Count > 0 ? $"> {largest}" : "-")} | {last} |"));
             }
         }
 
@@ -125,7 +125,7 @@ public static partial class Experiments
         {
             new(Sources.BoundedEntries,
                 "For small heads with bounded entries the near-linear polynomial method overtakes quadratic exact attention as n grows (d <= 8, eps >= 1e-3).",
-                string.Join("; ", small.Select(x => string.Create(inv, $"d = {x.D}, eps = {x.Eps:G1}: {(x.Crossover is int c ? $"faster from n = {c}, {x.Ratio:F1}x at n = {largest}" : $"not faster up to n = {largest}")}"))) + ".",
+                string.Join("; ", small.Select(x => string.Create(inv, $"d = {x.D}, eps = {NumberText.Format(x.Eps, 1)}: {(x.Crossover is int c ? $"faster from n = {c}, {x.Ratio:F1}x at n = {largest}" : $"not faster up to n = {largest}")}"))) + ".",
                 Claim.Of([.. small.Select(x => x.Crossover is not null)])),
             new(Sources.Library,
                 "The polynomial method's output is within its certificate at the largest n of every setting.",

@@ -1,5 +1,3 @@
-using System.Globalization;
-
 namespace FastAttention.Lab;
 
 /// <summary>Helpers the experiments share: float64 reference rows, seeded inputs, slopes, timing.</summary>
@@ -73,5 +71,5 @@ public static partial class Experiments
         return lx.Zip(ly, (x, y) => (x - mx) * (y - my)).Sum() / lx.Sum(x => (x - mx) * (x - mx));
     }
 
-    private static string Sci(double? x) => x is double v ? v.ToString("0.00E+0", CultureInfo.InvariantCulture) : "-";
+    private static string Sci(double? x) => x is double v ? NumberText.Format(v) : "-";
 }

@@ -270,8 +270,8 @@ public static partial class Experiments
                 double e = errors[method].Average();
                 recallPoints[method].Add((budget, r));
                 errorPoints[method].Add((budget, e));
-                rows.AppendLine(string.Create(inv, $"| {string.Join(", ", sources.Select(x => x.Name))} | {budget} | {method} | {(double.IsNaN(r) ? "no heavy entry" : r.ToString("P1", inv))} | {e:E2} |"));
-                s.Log.WriteLine(string.Create(inv, $"lev recall k={budget} {method}: recall {r:P1}, error {e:E2}"));
+                rows.AppendLine(string.Create(inv, $"| {string.Join(", ", sources.Select(x => x.Name))} | {budget} | {method} | {(double.IsNaN(r) ? "no heavy entry" : r.ToString("P1", inv))} | {NumberText.Format(e)} |"));
+                s.Log.WriteLine(string.Create(inv, $"lev recall k={budget} {method}: recall {r:P1}, error {NumberText.Format(e)}"));
             }
         }
 

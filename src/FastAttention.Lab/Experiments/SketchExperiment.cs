@@ -65,8 +65,8 @@ public static partial class Experiments
                 }
 
                 results.Add((m, errors.Average(), errors.Min(), errors.Max(), maxErrors.Average(), seconds));
-                s.Log.WriteLine(string.Create(inv, $"d={d} m={m}: mean |error| {errors.Average():E3} (seeds {errors.Min():E2} .. {errors.Max():E2}), max {maxErrors.Average():E2}, {seconds * 1e3:F1} ms vs exact softmax {exactSeconds * 1e3:F1} ms; uniform weights {uniform:E2}"));
-                table.AppendLine(string.Create(inv, $"| {d} | {m} | {m * (m + 1) / 2} | {errors.Average():E2} | {errors.Min():E2} .. {errors.Max():E2} | {maxErrors.Average():E2} | {seconds * 1e3:F1} | {exactSeconds * 1e3:F1} |"));
+                s.Log.WriteLine(string.Create(inv, $"d={d} m={m}: mean |error| {NumberText.Format(errors.Average(), 4)} (seeds {NumberText.Format(errors.Min())} .. {NumberText.Format(errors.Max())}), max {NumberText.Format(maxErrors.Average())}, {seconds * 1e3:F1} ms vs exact softmax {exactSeconds * 1e3:F1} ms; uniform weights {NumberText.Format(uniform)}"));
+                table.AppendLine(string.Create(inv, $"| {d} | {m} | {m * (m + 1) / 2} | {NumberText.Format(errors.Average())} | {NumberText.Format(errors.Min())} .. {NumberText.Format(errors.Max())} | {NumberText.Format(maxErrors.Average())} | {seconds * 1e3:F1} | {exactSeconds * 1e3:F1} |"));
             }
 
             plot.Series.Add(new PlotSeries($"d = {d} ({Seeds} seeds)", [.. results.Select(r => ((double)r.M, r.Mean))], [.. results.Select(r => ((double)r.M, r.Low, r.High))]));
@@ -76,7 +76,7 @@ public static partial class Experiments
             double slope = LogLogSlope(results.Select(r => ((double)r.M, r.Mean)));
             slopes.Add((d, slope, results[0].Mean, results[^1].Mean, uniform));
             summary.AppendLine(string.Create(inv,
-                $"- d = {d}: mean error {results[0].Mean:E2} at m = {results[0].M} and {results[^1].Mean:E2} at m = {results[^1].M}, i.e. about m^{slope:F2} (uniform weights: {uniform:E2})."));
+                $"- d = {d}: mean error {NumberText.Format(results[0].Mean)} at m = {results[0].M} and {NumberText.Format(results[^1].Mean)} at m = {results[^1].M}, i.e. about m^{slope:F2} (uniform weights: {NumberText.Format(uniform)})."));
         }
 
         var md = new StringBuilder();
@@ -105,7 +105,7 @@ public static partial class Experiments
         md.AppendLine(string.Create(inv, $"C(64 + g, g) features ({PolynomialAttention.FeatureCount(64, 3):N0} at g = 3); the planner never picks the sketch for softmax requests."));
         var claim = new Claim(Sources.PolySketch,
             "The sketch's error falls steadily as the sketch size m grows (at least like m^-0.3), toward exact degree-4 attention.",
-            string.Join("; ", slopes.Select(x => string.Create(inv, $"d = {x.D}: error ~ m^{x.Slope:F2} ({x.First:E2} to {x.Last:E2}; uniform weights {x.Uniform:E2})"))) + ".",
+            string.Join("; ", slopes.Select(x => string.Create(inv, $"d = {x.D}: error ~ m^{x.Slope:F2} ({NumberText.Format(x.First)} to {NumberText.Format(x.Last)}; uniform weights {NumberText.Format(x.Uniform)})"))) + ".",
             Claim.Of([.. slopes.Select(x => x.Slope <= -0.3)]));
         return new ExperimentReport("sketch", md.ToString(), new Dictionary<string, SvgPlot> { ["sketch-error.svg"] = plot }, [claim]);
     }

@@ -67,7 +67,7 @@ public static partial class Experiments
                 crossover = exact > poly ? crossover ?? n : null;
             }
 
-            rows.AppendLine(string.Create(inv, $"| {n} | {(exact is double e ? (e * 1e3).ToString("F2", inv) : "-")} | {poly * 1e3:F2} | {(exact is double x ? (x / poly).ToString("F0", inv) + "x" : "-")} | {certificate!.Degree} | {certificate.Rank} | {certificate.OutputBound:E2} |"));
+            rows.AppendLine(string.Create(inv, $"| {n} | {(exact is double e ? (e * 1e3).ToString("F2", inv) : "-")} | {poly * 1e3:F2} | {(exact is double x ? (x / poly).ToString("F0", inv) + "x" : "-")} | {certificate!.Degree} | {certificate.Rank} | {NumberText.Format(certificate.OutputBound)} |"));
             s.Log.WriteLine(string.Create(inv, $"tensor timing n={n}: exact {(exact is double y ? $"{y * 1e3:F1} ms" : "-")}, polynomial {poly * 1e3:F2} ms (degree {certificate.Degree}, r {certificate.Rank})"));
         }
 
@@ -137,8 +137,8 @@ public static partial class Experiments
                 }
 
                 points.Add((ratio, error ?? double.NaN));
-                rows.AppendLine(string.Create(inv, $"| {order} | {n} | {b:F3} | {ratio} | {range:F3} | {degree} | {PolynomialAttention.FeatureCount(D, degree)} | {(error is double e ? e.ToString("0.00E+0", inv) : "no approximation (P's error >= 1)")} | {Sci(bound)} |"));
-                s.Log.WriteLine(string.Create(inv, $"tensor budget order={order} n={n} B={b:F3} ({ratio}): R={range:F3}, degree {degree}, error {(error is double x ? x.ToString("E2", inv) : "-")}"));
+                rows.AppendLine(string.Create(inv, $"| {order} | {n} | {b:F3} | {ratio} | {range:F3} | {degree} | {PolynomialAttention.FeatureCount(D, degree)} | {(error is double e ? NumberText.Format(e) : "no approximation (P's error >= 1)")} | {Sci(bound)} |"));
+                s.Log.WriteLine(string.Create(inv, $"tensor budget order={order} n={n} B={b:F3} ({ratio}): R={range:F3}, degree {degree}, error {(error is double x ? NumberText.Format(x) : "-")}"));
             }
 
             plot.Series.Add(new PlotSeries(string.Create(inv, $"order {order}, n = {n}"), points));
@@ -149,7 +149,7 @@ public static partial class Experiments
 
         claims.Add(new(Sources.Tensor,
             "Below the order-k threshold (log n)^(1/k) a fixed polynomial budget approximates well; through it the error climbs steeply (and R <= B^k makes higher orders harder at the same B).",
-            string.Join("; ", outcomes.Select(x => string.Create(inv, $"order {x.Order}: error {x.Below:E2} at B/threshold = {ratios[0]}, {(double.IsNaN(x.At) ? "no approximation" : x.At.ToString("E2", inv))} at 1"))) + ".",
+            string.Join("; ", outcomes.Select(x => string.Create(inv, $"order {x.Order}: error {NumberText.Format(x.Below)} at B/threshold = {ratios[0]}, {(double.IsNaN(x.At) ? "no approximation" : NumberText.Format(x.At))} at 1"))) + ".",
             Claim.Of([.. outcomes.Select(x => x.Steep)])));
 
         plots["tensor-budget.svg"] = plot;
@@ -160,7 +160,7 @@ public static partial class Experiments
         md.AppendLine(string.Create(inv, $"r = C({D + BudgetDegree}, {BudgetDegree}) = {PolynomialAttention.FeatureCount(D, BudgetDegree)} features, O(n r d) work whatever B is; the error is measured against the exact kernel on every row."));
         md.AppendLine("R <= B^k grows with the order, so at the same B / threshold the fixed degree covers less of the range. Measured:");
         md.AppendLine(string.Join("; ", outcomes.Select(x => string.Create(inv,
-            $"order {x.Order}: error {x.Below:E2} at B/threshold = {ratios[0]}, {(double.IsNaN(x.At) ? "no approximation" : x.At.ToString("E2", inv))} at the threshold ({(x.Steep ? "a steep climb" : "not the steep climb the claim expects")})"))) + ".");
+            $"order {x.Order}: error {NumberText.Format(x.Below)} at B/threshold = {ratios[0]}, {(double.IsNaN(x.At) ? "no approximation" : NumberText.Format(x.At))} at the threshold ({(x.Steep ? "a steep climb" : "not the steep climb the claim expects")})"))) + ".");
         md.AppendLine();
         md.AppendLine("![error within a fixed budget](tensor-budget.svg)");
         md.AppendLine();

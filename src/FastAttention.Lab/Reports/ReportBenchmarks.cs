@@ -126,7 +126,7 @@ internal static class ReportBenchmarks
         foreach (PeerHarness.Row r in runs[^1])
         {
             double? ratio = PeerHarness.Ratio(runs[^1], r);
-            md.AppendLine(string.Create(inv, $"| {r.Impl} | {r.Threads} | {r.Seconds * 1e3:F2} | {flops / r.Seconds / 1e9:F1} | {(ratio is double x ? $"{x:F2}x" : "-")} | {r.Error:E1} |"));
+            md.AppendLine(string.Create(inv, $"| {r.Impl} | {r.Threads} | {r.Seconds * 1e3:F2} | {flops / r.Seconds / 1e9:F1} | {(ratio is double x ? $"{x:F2}x" : "-")} | {NumberText.Format(r.Error, 2)} |"));
         }
 
         // FastAttention's ratio per thread count, run by run; the verdict goes by each thread count's median.

@@ -214,9 +214,7 @@ internal sealed class SvgPlot
 
     private static double Transform(double v, bool log) => log ? Math.Log10(v) : v;
 
-    private static string Label(double t) => Math.Abs(t) >= 1e4 || (Math.Abs(t) < 1e-3 && t != 0)
-        ? t.ToString("0.#E+0", CultureInfo.InvariantCulture)
-        : t.ToString("G4", CultureInfo.InvariantCulture);
+    private static string Label(double t) => NumberText.Format(t, 4);
 
     private static string Escape(string text) => SecurityElement.Escape(text);
 

@@ -71,7 +71,7 @@ public sealed record ExpPolynomial(ExpFitMethod Method, double Range, int Degree
         if (relativeError < floor)
         {
             throw new ArgumentOutOfRangeException(nameof(relativeError), relativeError,
-                $"Relative error {relativeError:G3} on [-{range}, {range}] is below what double precision can certify there (~{floor:G2} = 1e-15 e^(2R)); " +
+                $"Relative error {NumberText.Format(relativeError)} on [-{range}, {range}] is below what double precision can certify there (~{NumberText.Format(floor, 2)} = 1e-15 e^(2R)); " +
                 "the range is too wide for the polynomial method at this accuracy (use exact attention, or a looser eps).");
         }
 
@@ -94,7 +94,7 @@ public sealed record ExpPolynomial(ExpFitMethod Method, double Range, int Degree
         }
 
         throw new ArgumentOutOfRangeException(nameof(range), range,
-            $"No {method} polynomial of degree <= {MaxDegree} reaches relative error {relativeError:G3} on [-{range}, {range}]; the range is too wide for the polynomial method (use exact attention).");
+            $"No {method} polynomial of degree <= {MaxDegree} reaches relative error {NumberText.Format(relativeError)} on [-{range}, {range}]; the range is too wide for the polynomial method (use exact attention).");
     }
 
     /// <summary>The polynomial of a given degree and method, with its measured relative error.</summary>
