@@ -26,6 +26,18 @@ public class MarkdownHtmlTests
     }
 
     [Fact]
+    public void Every_point_tables_and_long_tables_fold_away_and_short_ones_stay_open()
+    {
+        string rows = string.Concat(Enumerable.Range(0, 30).Select(i => $"| {i} | x |\n"));
+        string md = $"## Summary\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n## Every point\n\n| a | b |\n|---|---|\n| 3 | 4 |\n\n## Reading it\n\n| a | b |\n|---|---|\n{rows}";
+        string html = MarkdownHtml.Page("t", md, _ => null);
+        Assert.Equal(2, Regex.Matches(html, "<details>").Count);
+        Assert.Contains("<details><summary>Every point: 1 row (click to show)</summary>", html);
+        Assert.Contains("<details><summary>The table: 30 rows (click to show)</summary>", html);
+        Assert.Matches("</h2>\\s*<table>\\s*<tr><th>a</th>", html); // the summary's table is open
+    }
+
+    [Fact]
     public void Headings_get_githubs_anchors_so_contents_links_work_in_both_renderings()
     {
         Assert.Equal("1-fast-attention-requires-bounded-entries-alman--song", MarkdownHtml.Slug("1. Fast Attention Requires Bounded Entries (Alman & Song)"));
@@ -159,12 +171,17 @@ public partial class ReportTests(ReportFixture report) : IClassFixture<ReportFix
         Assert.True(png.Length > 50_000, $"a {png.Length}-byte screenshot is too small to hold the report");
 
         // The page's load handler counts the figures whose SVG laid out with a non-empty box and drawn marks.
-        (code, output) = Processes.Run(ChromiumFactAttribute.Path!, [.. common, "--virtual-time-budget=5000", "--dump-dom", page], report.Directory, TimeSpan.FromMinutes(2));
+        // At a 1200 px window: every figure drew, spans the text column, has no text under 12 px and no two texts over each other.
+        (code, output) = Processes.Run(ChromiumFactAttribute.Path!, [.. common, "--window-size=1200,4000", "--virtual-time-budget=5000", "--dump-dom", page], report.Directory, TimeSpan.FromMinutes(2));
         Assert.True(code == 0, output);
-        Match body = Regex.Match(output, "<body data-figures=\"(?<n>\\d+)\" data-figures-rendered=\"(?<ok>\\d+)\"");
+        Match body = Regex.Match(output, "<body data-figures=\"(?<n>\\d+)\" data-figures-rendered=\"(?<ok>\\d+)\" data-figures-narrow=\"(?<narrow>\\d+)\" data-min-text-px=\"(?<text>\\d+)\" data-text-overlaps=\"(?<overlaps>\\d+)\" data-first-overlap=\"(?<first>[^\"]*)\"");
         Assert.True(body.Success, "the load handler did not run: " + output[..Math.Min(500, output.Length)]);
-        Assert.True(int.Parse(body.Groups["n"].Value, System.Globalization.CultureInfo.InvariantCulture) >= 10);
-        Assert.Equal(body.Groups["n"].Value, body.Groups["ok"].Value);
+        int Value(string name) => int.Parse(body.Groups[name].Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(Value("n") >= 10);
+        Assert.Equal(Value("n"), Value("ok"));
+        Assert.True(Value("narrow") == 0, $"{Value("narrow")} figures are narrower than the text column");
+        Assert.True(Value("text") >= 12, $"the smallest text in a figure renders {Value("text")} px high");
+        Assert.True(Value("overlaps") == 0, $"{Value("overlaps")} pairs of texts overlap in the figures, the first {System.Net.WebUtility.HtmlDecode(body.Groups["first"].Value)}");
     }
 }
 

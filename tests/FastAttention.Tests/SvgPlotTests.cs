@@ -22,16 +22,53 @@ public class SvgPlotTests
         Assert.Equal(Svg + "svg", doc.Root!.Name);
         Assert.Equal(2, doc.Descendants(Svg + "polyline").Count(e => (string?)e.Attribute("class") == "series"));
         Assert.Single(doc.Descendants(Svg + "polygon"), e => (string?)e.Attribute("class") == "band");
-        Assert.Equal(6, doc.Descendants(Svg + "circle").Count());
+        Assert.Equal(6, doc.Descendants(Svg + "circle").Count(c => (string?)c.Parent!.Attribute("class") != "legend"));
         string[] texts = [.. doc.Descendants(Svg + "text").Select(t => t.Value)];
         Assert.Contains("error <vs> m & more", texts); // escaped in the file, intact once parsed
         Assert.Contains("measured", texts);
         Assert.Contains("1/sqrt(m)", texts);
         Assert.Contains("target", texts);
-        foreach (string tick in new[] { "0.01", "0.1", "1", "10", "100", "1000" })
+        // x: all powers of two, so ticked at powers of two; y spans under two decades, so 1-2-5 ticks; nothing past the data.
+        foreach (string tick in new[] { "4", "16", "64", "256", "0.01", "0.02", "0.05", "0.1", "0.2", "0.5" })
         {
             Assert.Contains(tick, texts);
         }
+
+        Assert.DoesNotContain("1000", texts);
+        Assert.DoesNotContain("1", texts);
+    }
+
+    [Fact]
+    public void Axes_end_near_the_data_instead_of_at_the_next_decade()
+    {
+        var plot = new SvgPlot { Title = "t", XLabel = "n", YLabel = "seconds", LogX = true, LogY = true };
+        plot.Series.Add(new PlotSeries("s", [(256, 0.002), (1024, 0.03), (16384, 7.5)]));
+        string[] texts = [.. Render(plot).Descendants(Svg + "text").Select(t => t.Value)];
+        Assert.Contains("16384", texts);
+        Assert.DoesNotContain("32768", texts);
+        Assert.DoesNotContain("1E+05", texts);
+        Assert.DoesNotContain("100", texts); // y: 0.002 .. 7.5 gets ticks 0.01 .. 1, not 100
+    }
+
+    [Fact]
+    public void A_family_shares_a_colour_a_style_shares_a_dash_and_a_bound_takes_its_familys_colour()
+    {
+        var plot = new SvgPlot { Title = "t", XLabel = "x", YLabel = "y" };
+        plot.Series.Add(new PlotSeries("d = 4, eps = 0.01", [(0, 1), (1, 2)]) { Family = "d4", Style = "0.01" });
+        plot.Series.Add(new PlotSeries("d = 4, eps = 0.001", [(0, 2), (1, 3)]) { Family = "d4", Style = "0.001" });
+        plot.Series.Add(new PlotSeries("d = 8, eps = 0.01", [(0, 3), (1, 4)]) { Family = "d8", Style = "0.01" });
+        plot.References.Add(new PlotReference(2.5, "bound for d = 8") { Family = "d8" });
+        plot.References.Add(new PlotReference(0.5, "break-even"));
+        XElement[] lines = [.. Render(plot).Descendants(Svg + "polyline").Where(e => (string?)e.Attribute("class") == "series")];
+        string?[] colours = [.. lines.Select(l => (string?)l.Attribute("stroke"))];
+        string?[] dashes = [.. lines.Select(l => (string?)l.Attribute("stroke-dasharray"))];
+        Assert.Equal(colours[0], colours[1]);
+        Assert.NotEqual(colours[0], colours[2]);
+        Assert.NotEqual(dashes[0], dashes[1]);
+        Assert.Equal(dashes[0], dashes[2]);
+        XElement[] references = [.. Render(plot).Descendants(Svg + "line").Where(e => (string?)e.Attribute("class") == "reference")];
+        Assert.Equal(colours[2], (string?)references[0].Attribute("stroke"));
+        Assert.DoesNotContain((string?)references[1].Attribute("stroke"), colours);
     }
 
     [Fact]
@@ -42,7 +79,7 @@ public class SvgPlotTests
         plot.Series.Add(new PlotSeries("empty", [(0, double.PositiveInfinity)]));
         XDocument doc = Render(plot);
         Assert.Equal(2, doc.Descendants(Svg + "polyline").Count()); // (0..1) and (4..5)
-        Assert.Equal(4, doc.Descendants(Svg + "circle").Count());
+        Assert.Equal(4, doc.Descendants(Svg + "circle").Count(c => (string?)c.Parent!.Attribute("class") != "legend"));
         Assert.DoesNotContain("NaN", plot.Render());
         Assert.DoesNotContain("Infinity", plot.Render());
     }
@@ -62,7 +99,7 @@ public class SvgPlotTests
     }
 
     [Fact]
-    public void Long_series_names_widen_the_figure_so_the_legend_fits()
+    public void Long_series_names_get_legend_columns_wide_enough_to_fit()
     {
         var plot = new SvgPlot { Title = "t", XLabel = "x", YLabel = "y" };
         plot.Series.Add(new PlotSeries("a very long legend entry for one series, 52 characters", [(0, 1), (1, 2)]));
@@ -70,6 +107,6 @@ public class SvgPlotTests
         double width = double.Parse((string)doc.Root!.Attribute("width")!, System.Globalization.CultureInfo.InvariantCulture);
         double x = doc.Descendants(Svg + "text").Where(t => t.Value.StartsWith("a very long", StringComparison.Ordinal))
             .Select(t => double.Parse((string)t.Attribute("x")!, System.Globalization.CultureInfo.InvariantCulture)).Single();
-        Assert.True(x + (6.5 * 52) <= width, $"legend text ends near {x + (6.5 * 52)} beyond width {width}");
+        Assert.True(x + SvgPlot.TextWidth(new string('x', 52), 15) <= width, $"legend text ends near {x + SvgPlot.TextWidth(new string('x', 52), 15)} beyond width {width}");
     }
 }

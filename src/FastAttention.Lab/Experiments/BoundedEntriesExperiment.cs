@@ -156,9 +156,9 @@ public static partial class Experiments
         md.AppendLine();
         md.AppendLine(string.Create(inv, $"{s.MachineLine} Measured polynomial engine {machine.PolynomialFlopsPerSecond / 1e9:F0} GFLOP/s. Rerun: `fastattn experiment bounded-entries{(s.Full ? " --full" : string.Empty)} --out DIR`."));
         md.AppendLine();
-        md.AppendLine("![time to error 1/n](bounded-entries-time.svg)");
+        md.AppendLine("![Below the horizontal line the polynomial method reaches error 1/n faster than the exact kernel; a line ends where no feasible polynomial exists. Read where each n crosses the line as B grows toward the vertical line B = sqrt(ln n).](bounded-entries-time.svg)");
         md.AppendLine();
-        md.AppendLine("![error within the exact kernel's time](bounded-entries-error.svg)");
+        md.AppendLine("![The smallest error the polynomial method reaches in the exact kernel's time, one colour per n: a steep climb as B approaches sqrt(ln n) (the vertical line) is the hardness transition; a line ends where nothing fits the budget.](bounded-entries-error.svg)");
         md.AppendLine();
         md.AppendLine("## Transition");
         md.AppendLine();

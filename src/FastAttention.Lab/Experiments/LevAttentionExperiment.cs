@@ -68,8 +68,9 @@ public static partial class Experiments
                 s.Log.WriteLine(string.Create(inv, $"lev size gaussian eps={eps} n={n}: |U| = {set.Length} (bound {D / eps:F0}), {seconds:F3} s"));
             }
 
-            plot.Series.Add(new PlotSeries(string.Create(inv, $"heavy-tailed Gaussian, d = {D}, eps = {eps}"), gaussian));
-            plot.References.Add(new PlotReference(D / eps, string.Create(inv, $"d / eps = {D / eps:F0}")));
+            string family = string.Create(inv, $"Gaussian, eps = {eps}");
+            plot.Series.Add(new PlotSeries(string.Create(inv, $"heavy-tailed Gaussian, d = {D}, eps = {eps}"), gaussian) { Family = family });
+            plot.References.Add(new PlotReference(D / eps, string.Create(inv, $"bound d / eps = {D / eps:F0}")) { Family = family });
         }
 
         string local = Path.Combine(dataDir, "glove", "glove100_top2k.npy");
@@ -88,8 +89,8 @@ public static partial class Experiments
                 s.Log.WriteLine(string.Create(inv, $"lev size glove n={n}: |U| = {set.Length}"));
             }
 
-            plot.Series.Add(new PlotSeries("GloVe keys, d = 100, eps = 0.02", points));
-            plot.References.Add(new PlotReference(100 / Eps, "d / eps = 5000"));
+            plot.Series.Add(new PlotSeries("GloVe keys, d = 100, eps = 0.02", points) { Family = "GloVe" });
+            plot.References.Add(new PlotReference(100 / Eps, "GloVe bound d / eps = 5000") { Family = "GloVe" });
         }
 
         plots["levattention-size.svg"] = plot;
@@ -115,7 +116,8 @@ public static partial class Experiments
         const int D = 16, ChunkRows = 65536;
         const double Eps = 0.05;
         int largest = s.Full ? 10_000_000 : 1_000_000;
-        var time = new SvgPlot { Title = "One streaming pass: time and workspace against n", XLabel = "n (keys)", YLabel = "seconds / MiB", LogX = true, LogY = true };
+        var time = new SvgPlot { Title = "One streaming pass: time against n", XLabel = "n (keys)", YLabel = "seconds", LogX = true, LogY = true };
+        var space = new SvgPlot { Title = "One streaming pass: workspace against n", XLabel = "n (keys)", YLabel = "workspace (MiB)", LogX = true, LogY = true };
         var seconds = new List<(double, double)>();
         var memory = new List<(double, double)>();
         var perKey = new List<double>();
@@ -148,9 +150,12 @@ public static partial class Experiments
             s.Log.WriteLine(string.Create(inv, $"lev stream n={n}: {elapsed:F3} s, {stream.CandidateCount} candidates, |U| = {set.Length}"));
         }
 
-        time.Series.Add(new PlotSeries("seconds", seconds));
-        time.Series.Add(new PlotSeries("workspace, MiB", memory));
-        plots["levattention-stream.svg"] = time;
+        time.Series.Add(new PlotSeries("seconds for one pass", seconds));
+        var linear = seconds.Select(p => (p.Item1, seconds[^1].Item2 * p.Item1 / seconds[^1].Item1)).ToList();
+        time.Series.Add(new PlotSeries("linear in n (through the last point)", linear) { Family = "seconds for one pass", Style = "reference" });
+        space.Series.Add(new PlotSeries("workspace: Gram matrix, its inverse and the candidates", memory));
+        plots["levattention-stream-time.svg"] = time;
+        plots["levattention-stream-workspace.svg"] = space;
         double growth = memory.Max(m => m.Item2) / memory.Min(m => m.Item2), spread = perKey.Skip(1).Max() / perKey.Skip(1).Min();
         claims.Add(new(Sources.Lev,
             "One streaming pass finds the universal set with workspace independent of n, in time linear in n.",
@@ -160,7 +165,9 @@ public static partial class Experiments
         md.AppendLine();
         md.AppendLine(string.Create(inv, $"`LeverageStream`, d = {D}, eps = {Eps}, Gaussian keys generated in chunks of {ChunkRows:N0} rows (the keys are never held whole). The workspace is the Gram matrix and the running inverse (2 d^2 doubles) plus the candidate keys (online score >= eps), whose number grows only like d log(n) / eps; the allocations per pass are the per-chunk score arrays. The process's peak working set includes the .NET runtime and is monotone over the run, so a flat column means no growth."));
         md.AppendLine();
-        md.AppendLine("![streaming time and workspace](levattention-stream.svg)");
+        md.AppendLine("![Seconds for one streaming pass against n on log-log axes: a pass linear in n follows the dashed slope-1 line.](levattention-stream-time.svg)");
+        md.AppendLine();
+        md.AppendLine("![The pass's workspace against n: flat, whatever the number of keys streamed.](levattention-stream-workspace.svg)");
         md.AppendLine();
         md.Append(rows);
         md.AppendLine();
@@ -337,9 +344,9 @@ public static partial class Experiments
         md.AppendLine();
         md.AppendLine(string.Create(inv, $"Per head of the PP-OCRv4 recogniser's attention ({string.Join(", ", sources.Select(x => x.Name))}; {string.Join(", ", sourceShapes.Distinct())}; scale 1/sqrt(d)), keep k keys chosen by leverage score, at random, or by largest norm, and run softmax attention over them. Recall: the fraction of the full softmax's heavy entries (A_ij >= {Heavy}) whose key is kept; error: mean |output - full softmax output|. Softmax has no universal set, so this is the paper's heuristic, measured."));
         md.AppendLine();
-        md.AppendLine("![recall](levattention-recall.svg)");
+        md.AppendLine("![Share of the heavy softmax entries (A_ij >= 0.05) that each selection keeps, against the keys kept per head: higher is better, and leverage scores should sit above the baselines.](levattention-recall.svg)");
         md.AppendLine();
-        md.AppendLine("![error](levattention-error.svg)");
+        md.AppendLine("![Mean output error against full softmax for each selection at the same budget k: lower is better.](levattention-error.svg)");
         md.AppendLine();
         md.Append(rows);
     }

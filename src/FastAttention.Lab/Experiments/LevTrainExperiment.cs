@@ -153,7 +153,7 @@ public static partial class Experiments
                 row.Curves.Count > 1 ? [.. Enumerable.Range(0, length).Select(e => ((double)(e + 1), row.Curves.Min(c => c[e]), row.Curves.Max(c => c[e])))] : null));
         }
 
-        md.AppendLine("![test accuracy while training](levattention-train-curves.svg)");
+        md.AppendLine("![Test accuracy after each epoch, one line per model (shaded: the seeds' range): the top-k models trained with the selection in the loop should end close to full softmax.](levattention-train-curves.svg)");
         md.AppendLine();
 
         double a = rows["a"].Mean, b = rows[$"b{mainTop}"].Mean, c = rows["c"].Mean, d = rows["d"].Mean, e = rows["e"].Mean;

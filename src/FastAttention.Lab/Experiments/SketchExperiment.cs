@@ -69,8 +69,8 @@ public static partial class Experiments
                 table.AppendLine(string.Create(inv, $"| {d} | {m} | {m * (m + 1) / 2} | {NumberText.Format(errors.Average())} | {NumberText.Format(errors.Min())} .. {NumberText.Format(errors.Max())} | {NumberText.Format(maxErrors.Average())} | {seconds * 1e3:F1} | {exactSeconds * 1e3:F1} |"));
             }
 
-            plot.Series.Add(new PlotSeries($"d = {d} ({Seeds} seeds)", [.. results.Select(r => ((double)r.M, r.Mean))], [.. results.Select(r => ((double)r.M, r.Low, r.High))]));
-            plot.References.Add(new PlotReference(uniform, $"uniform weights, d = {d}"));
+            plot.Series.Add(new PlotSeries($"d = {d} ({Seeds} seeds)", [.. results.Select(r => ((double)r.M, r.Mean))], [.. results.Select(r => ((double)r.M, r.Low, r.High))]) { Family = $"d = {d}" });
+            plot.References.Add(new PlotReference(uniform, $"uniform weights, d = {d}") { Family = $"d = {d}" });
 
             // Least-squares slope of log error against log m: the measured rate.
             double slope = LogLogSlope(results.Select(r => ((double)r.M, r.Mean)));
@@ -89,7 +89,7 @@ public static partial class Experiments
         md.AppendLine();
         md.AppendLine(string.Create(inv, $"**Setup**: n = {n} queries and keys; K Gaussian, Q = K + 0.7 x Gaussian noise (one heavy key per query), V Gaussian; scale 1/sqrt(d). Error = mean over 128 sampled rows of the mean |error| per row against exact degree-4 attention in float64, averaged over {Seeds} seeds (band: min..max over seeds). Time: one run per seed, averaged. {s.MachineLine} Rerun: `fastattn experiment sketch{(s.Full ? " --full" : string.Empty)} --out DIR`."));
         md.AppendLine();
-        md.AppendLine("![error vs sketch size](sketch-error.svg)");
+        md.AppendLine("![Mean error of the sketch against exact degree-4 attention as the sketch grows, one colour per d (shaded: the seeds' range); the dashed line of the same colour is the error of plain uniform weights. A sketch that works falls steadily and well below its dashed line.](sketch-error.svg)");
         md.AppendLine();
         md.Append(summary);
         md.AppendLine();

@@ -31,17 +31,24 @@ internal static partial class MarkdownHtml
         html.AppendLine("<style>");
         html.AppendLine("body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}");
         html.AppendLine("table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:0.3em 0.6em;text-align:left;vertical-align:top}th{background:#f3f3f3}");
-        html.AppendLine("code{background:#f3f3f3;padding:0 0.2em;border-radius:3px}figure{margin:1em 0}figure svg{max-width:100%;height:auto;border:1px solid #eee}");
+        html.AppendLine("code{background:#f3f3f3;padding:0 0.2em;border-radius:3px}figure{margin:1.5em 0}figure svg{width:100%;height:auto;border:1px solid #eee}figcaption{margin-top:0.4em;color:#333}details{margin:1em 0}summary{cursor:pointer;color:#0969da}");
         html.AppendLine("strong.v-holds{color:#1a7f37}strong.v-partly{color:#9a6700}strong.v-does-not-hold{color:#cf222e}strong.v-not-measured{color:#57606a}");
         html.AppendLine(".missing{color:#cf222e}");
         html.AppendLine("</style></head><body>");
         Body(markdown, svg, html);
 
-        // Marks, once the page has laid out, how many figures drew a non-empty picture (a headless
-        // browser's DOM dump reads it; a reader sees nothing).
-        html.AppendLine("<script>window.addEventListener('load',function(){var f=document.querySelectorAll('figure svg'),ok=0;"
-            + "f.forEach(function(s){var b=s.getBBox();if(b.width>0&&b.height>0&&s.querySelectorAll('path,polyline,line,circle,rect').length>0)ok++;});"
-            + "document.body.setAttribute('data-figures',f.length);document.body.setAttribute('data-figures-rendered',ok);});</script>");
+        // Marks, once the page has laid out, how many figures drew a non-empty picture, how many are narrower than
+        // the text column, the smallest rendered text height in any figure, and the text boxes that overlap within
+        // one figure (with the first such pair): a headless browser's DOM dump reads them; a reader sees nothing.
+        html.AppendLine("<script>window.addEventListener('load',function(){var f=document.querySelectorAll('figure svg'),ok=0,narrow=0,small=1e9,overlaps=0,first='';"
+            + "f.forEach(function(s,i){var b=s.getBBox();if(b.width>0&&b.height>0&&s.querySelectorAll('path,polyline,line,circle,rect').length>0)ok++;"
+            + "if(s.getBoundingClientRect().width<0.95*s.parentNode.getBoundingClientRect().width)narrow++;"
+            + "var t=Array.prototype.slice.call(s.querySelectorAll('text')).filter(function(e){return e.textContent.trim().length>0;}),r=t.map(function(e){return e.getBoundingClientRect();});"
+            + "r.forEach(function(x){small=Math.min(small,x.height);});"
+            + "for(var a=0;a<r.length;a++)for(var c=a+1;c<r.length;c++){var w=Math.min(r[a].right,r[c].right)-Math.max(r[a].left,r[c].left),h=Math.min(r[a].bottom,r[c].bottom)-Math.max(r[a].top,r[c].top);"
+            + "if(w>1&&h>1){overlaps++;if(!first)first='figure '+(i+1)+': \u201c'+t[a].textContent+'\u201d / \u201c'+t[c].textContent+'\u201d';}}});"
+            + "var d=document.body;d.setAttribute('data-figures',f.length);d.setAttribute('data-figures-rendered',ok);d.setAttribute('data-figures-narrow',narrow);"
+            + "d.setAttribute('data-min-text-px',Math.round(small));d.setAttribute('data-text-overlaps',overlaps);d.setAttribute('data-first-overlap',first);});</script>");
         html.AppendLine("</body></html>");
         return html.ToString();
     }
@@ -69,6 +76,7 @@ internal static partial class MarkdownHtml
         string[] lines = markdown.ReplaceLineEndings("\n").Split('\n');
         var anchors = new Dictionary<string, int>(StringComparer.Ordinal);
         var paragraph = new List<string>();
+        string heading = string.Empty;
         void FlushParagraph()
         {
             if (paragraph.Count > 0)
@@ -90,6 +98,7 @@ internal static partial class MarkdownHtml
                 FlushParagraph();
                 int level = line.TakeWhile(c => c == '#').Count();
                 string text = line[level..].Trim();
+                heading = PlainText(text);
                 level = Math.Clamp(level, 1, 6);
                 html.AppendLine($"<h{level} id=\"{WebUtility.HtmlEncode(Slug(PlainText(text), anchors))}\">{Inlines(text)}</h{level}>");
             }
@@ -113,7 +122,18 @@ internal static partial class MarkdownHtml
                 }
 
                 i--;
+                // The "every point" tables (under a heading that starts "Every", or any of more than 25 rows) fold away.
+                bool fold = heading.StartsWith("Every ", StringComparison.Ordinal) || rows.Count > 27;
+                if (fold)
+                {
+                    html.AppendLine($"<details><summary>{WebUtility.HtmlEncode(heading.StartsWith("Every ", StringComparison.Ordinal) ? heading : "The table")}: {rows.Count - 2} {(rows.Count == 3 ? "row" : "rows")} (click to show)</summary>");
+                }
+
                 Table(rows, html);
+                if (fold)
+                {
+                    html.AppendLine("</details>");
+                }
             }
             else if (line.StartsWith("- ", StringComparison.Ordinal))
             {
