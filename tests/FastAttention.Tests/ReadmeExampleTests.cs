@@ -54,7 +54,7 @@ public partial class ReadmeExampleTests
         if (plan.Method == AttentionMethod.Polynomial)
         {
             certificate = PolynomialAttention.Compute(q, k, v, shape, output, new PolynomialAttentionOptions { RelativeError = 1e-3 });
-            Console.WriteLine($"degree {certificate.Degree}, {certificate.Rank} features: every output within {certificate.OutputBound:G3} of exact attention");
+            Console.WriteLine($"degree {certificate.Degree}, {certificate.Rank} features: every output within {NumberText.Format(certificate.OutputBound)} of exact attention");
         }
         else
         {
@@ -90,7 +90,7 @@ public partial class ReadmeExampleTests
         float[] q = [.. Enumerable.Range(0, 32 * 128).Select(_ => random.NextSingle() - 0.5f)];
         var output = new float[32 * 128];
         AttentionRun run = cache.Attend(q, heads: 32, output);    // one new token's 32 query heads, causal
-        Console.WriteLine($"{run.Kernel}, {cache.BytesUsed >> 20} MiB: every output within {run.KvBound!.Absolute:G2} of float32 storage");
+        Console.WriteLine($"{run.Kernel}, {cache.BytesUsed >> 20} MiB: every output within {NumberText.Format(run.KvBound!.Absolute, 2)} of float32 storage");
         // end README example 4
         return (q, k, v, output, run, cache);
     }
