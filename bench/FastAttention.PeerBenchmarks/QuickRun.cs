@@ -124,7 +124,7 @@ internal static class QuickRun
             double diff = ours[t].Zip(peer[t], (x, y) => Math.Abs(x - y)).Max() / scale;
             if (!(diff <= 1e-3))
             {
-                bad.Add(string.Create(Invariant, $"{names[t]} differs from {peerName}'s by {diff:E2} of its largest entry"));
+                bad.Add(string.Create(Invariant, $"{names[t]} differs from {peerName}'s by {NumberText.Format(diff)} of its largest entry"));
             }
         }
 

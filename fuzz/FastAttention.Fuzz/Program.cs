@@ -13,8 +13,10 @@ internal static class Program
     /// <summary>
     /// A parse may allocate what the file holds a few times over (bytes read, the tensors, names), plus a fixed
     /// amount; a header that makes the reader allocate from a claimed size before checking the file length goes past it.
+    /// An .npz member may be deflated: what it holds is then its declared uncompressed size (up to 1000x the bytes on
+    /// disk), which is allowed a few times over too (<see cref="DeclaredNpzBytes"/>).
     /// </summary>
-    private const long FixedAllowance = 4 << 20, PerInputByte = 64;
+    private const long FixedAllowance = 4 << 20, PerInputByte = 64, PerDeclaredByte = 4;
 
     public static int Main(string[] args)
     {
@@ -44,6 +46,7 @@ internal static class Program
                     length = file.Length;
                 }
 
+                long declared = target == "npz" ? DeclaredNpzBytes(path) : 0;
                 long before = GC.GetAllocatedBytesForCurrentThread();
                 try
                 {
@@ -55,9 +58,10 @@ internal static class Program
                 }
 
                 long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-                if (allocated > FixedAllowance + (PerInputByte * length))
+                if (allocated > FixedAllowance + (PerInputByte * length) + (PerDeclaredByte * declared))
                 {
-                    Environment.FailFast($"{target}: reading a {length}-byte input allocated {allocated} bytes");
+                    File.Delete(path);
+                    Environment.FailFast($"{target}: reading a {length}-byte input ({declared} bytes declared uncompressed) allocated {allocated} bytes");
                 }
             });
         }
@@ -67,5 +71,20 @@ internal static class Program
         }
 
         return 0;
+    }
+
+    /// <summary>The uncompressed sizes an .npz's zip directory declares for its members, capped at 1000x each member's
+    /// compressed size (deflate's limit); 0 when the directory cannot be read (the reader must then refuse the file).</summary>
+    private static long DeclaredNpzBytes(string path)
+    {
+        try
+        {
+            using var zip = System.IO.Compression.ZipFile.OpenRead(path);
+            return zip.Entries.Sum(e => Math.Min(Math.Max(e.Length, 0), 1032L * Math.Max(e.CompressedLength, 0)));
+        }
+        catch (Exception ex) when (ex is InvalidDataException or IOException or NotSupportedException or ArgumentException)
+        {
+            return 0;
+        }
     }
 }

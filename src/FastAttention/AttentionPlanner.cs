@@ -221,7 +221,7 @@ public static class AttentionPlanner
     private static double WorkingBytes(long rank, int valueDim, int threads) =>
         8.0 * rank * ((threads * (FactorisedAttention.Block + (4.0 * (valueDim + 3)))) + valueDim + 3);
 
-    private static string Milliseconds(double seconds) => (seconds * 1e3).ToString(seconds >= 0.1 ? "F0" : "G3", CultureInfo.InvariantCulture) + " ms";
+    private static string Milliseconds(double seconds) => (seconds >= 0.1 ? (seconds * 1e3).ToString("F0", CultureInfo.InvariantCulture) : NumberText.Format(seconds * 1e3)) + " ms";
 
     private static double Best(Action run)
     {

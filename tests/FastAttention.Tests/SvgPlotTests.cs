@@ -51,6 +51,50 @@ public class SvgPlotTests
     }
 
     [Fact]
+    public void A_quantity_that_barely_moves_looks_flat_and_still_gets_ticks()
+    {
+        var plot = new SvgPlot { Title = "t", XLabel = "n", YLabel = "MiB", LogX = true, LogY = true };
+        plot.Series.Add(new PlotSeries("workspace", [(1e4, 0.03305), (1e5, 0.03312), (1e6, 0.03308)]));
+        XDocument doc = Render(plot);
+        double[] ys = [.. doc.Descendants(Svg + "circle").Where(c => (string?)c.Parent!.Attribute("class") != "legend")
+            .Select(c => double.Parse((string)c.Attribute("cy")!, System.Globalization.CultureInfo.InvariantCulture))];
+        Assert.True(ys.Max() - ys.Min() < 5, $"a 0.2% change drawn {ys.Max() - ys.Min()} px apart");
+        Assert.True(SvgPlot.Ticks(4.392, 4.608, log: true).Count >= 2);
+        Assert.True(SvgPlot.Ticks(0.0298, 0.0367, log: true).Count >= 2);
+    }
+
+    [Theory]
+    [InlineData(1e308, 1e308)]
+    [InlineData(1e-200, 1e200)]
+    [InlineData(-1e308, 1e308)]
+    [InlineData(1.7e308, 1.7e308)]
+    public void Extreme_values_neither_hang_nor_write_nan(double a, double b)
+    {
+        foreach (bool log in new[] { false, true })
+        {
+            var plot = new SvgPlot { Title = "t", XLabel = "x", YLabel = "y", LogY = log };
+            plot.Series.Add(new PlotSeries("s", [(0, a), (1, b)]));
+            string svg = plot.Render();
+            Assert.DoesNotContain("NaN", svg);
+            Assert.DoesNotContain("Infinity", svg);
+        }
+
+        Assert.Empty(SvgPlot.Ticks(1, double.PositiveInfinity, log: true));
+        Assert.Empty(SvgPlot.Ticks(0, 1, log: true));
+    }
+
+    [Fact]
+    public void An_unstyled_series_stays_solid_beside_styled_ones()
+    {
+        var plot = new SvgPlot { Title = "t", XLabel = "x", YLabel = "y" };
+        plot.Series.Add(new PlotSeries("styled", [(0, 1), (1, 2)]) { Style = "a" });
+        plot.Series.Add(new PlotSeries("plain", [(0, 2), (1, 3)]));
+        XElement[] lines = [.. Render(plot).Descendants(Svg + "polyline")];
+        Assert.NotNull(lines[0].Attribute("stroke-dasharray"));
+        Assert.Null(lines[1].Attribute("stroke-dasharray"));
+    }
+
+    [Fact]
     public void A_family_shares_a_colour_a_style_shares_a_dash_and_a_bound_takes_its_familys_colour()
     {
         var plot = new SvgPlot { Title = "t", XLabel = "x", YLabel = "y" };

@@ -79,10 +79,12 @@ internal sealed class SvgPlot
         return Colors[Math.Max(0, families.IndexOf(family)) % Colors.Length];
     }
 
+    /// <summary>A style's dash and marker: null is solid and round; the named styles follow in order of first appearance (from solid when no series is unstyled).</summary>
     private int StyleIndex(string? style)
     {
-        List<string?> styles = [.. Series.Select(s => s.Style).Distinct()];
-        return Math.Max(0, styles.IndexOf(style)) % Dashes.Length;
+        List<string> styles = [.. Series.Select(s => s.Style).OfType<string>().Distinct()];
+        int first = Series.Any(s => s.Style is null) ? 1 : 0;
+        return style is null ? 0 : (first + Math.Max(0, styles.IndexOf(style))) % Dashes.Length;
     }
 
     /// <summary>The legend's layout: entries in columns as wide as the longest name, rows under the x-axis title.</summary>
@@ -249,6 +251,11 @@ internal sealed class SvgPlot
     internal static IReadOnlyList<double> Ticks(double low, double high, bool log)
     {
         var ticks = new List<double>();
+        if (!double.IsFinite(low) || !double.IsFinite(high) || !(high > low) || (log && !(low > 0)))
+        {
+            return ticks;
+        }
+
         if (log)
         {
             int first = (int)Math.Ceiling(Math.Log10(low) - 1e-9), last = (int)Math.Floor(Math.Log10(high) + 1e-9);
@@ -277,14 +284,16 @@ internal sealed class SvgPlot
                 }
             }
 
-            return ticks;
+            // A range inside one digit step (say 4.4 to 4.6) holds none of those: tick it linearly.
+            return ticks.Count >= 2 ? ticks : Ticks(low, high, log: false);
         }
 
-        double raw = (high - low) / 6, magnitude = Math.Pow(10, Math.Floor(Math.Log10(raw)));
+        double raw = ((high / 2) - (low / 2)) / 3, magnitude = Math.Pow(10, Math.Floor(Math.Log10(raw)));
         double nice = raw / magnitude < 1.5 ? 1 : raw / magnitude < 3.5 ? 2 : raw / magnitude < 7.5 ? 5 : 10;
         double delta = nice * magnitude;
-        for (double t = Math.Ceiling(low / delta) * delta; t <= high + (delta * 1e-9); t += delta)
+        for (long i = (long)Math.Ceiling(low / delta); i * delta <= high + (delta * 1e-9) && ticks.Count < 50; i++)
         {
+            double t = i * delta;
             ticks.Add(Math.Abs(t) < delta * 1e-9 ? 0 : t);
         }
 
@@ -328,26 +337,34 @@ internal sealed class SvgPlot
             return log ? (1, 10) : (0, 1);
         }
 
-        double low = list.Min(), high = list.Max();
+        // Within a tenth of double's range at either end, so padding and spans stay finite.
+        double low = Math.Max(list.Min(), log ? 1e-300 : -1e307), high = Math.Min(list.Max(), 1e307);
         if (log)
         {
-            double span = Math.Log10(high / low);
-            double pad = span > 1e-9 ? span * 0.04 : 0.3;
-            return (low / Math.Pow(10, pad), high * Math.Pow(10, pad));
+            // At least half a decade shown: a quantity that barely moves (a flat workspace) then looks flat.
+            double a = Math.Log10(low), b = Math.Log10(high), span = b - a;
+            if (span < 0.5)
+            {
+                double centre = (a + b) / 2;
+                (a, b, span) = (centre - 0.25, centre + 0.25, 0.5);
+            }
+
+            return (Math.Pow(10, a - (span * 0.04)), Math.Pow(10, b + (span * 0.04)));
         }
 
-        if (high - low < 1e-12 * Math.Max(1, Math.Abs(high)))
+        double width = (high / 2) - (low / 2);
+        if (width < 1e-12 * Math.Max(1, Math.Abs(high)))
         {
             return (low - 0.5 - Math.Abs(low * 0.1), high + 0.5 + Math.Abs(high * 0.1));
         }
 
-        double linearPad = (high - low) * 0.04;
-        return (low - linearPad, high + linearPad);
+        return (low - (width * 0.08), high + (width * 0.08));
     }
 
     private static bool IsPowerOfTwo(double x) => System.Numerics.BitOperations.IsPow2((ulong)x);
 
-    private static bool Usable(double v, bool log) => double.IsFinite(v) && (!log || v > 0);
+    /// <summary>Drawable: finite, within a tenth of double's range (so positions stay finite), and positive on a log axis.</summary>
+    private static bool Usable(double v, bool log) => double.IsFinite(v) && Math.Abs(v) <= 1e307 && (!log || v >= 1e-300);
 
     private static double Transform(double v, bool log) => log ? Math.Log10(v) : v;
 
